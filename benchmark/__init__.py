@@ -1,0 +1,1 @@
+"""Runtimes, the latency protocol, quality and size measurement, and the report card."""

@@ -1,0 +1,119 @@
+"""kdtool's own checkpoints: safetensors for tensors + JSON for everything else. No pickle, ever.
+
+A training state (`<tag>.safetensors` + `<tag>.json`) holds the model, the KD objective's
+adapters, the optimizer moments, the scheduler, all RNG states and the epoch/step position, so
+`--resume` replays an interrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from compress.atomic import atomic_path, read_json, write_json
+from compress.errors import KdtoolError
+
+
+def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a module's state dict to a safetensors file atomically."""
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+
+
+def save_training_state(path_stem: Path, model: nn.Module, objective: nn.Module | None,
+                        optimizer: torch.optim.Optimizer, scheduler: Any, meta: dict[str, Any]) -> None:
+    """Save everything needed to resume exactly; tensors and JSON are each written atomically.
+
+    The JSON is written last and names the tensors file's sha-free size, so a crash between the
+    two writes is detected at load time (the pair is then treated as absent).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        tensors[f"model.{k}"] = v.detach().contiguous().cpu()
+    if objective is not None:
+        for k, v in objective.state_dict().items():
+            tensors[f"objective.{k}"] = v.detach().contiguous().cpu()
+    opt = optimizer.state_dict()
+    opt_scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                opt_scalars.setdefault(str(idx), {})[key] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensor_path = path_stem.with_suffix(".safetensors")
+    with atomic_path(tensor_path) as tmp:
+        save_file(tensors, str(tmp))
+    np_state = np.random.get_state()
+    record = dict(meta)
+    record.update({
+        "tensors_bytes": tensor_path.stat().st_size,
+        "optimizer": {"param_groups": opt["param_groups"], "scalars": opt_scalars},
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": {"python": _py_state_to_json(random.getstate()),
+                "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]},
+    })
+    write_json(path_stem.with_suffix(".json"), record)
+
+
+def load_training_state(path_stem: Path, model: nn.Module, objective: nn.Module | None,
+                        optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any] | None:
+    """Restore a training state written by `save_training_state`; None if there is no complete one."""
+    json_path, tensor_path = path_stem.with_suffix(".json"), path_stem.with_suffix(".safetensors")
+    if not json_path.exists() or not tensor_path.exists():
+        return None
+    meta = read_json(json_path)
+    if meta.get("tensors_bytes") != tensor_path.stat().st_size:
+        raise KdtoolError(f"{tensor_path} does not match {json_path} (interrupted save?)",
+                          "delete both and resume from the best checkpoint, or rerun with --force")
+    tensors = load_file(str(tensor_path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if objective is not None:
+        objective.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("objective.")})
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, key = k.split(".", 2)
+            state.setdefault(int(idx), {})[key] = v
+    for idx, scalars in meta["optimizer"]["scalars"].items():
+        state.setdefault(int(idx), {}).update(scalars)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    if scheduler is not None and meta.get("scheduler") is not None:
+        scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    random.setstate(_py_state_from_json(meta["rng"]["python"]))
+    np_state = meta["rng"]["numpy"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    return meta
+
+
+def _py_state_to_json(state: tuple) -> list:
+    return [state[0], list(state[1]), state[2]]
+
+
+def _py_state_from_json(state: list) -> tuple:
+    return (state[0], tuple(state[1]), state[2])
+
+
+def write_meta(path: Path, meta: dict[str, Any]) -> None:
+    """Write a stage's meta.json (atomic)."""
+    write_json(path, meta)
+
+
+def checkpoint_exists(folder: Path) -> bool:
+    """True when a folder holds a finished kdtool model (best.safetensors + meta.json)."""
+    return (folder / "best.safetensors").exists() and (folder / "meta.json").exists()
+
+
+def load_meta(folder: Path) -> dict[str, Any]:
+    """Read a stage folder's meta.json."""
+    return json.loads((folder / "meta.json").read_text())

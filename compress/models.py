@@ -1,0 +1,259 @@
+"""Build models and load weights: timm names, kdtool-local architectures, checkpoints, TorchScript, ONNX.
+
+Every model carries its own preprocessing (`Preprocess`): teacher and student may differ in input
+size and normalization, and both are fed from the same raw batch.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compress.errors import KdtoolError
+from compress.registry import Registry
+
+LOCAL_MODELS: Registry = Registry("local model")
+"""kdtool-local architectures (audio nets, tiny MCU nets): `fn(num_outputs, in_chans, **kwargs) -> nn.Module`."""
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a raw batch becomes this model's input. Recorded in every manifest.
+
+    Images: raw float batches in [0, 1] of shape (N, C, H, W) are resized to `input_size` and
+    normalized with `mean`/`std`. Audio: raw waveforms (N, samples) at `sample_rate` go in as is
+    (a log-mel front end, if any, lives inside the model so exported artifacts take audio).
+    """
+
+    kind: str  # "image" | "audio" | "tensor" (already preprocessed by the user's loader)
+    input_size: int | None = None
+    channels: int = 3
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    sample_rate: int | None = None
+    num_samples: int | None = None
+
+    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.kind in ("audio", "tensor"):
+            return raw
+        x = raw
+        if self.input_size is not None and x.shape[-1] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        if self.mean is not None and self.std is not None:
+            mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            x = (x - mean) / std
+        return x
+
+    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """Shape of one model input batch."""
+        if self.kind == "audio":
+            return (batch, self.num_samples or 16000)
+        return (batch, self.channels, self.input_size, self.input_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BuiltModel:
+    """A model and the facts that travel with it."""
+
+    module: nn.Module
+    preprocess: Preprocess
+    arch: str
+    source: str = "timm"
+
+
+def build_model(cfg: Any, num_outputs: int, data: Any, role: str = "model") -> BuiltModel:
+    """Build the model a recipe section describes, loading its checkpoint if one is named.
+
+    Args:
+        cfg: a `ModelConfig` (teacher or student section).
+        num_outputs: width of the head (classes, or regression outputs).
+        data: the recipe's `DataConfig` (channels, raw size, sample rate).
+        role: "teacher"/"student", used in error messages (`teacher.checkpoint: ...`).
+    """
+    audio = data.source in ("audiofolder", "synthetic_audio")
+    if audio:
+        pre = Preprocess(kind="audio", channels=1, sample_rate=data.sample_rate,
+                         num_samples=int(round(data.sample_rate * data.clip_seconds)))
+    else:
+        size = cfg.input_size or data.image_size
+        default_mean = IMAGENET_MEAN if data.channels == 3 else (0.5,)
+        default_std = IMAGENET_STD if data.channels == 3 else (0.5,)
+        mean = tuple(cfg.mean) if cfg.mean else default_mean
+        std = tuple(cfg.std) if cfg.std else default_std
+        if len(mean) != data.channels or len(std) != data.channels:
+            raise KdtoolError(f"{role}.mean/std have {len(mean)}/{len(std)} values but data.channels is "
+                              f"{data.channels}", "give one value per channel")
+        pre = Preprocess(kind="image", input_size=size, channels=data.channels, mean=mean, std=std)
+
+    if cfg.source == "torchscript":
+        return BuiltModel(load_torchscript(_need_file(cfg.checkpoint, role)), pre, cfg.arch, "torchscript")
+    if cfg.source == "onnx":
+        return BuiltModel(OnnxTeacher(_need_file(cfg.checkpoint, role)), pre, cfg.arch, "onnx")
+
+    in_chans = 1 if audio else data.channels
+    module = create_architecture(cfg.arch, num_outputs, in_chans, dict(cfg.kwargs), cfg.pretrained, role)
+    if getattr(cfg, "frontend", "none") == "logmel":
+        from compress.audio import LogMelFrontend
+
+        module = nn.Sequential(LogMelFrontend(sample_rate=data.sample_rate), module)
+    if cfg.checkpoint is not None:
+        load_weights(module, cfg.checkpoint, role)
+    return BuiltModel(module, pre, cfg.arch, "timm")
+
+
+def create_architecture(arch: str, num_outputs: int, in_chans: int, kwargs: dict, pretrained: bool,
+                        role: str = "model") -> nn.Module:
+    """A kdtool-local architecture or a timm model, with `num_outputs` outputs."""
+    _import_local_models()
+    if arch in LOCAL_MODELS:
+        return LOCAL_MODELS.get(arch)(num_outputs=num_outputs, in_chans=in_chans, **kwargs)
+    import timm
+
+    if not timm.is_model(arch):
+        import difflib
+
+        close = difflib.get_close_matches(arch, timm.list_models() + list(LOCAL_MODELS), n=3)
+        raise KdtoolError(f"{role}.arch: unknown architecture {arch!r}",
+                          f"close: {', '.join(close)}" if close else "see `timm.list_models()`")
+    try:
+        return timm.create_model(arch, pretrained=pretrained, num_classes=num_outputs, in_chans=in_chans, **kwargs)
+    except TypeError as e:
+        raise KdtoolError(f"{role}.kwargs: {e}", "remove the keyword the architecture does not take") from e
+    except (RuntimeError, OSError) as e:
+        if pretrained:
+            raise KdtoolError(f"{role}: pretrained weights for {arch} could not be downloaded ({e})",
+                              f"set {role}.pretrained: false and give {role}.checkpoint a local file") from e
+        raise
+
+
+def _import_local_models() -> None:
+    import compress.audio  # noqa: F401  (registers audio architectures)
+
+
+def _need_file(path: Path | None, role: str) -> Path:
+    if path is None:
+        raise KdtoolError(f"{role}.checkpoint is required for this source", "name the model file")
+    path = Path(path)
+    if not path.is_file():
+        raise KdtoolError(f"{role}.checkpoint {path} does not exist", "check the path")
+    if path.stat().st_size == 0:
+        raise KdtoolError(f"{role}.checkpoint {path} is empty (0 bytes)", "re-download or re-save it")
+    return path
+
+
+def read_state_dict(path: str | Path, role: str = "model") -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a torch file, never executing code.
+
+    Accepts `.safetensors`, and `.pt/.pth/.tar/.bin` files holding a state dict directly or under
+    `state_dict`, `model`, `model_state_dict`, `net` or `student` keys; strips `module.` prefixes.
+    Torch files load with `weights_only=True`: a pickle that tries to run code is refused.
+    """
+    path = _need_file(Path(path), role)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for bad headers
+            raise KdtoolError(f"{role}.checkpoint {path} is not a valid safetensors file ({e})",
+                              "re-save it with safetensors.torch.save_file") from e
+    else:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).splitlines()[0][:200]
+            raise KdtoolError(f"{role}.checkpoint {path} was refused by the safe loader: {first}",
+                              "kdtool never runs code from checkpoints; re-save only the state_dict "
+                              "(torch.save(model.state_dict(), ...)) or use safetensors") from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+            raise KdtoolError(f"{role}.checkpoint {path} is not a readable torch checkpoint "
+                              f"({str(e).splitlines()[0][:160]})", "the file may be truncated; re-download it") from None
+        state = _find_state_dict(obj, path, role)
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+
+
+def _find_state_dict(obj: Any, path: Path, role: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict", "net", "student", "teacher"):
+            if isinstance(obj.get(key), dict):
+                return _find_state_dict(obj[key], path, role)
+    keys = ", ".join(list(obj)[:8]) if isinstance(obj, dict) else type(obj).__name__
+    raise KdtoolError(f"{role}.checkpoint {path} holds no state dict (found: {keys})",
+                      "save model.state_dict(), optionally under a 'state_dict' or 'model' key")
+
+
+def load_weights(module: nn.Module, path: str | Path, role: str = "model") -> None:
+    """Load a checkpoint into `module`, naming mismatched or missing tensors precisely."""
+    state = read_state_dict(path, role)
+    own = module.state_dict()
+    mismatched = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise KdtoolError(f"{role}.checkpoint {path} does not fit {role}.arch: {mismatched[0]}"
+                          + (f" (+{len(mismatched) - 1} more)" if len(mismatched) > 1 else ""),
+                          "a head of a different size usually means task.num_classes differs from the "
+                          "checkpoint's; match them")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise KdtoolError(f"{role}.checkpoint {path} does not fit {role}.arch ({len(missing)} missing, "
+                          f"{len(unexpected)} unexpected keys: {detail})", "check that arch matches the checkpoint")
+    module.load_state_dict(state)
+
+
+def load_torchscript(path: Path) -> nn.Module:
+    """Load a TorchScript teacher (it is run frozen, never trained)."""
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as e:
+        raise KdtoolError(f"teacher.checkpoint {path} is not a TorchScript file ({str(e).splitlines()[0]})",
+                          "save it with torch.jit.save, or use source: timm with a state dict") from None
+
+
+class OnnxTeacher(nn.Module):
+    """A frozen teacher run by onnxruntime; returns torch tensors so the KD loss is unchanged."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise KdtoolError(f"teacher.checkpoint {path} is not a loadable ONNX model ({str(e)[:160]})",
+                              "export it with torch.onnx.export and check it with onnx.checker") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.path = path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of parameters (all, trainable or not)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The bare model under DDP / compile wrappers."""
+    while hasattr(module, "module") and isinstance(module.module, nn.Module):
+        module = module.module
+    return getattr(module, "_orig_mod", module)

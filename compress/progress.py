@@ -1,0 +1,86 @@
+"""Rich progress for long stages: a live bar with the loss terms, one summary line per epoch."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True, highlight=False)
+
+
+def quiet() -> bool:
+    """True when progress bars should be off (KDTOOL_QUIET=1, e.g. in tests)."""
+    return os.environ.get("KDTOOL_QUIET", "") == "1"
+
+
+class EpochBar:
+    """Progress of one training stage; `advance` shows the running mean of each loss term."""
+
+    def __init__(self, progress: Progress | None, label: str, epochs: int, steps: int) -> None:
+        self.progress, self.label, self.epochs, self.steps = progress, label, epochs, steps
+        self.task = None
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.progress is None:
+            return
+        desc = f"{self.label} {epoch}/{self.epochs}"
+        if self.task is None:
+            self.task = self.progress.add_task(desc, total=self.steps, terms="")
+        self.progress.reset(self.task, total=self.steps, description=desc, terms="")
+
+    def advance(self, terms: dict[str, float]) -> None:
+        if self.progress is not None and self.task is not None:
+            text = " ".join(f"{k}={v:.3f}" for k, v in terms.items())
+            self.progress.update(self.task, advance=1, terms=text)
+
+    def end_epoch(self, record: dict[str, Any], metric: str) -> None:
+        if quiet():
+            return
+        losses = " ".join(f"{k[5:]}={v:.4f}" for k, v in record.items() if k.startswith("loss_"))
+        extra = f" agree={record['teacher_agreement']:.3f}" if "teacher_agreement" in record else ""
+        schedule = f" alpha={record['alpha']:.2f} T={record['temperature']:.1f}" if record.get("alpha", 1) < 1 else ""
+        console.print(f"  {self.label} epoch {record['epoch']}/{self.epochs}: {losses} "
+                      f"val_{metric}={record.get('val_' + metric, float('nan')):.4f}{schedule}{extra}")
+
+    def log(self, message: str) -> None:
+        if not quiet():
+            console.print(message)
+
+
+@contextlib.contextmanager
+def epoch_progress(label: str, epochs: int, steps: int, enabled: bool = True) -> Iterator[EpochBar]:
+    """A live progress bar for `epochs` × `steps` (disabled when quiet or not on rank 0)."""
+    if not enabled or quiet():
+        yield EpochBar(None, label, epochs, steps)
+        return
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[terms]}"),
+                        console=console, transient=True)
+    with progress:
+        yield EpochBar(progress, label, epochs, steps)
+
+
+@contextlib.contextmanager
+def task_progress(description: str, total: int | None) -> Iterator[Any]:
+    """A simple progress bar for non-training work (calibration, caching, benchmarking)."""
+    if quiet():
+        class _Null:
+            def advance(self, n: int = 1) -> None: ...
+
+        yield _Null()
+        return
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=True)
+    with progress:
+        tid = progress.add_task(description, total=total)
+
+        class _Bar:
+            def advance(self, n: int = 1) -> None:
+                progress.advance(tid, n)
+
+        yield _Bar()

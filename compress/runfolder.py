@@ -1,0 +1,89 @@
+"""The run folder: where each stage finds its inputs and leaves its outputs.
+
+```
+runs/<recipe name>/
+  teacher/ student_baseline/ student_kd/   best.safetensors + last.* + meta.json (+ metrics.json)
+  quantized/<mode>/                        model + meta.json
+  export/<target>/<format>/                artifact + manifest.json
+  report/report.json|md|html
+```
+
+A stage is reused when its `meta.json` says it completed from the same inputs hash (config
+sections + upstream outputs). A stage folder made from other inputs is never overwritten
+without `--force`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compress.atomic import read_json, sha256_json, write_json
+from compress.errors import KdtoolError
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths of one run (`--out`/<recipe name>)."""
+
+    root: Path
+
+    @classmethod
+    def for_recipe(cls, out: Path, name: str) -> RunFolder:
+        return cls(Path(out) / name)
+
+    def stage(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+
+def inputs_hash(*parts: Any) -> str:
+    """Hash of a stage's inputs: recipe sections (as JSON) and upstream stage hashes."""
+    return sha256_json([p.model_dump(mode="json") if hasattr(p, "model_dump") else p for p in parts])
+
+
+def stage_state(folder: Path, expected_hash: str) -> str:
+    """'done' (same inputs, complete), 'partial' (same inputs, not complete: resumable),
+    'stale' (made from other inputs), or 'missing'."""
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        return "partial" if (folder / "last.json").exists() else "missing"
+    meta = read_json(meta_path)
+    if meta.get("inputs_hash") != expected_hash:
+        return "stale"
+    return "done" if meta.get("complete") else "partial"
+
+
+def prepare_stage(folder: Path, expected_hash: str, force: bool, resume: bool = False) -> str:
+    """Decide what to do with a stage folder before running it.
+
+    Returns:
+        'skip' when the stage is done with the same inputs (and not forced), 'resume' when a partial
+        run of the same inputs exists and `resume` is set, else 'run' (folder emptied if forced).
+
+    Raises:
+        KdtoolError: the folder holds outputs of other inputs and `force` is not set.
+    """
+    state = stage_state(folder, expected_hash)
+    if state == "done" and not force:
+        return "skip"
+    if state == "partial" and resume:
+        return "resume"
+    if state in ("stale", "partial") and not force and any(folder.iterdir()):
+        reason = "was made from a different recipe or upstream model" if state == "stale" else "holds an unfinished run"
+        raise KdtoolError(f"{folder} {reason}", "pass --force to overwrite it, --resume to continue it, "
+                          "or --out another folder")
+    if folder.exists() and (force or state == "missing"):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return "run"
+
+
+def finish_stage(folder: Path, expected_hash: str, meta: dict[str, Any]) -> None:
+    """Mark a stage complete (written last, atomically: its presence means the outputs are whole)."""
+    write_json(folder / "meta.json", {**meta, "inputs_hash": expected_hash, "complete": True})

@@ -1,0 +1,177 @@
+"""The distillation stages of a recipe: teacher → student baseline (stage 1) → student KD (stage 2).
+
+Each stage reads the recipe and upstream outputs from the run folder, writes its own outputs
+atomically, records an inputs hash, and is skipped by `kdtool run` when nothing changed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.atomic import read_json, sha256_file, write_json
+from compress.data import build_datasets
+from compress.errors import KdtoolError
+from compress.models import BuiltModel, build_model, count_params, load_weights
+from compress.progress import console
+from compress.runfolder import RunFolder, finish_stage, inputs_hash, prepare_stage
+from compress.tasks import Task
+from compress.trainer import evaluate, fit
+
+STAGES = ("teacher", "student_baseline", "student_kd")
+
+
+@dataclass
+class StageOutcome:
+    """What a stage did: ran, resumed or was skipped; where; its metrics and time."""
+
+    name: str
+    action: str
+    folder: Path
+    metrics: dict[str, float]
+    seconds: float
+
+
+class Context:
+    """Everything the stages of one run share: recipe, task, datasets (built once), run folder."""
+
+    def __init__(self, recipe, run: RunFolder, recipe_sha: str = "") -> None:
+        self.recipe, self.run, self.recipe_sha = recipe, run, recipe_sha
+        self.task = Task.from_config(recipe.task)
+        self._data = None
+
+    @property
+    def datasets(self):
+        if self._data is None:
+            self._data = build_datasets(self.recipe.data, self.task)
+        return self._data
+
+    def stage_hash(self, name: str) -> str:
+        """Inputs hash of a stage: its recipe sections and its upstream stages' outputs."""
+        r = self.recipe
+        common = [r.task, r.data]
+        if name == "teacher":
+            return inputs_hash(*common, r.teacher, _file_hash(r.teacher.checkpoint))
+        if name == "student_baseline":
+            return inputs_hash(*common, r.student, _file_hash(r.student.checkpoint))
+        if name == "student_kd":
+            return inputs_hash(*common, r.student, r.distill, self.output_hash("teacher"),
+                               self.output_hash("student_baseline") if self.kd_train.init == "baseline" else None)
+        raise KeyError(name)
+
+    def output_hash(self, stage: str) -> str | None:
+        """sha256 of a finished stage's best weights (None when it has none)."""
+        meta_path = self.run.stage(stage, "meta.json")
+        return read_json(meta_path).get("outputs_sha256") if meta_path.exists() else None
+
+    @property
+    def kd_train(self):
+        """Training config of stage 2: distill.train, else the baseline's with init=baseline."""
+        return self.recipe.distill.train or self.recipe.student.train
+
+    def load(self, stage: str) -> BuiltModel:
+        """The model a finished stage produced (teacher, student_baseline or student_kd)."""
+        r = self.recipe
+        cfg = r.teacher if stage == "teacher" else r.student
+        role = stage.split("_")[0]
+        if cfg.source != "timm":  # a TorchScript/ONNX teacher file is its own weights
+            built = build_model(cfg, self.task.num_outputs, r.data, role)
+        else:
+            bare = cfg.model_copy(update={"checkpoint": None, "pretrained": False})
+            built = build_model(bare, self.task.num_outputs, r.data, role)
+            weights = self.run.stage(stage, "best.safetensors")
+            if not weights.exists():
+                raise KdtoolError(f"{self.run.stage(stage)} has no trained model",
+                                  f"run `kdtool distill` (stage {stage}) first")
+            load_weights(built.module, weights, stage)
+        built.module.eval()
+        return built
+
+
+def _file_hash(path: Path | None) -> str | None:
+    return sha256_file(path) if path is not None and Path(path).is_file() else None
+
+
+def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = False) -> StageOutcome:
+    """Run (or skip, or resume) one distillation stage."""
+    folder = ctx.run.stage(stage)
+    expected = ctx.stage_hash(stage)
+    action = prepare_stage(folder, expected, force, resume)
+    if action == "skip":
+        metrics = read_json(folder / "meta.json").get("metrics", {})
+        console.print(f"[dim]{stage}: reused {folder} (inputs unchanged)[/]")
+        return StageOutcome(stage, "skipped", folder, metrics, 0.0)
+    start = time.perf_counter()
+    r = ctx.recipe
+    train_ds, val_ds = ctx.datasets
+    teacher = None
+    history: list[dict[str, Any]] = []
+    if stage == "teacher":
+        model = build_model(r.teacher, ctx.task.num_outputs, r.data, "teacher")
+        cfg = r.teacher.train
+    elif stage == "student_baseline":
+        model = build_model(r.student, ctx.task.num_outputs, r.data, "student")
+        cfg = r.student.train
+    else:
+        model = build_model(r.student, ctx.task.num_outputs, r.data, "student")
+        cfg = ctx.kd_train
+        if cfg.init == "baseline":
+            load_weights(model.module, ctx.run.stage("student_baseline", "best.safetensors"), "student_baseline")
+        teacher = ctx.load("teacher")
+        _check_teacher_fits(teacher, ctx)
+    cache = None
+    if stage == "student_kd" and r.distill.cache.enabled:
+        from compress.teacher_cache import TeacherCache
+
+        cache = TeacherCache.build(teacher, train_ds, r.data, r.distill.cache, folder / "teacher_cache",
+                                   seed=cfg.seed)
+    if cfg is not None and cfg.epochs > 0:
+        model.module.train()
+        result = fit(model, train_ds, val_ds, ctx.task, cfg, folder, data_cfg=r.data, teacher=teacher,
+                     distill=r.distill if teacher is not None else None, teacher_cache=cache,
+                     resume=action == "resume", label=stage)
+        if result.interrupted:
+            raise KdtoolError(f"{stage} was interrupted (SIGTERM); its state is in {folder}",
+                              "continue with --resume")
+        history = result.history
+        load_weights(model.module, folder / "best.safetensors", stage)
+    else:
+        from compress.checkpoint import save_weights
+
+        save_weights(model.module, folder / "best.safetensors")
+    metrics, _ = evaluate(model.module, model.preprocess, val_ds, ctx.task)
+    seconds = time.perf_counter() - start
+    write_json(folder / "metrics.json", {"metrics": metrics, "history": history})
+    finish_stage(folder, expected, {
+        "stage": stage, "arch": model.arch, "params": count_params(model.module), "metrics": metrics,
+        "primary_metric": ctx.task.primary_metric, "seconds": round(seconds, 2),
+        "outputs_sha256": sha256_file(folder / "best.safetensors"), "preprocess": model.preprocess.to_dict(),
+        "torch": torch.__version__,
+    })
+    console.print(f"{stage}: val {ctx.task.primary_metric}={metrics[ctx.task.primary_metric]:.4f} "
+                  f"({count_params(model.module) / 1e6:.2f} M params, {seconds:.1f} s)")
+    return StageOutcome(stage, "resumed" if action == "resume" else "ran", folder, metrics, seconds)
+
+
+def _check_teacher_fits(teacher: BuiltModel, ctx: Context) -> None:
+    """A teacher whose output width does not fit the task fails before training."""
+    train_ds, _ = ctx.datasets
+    raw = train_ds[0][0].unsqueeze(0)
+    with torch.no_grad():
+        out = teacher.module(teacher.preprocess(raw))
+    out = out[0] if isinstance(out, tuple) else out
+    if out.dim() != 2 or out.shape[1] != ctx.task.num_outputs:
+        raise KdtoolError(f"teacher outputs shape {tuple(out.shape)} but the {ctx.task.kind} task needs "
+                          f"(N, {ctx.task.num_outputs})", "match task.num_classes to the teacher's head, or "
+                          "use a teacher trained for this task")
+
+
+def run_distill(ctx: Context, which: str = "both", force: bool = False, resume: bool = False) -> list[StageOutcome]:
+    """`kdtool distill`: teacher (if it must be trained or evaluated), then baseline and/or KD."""
+    stages = {"baseline": ["teacher", "student_baseline"], "kd": ["teacher", "student_kd"],
+              "both": list(STAGES)}[which]
+    return [run_stage(ctx, s, force=force, resume=resume) for s in stages]

@@ -1,0 +1,1 @@
+"""Exporters, one module per format; target presets; parity checks; manifests."""

@@ -1,0 +1,211 @@
+"""kdtool: teacher → small student → on-device artifact, with a report card you can trust.
+
+The CLI is thin: parse, load the recipe, call a stage, map errors to exit codes
+(0 ok · 1 internal error · 2 bad input · 3 non-finite loss · 4 export/parity · 5 CI gate).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Distill a teacher into a small student, quantize, export, benchmark: one command.")
+
+RecipeArg = Annotated[str | None, typer.Argument(help="recipe file or shipped name (default: quickstart)")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a recipe key: key.path=value")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="runs folder; the run goes to OUT/<recipe name>")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite outputs made from other inputs")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
+
+
+class Stage(str, Enum):
+    baseline = "baseline"
+    kd = "kd"
+    both = "both"
+
+
+class QuantMode(str, Enum):
+    dynamic = "dynamic"
+    static = "static"
+    qat = "qat"
+
+
+def _fail(exc: BaseException, debug: bool) -> None:
+    """Map an exception to one line and an exit code (a traceback only for bugs or --debug)."""
+    from compress.errors import EXIT_INTERNAL, KdtoolError
+
+    if isinstance(exc, KdtoolError):
+        if debug:
+            traceback.print_exception(exc)
+        hint = f"\n  hint: {exc.hint}" if exc.hint else ""
+        print(f"kdtool: error: {exc.message}{hint}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        print("kdtool: interrupted", file=sys.stderr)
+        raise typer.Exit(130)
+    traceback.print_exception(exc)
+    print("kdtool: internal error (a bug): please report it with the traceback above", file=sys.stderr)
+    raise typer.Exit(EXIT_INTERNAL)
+
+
+def _context(recipe: str | None, overrides: list[str] | None, out: Path):
+    from compress.atomic import sha256_json
+    from compress.runfolder import RunFolder
+    from compress.stages import Context
+    from recipes.load import load_recipe
+
+    r, path, raw = load_recipe(recipe, overrides)
+    from compress.progress import console
+
+    console.print(f"[bold]{r.name}[/] from {path}")
+    return Context(r, RunFolder.for_recipe(out, r.name), recipe_sha=sha256_json(raw))
+
+
+def _guard(debug: bool, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except typer.Exit:
+        raise
+    except BaseException as exc:  # noqa: BLE001  (mapped to exit codes in one place)
+        _fail(exc, debug)
+
+
+@app.command()
+def run(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"), force: ForceOpt = False,
+        resume: Annotated[bool, typer.Option(help="continue interrupted stages")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="validate, build models, probe shapes; no training")]
+        = False, debug: DebugOpt = False) -> None:
+    """Run every stage of a recipe: distill → quantize → export → benchmark → report card."""
+    from recipes.runner import dry_run as do_dry_run
+    from recipes.runner import run_all
+
+    def go():
+        ctx = _context(recipe, set_, out)
+        if dry_run:
+            return do_dry_run(ctx)
+        return run_all(ctx, force=force, resume=resume)
+
+    _guard(debug, go)
+
+
+@app.command()
+def distill(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"),
+            stage: Annotated[Stage, typer.Option(help="baseline (stage 1), kd (stage 2) or both")] = Stage.both,
+            resume: Annotated[bool, typer.Option(help="continue an interrupted stage exactly")] = False,
+            ablate: Annotated[int, typer.Option(help="train baseline and KD over N seeds; report mean ± std")] = 0,
+            force: ForceOpt = False, debug: DebugOpt = False) -> None:
+    """Train the teacher (if needed), the student baseline, and the distilled student."""
+    from compress.stages import run_distill
+
+    def go():
+        ctx = _context(recipe, set_, out)
+        if ablate:
+            from compress.ablation import run_ablation
+
+            return run_ablation(ctx, seeds=ablate, force=force)
+        return run_distill(ctx, stage.value, force=force, resume=resume)
+
+    _guard(debug, go)
+
+
+@app.command()
+def quantize(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"),
+             mode: Annotated[list[QuantMode] | None, typer.Option(help="dynamic, static, qat (repeatable)")] = None,
+             force: ForceOpt = False, debug: DebugOpt = False) -> None:
+    """Quantize the distilled student to INT8 (dynamic, static PTQ, or QAT with the teacher)."""
+    from recipes.runner import run_quantize
+
+    _guard(debug, lambda: run_quantize(_context(recipe, set_, out), [m.value for m in mode] if mode else None,
+                                       force=force))
+
+
+@app.command()
+def export(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"),
+           target: Annotated[list[str] | None, typer.Option(help="android, ios, server or all (repeatable)")] = None,
+           format_: Annotated[str | None, typer.Option("--format", help="comma-separated formats; overrides presets")]
+           = None, force: ForceOpt = False, debug: DebugOpt = False) -> None:
+    """Export the student (and its INT8 versions) for the target devices, verified by parity."""
+    from recipes.runner import run_export
+
+    formats = [f.strip() for f in format_.split(",")] if format_ else None
+    _guard(debug, lambda: run_export(_context(recipe, set_, out), targets=target, formats=formats, force=force))
+
+
+@app.command()
+def benchmark(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"),
+              baseline: Annotated[Path | None, typer.Option(help="an earlier report.json to compare with")] = None,
+              max_regression: Annotated[float | None, typer.Option(help="fail (exit 5) when latency or metric is "
+                                                                           "worse than the baseline by more")] = None,
+              min_retention: Annotated[float | None, typer.Option(help="fail (exit 5) when an artifact keeps less "
+                                                                          "of the teacher's metric")] = None,
+              force: ForceOpt = False, debug: DebugOpt = False) -> None:
+    """Measure every model and artifact; write the report card (json, md, html); apply CI gates."""
+    from recipes.runner import run_benchmark
+
+    _guard(debug, lambda: run_benchmark(_context(recipe, set_, out), baseline=baseline,
+                                        max_regression=max_regression, min_retention=min_retention, force=force))
+
+
+@app.command(name="ls")
+def ls(what: Annotated[str, typer.Argument(help="losses, exporters, runtimes, quantizers, models, sources")]) -> None:
+    """List registered KD losses, exporters, runtimes, quantization modes, local models or data sources."""
+    from recipes.runner import registries
+
+    regs = registries()
+    if what not in regs:
+        print(f"kdtool: error: unknown list {what!r}\n  hint: one of {', '.join(regs)}", file=sys.stderr)
+        raise typer.Exit(2)
+    for name, doc in regs[what].describe().items():
+        print(f"{name:<22} {doc}")
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped recipes."""
+    from recipes.load import list_recipes
+
+    for name, path in list_recipes().items():
+        first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+        print(f"{name:<34} {first}")
+
+
+@app.command()
+def init(name: Annotated[str, typer.Argument(help="file to create, e.g. my_detector.yaml")],
+         from_: Annotated[str, typer.Option("--from", help="shipped recipe to copy")] = "quickstart",
+         force: ForceOpt = False, debug: DebugOpt = False) -> None:
+    """Copy a shipped recipe to edit (never overwrites without --force)."""
+    from compress.atomic import write_text
+    from compress.errors import KdtoolError
+    from recipes.load import list_recipes, resolve_recipe_path
+
+    def go():
+        shipped = list_recipes()
+        match = [k for k in shipped if k == from_ or k.startswith(from_)]
+        src = shipped[match[0]] if match else resolve_recipe_path(from_)
+        dest = Path(name if name.endswith((".yaml", ".yml")) else name + ".yaml")
+        if dest.exists() and not force:
+            raise KdtoolError(f"{dest} exists", "pass --force to overwrite it or choose another name")
+        write_text(dest, src.read_text())
+        print(f"wrote {dest} (from {src.name}); edit it, then: kdtool run {dest}")
+
+    _guard(debug, go)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    app()
+
+
+if __name__ == "__main__":
+    main()

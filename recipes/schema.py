@@ -1,0 +1,231 @@
+"""The recipe: one YAML file describing a whole teacher → student → device run.
+
+Strict: unknown keys are errors naming the key path and the closest valid key. Values are
+checked here (T > 0, alpha in [0, 1], ...) so nothing below the CLI sees a raw dict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TaskKind = Literal["binary", "multiclass", "multilabel", "regression"]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Strict(BaseModel):
+    """Base for every recipe section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class TaskConfig(Strict):
+    """What the model predicts and how it is scored."""
+
+    kind: TaskKind = "multiclass"
+    num_classes: int = Field(2, ge=1, description="classes (multiclass/multilabel); 1 or 2 logits for binary")
+    labels: list[str] | None = Field(None, description="class names, in logit order")
+    outputs: list[str] | None = Field(None, description="regression output names, e.g. [valence, arousal]")
+    metric: str | None = Field(None, description="primary metric; default per task (auc, accuracy, f1, ccc)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskConfig:
+        if self.kind == "binary" and self.num_classes not in (1, 2):
+            raise ValueError("binary tasks have num_classes 1 (one logit) or 2 (two logits)")
+        if self.kind == "regression" and self.outputs is None:
+            self.outputs = [f"y{i}" for i in range(self.num_classes)]
+        if self.kind == "regression" and len(self.outputs) != self.num_classes:
+            raise ValueError(f"outputs has {len(self.outputs)} names but num_classes is {self.num_classes}")
+        if self.labels is not None and self.kind in ("multiclass", "multilabel") and len(self.labels) != self.num_classes:
+            raise ValueError(f"labels has {len(self.labels)} names but num_classes is {self.num_classes}")
+        return self
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the model's output layer."""
+        return self.num_classes
+
+
+class AugmentConfig(Strict):
+    """Random augmentation applied to the raw training sample (recorded for the teacher cache)."""
+
+    hflip: bool = False
+    crop_pad: int = Field(0, ge=0, description="pad then random-crop back by this many pixels")
+    time_shift: float = Field(0.0, ge=0.0, le=0.5, description="audio: random roll, fraction of the clip")
+
+
+class DataConfig(Strict):
+    """Where samples come from. `digits` and `synthetic_audio` ship offline."""
+
+    source: Literal["digits", "imagefolder", "csv", "audiofolder", "synthetic_audio", "synthetic_images"] = "digits"
+    root: Path | None = Field(None, description="folder (imagefolder/audiofolder) or CSV file")
+    val_root: Path | None = Field(None, description="separate validation folder/CSV; else split from root")
+    val_fraction: Probability = 0.2
+    image_size: int = Field(32, ge=1, description="raw image side the loader decodes to")
+    channels: Literal[1, 3] = 3
+    sample_rate: int = Field(16000, ge=1000)
+    clip_seconds: float = Field(1.0, gt=0.0)
+    num_samples: int | None = Field(None, ge=2, description="generated data: how many samples")
+    limit: int | None = Field(None, ge=2, description="use at most this many samples (smoke tests)")
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+    max_bad_fraction: Probability = Field(0.01, description="abort when more undecodable files than this")
+    augment: AugmentConfig = AugmentConfig()
+
+
+class ModelConfig(Strict):
+    """A model: a timm (or kdtool-local) architecture, or a TorchScript/ONNX file."""
+
+    arch: str = Field(..., description="timm name (e.g. mobilenetv3_small_050) or local (tiny_conv, ...)")
+    source: Literal["timm", "torchscript", "onnx"] = "timm"
+    checkpoint: Path | None = Field(None, description="local weights: safetensors, .pt/.pth/.tar, .ts or .onnx")
+    pretrained: bool = Field(False, description="download pretrained weights (needs the hub; off by default)")
+    input_size: int | None = Field(None, ge=8, description="square input side; default the data's image_size")
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    frontend: Literal["none", "logmel"] = Field(
+        "none", description="audio: a log-mel front end inside the model, so the exported model takes audio"
+    )
+    kwargs: dict[str, int | float | str | bool | list[int]] = Field(default_factory=dict)
+
+
+class ScheduleConfig(Strict):
+    """A scalar over epochs: constant, linear from `start` to `end` over `epochs`, or a step table."""
+
+    kind: Literal["constant", "linear", "step"] = "constant"
+    start: float | None = None
+    end: float | None = None
+    epochs: int | None = Field(None, ge=1, description="linear: epochs to go from start to end")
+    steps: dict[int, float] | None = Field(None, description="step: {first_epoch: value}, 1-based")
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        if self.kind == "linear" and (self.start is None or self.end is None or self.epochs is None):
+            raise ValueError("a linear schedule needs start, end and epochs")
+        if self.kind == "step" and not self.steps:
+            raise ValueError("a step schedule needs steps: {epoch: value}")
+        return self
+
+
+class TrainConfig(Strict):
+    """One training stage (teacher, student baseline, or distillation)."""
+
+    epochs: int = Field(10, ge=0)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    optimizer: Literal["adamw", "sgd", "sam"] = "adamw"
+    sam_rho: float = Field(0.05, gt=0.0)
+    scheduler: Literal["cosine", "onecycle", "constant"] = "onecycle"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    batch_size: int | None = Field(None, ge=1, description="default data.batch_size")
+    grad_clip: float | None = Field(None, gt=0.0)
+    label_smoothing: Probability = 0.0
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    seed: int = 0
+    nan_policy: Literal["stop", "skip"] = "stop"
+    max_bad_steps: int = Field(0, ge=0, description="nan_policy=skip: abort after this many skipped steps")
+    init: Literal["scratch", "baseline"] = Field(
+        "baseline", description="distillation only: start from the baseline's best checkpoint or from scratch"
+    )
+
+
+class LossTermConfig(Strict):
+    """One extra KD term (feature, attention, relation, ...), weighted into the total."""
+
+    name: str = Field(..., description="registered KD loss: fitnet, attention, rkd, sp, dkd, ...")
+    weight: float = Field(1.0, ge=0.0)
+    student_layer: str | None = None
+    teacher_layer: str | None = None
+    params: dict[str, float | int | str] = Field(default_factory=dict)
+
+
+class CacheConfig(Strict):
+    """Teacher-output cache: teacher logits computed once per sample and recorded view."""
+
+    enabled: bool = False
+    views: int = Field(1, ge=1, description="recorded augmented views per sample")
+    dtype: Literal["float16", "float32"] = "float16"
+    top_k: int | None = Field(None, ge=1, description="keep only the top-k logits (multiclass)")
+
+
+class DistillConfig(Strict):
+    """Stage 2: the student learns from the teacher. loss = alpha*hard + (1-alpha)*soft + Σ wᵢ·termᵢ."""
+
+    temperature: float = Field(4.0, gt=0.0, le=100.0)
+    alpha: Probability = Field(0.5, description="weight of the hard-label loss; (1-alpha) weighs the soft loss")
+    alpha_schedule: ScheduleConfig | None = None
+    temperature_schedule: ScheduleConfig | None = None
+    soft_loss: str | None = Field(None, description="response KD loss; default fits the task (kl, bce_kd, mse)")
+    terms: list[LossTermConfig] = Field(default_factory=list)
+    train: TrainConfig | None = Field(None, description="default: student.train with init=baseline")
+    cache: CacheConfig = CacheConfig()
+
+
+class TeacherConfig(ModelConfig):
+    """The teacher: trained here from scratch when `train` is given and no checkpoint is."""
+
+    train: TrainConfig | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TeacherConfig:
+        if self.checkpoint is None and self.train is None and not self.pretrained:
+            raise ValueError("the teacher needs a checkpoint, pretrained: true, or a train section to train it here")
+        return self
+
+
+class StudentConfig(ModelConfig):
+    """The student and its baseline (hard labels only) training."""
+
+    train: TrainConfig = TrainConfig()
+
+
+QuantMode = Literal["dynamic", "static", "qat"]
+
+
+class QuantizeConfig(Strict):
+    """INT8 quantization of the distilled student."""
+
+    modes: list[QuantMode] = Field(default_factory=lambda: ["dynamic"])
+    calibration_samples: int = Field(256, ge=1)
+    qat: TrainConfig = TrainConfig(epochs=2, lr=1e-4, scheduler="cosine", init="baseline")
+
+
+Format = Literal["torchscript", "onnx", "executorch", "coreml", "tensorrt", "aoti"]
+Target = Literal["android", "ios", "server"]
+
+
+class ExportConfig(Strict):
+    """Which artifacts to make: presets per target, or an explicit format list."""
+
+    targets: list[Target] = Field(default_factory=lambda: ["server"])
+    formats: list[Format] | None = Field(None, description="overrides the targets' presets")
+    opset: int = Field(18, ge=13)
+    int8: bool = Field(True, description="also export the quantized students where the format takes them")
+    parity_samples: int = Field(64, ge=1)
+
+
+class BenchmarkConfig(Strict):
+    """How latency is measured and which artifacts are acceptable."""
+
+    batch_sizes: list[int] = Field(default_factory=lambda: [1])
+    threads: int = Field(2, ge=1)
+    warmup: int = Field(10, ge=0)
+    min_runs: int = Field(50, ge=1)
+    min_time_s: float = Field(1.0, ge=0.0)
+    min_retention: Probability = Field(0.97, description="floor for the per-target recommendation")
+
+
+class Recipe(Strict):
+    """A whole run: task, data, teacher, student, distillation, quantization, export, benchmark."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    task: TaskConfig = TaskConfig()
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig
+    student: StudentConfig
+    distill: DistillConfig = DistillConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    export: ExportConfig = ExportConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()

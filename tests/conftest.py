@@ -1,0 +1,16 @@
+"""Shared test setup: quiet progress, 2 threads, deterministic seeds."""
+
+import os
+
+os.environ.setdefault("KDTOOL_QUIET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
