@@ -1,0 +1,42 @@
+"""Alpha/temperature schedules, including the deepfake guide's progressive alpha."""
+
+from __future__ import annotations
+
+import pytest
+
+from compress.schedules import value_at
+from recipes.schema import ScheduleConfig
+
+GUIDE_TABLE = {1: 0.95, 6: 0.85, 11: 0.75, 16: 0.65, 21: 0.50}
+
+
+def test_no_schedule_and_constant():
+    assert value_at(None, 0.5, 7) == 0.5
+    assert value_at(ScheduleConfig(kind="constant"), 0.5, 3) == 0.5
+    assert value_at(ScheduleConfig(kind="constant", start=0.8), 0.5, 3) == 0.8
+
+
+def test_guide_progressive_alpha_linear_095_to_050_over_20_epochs():
+    schedule = ScheduleConfig(kind="linear", start=0.95, end=0.50, epochs=20)
+    values = [value_at(schedule, 0.5, epoch) for epoch in range(1, 26)]
+    assert values[0] == pytest.approx(0.95) and values[19] == pytest.approx(0.50)
+    assert values[10] == pytest.approx(0.95 - 0.45 * 10 / 19)
+    assert all(a > b for a, b in zip(values[:19], values[1:20], strict=True))  # strictly decreasing
+    assert values[20:] == [pytest.approx(0.50)] * 5  # holds the end value afterwards
+
+
+def test_guide_step_table_per_epoch():
+    schedule = ScheduleConfig(kind="step", steps=GUIDE_TABLE)
+    expected = [0.95] * 5 + [0.85] * 5 + [0.75] * 5 + [0.65] * 5 + [0.50] * 10
+    assert [value_at(schedule, 0.5, epoch) for epoch in range(1, 31)] == expected
+
+
+def test_step_before_its_first_entry_uses_the_default_and_epochs_are_one_based():
+    schedule = ScheduleConfig(kind="step", steps={3: 8.0, 10: 2.0})  # e.g. a temperature
+    assert [value_at(schedule, 4.0, e) for e in (1, 2, 3, 9, 10, 50)] == [4.0, 4.0, 8.0, 8.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="1-based"):
+        value_at(schedule, 4.0, 0)
+
+
+def test_linear_over_one_epoch_is_its_end_value():
+    assert value_at(ScheduleConfig(kind="linear", start=1.0, end=3.0, epochs=1), 0.0, 1) == 3.0
