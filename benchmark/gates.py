@@ -1,0 +1,85 @@
+"""CI gates on a report: latency and metric regressions against a baseline, and a retention floor.
+
+`kdtool benchmark RECIPE --baseline old/report.json --max-regression 0.05 --min-retention 0.97`
+calls `enforce_gates`; a violation raises `GateError` (exit code 5) listing the offending rows.
+
+Rules:
+- regression (`max_regression`, a fraction): for every ok row with the same name in the baseline,
+  p50 at batch 1 may not rise by more than the fraction, and the primary metric may not fall
+  (rise, for error metrics such as MAE) by more than the fraction, relative to the baseline;
+  a row ok in the baseline and failed now is a violation.
+- retention floor (`min_retention`): every deliverable row (not the teacher, not the student
+  trained without KD or artifacts made from it: those are references) with a measured retention
+  must keep at least the floor.
+"""
+
+from __future__ import annotations
+
+from benchmark.report import Report, ReportRow, higher_is_better
+from compress.errors import GateError
+
+REFERENCE_ORIGINS = ("teacher", "student_baseline")
+
+
+def _deliverable(row: ReportRow) -> bool:
+    return row.stage not in REFERENCE_ORIGINS and row.origin not in REFERENCE_ORIGINS
+
+
+def _regressions(report: Report, baseline: Report, bound: float) -> list[str]:
+    out = []
+    metric = report.primary_metric or baseline.primary_metric
+    other_cpu = baseline.machine.get("cpu") != report.machine.get("cpu")
+    where = f" (baseline measured on another CPU: {baseline.machine.get('cpu')})" if other_cpu else ""
+    for row in report.rows:
+        old = baseline.row(row.name)
+        if old is None or old.status != "ok":
+            continue
+        if row.status != "ok":
+            out.append(f"{row.name}: {row.status} ({row.reason or 'no reason given'}), ok in the baseline")
+            continue
+        new_lat, old_lat = row.latency_at(1), old.latency_at(1)
+        comparable = new_lat and old_lat and new_lat.threads == old_lat.threads
+        if comparable and new_lat.p50 > old_lat.p50 * (1 + bound):
+            out.append(f"{row.name}: p50 {new_lat.p50:.3f} ms vs baseline {old_lat.p50:.3f} ms "
+                       f"(+{new_lat.p50 / old_lat.p50 - 1:.1%} > {bound:.1%}){where}")
+        if metric and metric in row.metrics and metric in old.metrics:
+            new, ref = row.metrics[metric], old.metrics[metric]
+            worse = new < ref * (1 - bound) if higher_is_better(metric) else new > ref * (1 + bound)
+            if worse:
+                out.append(f"{row.name}: {metric} {new:.4f} vs baseline {ref:.4f} "
+                           f"(worse by more than {bound:.1%})")
+    return out
+
+
+def check_gates(report: Report, baseline: Report | None = None, max_regression: float | None = None,
+                min_retention: float | None = None) -> list[str]:
+    """Every gate violation of `report`, one line per offending row and rule (empty when all pass).
+
+    Args:
+        report: the report under test.
+        baseline: an earlier report to compare same-named rows with (needs `max_regression`).
+        max_regression: allowed relative worsening of p50 latency and of the primary metric.
+        min_retention: floor on the retention of deliverable rows.
+    """
+    violations: list[str] = []
+    if baseline is not None and max_regression is not None:
+        violations += _regressions(report, baseline, max_regression)
+    if min_retention is not None:
+        for row in report.rows:
+            gated = row.status == "ok" and _deliverable(row) and row.retention is not None
+            if gated and row.retention < min_retention:
+                violations.append(f"{row.name}: retention {row.retention:.1%} < floor {min_retention:.1%}")
+    return violations
+
+
+def enforce_gates(report: Report, baseline: Report | None = None, max_regression: float | None = None,
+                  min_retention: float | None = None) -> None:
+    """Raise `GateError` (exit code 5) listing every violation of `check_gates`.
+
+    Raises:
+        GateError: at least one gate was not met.
+    """
+    violations = check_gates(report, baseline, max_regression, min_retention)
+    if violations:
+        raise GateError(f"{len(violations)} gate(s) not met:\n  " + "\n  ".join(violations),
+                        "fix the regression, or loosen --max-regression / --min-retention on purpose")

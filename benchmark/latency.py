@@ -1,0 +1,205 @@
+"""The latency protocol: one timing loop for every runtime, so numbers are comparable.
+
+Protocol (the anchors' rules, DESIGN.md "Export and benchmark facts"):
+
+- real, preprocessed inputs, cycled; batches are built before timing so stacking is not timed;
+- warm-up calls discarded; model load timed separately (`timed_load`);
+- repeat until BOTH `min_runs` calls and `min_time_s` seconds are reached;
+- each call timed on its own with `time.perf_counter_ns`; no outlier is clipped; percentiles by
+  `numpy.percentile` (linear interpolation; with under 100 runs p99 sits near the max);
+- torch intra-op threads fixed with `torch.set_num_threads` and recorded (other runtimes take
+  their thread count at load time, see `Runtime.load(path, threads)`);
+- the harness's own cost (an empty call through the same loop) is measured and recorded, so the
+  reader can check it is small against the model (goal: < 2 % of the fastest artifact).
+
+Why not `torch.utils.benchmark.Timer.blocked_autorange` for everything? It times *blocks* of
+calls and reports per-block means, so it cannot give per-call tail percentiles (p90/p99), and
+using it for eager torch only would make torch numbers come from a different protocol than
+ONNX Runtime's or ExecuTorch's. We keep one per-call loop for all runtimes and use
+`blocked_autorange` as an independent cross-check of the median in `benchmark/repeatability.py`.
+
+Python's garbage collector is disabled during the timed loop (as `timeit` does): a GC pause is the
+harness's cost, not the model's.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from compress.errors import KdtoolError
+
+T = TypeVar("T")
+
+OVERHEAD_RUNS = 2000
+
+
+class LatencyStats(BaseModel):
+    """Per-call latency of one artifact at one batch size and thread count (milliseconds)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    runs: int
+    batch: int
+    threads: int
+    load_ms: float | None = None
+    warmup: int
+    total_s: float
+    overhead_ms: float
+
+    @property
+    def throughput(self) -> float:
+        """Samples per second at this batch size (batch / mean latency)."""
+        return self.batch / (self.mean / 1e3) if self.mean > 0 else float("inf")
+
+    @property
+    def overhead_fraction(self) -> float:
+        """Harness overhead as a fraction of the median latency."""
+        return self.overhead_ms / self.p50 if self.p50 > 0 else float("inf")
+
+
+def make_batches(inputs: Sequence[np.ndarray], batch: int) -> list[np.ndarray]:
+    """Group real samples into contiguous float batches of `batch` rows, cycling through them.
+
+    Args:
+        inputs: preprocessed samples, each with a leading batch axis (usually 1); an array whose
+            leading axis already equals `batch` is used as is.
+        batch: rows per batch.
+
+    Returns:
+        At least one batch; as many distinct batches as the samples allow (at most len(inputs)).
+    """
+    if batch < 1:
+        raise KdtoolError(f"batch size {batch} must be >= 1", "set benchmark.batch_sizes to positive sizes")
+    if not inputs:
+        raise KdtoolError("no input samples to time the model with", "pass at least one preprocessed sample")
+    if all(x.shape[0] == batch for x in inputs):
+        return [np.ascontiguousarray(x) for x in inputs]
+    rows = [r for x in inputs for r in np.split(x, x.shape[0], axis=0)]
+    n = max(1, len(rows) // batch)
+    return [np.ascontiguousarray(np.concatenate([rows[(i * batch + j) % len(rows)] for j in range(batch)]))
+            for i in range(n)]
+
+
+def _runner(target: Any) -> Callable[[np.ndarray], Any]:
+    """A Session's bound `run`, or the callable itself."""
+    run = getattr(target, "run", None)
+    if callable(run):
+        return run
+    if callable(target):
+        return target
+    raise KdtoolError(f"cannot time a {type(target).__name__}", "pass a Session (with .run) or a callable")
+
+
+def _timed_loop(fn: Callable[[np.ndarray], Any], batches: list[np.ndarray], min_runs: int,
+                min_time_s: float) -> tuple[np.ndarray, float]:
+    """Call `fn` until both bounds are met; return per-call ns and the loop's wall seconds."""
+    times: list[int] = []
+    n = len(batches)
+    min_time_ns = int(min_time_s * 1e9)
+    clock = time.perf_counter_ns
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = clock()
+        i = 0
+        while True:
+            x = batches[i % n]
+            t0 = clock()
+            fn(x)
+            t1 = clock()
+            times.append(t1 - t0)
+            i += 1
+            if i >= min_runs and t1 - start >= min_time_ns:
+                break
+        total_s = (clock() - start) / 1e9
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return np.asarray(times, dtype=np.float64), total_s
+
+
+def harness_overhead_ms(batches: list[np.ndarray] | None = None, runs: int = OVERHEAD_RUNS) -> float:
+    """Median cost in ms of the timing loop around an empty call (the harness's own overhead)."""
+    batches = batches or [np.zeros((1,), dtype=np.float32)]
+    times, _ = _timed_loop(lambda x: x, batches, runs, 0.0)
+    return float(np.median(times) / 1e6)
+
+
+def _set_torch_threads(threads: int) -> int | None:
+    """Set torch's intra-op threads if torch is imported; return the previous value."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return previous
+
+
+def measure(target: Any, inputs: Sequence[np.ndarray], warmup: int = 10, min_runs: int = 50,
+            min_time_s: float = 1.0, threads: int = 2, batch: int = 1,
+            load_ms: float | None = None) -> LatencyStats:
+    """Time a loaded artifact with the kdtool protocol (see the module docstring).
+
+    Args:
+        target: a `Session` (its `.run(np.ndarray)` is timed) or any callable taking one batch.
+        inputs: real preprocessed samples (leading batch axis), cycled through.
+        warmup: calls made and discarded before timing.
+        min_runs: the fewest timed calls.
+        min_time_s: the shortest total timed duration; timing stops once both bounds are met.
+        threads: torch intra-op threads during timing (recorded; restored afterwards). Sessions of
+            other runtimes were given their thread count at load time.
+        batch: rows per call.
+        load_ms: the artifact's load time, if measured with `timed_load`, to carry in the stats.
+
+    Returns:
+        The per-call statistics in milliseconds, with the harness overhead.
+    """
+    if threads < 1:
+        raise KdtoolError(f"threads={threads} must be >= 1", "set benchmark.threads to a positive integer")
+    if min_runs < 1 or warmup < 0 or min_time_s < 0:
+        raise KdtoolError(f"bad timing bounds warmup={warmup} min_runs={min_runs} min_time_s={min_time_s}",
+                          "use warmup >= 0, min_runs >= 1, min_time_s >= 0")
+    fn = _runner(target)
+    batches = make_batches(inputs, batch)
+    previous = _set_torch_threads(threads)
+    try:
+        for i in range(warmup):
+            fn(batches[i % len(batches)])
+        ns, total_s = _timed_loop(fn, batches, min_runs, min_time_s)
+        overhead = harness_overhead_ms(batches)
+    finally:
+        if previous is not None:
+            _set_torch_threads(previous)
+    ms = ns / 1e6
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return LatencyStats(p50=float(p50), p90=float(p90), p99=float(p99), mean=float(ms.mean()),
+                        std=float(ms.std()), min=float(ms.min()), max=float(ms.max()), runs=int(ms.size),
+                        batch=batch, threads=threads, load_ms=load_ms, warmup=warmup, total_s=total_s,
+                        overhead_ms=overhead)
+
+
+def timed_load(load_fn: Callable[[], T]) -> tuple[T, float]:
+    """Call `load_fn` once and return what it loaded and the wall time in ms."""
+    t0 = time.perf_counter_ns()
+    loaded = load_fn()
+    return loaded, (time.perf_counter_ns() - t0) / 1e6
+
+
+def measure_load(load_fn: Callable[[], Any]) -> float:
+    """Wall time in ms of one call of `load_fn` (e.g. `lambda: runtime.load(path, threads)`)."""
+    return timed_load(load_fn)[1]

@@ -1,0 +1,309 @@
+"""The report card: schema round trip, table, HTML, recommendation and INT8 flags."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from benchmark.latency import measure
+from benchmark.plots import latency_vs_metric_png, pareto_front, retention_png, size_png
+from benchmark.report import (
+    LatencyMs,
+    Report,
+    ReportRow,
+    build_report,
+    flag_int8_slowdowns,
+    load_report,
+    recommend,
+    render_console,
+    render_markdown,
+    with_retention,
+    write_report,
+)
+from compress.atomic import write_json
+from compress.errors import KdtoolError
+from export.artifact import Parity
+
+
+def lat(p50: float, batch: int = 1) -> LatencyMs:
+    return LatencyMs(
+        p50=p50, p90=p50 * 1.1, p99=p50 * 1.3, mean=p50 * 1.02, std=p50 * 0.05, batch=batch, threads=2
+    )
+
+
+PASSED = Parity(status="passed", max_abs=3e-6, agreement=1.0)
+
+
+def sample_rows() -> list[ReportRow]:
+    """A run like the quickstart's: teacher, two students, a quantized model and exports (accuracy)."""
+    return [
+        ReportRow(
+            name="teacher",
+            stage="teacher",
+            params=11_200_000,
+            size_mb=44.8,
+            gflops=0.57,
+            latency_ms=lat(9.0),
+            metrics={"accuracy": 0.98, "f1": 0.979},
+        ),
+        ReportRow(
+            name="student_baseline",
+            stage="student_baseline",
+            params=600_000,
+            size_mb=2.4,
+            gflops=0.02,
+            latency_ms=lat(3.0),
+            metrics={"accuracy": 0.90, "f1": 0.899},
+        ),
+        ReportRow(
+            name="student_kd",
+            stage="student_kd",
+            params=600_000,
+            size_mb=2.4,
+            gflops=0.02,
+            latency_ms=lat(3.0),
+            metrics={"accuracy": 0.97, "f1": 0.969},
+        ),
+        ReportRow(
+            name="quantized.dynamic",
+            stage="quantized",
+            precision="int8",
+            source="student_kd",
+            size_mb=0.9,
+            latency_ms=lat(3.3),
+            metrics={"accuracy": 0.968},
+        ),
+        ReportRow(
+            name="student_kd.onnx.fp32",
+            stage="export",
+            format="onnx",
+            runtime="onnxruntime",
+            size_mb=2.41,
+            latency_ms=lat(0.60),
+            latency_by_batch=[lat(3.0, batch=8)],
+            throughput=2667.0,
+            metrics={"accuracy": 0.97},
+            parity=PASSED,
+        ),
+        ReportRow(
+            name="student_kd.onnx.int8",
+            stage="export",
+            format="onnx",
+            precision="int8",
+            runtime="onnxruntime",
+            size_mb=0.7,
+            latency_ms=lat(2.4),
+            metrics={"accuracy": 0.966},
+            parity=PASSED,
+        ),
+        ReportRow(
+            name="student_kd.executorch.fp32",
+            stage="export",
+            format="executorch",
+            runtime="executorch",
+            size_mb=2.4,
+            latency_ms=lat(0.70),
+            metrics={"accuracy": 0.97},
+            parity=PASSED,
+        ),
+        ReportRow(
+            name="student_kd.executorch.int8",
+            stage="export",
+            format="executorch",
+            precision="int8",
+            runtime="executorch",
+            size_mb=0.8,
+            latency_ms=lat(0.50),
+            metrics={"accuracy": 0.955},
+            parity=PASSED,
+        ),
+        ReportRow(
+            name="student_baseline.executorch.int8",
+            stage="export",
+            format="executorch",
+            precision="int8",
+            runtime="executorch",
+            size_mb=0.8,
+            latency_ms=lat(0.45),
+            metrics={"accuracy": 0.89},
+        ),
+        ReportRow(
+            name="student_kd.coreml.fp32",
+            stage="export",
+            format="coreml",
+            runtime="coreml",
+            size_mb=2.5,
+            parity=Parity(status="not verified on this OS"),
+        ),
+        ReportRow(
+            name="student_kd.coreml.int8",
+            stage="export",
+            format="coreml",
+            precision="int8",
+            runtime="coreml",
+            size_mb=0.7,
+            parity=Parity(status="not verified on this OS"),
+        ),
+        ReportRow(
+            name="student_kd.tensorrt.fp16",
+            stage="export",
+            format="tensorrt",
+            precision="fp16",
+            runtime="tensorrt",
+            status="skipped",
+            reason="TensorRT needs CUDA",
+        ),
+    ]
+
+
+@pytest.fixture
+def report() -> Report:
+    return build_report(
+        "quickstart",
+        sample_rows(),
+        "accuracy",
+        ["android", "ios", "server"],
+        0.97,
+        threads=2,
+        recipe_sha256="ab" * 32,
+    )
+
+
+def test_retention_vs_teacher_and_student():
+    rows = {r.name: r for r in with_retention(sample_rows(), "accuracy")}
+    assert rows["teacher"].retention == pytest.approx(1.0)
+    assert rows["student_kd"].retention == pytest.approx(0.97 / 0.98)
+    assert rows["student_kd"].retention_vs_student == pytest.approx(0.97 / 0.90)
+    assert rows["student_kd.coreml.fp32"].retention is None
+
+
+def test_recommendation_picks_fastest_over_the_floor(report):
+    # executorch int8 (0.50 ms) keeps 97.4%; the baseline's int8 (0.45 ms) is faster but keeps 90.8%
+    assert report.recommendation["android"] == "student_kd.executorch.int8"
+    assert report.recommendation["server"] == "student_kd.onnx.fp32"
+    # ios: the measured ExecuTorch artifact wins; CoreML (not runnable on Linux) is named as not compared
+    assert report.recommendation["ios"] == "student_kd.executorch.int8"
+    assert any(n.startswith("ios") and "not compared: student_kd.coreml.fp32" in n for n in report.notes)
+
+
+def test_recommendation_without_latency_uses_retention_then_size():
+    rows = [r for r in with_retention(sample_rows(), "accuracy") if r.format != "executorch"]
+    picks, notes = recommend(rows, ["ios"], 0.97, "accuracy")
+    # CoreML fp32 judged by its source's retention; CoreML int8 (quality unknown here) is left out
+    assert picks == {"ios": "student_kd.coreml.fp32"}
+    assert "latency not measured here" in notes[0] and "retention of its source student_kd" in notes[0]
+
+
+def test_recommendation_with_a_higher_floor_skips_and_explains():
+    rows = with_retention(sample_rows(), "accuracy")
+    picks, notes = recommend(rows, ["android"], 0.99, "accuracy")
+    assert picks == {}
+    assert notes[0] == (
+        "android: no artifact keeps >= 99% of the teacher's accuracy (best: student_kd.onnx.fp32 at 99.0%)."
+    )
+    with pytest.raises(KdtoolError, match="unknown target 'watch'"):
+        recommend(rows, ["watch"], 0.9)
+
+
+def test_int8_slower_than_fp32_is_flagged():
+    notes = flag_int8_slowdowns(sample_rows())
+    assert len(notes) == 2
+    assert any("student_kd.onnx.int8 p50 2.40 ms vs student_kd.onnx.fp32 0.60 ms (4.00x)" in n for n in notes)
+    assert any("quantized.dynamic" in n and "vs student_kd 3.00 ms" in n for n in notes)  # vs its source
+    assert not any("executorch" in n for n in notes)  # int8 faster there
+
+
+def test_json_round_trip(report, tmp_path):
+    paths = write_report(report, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["schema"] == "kdtool.report/1"
+    assert set(data["machine"]) >= {"cpu", "threads", "os"} and data["machine"]["threads"] == 2
+    assert data["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert data["rows"][4]["latency_ms"]["p50"] == 0.6 and data["rows"][4]["parity"]["status"] == "passed"
+    loaded = load_report(paths["json"])
+    assert loaded == report
+    assert not list(tmp_path.glob(".*tmp"))  # no temporaries left
+
+
+def test_load_report_rejects_other_schemas(tmp_path, report):
+    write_json(tmp_path / "old.json", {"schema": "kdtool.report/0", "rows": []})
+    with pytest.raises(KdtoolError, match="schema is 'kdtool.report/0'"):
+        load_report(tmp_path / "old.json")
+    bad = report.to_json()
+    bad["rows"][0]["status"] = "exploded"
+    write_json(tmp_path / "bad.json", bad)
+    with pytest.raises(KdtoolError, match=r"rows\.0\.status"):
+        load_report(tmp_path / "bad.json")
+
+
+def test_markdown_has_a_row_per_artifact(report):
+    md = render_markdown(report)
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(report.rows)
+    assert table[0].startswith(
+        "| Name | Format | Precision | Runtime | Status | Params | Size MB | GFLOPs | p50 ms"
+    )
+    assert "| accuracy | f1 | Retention % | Parity |" in table[0]
+    onnx = next(line for line in table if line.startswith("| student_kd.onnx.fp32 "))
+    assert "| 0.60 | 0.66 | 0.9700 |" in onnx and "| 99.0 | passed (3.0e-06) |" in onnx
+    assert "skipped: TensorRT needs CUDA" in md
+    assert "**Recommended:** android: `student_kd.executorch.int8`" in md
+    assert "INT8 slower than FP32" in md
+
+
+def test_console_table(report):
+    from rich.console import Console
+
+    console = Console(width=250, record=True)
+    console.print(render_console(report))
+    text = console.export_text()
+    assert "student_kd.executorch.int8" in text and "Retention %" in text
+
+
+def test_html_is_self_contained_with_plots(report, tmp_path):
+    page = write_report(report, tmp_path)["html"].read_text()
+    assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:)?//", page)  # nothing fetched from outside
+    assert "<link" not in page and "<script" not in page
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(images) == 3
+    assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert page.count("<tr class=") == len(report.rows)
+    assert "Xeon" in page or report.machine["cpu"] in page
+
+
+def test_plots_render_and_skip_without_data(report):
+    for png in (latency_vs_metric_png(report), size_png(report), retention_png(report)):
+        assert png is not None and png.startswith(b"\x89PNG") and len(png) > 5000
+    empty = Report(recipe={"name": "empty"})
+    assert latency_vs_metric_png(empty) is None and size_png(empty) is None and retention_png(empty) is None
+
+
+def test_pareto_front():
+    points = [(1.0, 0.90), (2.0, 0.95), (1.5, 0.89), (3.0, 0.94), (0.5, 0.80)]
+    assert pareto_front(points) == [4, 0, 1]
+    assert pareto_front([(1.0, 0.3), (2.0, 0.2), (3.0, 0.4)], higher_is_better=False) == [0, 1]
+
+
+def test_a_measured_eager_row_fits_the_schema():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    x = [np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32) for _ in range(4)]
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(batch)).numpy()
+
+    stats = measure(run, x, warmup=2, min_runs=10, min_time_s=0.0, threads=1)
+    row = ReportRow(
+        name="student_kd",
+        stage="student_kd",
+        latency_ms=LatencyMs.from_stats(stats),
+        throughput=stats.throughput,
+    )
+    assert row.latency_at(1).p50 == stats.p50 and row.latency_ms.runs == stats.runs
+    assert row.latency_at(8) is None
