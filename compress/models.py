@@ -84,7 +84,7 @@ def build_model(cfg: Any, num_outputs: int, data: Any, role: str = "model") -> B
         data: the recipe's `DataConfig` (channels, raw size, sample rate).
         role: "teacher"/"student", used in error messages (`teacher.checkpoint: ...`).
     """
-    audio = data.source in ("audiofolder", "synthetic_audio")
+    audio = is_audio_data(data)
     if audio:
         pre = Preprocess(kind="audio", channels=1, sample_rate=data.sample_rate,
                          num_samples=int(round(data.sample_rate * data.clip_seconds)))
@@ -105,7 +105,11 @@ def build_model(cfg: Any, num_outputs: int, data: Any, role: str = "model") -> B
         return BuiltModel(OnnxTeacher(_need_file(cfg.checkpoint, role)), pre, cfg.arch, "onnx")
 
     in_chans = 1 if audio else data.channels
-    module = create_architecture(cfg.arch, num_outputs, in_chans, dict(cfg.kwargs), cfg.pretrained, role)
+    kwargs = dict(cfg.kwargs)
+    _import_local_models()
+    if audio and cfg.arch in LOCAL_MODELS:
+        kwargs.setdefault("sample_rate", data.sample_rate)
+    module = create_architecture(cfg.arch, num_outputs, in_chans, kwargs, cfg.pretrained, role)
     if getattr(cfg, "frontend", "none") == "logmel":
         from compress.audio import LogMelFrontend
 
@@ -113,6 +117,17 @@ def build_model(cfg: Any, num_outputs: int, data: Any, role: str = "model") -> B
     if cfg.checkpoint is not None:
         load_weights(module, cfg.checkpoint, role)
     return BuiltModel(module, pre, cfg.arch, "timm")
+
+
+def is_audio_data(data: Any) -> bool:
+    """True when the recipe's samples are waveforms (audio folders, generated audio, CSV of WAVs)."""
+    if data.source in ("audiofolder", "synthetic_audio"):
+        return True
+    if data.source == "csv" and data.root is not None and Path(data.root).is_file():
+        from compress.data_files import manifest_kind
+
+        return manifest_kind(data.root) == "audio"
+    return False
 
 
 def create_architecture(arch: str, num_outputs: int, in_chans: int, kwargs: dict, pretrained: bool,

@@ -78,7 +78,7 @@ def prepare_stage(folder: Path, expected_hash: str, force: bool, resume: bool = 
         reason = "was made from a different recipe or upstream model" if state == "stale" else "holds an unfinished run"
         raise KdtoolError(f"{folder} {reason}", "pass --force to overwrite it, --resume to continue it, "
                           "or --out another folder")
-    if folder.exists() and (force or state == "missing"):
+    if folder.exists() and (force or state in ("missing", "stale", "partial")):
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return "run"
@@ -86,4 +86,6 @@ def prepare_stage(folder: Path, expected_hash: str, force: bool, resume: bool = 
 
 def finish_stage(folder: Path, expected_hash: str, meta: dict[str, Any]) -> None:
     """Mark a stage complete (written last, atomically: its presence means the outputs are whole)."""
-    write_json(folder / "meta.json", {**meta, "inputs_hash": expected_hash, "complete": True})
+    path = folder / "meta.json"
+    existing = read_json(path) if path.exists() else {}
+    write_json(path, {**existing, **meta, "inputs_hash": expected_hash, "complete": True})

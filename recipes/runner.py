@@ -12,6 +12,9 @@ from pathlib import Path
 import torch
 
 from compress.progress import console
+from recipes.stages_post import run_benchmark, run_export, run_quantize
+
+__all__ = ["dry_run", "registries", "run_all", "run_benchmark", "run_export", "run_quantize"]
 
 
 def run_all(ctx, force: bool = False, resume: bool = False) -> dict[str, float]:
@@ -90,7 +93,7 @@ def registries() -> dict:
 
     regs = {"losses": LOSSES, "models": LOCAL_MODELS, "sources": DATA_SOURCES}
     try:
-        from compress.quant import QUANT_MODES
+        from compress.quantize import QUANT_MODES
 
         regs["quantizers"] = QUANT_MODES
     except ImportError:
