@@ -23,6 +23,8 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="runs folder; the run goes to OUT/<recipe name>")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite outputs made from other inputs")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
+DeterministicOpt = Annotated[bool, typer.Option(
+    "--deterministic", help="bit-identical reruns on this machine (deterministic kernels, seeded RNGs)")]
 
 
 class Stage(str, Enum):
@@ -44,8 +46,8 @@ def _fail(exc: BaseException, debug: bool) -> None:
     if isinstance(exc, KdtoolError):
         if debug:
             traceback.print_exception(exc)
-        hint = f"\n  hint: {exc.hint}" if exc.hint else ""
-        print(f"kdtool: error: {exc.message}{hint}", file=sys.stderr)
+        hint = f" (hint: {exc.hint})" if exc.hint else ""
+        print(" ".join(f"kdtool: error: {exc.message}{hint}".split()), file=sys.stderr)  # always one line
         raise typer.Exit(exc.exit_code)
     if isinstance(exc, KeyboardInterrupt):
         print("kdtool: interrupted", file=sys.stderr)
@@ -57,42 +59,78 @@ def _fail(exc: BaseException, debug: bool) -> None:
 
 def _context(recipe: str | None, overrides: list[str] | None, out: Path):
     from compress.atomic import sha256_json
-    from compress.runfolder import RunFolder
+    from compress.runfolder import RunFolder, check_writable
     from compress.stages import Context
     from recipes.load import load_recipe
 
     r, path, raw = load_recipe(recipe, overrides)
+    check_writable(out)
     from compress.progress import console
 
     console.print(f"[bold]{r.name}[/] from {path}")
     return Context(r, RunFolder.for_recipe(out, r.name), recipe_sha=sha256_json(raw))
 
 
-def _guard(debug: bool, fn, *args, **kwargs):
+def _guard(debug: bool, fn, *args, out: Path | None = None, **kwargs):
+    """Run a command; on failure remove the empty folders it made under `out` and map the error."""
+    before = _folders(out)
     try:
         return fn(*args, **kwargs)
     except typer.Exit:
         raise
     except BaseException as exc:  # noqa: BLE001  (mapped to exit codes in one place)
+        if out is not None:
+            _remove_new_empty_folders(out, before)
         _fail(exc, debug)
+
+
+def _folders(root: Path | None) -> set[Path]:
+    if root is None or not root.is_dir():
+        return set()
+    return {root, *(p for p in root.rglob("*") if p.is_dir())}
+
+
+def _remove_new_empty_folders(root: Path, before: set[Path]) -> None:
+    """A failed command leaves no trace: folders it created and left empty go (deepest first)."""
+    for folder in sorted(_folders(root) - before, key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _set_deterministic() -> None:
+    """`--deterministic`: deterministic kernels only (an op without one fails), seeded RNGs, no autotuning."""
+    import random
+
+    import numpy as np
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic GEMMs
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)  # each training stage then reseeds with its train.seed
 
 
 @app.command()
 def run(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"), force: ForceOpt = False,
         resume: Annotated[bool, typer.Option(help="continue interrupted stages")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="validate, build models, probe shapes; no training")]
-        = False, debug: DebugOpt = False) -> None:
+        = False, deterministic: DeterministicOpt = False, debug: DebugOpt = False) -> None:
     """Run every stage of a recipe: distill → quantize → export → benchmark → report card."""
     from recipes.runner import dry_run as do_dry_run
     from recipes.runner import run_all
 
     def go():
+        if deterministic:
+            _set_deterministic()
         ctx = _context(recipe, set_, out)
         if dry_run:
             return do_dry_run(ctx)
         return run_all(ctx, force=force, resume=resume)
 
-    _guard(debug, go)
+    _guard(debug, go, out=out)
 
 
 @app.command()
@@ -100,11 +138,14 @@ def distill(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("r
             stage: Annotated[Stage, typer.Option(help="baseline (stage 1), kd (stage 2) or both")] = Stage.both,
             resume: Annotated[bool, typer.Option(help="continue an interrupted stage exactly")] = False,
             ablate: Annotated[int, typer.Option(help="train baseline and KD over N seeds; report mean ± std")] = 0,
-            force: ForceOpt = False, debug: DebugOpt = False) -> None:
+            force: ForceOpt = False, deterministic: DeterministicOpt = False,
+            debug: DebugOpt = False) -> None:
     """Train the teacher (if needed), the student baseline, and the distilled student."""
     from compress.stages import run_distill
 
     def go():
+        if deterministic:
+            _set_deterministic()
         ctx = _context(recipe, set_, out)
         if ablate:
             from compress.ablation import run_ablation
@@ -112,7 +153,7 @@ def distill(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("r
             return run_ablation(ctx, seeds=ablate, force=force)
         return run_distill(ctx, stage.value, force=force, resume=resume)
 
-    _guard(debug, go)
+    _guard(debug, go, out=out)
 
 
 @app.command()
@@ -123,7 +164,7 @@ def quantize(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("
     from recipes.runner import run_quantize
 
     _guard(debug, lambda: run_quantize(_context(recipe, set_, out), [m.value for m in mode] if mode else None,
-                                       force=force))
+                                       force=force), out=out)
 
 
 @app.command()
@@ -135,7 +176,8 @@ def export(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("ru
     from recipes.runner import run_export
 
     formats = [f.strip() for f in format_.split(",")] if format_ else None
-    _guard(debug, lambda: run_export(_context(recipe, set_, out), targets=target, formats=formats, force=force))
+    _guard(debug, lambda: run_export(_context(recipe, set_, out), targets=target, formats=formats,
+                                     force=force), out=out)
 
 
 @app.command()
@@ -150,7 +192,8 @@ def benchmark(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path(
     from recipes.runner import run_benchmark
 
     _guard(debug, lambda: run_benchmark(_context(recipe, set_, out), baseline=baseline,
-                                        max_regression=max_regression, min_retention=min_retention, force=force))
+                                        max_regression=max_regression, min_retention=min_retention, force=force),
+           out=out)
 
 
 @app.command(name="ls")
@@ -160,7 +203,7 @@ def ls(what: Annotated[str, typer.Argument(help="losses, exporters, runtimes, qu
 
     regs = registries()
     if what not in regs:
-        print(f"kdtool: error: unknown list {what!r}\n  hint: one of {', '.join(regs)}", file=sys.stderr)
+        print(f"kdtool: error: unknown list {what!r} (hint: one of {', '.join(regs)})", file=sys.stderr)
         raise typer.Exit(2)
     for name, doc in regs[what].describe().items():
         print(f"{name:<22} {doc}")
@@ -198,12 +241,24 @@ def init(name: Annotated[str, typer.Argument(help="file to create, e.g. my_detec
     _guard(debug, go)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+def _quiet_libraries() -> None:
+    """Library chatter (coremltools/ExecuTorch logs, tqdm bars, torch.export warnings) hidden unless --debug."""
+    import logging
     import warnings
 
+    if "--debug" in sys.argv:
+        return
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
     warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger("compress").setLevel(logging.WARNING)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _quiet_libraries()
     app()
 
 

@@ -145,15 +145,23 @@ def _output_meaning(task) -> str:
 
 
 def _print_export_table(rows: list[dict[str, Any]]) -> None:
+    """Every planned artifact with its status, size, parity and (for failures) the reason."""
     from rich.table import Table
 
-    table = Table(title="export")
-    if not rows:
-        return
-    for key in rows[0]:
-        table.add_column(str(key))
+    table = Table(title="export", show_lines=False)
+    for col in ("artifact", "target", "status", "MB", "parity", "max abs", "agree", "delegated", "int8 ops"):
+        table.add_column(col, overflow="fold")
+
+    def pct(v: float | None) -> str:
+        return "" if v is None else f"{100 * v:.0f}%"
+
     for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row.values()])
+        status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row['reason']}"
+        table.add_row(row["name"], row["target"] or "", status,
+                      "" if row["size_mb"] is None else f"{row['size_mb']:.2f}", row["parity"] or "",
+                      "" if row["max_abs"] is None else f"{row['max_abs']:.1e}",
+                      "" if row["agreement"] is None else f"{row['agreement']:.3f}",
+                      pct(row["delegated"]), pct(row["quantized_ops"]))
     console.print(table)
 
 

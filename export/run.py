@@ -1,0 +1,167 @@
+"""`export_model`: every planned artifact exported, loaded in its runtime, parity-checked, with a manifest.
+
+One format failing does not stop the others: each artifact comes back with status ok / failed /
+skipped and the reason (the unsupported op, the missing package, the parity numbers). Each
+artifact is written atomically into `out_dir/<target>/<format>/<precision>/` with its
+`manifest.json`. The returned list feeds the summary table and the report card. The model is
+exported as given: the caller strips KD adapters/hooks and passes the bare student.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.atomic import atomic_path
+from compress.errors import ExportError, KdtoolError
+from export.artifact import Artifact, Parity
+from export.manifest import write_manifest
+from export.registry import EXPORTERS, ExportContext, first_line
+from export.targets import Job, plan
+from export.verify import verify_artifact
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Quantized:
+    """The quantization stage's outputs that exporters take for int8.
+
+    Attributes:
+        pt2e: `convert_pt2e` output (XNNPACK quantizer) or an ExportedProgram of it → ExecuTorch int8.
+        onnx: an ONNX Runtime–quantized QDQ `.onnx` → ONNX (and TensorRT) int8.
+    """
+
+    pt2e: Any = None
+    onnx: Path | None = None
+
+
+def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
+                 formats: list[str] | None = None, targets: list[str] | None = None, *,
+                 quantized: Quantized | None = None, ctx: ExportContext | None = None,
+                 inputs: torch.Tensor | None = None, int8: bool = True, verify: bool = True,
+                 threads: int = 1) -> list[Artifact]:
+    """Export `model` for `targets` (presets) or `formats`, verify each artifact, write manifests.
+
+    Args:
+        model: the student `nn.Module` (fp32, CPU); put in eval mode here.
+        example: one input batch of the model's input shape (e.g. (2, 1, 32, 32)).
+        out_dir: the export folder (e.g. `runs/<name>/export`).
+        formats: formats to make (`EXPORTERS` names); with targets, narrows/extends their presets.
+        targets: android, ios, server or all (see `export/targets.py`); default server.
+        quantized: int8 inputs from the quantization stage; int8 jobs are skipped without them.
+        ctx: names, labels, preprocessing, opset, metadata (precision/target are set per job).
+        inputs: real (preprocessed) inputs for the parity check, besides random ones.
+        int8: make the presets' int8 artifacts.
+        verify: load every artifact in its runtime and check parity (turn off only in tests of I/O).
+        threads: intra-op threads for the runtimes during verification.
+
+    Returns:
+        One `Artifact` per planned job, in plan order, each with status, reason, parity and info.
+    """
+    model = model.eval()
+    ctx = ctx or ExportContext()
+    quantized = quantized or Quantized()
+    results = []
+    for job in plan(targets, formats, int8):
+        a = _export_one(job, model, example, Path(out_dir), ctx, quantized, inputs, verify, threads)
+        results.append(a)
+        log.info("%s: %s%s", a.name, a.status, f" ({a.reason})" if a.reason else "")
+    return results
+
+
+def _export_one(job: Job, model: nn.Module, example: torch.Tensor, out_dir: Path, base: ExportContext,
+                quantized: Quantized, inputs: torch.Tensor | None, verify: bool, threads: int) -> Artifact:
+    ctx = dataclasses.replace(base, precision=job.precision, target=job.target, variant=job.variant,
+                              metadata=dict(base.metadata), quantized_program=quantized.pt2e,
+                              quantized_onnx=quantized.onnx)
+    folder = out_dir / job.folder
+    skip = _skip_reason(job, quantized)
+    if skip:
+        return _placeholder(job, ctx, folder, "skipped", skip)
+    exporter = EXPORTERS.get(job.format)()
+    t0 = time.perf_counter()
+    try:
+        with atomic_path(folder, is_dir=True) as tmp:
+            artifact = exporter.export(model, example, tmp, ctx)
+            seconds = round(time.perf_counter() - t0, 2)
+            artifact = _update(artifact, info={**artifact.info, "export_s": seconds})
+            if verify:
+                artifact = _verify(artifact, job, model, example, ctx, quantized, inputs, threads)
+            write_manifest(artifact, ctx, example)
+    except KdtoolError as e:
+        return _placeholder(job, ctx, folder, "failed", str(e))
+    except Exception as e:  # a library bug in one format must not stop the others
+        log.debug("exporter %s crashed", job.format, exc_info=True)
+        return _placeholder(job, ctx, folder, "failed", f"{type(e).__name__}: {first_line(e)}")
+    return _relocate(artifact, tmp, folder)
+
+
+def _verify(artifact: Artifact, job: Job, model: nn.Module, example: torch.Tensor, ctx: ExportContext,
+            quantized: Quantized, inputs: torch.Tensor | None, threads: int) -> Artifact:
+    """Load in the runtime and check parity; int8 ExecuTorch is compared with its PT2E model."""
+    reference = quantized.pt2e if (job.precision == "int8" and job.format == "executorch") else model
+    if isinstance(reference, torch.export.ExportedProgram):
+        reference = reference.module()
+    try:
+        parity = verify_artifact(artifact, reference, example, inputs=inputs, task=ctx.task, threads=threads)
+    except ExportError as e:
+        parity = Parity(status="failed", reason=str(e))
+    info = dict(artifact.info)
+    if artifact.format == "onnx" and parity.status == "passed":
+        from benchmark.runtimes.onnxruntime import node_placement
+
+        info["node_placement"] = node_placement(artifact.path, example.numpy(), threads)
+    status = "failed" if parity.status == "failed" else "ok"
+    return _update(artifact, parity=parity, status=status,
+                   reason=f"parity failed: {parity.reason}" if status == "failed" else None, info=info)
+
+
+def _skip_reason(job: Job, quantized: Quantized) -> str | None:
+    if job.precision == "int8" and job.format == "executorch" and quantized.pt2e is None:
+        return "no PT2E-quantized model: run `kdtool quantize --mode static|qat` first"
+    if job.precision == "int8" and job.format in ("onnx", "tensorrt") and quantized.onnx is None:
+        return "no ONNX Runtime–quantized .onnx: run `kdtool quantize --mode static` first"
+    if job.format == "tensorrt":
+        from export.tensorrt import unavailable_reason
+
+        return unavailable_reason()
+    return None
+
+
+def _placeholder(job: Job, ctx: ExportContext, folder: Path, status: str, reason: str) -> Artifact:
+    runtime = EXPORTERS.get(job.format).runtime
+    return Artifact(name=ctx.artifact_name(job.format), format=job.format, precision=job.precision,
+                    path=folder, runtime=runtime, target=job.target, status=status, reason=reason)
+
+
+def _update(artifact: Artifact, **changes: Any) -> Artifact:
+    return artifact.model_copy(update=changes)
+
+
+def _relocate(artifact: Artifact, tmp: Path, folder: Path) -> Artifact:
+    """Point the artifact's paths at the final folder (it was built in the atomic temporary)."""
+    def move(p: Path) -> Path:
+        return folder / Path(p).relative_to(tmp)
+
+    return _update(artifact, path=move(artifact.path), files=[move(f) for f in artifact.files])
+
+
+def summary_table(artifacts: list[Artifact]) -> list[dict[str, Any]]:
+    """Rows for the CLI table / report: name, status, size, parity numbers, delegation/quantized share."""
+    rows = []
+    for a in artifacts:
+        p = a.parity
+        rows.append({"name": a.name, "target": a.target, "status": a.status, "size_mb": a.size_mb,
+                     "parity": p.status if p else None, "max_abs": p.max_abs if p else None,
+                     "agreement": p.agreement if p else None,
+                     "delegated": (a.info.get("delegation") or {}).get("share"),
+                     "quantized_ops": (a.info.get("quantized") or {}).get("op_share"),
+                     "reason": a.reason})
+    return rows

@@ -1,0 +1,76 @@
+"""Deployment targets → the artifacts made for them; `--format` narrows or extends a preset.
+
+| target  | artifacts (format precision)                                                    |
+|---------|---------------------------------------------------------------------------------|
+| android | executorch fp32, executorch int8 (PT2E, XNNPACK), onnx fp32 (ONNX Runtime Mobile) |
+| ios     | coreml fp16, executorch-coreml fp16 (ExecuTorch with the CoreML delegate)        |
+| server  | onnx fp32, onnx int8 (ORT QDQ), tensorrt fp16 (CUDA only), torchscript fp32      |
+
+int8 jobs need the quantization stage's output (`Quantized`); without it they are skipped with
+that reason, as TensorRT is without CUDA: every planned artifact shows up in the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compress.errors import KdtoolError
+
+TARGETS = ("android", "ios", "server")
+CUSTOM_TARGET = "custom"  # folder used when only --format is given
+DEFAULT_PRECISION = {"coreml": "fp16", "tensorrt": "fp16"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One artifact to make: format, precision, optional variant (e.g. executorch 'coreml')."""
+
+    target: str
+    format: str
+    precision: str = "fp32"
+    variant: str | None = None
+
+    @property
+    def folder(self) -> str:
+        """Relative folder `<target>/<format>[-<variant>]/<precision>`."""
+        fmt = f"{self.format}-{self.variant}" if self.variant else self.format
+        return f"{self.target}/{fmt}/{self.precision}"
+
+
+PRESETS: dict[str, tuple[tuple[str, str, str | None], ...]] = {
+    "android": (("executorch", "fp32", None), ("executorch", "int8", None), ("onnx", "fp32", None)),
+    "ios": (("coreml", "fp16", None), ("executorch", "fp16", "coreml")),
+    "server": (("onnx", "fp32", None), ("onnx", "int8", None), ("tensorrt", "fp16", None),
+               ("torchscript", "fp32", None)),
+}
+
+
+def plan(targets: list[str] | None = None, formats: list[str] | None = None, int8: bool = True) -> list[Job]:
+    """The jobs for `targets` (default server); `formats` keeps only those formats, adding missing ones.
+
+    Args:
+        targets: android, ios, server, or "all".
+        formats: explicit format list (overrides the presets' choice of formats).
+        int8: include the int8 artifacts of the presets.
+    """
+    import export.all  # noqa: F401  (registers every exporter)
+    from export.registry import EXPORTERS
+
+    if targets and "all" in targets:
+        targets = list(TARGETS)
+    for t in targets or []:
+        if t not in TARGETS:
+            raise KdtoolError(f"unknown export target {t!r}", f"known: {', '.join(TARGETS)}, all")
+    for f in formats or []:
+        if f not in EXPORTERS:
+            EXPORTERS.get(f)  # raises naming the known exporters
+    names = targets or ([CUSTOM_TARGET] if formats else ["server"])
+    jobs: list[Job] = []
+    for target in names:
+        preset = [Job(target, f, p, v) for f, p, v in PRESETS.get(target, ()) if int8 or p != "int8"]
+        if formats:
+            preset = [j for j in preset if j.format in formats]
+            have = {j.format for j in preset}
+            preset += [Job(target, f, DEFAULT_PRECISION.get(f, "fp32")) for f in formats if f not in have]
+        jobs += preset
+    return jobs

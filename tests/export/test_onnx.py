@@ -1,0 +1,101 @@
+"""ONNX export: parity in ONNX Runtime at two batch sizes, metadata, manifest, external data, int8."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from compress.atomic import sha256_file, size_on_disk_mb
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+def test_onnx_fp32_exports_loads_and_matches(exported):
+    (art,) = exported("onnx")
+    assert art.status == "ok", art.reason
+    assert art.path.name == "student_kd.fp32.onnx"
+    assert art.path.parent.parts[-3:] == ("custom", "onnx", "fp32")
+    assert art.parity.status == "passed"
+    assert art.parity.max_abs < 1e-5 * 100 and art.parity.agreement == 1.0
+    assert art.parity.batches == [1, 4] and art.parity.samples == 16  # 8 digits + 8 random
+    assert art.sha256 == sha256_file(art.path)
+    assert art.info["output_shapes"] == {"logits": ["batch", 10]}
+    assert sum(art.info["node_placement"]["CPUExecutionProvider"].values()) > 10
+
+
+def test_onnx_metadata_and_manifest(exported):
+    from export.onnx import read_metadata
+
+    (art,) = exported("onnx")
+    meta = read_metadata(art.path)
+    assert json.loads(meta["kdtool.labels"]) == [str(i) for i in range(10)]
+    assert json.loads(meta["kdtool.preprocess"])["mean"] == [0.5]
+    manifest = json.loads((art.path.parent / "manifest.json").read_text())
+    assert manifest["schema"] == "kdtool.manifest/1"
+    assert manifest["format"] == "onnx" and manifest["precision"] == "fp32" and manifest["opset"] == 18
+    assert manifest["inputs"] == [{"name": "input", "shape": ["batch", 1, 32, 32], "dtype": "float32",
+                                   "layout": "NCHW"}]
+    assert manifest["sha256"] == art.sha256 and manifest["files"][0]["sha256"] == art.sha256
+    assert manifest["parity"]["status"] == "passed" and manifest["parity"]["max_abs"] == art.parity.max_abs
+    assert manifest["versions"]["onnxruntime"] and manifest["labels"][3] == "3"
+
+
+def test_external_data_is_listed_and_counted(monkeypatch, tmp_path, example):
+    from export_fixtures import context, tiny_convnet
+
+    import export.onnx as onnx_exporter
+    from benchmark.runtimes.base import get_runtime
+
+    monkeypatch.setattr(onnx_exporter, "PROTOBUF_LIMIT_BYTES", 0)  # pretend the model is over 2 GB
+    model = tiny_convnet()
+    art = onnx_exporter.OnnxExporter().export(model, example, tmp_path, context())
+    assert len(art.files) == 2 and art.files[1].suffix == ".data" and art.info["external_data"]
+    total = size_on_disk_mb(art.files[0]) + size_on_disk_mb(art.files[1])
+    assert art.size_mb == pytest.approx(total, abs=1e-5)
+    assert size_on_disk_mb(art.files[1]) > 0.8 * sum(p.numel() * 4 for p in model.parameters()) / 1e6
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name for f in art.files)  # no temporaries
+    out = get_runtime("onnxruntime").load(art.path, 1).run(example.numpy())
+    np.testing.assert_allclose(out, model(example).detach().numpy(), atol=1e-5)
+
+
+def test_int8_adopts_ort_quantized_model_and_reports_quantized_share(tmp_path, example, real_inputs):
+    from export_fixtures import context, tiny_convnet
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from export.onnx import OnnxExporter
+    from export.run import Quantized, export_model
+
+    model = tiny_convnet()
+    fp32 = OnnxExporter().export(model, example, tmp_path, context(name="tiny"))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": real_inputs[i:i + 2].numpy()} for i in range(0, 8, 2)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    qdq = tmp_path / "tiny.qdq.onnx"
+    quantize_static(str(fp32.path), str(qdq), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
+    (art,) = export_model(model, example, tmp_path / "out", formats=["onnx"], targets=["server"],
+                          quantized=Quantized(onnx=qdq), ctx=context(name="tiny"), inputs=real_inputs)[1:]
+    assert art.name == "tiny.onnx.int8" and art.status == "ok", art.reason
+    assert art.info["quantized"]["op_share"] >= 0.5 and art.info["quantized"]["int8_weight_share"] > 0.9
+    assert art.parity.status == "passed" and art.parity.agreement >= 0.9
+
+
+def test_ort_format_conversion(exported):
+    from benchmark.runtimes.base import get_runtime
+    from export.onnx import convert_to_ort
+
+    (art,) = exported("onnx")
+    ort_path = convert_to_ort(art.path)
+    x = torch.zeros(3, 1, 32, 32).numpy()
+    a = get_runtime("onnxruntime").load(ort_path, 1).run(x)
+    b = get_runtime("onnxruntime").load(art.path, 1).run(x)
+    assert ort_path.suffix == ".ort" and np.abs(a - b).max() < 1e-5

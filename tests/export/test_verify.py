@@ -1,0 +1,83 @@
+"""The shared parity check: tolerances per precision, batches, agreement, failures with numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from export_fixtures import tiny_convnet
+
+from compress.errors import ExportError
+from export.artifact import Artifact, Parity
+from export.verify import TOLERANCES, check_parity, require_passed
+
+
+def _runner(model, noise: float = 0.0, offset: float = 0.0):
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            y = model(torch.from_numpy(x))
+        return (y + noise * torch.randn_like(y) + offset).numpy()
+    return run
+
+
+def test_identical_model_passes_at_two_batch_sizes(example, real_inputs):
+    model = tiny_convnet()
+    p = check_parity(_runner(model), model, example, "fp32", inputs=real_inputs)
+    assert p.status == "passed" and p.max_abs < 1e-6 and p.agreement == 1.0
+    assert p.batches == [1, 4] and p.samples == 16 and p.atol == pytest.approx(1e-4 * p.max_abs / p.max_rel)
+
+
+def test_offset_beyond_fp32_tolerance_fails_with_numbers(example):
+    model = tiny_convnet()
+    scale = float(model(torch.randn(8, 1, 32, 32)).abs().max())
+    p = check_parity(_runner(model, offset=1e-2 * scale), model, example, "fp32")
+    assert p.status == "failed" and p.max_abs == pytest.approx(1e-2 * scale, rel=0.5)
+    assert "max_abs" in p.reason and "fp32" in p.reason
+    # the same error is within the fp16 bound
+    assert check_parity(_runner(model, offset=1e-2 * scale), model, example, "fp16").status == "passed"
+
+
+def test_tolerances_loosen_with_precision():
+    assert TOLERANCES["fp32"].rel < TOLERANCES["fp16"].rel < TOLERANCES["int8"].rel
+    assert TOLERANCES["fp32"].min_agreement > TOLERANCES["int8"].min_agreement
+
+
+def test_wrong_classes_fail_agreement_even_with_loose_tolerance(example):
+    model = tiny_convnet()
+    p = check_parity(lambda x: -_runner(model)(x), model, example, "int8")  # reversed ranking
+    assert p.status == "failed" and p.agreement < 0.5
+
+
+def test_regression_uses_normalised_mae(example):
+    model = tiny_convnet()
+    p = check_parity(_runner(model), model, example, "fp32", task="regression")
+    assert p.status == "passed" and p.agreement == pytest.approx(1.0)
+
+
+def test_static_batch_runs_only_its_batch(example):
+    model = tiny_convnet()
+    seen = set()
+
+    def run(x):
+        seen.add(len(x))
+        return _runner(model)(x)
+
+    p = check_parity(run, model, example, "fp32", dynamic_batch=False, random_samples=5)
+    assert p.status == "passed" and p.batches == [2] and seen == {2}
+
+
+def test_artifact_that_crashes_is_failed(example):
+    def run(x):
+        raise RuntimeError("shape mismatch in node conv_3")
+
+    p = check_parity(run, tiny_convnet(), example, "fp32")
+    assert p.status == "failed" and "conv_3" in p.reason
+
+
+def test_require_passed_raises_export_error_with_numbers(tmp_path):
+    art = Artifact(name="m.onnx.fp32", format="onnx", precision="fp32", path=tmp_path / "m.onnx",
+                   runtime="onnxruntime",
+                   parity=Parity(status="failed", max_abs=0.5, reason="max_abs 0.5 > atol 1e-4"))
+    with pytest.raises(ExportError, match="0.5") as e:
+        require_passed(art)
+    assert e.value.exit_code == 4
