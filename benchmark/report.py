@@ -81,7 +81,7 @@ class ReportRow(BaseModel):
     throughput: float | None = None  # samples/s at the largest batch measured
     metrics: dict[str, float] = {}
     retention: float | None = None  # primary metric vs the teacher's (fraction)
-    retention_vs_student: float | None = None  # vs the student trained without KD
+    retention_vs_student: float | None = None  # vs the FP32 PyTorch model it came from (quantized/export rows)
     parity: Parity | None = None
 
     def latency_at(self, batch: int = 1) -> LatencyMs | None:
@@ -137,25 +137,26 @@ def higher_is_better(metric: str) -> bool:
 
 
 def with_retention(rows: list[ReportRow], primary_metric: str) -> list[ReportRow]:
-    """Fill `retention` (vs the teacher) and `retention_vs_student` (vs the student baseline).
+    """Fill `retention` (vs the teacher) and `retention_vs_student` (vs the FP32 model it came from).
 
-    The references are the first ok PyTorch rows of stage `teacher` and `student_baseline`;
-    for error metrics (MAE, ...) retention is reference / value (see `compress.tasks.retention`).
+    The teacher reference is the first ok PyTorch row of stage `teacher`; a quantized or exported
+    row is also compared with the PyTorch row of its source model (e.g. `student_kd`): what INT8
+    or the export cost. For error metrics (MAE, ...) retention is reference / value
+    (see `compress.tasks.retention`).
     """
     from compress.tasks import retention
 
-    def ref(stage: str) -> float | None:
-        row = next((r for r in rows if r.stage == stage and r.format == "pytorch" and r.status == "ok"
-                    and primary_metric in r.metrics), None)
-        return row.metrics[primary_metric] if row else None
-
-    teacher, student = ref("teacher"), ref("student_baseline")
+    pytorch = {r.name: r.metrics.get(primary_metric) for r in rows
+               if r.format == "pytorch" and r.status == "ok" and r.stage != "quantized"}
+    teacher = next((r.metrics.get(primary_metric) for r in rows if r.stage == "teacher" and r.format == "pytorch"
+                    and r.status == "ok"), None)
     out = []
     for r in rows:
         value = r.metrics.get(primary_metric)
+        source = pytorch.get(r.origin) if r.stage in ("quantized", "export") else None
         out.append(r.model_copy(update={
             "retention": retention(primary_metric, value, teacher) if value is not None and teacher else None,
-            "retention_vs_student": retention(primary_metric, value, student) if value is not None and student
+            "retention_vs_student": retention(primary_metric, value, source) if value is not None and source
             else None,
         }))
     return out

@@ -73,4 +73,8 @@ def plan(targets: list[str] | None = None, formats: list[str] | None = None, int
             have = {j.format for j in preset}
             preset += [Job(target, f, DEFAULT_PRECISION.get(f, "fp32")) for f in formats if f not in have]
         jobs += preset
-    return jobs
+    # one artifact per (format, precision, variant): android and server share their ONNX file
+    unique: dict[tuple[str, str, str | None], Job] = {}
+    for job in jobs:
+        unique.setdefault((job.format, job.precision, job.variant), job)
+    return list(unique.values())

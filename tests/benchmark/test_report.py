@@ -179,7 +179,9 @@ def test_retention_vs_teacher_and_student():
     rows = {r.name: r for r in with_retention(sample_rows(), "accuracy")}
     assert rows["teacher"].retention == pytest.approx(1.0)
     assert rows["student_kd"].retention == pytest.approx(0.97 / 0.98)
-    assert rows["student_kd"].retention_vs_student == pytest.approx(0.97 / 0.90)
+    assert rows["student_kd"].retention_vs_student is None  # a PyTorch model is its own reference
+    assert rows["quantized.dynamic"].retention_vs_student == pytest.approx(0.968 / 0.97)
+    assert rows["student_kd.executorch.int8"].retention_vs_student == pytest.approx(0.955 / 0.97)
     assert rows["student_kd.coreml.fp32"].retention is None
 
 

@@ -1,0 +1,156 @@
+"""One config dataclass per quantization technique (torchao style): `quantize` dispatches on its type.
+
+| config              | mode    | backends                    | weights             | activations            |
+|---------------------|---------|-----------------------------|---------------------|------------------------|
+| `Int8DynamicConfig` | dynamic | torch, executorch, onnx     | int8 per-channel    | int8, scale per batch  |
+| `Int8StaticConfig`  | static  | executorch, onnx, coreml    | int8 per-channel    | int8 calibrated (¹)    |
+| `Int8QATConfig`     | qat     | executorch                  | int8 per-channel    | int8 learned (QAT)     |
+
+(¹) CoreML compresses weights only; its activations stay float.
+
+Backends name where the quantized model runs: `torch` (torchao tensor subclasses, eager PyTorch),
+`executorch` (PT2E with the XNNPACK quantizer: the `.pt2` is what ExecuTorch lowers), `onnx`
+(ONNX Runtime's quantization tools) and `coreml` (coremltools weight compression).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+Backend = Literal["torch", "executorch", "onnx", "coreml"]
+
+
+@dataclass(frozen=True)
+class Int8DynamicConfig:
+    """Int8 weights; activations quantized on the fly per batch (no calibration data needed).
+
+    Args:
+        backend: `torch` (torchao `Int8DynamicActivationInt8WeightConfig`, nn.Linear only),
+            `executorch` (XNNPACK quantizer, dynamic config: linear layers) or `onnx`
+            (`onnxruntime.quantization.quantize_dynamic`: MatMul/Gemm and Conv).
+    """
+
+    mode: ClassVar[str] = "dynamic"
+    backends: ClassVar[tuple[str, ...]] = ("torch", "executorch", "onnx")
+    backend: Backend = "torch"
+
+
+@dataclass(frozen=True)
+class Int8StaticConfig:
+    """Post-training static quantization: activation ranges calibrated on training samples.
+
+    Args:
+        backend: `executorch` (PT2E + XNNPACK quantizer), `onnx` (ORT QDQ) or `coreml`
+            (weights only: CoreML has no calibrated activation int8 on this path).
+        calibration_samples: how many training samples calibrate the activation ranges.
+        per_channel: one weight scale per output channel (recommended for convolutions).
+        palettize_bits: CoreML only: k-means palettization to this many bits instead of int8.
+    """
+
+    mode: ClassVar[str] = "static"
+    backends: ClassVar[tuple[str, ...]] = ("executorch", "onnx", "coreml")
+    backend: Backend = "executorch"
+    calibration_samples: int = 256
+    per_channel: bool = True
+    palettize_bits: int | None = None
+
+
+@dataclass(frozen=True)
+class Int8QATConfig:
+    """Quantization-aware training (PT2E QAT), fine-tuned with the teacher's KD loss when one is given.
+
+    Args:
+        backend: `executorch` (the XNNPACK quantizer's QAT config).
+        epochs: fine-tuning epochs with fake quantization.
+        lr: AdamW learning rate (small: the student is already trained).
+        weight_decay: AdamW weight decay.
+        per_channel: one weight scale per output channel.
+        freeze_bn_epoch: from this epoch on, batch-norm statistics stop updating (None: never).
+    """
+
+    mode: ClassVar[str] = "qat"
+    backends: ClassVar[tuple[str, ...]] = ("executorch",)
+    backend: Backend = "executorch"
+    epochs: int = 2
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    per_channel: bool = True
+    freeze_bn_epoch: int | None = None
+
+
+QuantConfig = Int8DynamicConfig | Int8StaticConfig | Int8QATConfig
+
+LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
+"""`loss_fn(student_out, teacher_out, targets) -> scalar` (teacher_out is None without a teacher)."""
+
+
+@dataclass(frozen=True)
+class QuantInputs:
+    """Everything a mode may need beside the model and its config (unused fields stay None).
+
+    Args:
+        example: one preprocessed input batch (N >= 2) used to trace/export the model.
+        calibration: loader of (raw, target, index) batches (static calibration, QAT training).
+        preprocess: raw batch → the student's input.
+        out: folder the quantized model and its meta.json are written to.
+        seed: recorded in the meta and used to seed QAT.
+        teacher: QAT only: frozen teacher for quantization-aware distillation.
+        teacher_preprocess: raw batch → the teacher's input.
+        task: QAT only: the task (hard loss when no `loss_fn`).
+        loss_fn: QAT only: `loss_fn(student_out, teacher_out, targets)`.
+    """
+
+    example: torch.Tensor
+    calibration: Any = None
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None
+    out: Path | None = None
+    seed: int = 0
+    teacher: nn.Module | None = None
+    teacher_preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None
+    task: Any = None
+    loss_fn: LossFn | None = None
+
+
+@dataclass
+class QuantizedModel:
+    """A quantized student, where it runs, and its provenance.
+
+    Attributes:
+        mode: "dynamic" | "static" | "qat".
+        backend: "torch" | "executorch" | "onnx" | "coreml".
+        module: runnable in PyTorch (torchao model, or the converted PT2E graph), else None.
+        program: the `torch.export` program saved as `.pt2` (torch/executorch backends), else None.
+        path: the file written (`model.pt2`, `model.int8.onnx`, `model.mlpackage`), once saved.
+        meta: provenance and facts (mode, backend, calibration size, seed, versions, size, int8 share).
+    """
+
+    mode: str
+    backend: str
+    module: nn.Module | None = None
+    program: Any = None
+    path: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    _session: Any = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Run one preprocessed batch; raises ExportError where this backend cannot run here (CoreML)."""
+        if self.module is not None:
+            with torch.no_grad():
+                return self.module(x)
+        if self.backend == "onnx" and self.path is not None:
+            if self._session is None:
+                from compress.quant.onnx_ort import ort_session
+
+                self._session = ort_session(self.path)
+            name = self._session.get_inputs()[0].name
+            return torch.from_numpy(self._session.run(None, {name: x.detach().float().cpu().numpy()})[0])
+        from compress.errors import ExportError
+
+        raise ExportError(f"{self.backend} {self.mode} model {self.path} cannot run on this machine",
+                          "CoreML prediction needs macOS; evaluate it there or use the onnx/executorch model")

@@ -1,0 +1,154 @@
+"""ONNX Runtime quantization: `quantize_dynamic`; `quant_pre_process` + `quantize_static` (QDQ, per-channel).
+
+The fp32 student is exported once (`torch.onnx.export(dynamo=True)`, weights inlined, dynamic batch)
+to `model.fp32.onnx` beside the int8 file, so sizes compare like with like.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.atomic import atomic_path, size_on_disk_mb
+from compress.errors import ExportError, KdtoolError
+from compress.quant.common import finish_meta, input_batches, provenance, require_quantized
+from compress.quant.configs import Int8DynamicConfig, Int8StaticConfig, QuantInputs, QuantizedModel
+
+INPUT_NAME = "input"
+
+
+def ort_session(path: Path, threads: int | None = None):
+    """An onnxruntime CPU session for `path`; a file ORT cannot load raises an ExportError."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ExportError(f"onnxruntime cannot load {path} ({str(e).splitlines()[0][:200]})",
+                          "the quantized graph uses an op ORT lacks here; try the other mode") from None
+
+
+def export_fp32_onnx(model: nn.Module, example: torch.Tensor, out: Path) -> Path:
+    """Export the fp32 model to `out/model.fp32.onnx` (weights inlined, dynamic batch) atomically."""
+    path = Path(out) / "model.fp32.onnx"
+    with atomic_path(path) as tmp:
+        try:
+            torch.onnx.export(copy.deepcopy(model).eval(), (example,), str(tmp), dynamo=True,
+                              external_data=False, input_names=[INPUT_NAME], output_names=["output"],
+                              verbose=False,
+                              dynamic_shapes=({0: torch.export.Dim.AUTO},))
+        except Exception as e:  # torch.onnx wraps many error types
+            raise ExportError(f"quantize (onnx): torch.onnx.export failed ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})",
+                              "use backend executorch or torch, or fix the unsupported op") from e
+    return path
+
+
+def int8_census_onnx(path: Path) -> dict[str, Any]:
+    """Count int8/uint8 initializers of rank >= 2 and the share of weight elements they hold."""
+    import numpy as np
+    import onnx
+
+    model = onnx.load(str(path))
+    int8_types = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    int8_tensors = int8_elems = float_elems = 0
+    for init in model.graph.initializer:
+        if len(init.dims) < 2:
+            continue
+        n = int(np.prod(init.dims))
+        if init.data_type in int8_types:
+            int8_tensors, int8_elems = int8_tensors + 1, int8_elems + n
+        elif init.data_type in float_types:
+            float_elems += n
+    total = int8_elems + float_elems
+    return {"int8_tensors": int8_tensors, "int8_weight_elements": int8_elems,
+            "float_weight_elements": float_elems,
+            "quantized_share": round(int8_elems / total, 4) if total else 0.0}
+
+
+def _need_out(qi: QuantInputs, mode: str) -> Path:
+    if qi.out is None:
+        raise KdtoolError(f"quantize {mode} (onnx): no output folder given",
+                          "pass out=<folder> for file backends")
+    return Path(qi.out)
+
+
+def _finish(config, qi: QuantInputs, fp32: Path, int8: Path, calibrated: int | None, notes: list[str],
+            activations: str) -> QuantizedModel:
+    census = int8_census_onnx(int8)
+    require_quantized(census, config.mode, "onnx", "backend executorch (PT2E)")
+    ort_session(int8)  # fail here, not at benchmark time, if ORT cannot load what it wrote
+    meta = provenance(config, qi.seed, calibrated, ("onnx", "onnxruntime"), notes,
+                      weights="int8 symmetric per-channel", activations=activations, int8=census,
+                      fp32_file=fp32.name)
+    qm = QuantizedModel(config.mode, "onnx", path=int8, meta=meta)
+    finish_meta(qm, size_on_disk_mb(int8), size_on_disk_mb(fp32))
+    return qm
+
+
+def ort_dynamic(model: nn.Module, config: Int8DynamicConfig, qi: QuantInputs) -> QuantizedModel:
+    """`onnxruntime.quantization.quantize_dynamic` (int8 per-channel weights; MatMul/Gemm and Conv)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = _need_out(qi, "dynamic")
+    fp32 = export_fp32_onnx(model, qi.example, out)
+    int8 = out / "model.int8.onnx"
+    with atomic_path(int8) as tmp:
+        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+    return _finish(config, qi, fp32, int8, None, [], "uint8 dynamic (ConvInteger/MatMulInteger)")
+
+
+class _Reader:
+    """ORT CalibrationDataReader over preprocessed batches (mixed in lazily: ORT imports stay local)."""
+
+    def __init__(self, batches) -> None:
+        self.batches = iter(batches)
+        self.samples = 0
+
+    def get_next(self) -> dict | None:
+        x = next(self.batches, None)
+        if x is None:
+            return None
+        self.samples += len(x)
+        return {INPUT_NAME: x.detach().float().cpu().numpy()}
+
+
+def ort_static(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs) -> QuantizedModel:
+    """`quant_pre_process` + `quantize_static`: QDQ format, per-channel int8 weights, int8 activations."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if qi.calibration is None:
+        raise KdtoolError("quantize static (onnx): no calibration data given",
+                          "pass calibration=<training loader>")
+    out = _need_out(qi, "static")
+    fp32 = export_fp32_onnx(model, qi.example, out)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(dir=out, prefix=".prep.") as scratch:
+        prep = Path(scratch) / "model.prep.onnx"
+        try:
+            quant_pre_process(str(fp32), str(prep))
+            source = prep
+        except Exception as e:  # symbolic shape inference fails on some graphs; quantizing still works
+            notes.append(f"quant_pre_process skipped ({type(e).__name__}); quantized the raw export")
+            source = fp32
+        reader = type("CalibrationReader", (_Reader, CalibrationDataReader), {})(
+            input_batches(qi.calibration, qi.preprocess, config.calibration_samples))
+        int8 = out / "model.int8.onnx"
+        with atomic_path(int8) as tmp:
+            quantize_static(str(source), str(tmp), reader, quant_format=QuantFormat.QDQ,
+                            per_channel=config.per_channel, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8)
+    if reader.samples < config.calibration_samples:
+        notes.append(f"only {reader.samples} calibration samples (asked {config.calibration_samples})")
+    return _finish(config, qi, fp32, int8, reader.samples, notes, "int8 static (QDQ)")

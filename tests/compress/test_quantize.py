@@ -1,0 +1,175 @@
+"""Quantization modes on a tiny digits classifier whose weights sit in Linear layers (int8 pays in size)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from compress.data import digits_source, make_loader
+from compress.errors import ExportError, KdtoolError
+from compress.models import Preprocess
+from compress.quantize import (
+    QUANT_MODES,
+    Int8DynamicConfig,
+    Int8QATConfig,
+    Int8StaticConfig,
+    evaluate_quantized,
+    load_quantized,
+    make_config,
+    quantize,
+)
+from compress.tasks import Task
+
+TASK = Task("multiclass", 10)
+PRE = Preprocess(kind="image", input_size=16, channels=1, mean=(0.5,), std=(0.5,))
+
+
+def tiny_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 16 * 16, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    cfg = SimpleNamespace(image_size=16, channels=1, val_fraction=0.2, limit=None)
+    train, val = digits_source(cfg, TASK)
+    return make_loader(train, 64, True, seed=0), make_loader(val, 128, False, seed=0)
+
+
+@pytest.fixture(scope="module")
+def student(digits):
+    """A trained fp32 student (~95% on digits in 3 epochs)."""
+    torch.manual_seed(0)
+    model = tiny_net()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    train, _ = digits
+    for _ in range(3):
+        for raw, y, _ in train:
+            loss = TASK.hard_loss(model(PRE(raw)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def example(digits):
+    return PRE(next(iter(digits[1]))[0][:4])
+
+
+def check_common(qm, student, digits, min_compression=3.0):
+    result = evaluate_quantized(qm, student, digits[1], PRE, TASK)
+    assert result["fp32_metrics"]["accuracy"] > 0.9
+    assert result["agreement"] > 0.95, result
+    assert result["cosine"] > 0.99, result
+    assert result["retention"] > 0.97, result
+    assert qm.meta["int8"]["int8_tensors"] >= 2
+    assert qm.meta["compression"] >= min_compression, qm.meta
+    assert not any("latency" in k or "speed" in k for k in qm.meta)
+    saved = json.loads((qm.path.parent / "meta.json").read_text())
+    assert saved["mode"] == qm.mode and saved["backend"] == qm.backend and saved["versions"]["torchao"]
+    assert json.loads((qm.path.parent / "metrics.json").read_text())["agreement"] == result["agreement"]
+    return result
+
+
+def test_registry_names_the_recipe_modes():
+    assert list(QUANT_MODES) == ["dynamic", "qat", "static"]
+    assert make_config("static", calibration_samples=32).calibration_samples == 32
+    with pytest.raises(KdtoolError, match="unknown setting 'calib'"):
+        make_config("static", calib=3)
+    with pytest.raises(KdtoolError, match="unknown quantization mode 'statc'.*did you mean 'static'"):
+        make_config("statc")
+
+
+def test_dynamic_torchao_quantizes_linear_weights(student, digits, tmp_path):
+    qm = quantize(student, Int8DynamicConfig(backend="torch"), example=example(digits), out=tmp_path)
+    result = check_common(qm, student, digits)
+    assert qm.path.name == "model.pt2" and qm.meta["int8"]["quantized_share"] > 0.99
+    assert type(qm.module[4].weight).__name__ == "Int8Tensor"
+    assert result["size_mb"] < result["fp32_size_mb"] / 3
+
+
+def test_static_pt2e_calibrates_and_reloads(student, digits, tmp_path):
+    qm = quantize(student, Int8StaticConfig(calibration_samples=96), calibration=digits[0], preprocess=PRE,
+                  out=tmp_path)
+    check_common(qm, student, digits)
+    assert qm.meta["calibration_samples"] == 96
+    assert qm.meta["int8"]["int8_tensors"] == 3  # conv + 2 linear
+    x = example(digits)
+    again = load_quantized(tmp_path)
+    torch.testing.assert_close(again.module(x), qm(x))
+
+
+def test_dynamic_executorch_leaves_convolutions_float(student, digits, tmp_path):
+    qm = quantize(student, Int8DynamicConfig(backend="executorch"), example=example(digits), out=tmp_path)
+    check_common(qm, student, digits)
+    assert qm.meta["int8"]["int8_tensors"] == 2 and qm.meta["int8"]["float_weight_elements"] == 8 * 9
+
+
+@pytest.mark.parametrize("config", [Int8DynamicConfig(backend="onnx"),
+                                    Int8StaticConfig(backend="onnx", calibration_samples=64)],
+                         ids=["dynamic", "static"])
+def test_onnx_runtime_quantization(student, digits, tmp_path, config):
+    pytest.importorskip("onnxruntime")
+    qm = quantize(student, config, calibration=digits[0], preprocess=PRE, out=tmp_path)
+    assert qm.path.name == "model.int8.onnx" and (tmp_path / "model.fp32.onnx").is_file()
+    check_common(qm, student, digits)
+    assert qm(example(digits)).shape == (4, 10)
+
+
+def test_qat_distills_one_epoch_and_converts(student, digits, tmp_path):
+    teacher = student  # a frozen copy of itself is enough to exercise the KD path
+    calls = []
+
+    def kd_loss(s, t, y):
+        calls.append(t is not None)
+        return TASK.hard_loss(s, y) + torch.nn.functional.kl_div(s.log_softmax(-1), t.softmax(-1),
+                                                                 reduction="batchmean")
+
+    qm = quantize(student, Int8QATConfig(epochs=1, lr=1e-4), calibration=digits[0], preprocess=PRE,
+                  teacher=teacher, teacher_preprocess=PRE, task=TASK, loss_fn=kd_loss, out=tmp_path)
+    assert calls and all(calls)
+    check_common(qm, student, digits)
+    assert "distilled from the teacher" in qm.meta["notes"]
+
+
+def test_coreml_int8_weights_make_an_mlpackage(student, digits, tmp_path):
+    pytest.importorskip("coremltools")
+    try:
+        qm = quantize(student, Int8StaticConfig(backend="coreml"), example=example(digits), out=tmp_path)
+    except ExportError as e:
+        pytest.skip(f"coremltools cannot convert on this platform: {e}")
+    assert (tmp_path / "model.mlpackage" / "Manifest.json").is_file()
+    assert qm.meta["int8"]["compressed_weights"] >= 2 and qm.meta["compression"] >= 3
+    result = evaluate_quantized(qm, student, digits[1], PRE, TASK)
+    assert result["status"] == "not verified on this OS" and result["metrics"] is None
+
+
+def test_coreml_has_no_dynamic_quantization(student, digits):
+    with pytest.raises(KdtoolError, match="CoreML has no dynamic activation quantization") as e:
+        quantize(student, Int8DynamicConfig(backend="coreml"), example=example(digits))
+    assert e.value.exit_code == 2
+
+
+def test_nothing_quantized_names_the_mode_that_works(digits):
+    conv_only = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    with pytest.raises(ExportError, match="no weight was quantized") as e:
+        quantize(conv_only, Int8DynamicConfig(backend="torch"), example=example(digits))
+    assert e.value.exit_code == 4 and "mode static" in e.value.hint
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.export cannot capture it
+            return x.flatten(1)
+        return -x.flatten(1)
+
+
+def test_unexportable_model_is_an_export_error(digits):
+    with pytest.raises(ExportError, match="torch.export could not capture") as e:
+        quantize(DataDependent(), Int8StaticConfig(calibration_samples=8), calibration=digits[0],
+                 preprocess=PRE)
+    assert e.value.exit_code == 4 and "dynamic with backend torch" in e.value.hint
