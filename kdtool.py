@@ -15,6 +15,13 @@ from typing import Annotated
 
 import typer
 
+# Pin our top-level packages before any library can shadow them: onnxruntime.transformers appends
+# its folder (which holds a `benchmark.py`) to sys.path when ONNX quantization imports it.
+import benchmark  # noqa: E402,F401
+import compress  # noqa: E402,F401
+import export  # noqa: E402,F401
+import recipes  # noqa: E402,F401
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Distill a teacher into a small student, quantize, export, benchmark: one command.")
 
@@ -253,6 +260,8 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.ERROR)
+    for noisy in ("torch", "executorch", "coremltools", "onnxruntime", "onnxscript", "torchao"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     logging.getLogger("compress").setLevel(logging.WARNING)
 
 

@@ -14,3 +14,8 @@ torch.set_num_threads(2)
 def _seed():
     torch.manual_seed(0)
     yield
+
+# Pin kdtool's top-level packages (onnxruntime.transformers appends a folder holding a
+# `benchmark.py` to sys.path; see kdtool.py).
+import benchmark  # noqa: E402,F401
+import export  # noqa: E402,F401
