@@ -176,7 +176,8 @@ def recommend(rows: list[ReportRow], targets: list[str], min_retention: float,
               primary_metric: str | None = None) -> tuple[dict[str, str], list[str]]:
     """Pick, per target, the fastest artifact (p50 at batch 1) that keeps `min_retention` of the teacher.
 
-    Candidates are ok rows of the target's formats (`TARGET_FORMATS`), teacher rows excluded. An
+    Candidates are ok exported artifacts (stage `export`: files with a manifest) of the target's
+    formats (`TARGET_FORMATS`), artifacts of the teacher excluded. An
     artifact that cannot run here (CoreML on Linux) and was not quantized is judged by its source
     model's retention. When no candidate of a target has a latency measured on this machine, the
     pick is the highest retention, then the smallest file, and the note says so.
@@ -192,7 +193,7 @@ def recommend(rows: list[ReportRow], targets: list[str], min_retention: float,
         if formats is None:
             raise KdtoolError(f"unknown target {target!r}", f"known: {', '.join(TARGET_FORMATS)}")
         candidates = [r for r in rows if r.status == "ok" and r.format in formats
-                      and r.stage != "teacher" and r.origin != "teacher"]
+                      and r.stage == "export" and r.origin != "teacher"]
         if not candidates:
             notes.append(f"{target}: no {'/'.join(formats)} artifact was made or ran; nothing to recommend.")
             continue
@@ -222,6 +223,16 @@ def recommend(rows: list[ReportRow], targets: list[str], min_retention: float,
     return picks, notes
 
 
+INT8_CAUSES = {
+    "onnxruntime": "Common causes: ONNX Runtime's QDQ path on x86 (QuantizeLinear/DequantizeLinear around "
+                   "every op), reduce_range, no VNNI/AMX int8 kernels, quantize/dequantize overhead on small models.",
+    "torch": "Common causes: eager int8 (torchao tensor subclasses) runs reference kernels without "
+             "torch.compile, and only nn.Linear is quantized while convolutions stay fp32.",
+    "*": "Common causes: missing int8 kernels for this CPU (VNNI/AMX), quantize/dequantize overhead on small "
+         "models, ops the delegate did not take.",
+}
+
+
 def flag_int8_slowdowns(rows: list[ReportRow], tolerance: float = INT8_TOLERANCE) -> list[str]:
     """Notes for every INT8 row slower (p50, batch 1) than the FP32 row of the same format, runtime and model.
 
@@ -238,9 +249,7 @@ def flag_int8_slowdowns(rows: list[ReportRow], tolerance: float = INT8_TOLERANCE
         slow, fast = q.latency_at(1).p50, partner.latency_at(1).p50
         if slow > fast * (1 + tolerance):
             notes.append(f"INT8 slower than FP32: {q.name} p50 {slow:.2f} ms vs {partner.name} {fast:.2f} ms "
-                         f"({slow / fast:.2f}x) on {q.runtime}. Common causes: ONNX Runtime's QDQ path "
-                         "on x86, reduce_range, missing VNNI kernels, quantize/dequantize overhead on small "
-                         "models.")
+                         f"({slow / fast:.2f}x) on {q.runtime}. {INT8_CAUSES.get(q.runtime, INT8_CAUSES['*'])}")
     return notes
 
 

@@ -36,7 +36,7 @@ def run_ablation(ctx, seeds: int = 3, force: bool = False) -> dict[str, Any]:
     for seed in range(seeds):
         for kind in ("baseline", "kd"):
             student = build_model(r.student.model_copy(update={"checkpoint": None}), ctx.task.num_outputs, r.data,
-                                  "student")
+                                  "student", seed=seed)  # per-seed initial weights, same for both kinds
             out = fit(student, train_ds, val_ds, ctx.task, cfg.model_copy(update={"seed": seed}),
                       ctx.run.stage("ablation", f"{kind}_seed{seed}"), data_cfg=r.data,
                       teacher=teacher if kind == "kd" else None, distill=r.distill if kind == "kd" else None,

@@ -2,7 +2,9 @@
 
 A training state (`<tag>.safetensors` + `<tag>.json`) holds the model, the KD objective's
 adapters, the optimizer moments, the scheduler, all RNG states and the epoch/step position, so
-`--resume` replays an interrupted run exactly.
+`--resume` replays an interrupted run exactly. The JSON part is also embedded in the safetensors
+header: that one file, replaced atomically, is the state (a crash between the two writes cannot
+pair new weights with an old position); `<tag>.json` is its readable copy.
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from compress.atomic import atomic_path, read_json, write_json
+from compress.atomic import atomic_path, json_text, read_json, write_json
 from compress.errors import KdtoolError
+
+STATE_KEY = "kdtool.training_state"
+"""safetensors metadata key holding a training state's JSON (position, optimizer scalars, RNG, ...)."""
 
 
 def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -30,10 +36,10 @@ def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None 
 
 def save_training_state(path_stem: Path, model: nn.Module, objective: nn.Module | None,
                         optimizer: torch.optim.Optimizer, scheduler: Any, meta: dict[str, Any]) -> None:
-    """Save everything needed to resume exactly; tensors and JSON are each written atomically.
+    """Save everything needed to resume exactly, in one atomically replaced safetensors file.
 
-    The JSON is written last and names the tensors file's sha-free size, so a crash between the
-    two writes is detected at load time (the pair is then treated as absent).
+    The JSON record rides in the safetensors header (`STATE_KEY`) and is then copied to
+    `<stem>.json` for people and tools; loading trusts the header, so the pair cannot disagree.
     """
     tensors: dict[str, torch.Tensor] = {}
     for k, v in model.state_dict().items():
@@ -50,32 +56,46 @@ def save_training_state(path_stem: Path, model: nn.Module, objective: nn.Module 
             else:
                 opt_scalars.setdefault(str(idx), {})[key] = value
     tensors["rng.torch"] = torch.get_rng_state()
-    tensor_path = path_stem.with_suffix(".safetensors")
-    with atomic_path(tensor_path) as tmp:
-        save_file(tensors, str(tmp))
     np_state = np.random.get_state()
     record = dict(meta)
     record.update({
-        "tensors_bytes": tensor_path.stat().st_size,
         "optimizer": {"param_groups": opt["param_groups"], "scalars": opt_scalars},
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "rng": {"python": _py_state_to_json(random.getstate()),
                 "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]},
     })
+    record = json.loads(json_text(record, indent=None))  # exactly what loading will see
+    with atomic_path(path_stem.with_suffix(".safetensors")) as tmp:
+        save_file(tensors, str(tmp), metadata={STATE_KEY: json.dumps(record)})
     write_json(path_stem.with_suffix(".json"), record)
 
 
 def load_training_state(path_stem: Path, model: nn.Module, objective: nn.Module | None,
                         optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any] | None:
-    """Restore a training state written by `save_training_state`; None if there is no complete one."""
+    """Restore a training state written by `save_training_state`; None if there is none.
+
+    Raises:
+        KdtoolError: the state file is unreadable (e.g. damaged on disk), naming it and the way out.
+    """
     json_path, tensor_path = path_stem.with_suffix(".json"), path_stem.with_suffix(".safetensors")
-    if not json_path.exists() or not tensor_path.exists():
+    if not tensor_path.exists():
         return None
-    meta = read_json(json_path)
-    if meta.get("tensors_bytes") != tensor_path.stat().st_size:
-        raise KdtoolError(f"{tensor_path} does not match {json_path} (interrupted save?)",
-                          "delete both and resume from the best checkpoint, or rerun with --force")
-    tensors = load_file(str(tensor_path))
+    try:
+        with safe_open(str(tensor_path), framework="pt") as f:
+            embedded = (f.metadata() or {}).get(STATE_KEY)
+        tensors = load_file(str(tensor_path))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise KdtoolError(f"cannot resume: {tensor_path} is unreadable ({str(e).splitlines()[0][:120]})",
+                          "rerun without --resume and with --force to restart this stage") from None
+    if embedded is not None:
+        meta = json.loads(embedded)
+    elif not json_path.exists():
+        return None
+    else:  # a state saved before the JSON was embedded: the pair must match
+        meta = read_json(json_path)
+        if meta.get("tensors_bytes") != tensor_path.stat().st_size:
+            raise KdtoolError(f"{tensor_path} does not match {json_path} (interrupted save?)",
+                              "rerun without --resume and with --force to restart this stage")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if objective is not None:
         objective.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("objective.")})

@@ -6,7 +6,10 @@ size and normalization, and both are fed from the same raw batch.
 
 from __future__ import annotations
 
+import io
 import pickle
+import pickletools
+import re
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,14 +78,20 @@ class BuiltModel:
     source: str = "timm"
 
 
-def build_model(cfg: Any, num_outputs: int, data: Any, role: str = "model") -> BuiltModel:
+def build_model(cfg: Any, num_outputs: int, data: Any, role: str = "model",
+                seed: int | None = None) -> BuiltModel:
     """Build the model a recipe section describes, loading its checkpoint if one is named.
+
+    The random initial weights are a function of `seed` alone (torch seeds its global generator
+    randomly at start-up, and earlier stages consume it), so a run, a resumed run and a rerun that
+    reuses finished stages start from the same weights. The global RNG is left untouched.
 
     Args:
         cfg: a `ModelConfig` (teacher or student section).
         num_outputs: width of the head (classes, or regression outputs).
         data: the recipe's `DataConfig` (channels, raw size, sample rate).
         role: "teacher"/"student", used in error messages (`teacher.checkpoint: ...`).
+        seed: seed of the initial weights; default the section's `train.seed` (0 without one).
     """
     audio = is_audio_data(data)
     if audio:
@@ -109,11 +118,15 @@ def build_model(cfg: Any, num_outputs: int, data: Any, role: str = "model") -> B
     _import_local_models()
     if audio and cfg.arch in LOCAL_MODELS:
         kwargs.setdefault("sample_rate", data.sample_rate)
-    module = create_architecture(cfg.arch, num_outputs, in_chans, kwargs, cfg.pretrained, role)
-    if getattr(cfg, "frontend", "none") == "logmel":
-        from compress.audio import LogMelFrontend
+    if seed is None:
+        seed = getattr(getattr(cfg, "train", None), "seed", 0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = create_architecture(cfg.arch, num_outputs, in_chans, kwargs, cfg.pretrained, role)
+        if getattr(cfg, "frontend", "none") == "logmel":
+            from compress.audio import LogMelFrontend
 
-        module = nn.Sequential(LogMelFrontend(sample_rate=data.sample_rate), module)
+            module = nn.Sequential(LogMelFrontend(sample_rate=data.sample_rate), module)
     if cfg.checkpoint is not None:
         load_weights(module, cfg.checkpoint, role)
     return BuiltModel(module, pre, cfg.arch, "timm")
@@ -157,6 +170,7 @@ def create_architecture(arch: str, num_outputs: int, in_chans: int, kwargs: dict
 
 def _import_local_models() -> None:
     import compress.audio  # noqa: F401  (registers audio architectures)
+    import compress.wrn  # noqa: F401  (registers CIFAR wide resnets)
 
 
 def _need_file(path: Path | None, role: str) -> Path:
@@ -190,15 +204,75 @@ def read_state_dict(path: str | Path, role: str = "model") -> dict[str, torch.Te
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            first = str(e).splitlines()[0][:200]
-            raise KdtoolError(f"{role}.checkpoint {path} was refused by the safe loader: {first}",
-                              "kdtool never runs code from checkpoints; re-save only the state_dict "
-                              "(torch.save(model.state_dict(), ...)) or use safetensors") from None
+            raise _refused(path, role, str(e)) from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
             raise KdtoolError(f"{role}.checkpoint {path} is not a readable torch checkpoint "
-                              f"({str(e).splitlines()[0][:160]})", "the file may be truncated; re-download it") from None
+                              f"({_why_unreadable(e)})",
+                              "the file may be truncated or corrupt; re-download or re-save it") from None
         state = _find_state_dict(obj, path, role)
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+
+
+def _refused(path: Path, role: str, reason: str) -> KdtoolError:
+    """The error for a file the weights-only unpickler refused: name the object it would import, if any."""
+    found = re.search(r"GLOBAL ([\w.]+)", reason)
+    name = found.group(1) if found else _first_code_reference(path)
+    if name is None:
+        return KdtoolError(f"{role}.checkpoint {path} is not a torch checkpoint (neither a torch zip "
+                           "archive nor a readable pickle)",
+                           "the file may be corrupt or of another format; re-download it")
+    return KdtoolError(f"{role}.checkpoint {path} was refused: it references {name}, which a weights-only "
+                       "load does not allow (a pickle that imports callables can run code); nothing in it "
+                       "was run", "kdtool never runs code from checkpoints; re-save only the tensors: "
+                       "torch.save(model.state_dict(), ...) or safetensors")
+
+
+_SAFE_MODULES = ("torch", "collections")
+"""Modules whose globals a plain state-dict pickle references (tensor rebuilders, OrderedDict)."""
+_STRING_OPS = ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+               "SHORT_BINSTRING")
+
+
+def _first_code_reference(path: Path) -> str | None:
+    """The first global (`module.name`) a pickle imports that is not a tensor rebuilder; nothing is run.
+
+    `pickletools.genops` only decodes opcodes: nothing is imported or called. Torch zip archives
+    keep the pickle in `<archive>/data.pkl`.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                member = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                data = zf.read(member) if member else b""
+        else:
+            data = path.read_bytes()
+        strings: list[str | None] = []  # string operands, for STACK_GLOBAL (module, name)
+        memo: dict[int, str | None] = {}
+        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+            name = None
+            if op.name in ("GLOBAL", "INST"):
+                name = str(arg).replace(" ", ".")
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                name = f"{strings[-2]}.{strings[-1]}"
+            elif op.name in _STRING_OPS:
+                strings.append(str(arg))
+            elif op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                memo[len(memo) if op.name == "MEMOIZE" else int(arg)] = strings[-1] if strings else None
+            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                strings.append(memo.get(int(arg)))
+            if name is not None and name.split(".")[0] not in _SAFE_MODULES:
+                return name
+    except Exception:  # noqa: BLE001  (not a pickle at all: the caller says so)
+        return None
+    return None
+
+
+def _why_unreadable(e: BaseException) -> str:
+    """A short reason for an unreadable torch file (torch's own messages run to several lines)."""
+    text = str(e)
+    if "central directory" in text or isinstance(e, (EOFError, zipfile.BadZipFile)):
+        return "truncated or corrupt archive"
+    return text.splitlines()[0][:160] if text else type(e).__name__
 
 
 def _find_state_dict(obj: Any, path: Path, role: str) -> dict[str, torch.Tensor]:
@@ -217,11 +291,16 @@ def load_weights(module: nn.Module, path: str | Path, role: str = "model") -> No
     """Load a checkpoint into `module`, naming mismatched or missing tensors precisely."""
     state = read_state_dict(path, role)
     own = module.state_dict()
-    mismatched = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if mismatched:
-        raise KdtoolError(f"{role}.checkpoint {path} does not fit {role}.arch: {mismatched[0]}"
-                          + (f" (+{len(mismatched) - 1} more)" if len(mismatched) > 1 else ""),
+    bad = sorted((k for k, v in state.items() if k in own and own[k].shape != v.shape),
+                 key=lambda k: -state[k].dim())  # a weight says more than its bias
+    if bad:
+        shown = f"{bad[0]} {tuple(state[bad[0]].shape)} vs model {tuple(own[bad[0]].shape)}"
+        head = list(own)[-len(bad):] == [k for k in own if k in bad] and all(
+            state[k].shape[1:] == own[k].shape[1:] for k in bad)  # only the last layer, only its outputs
+        what = (f"its head has {state[bad[0]].shape[0]} outputs, the recipe's {own[bad[0]].shape[0]}: "
+                if head else "")
+        raise KdtoolError(f"{role}.checkpoint {path} does not fit {role}.arch: {what}{shown}"
+                          + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""),
                           "a head of a different size usually means task.num_classes differs from the "
                           "checkpoint's; match them")
     missing = [k for k in own if k not in state]
@@ -229,8 +308,46 @@ def load_weights(module: nn.Module, path: str | Path, role: str = "model") -> No
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise KdtoolError(f"{role}.checkpoint {path} does not fit {role}.arch ({len(missing)} missing, "
-                          f"{len(unexpected)} unexpected keys: {detail})", "check that arch matches the checkpoint")
+                          f"{len(unexpected)} unexpected keys: {detail})",
+                          "check that arch matches the checkpoint")
     module.load_state_dict(state)
+
+
+def check_model_io(built: BuiltModel, raw: torch.Tensor, task: Any, role: str = "model") -> None:
+    """Run a model once on a raw batch; an input it cannot take, or outputs that do not fit the task,
+    become one-line errors before anything is trained or written.
+
+    Args:
+        built: the model and its preprocessing.
+        raw: a few raw samples (N, C, H, W) or (N, samples), as the data source yields them.
+        task: the `Task` (its `kind` and `num_outputs` fix the output shape: (N, num_outputs)).
+        role: "teacher"/"student", named in the error.
+
+    Raises:
+        KdtoolError: the forward pass fails on the preprocessed input, or the output is not
+            (N, num_outputs).
+    """
+    x = built.preprocess(raw)
+    was_training = built.module.training
+    built.module.eval()
+    try:
+        with torch.no_grad():
+            out = built.module(x)
+    except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as e:
+        fix = (f"set {role}.input_size (or data.image_size) to a size {built.arch} accepts"
+               if built.preprocess.kind == "image" else f"give {role} inputs of the length it was built for")
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise KdtoolError(f"{role}.arch {built.arch} cannot take input of shape {tuple(x.shape)}: {first}",
+                          fix) from e
+    finally:
+        built.module.train(was_training)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != task.num_outputs:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise KdtoolError(f"{role} ({built.arch}) outputs {shape} but the {task.kind} task needs "
+                          f"(N, {task.num_outputs})",
+                          f"match task.num_classes to the {role}'s head, or use a {role} trained for "
+                          "this task")
 
 
 def load_torchscript(path: Path) -> nn.Module:

@@ -16,6 +16,7 @@ without `--force`.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,29 @@ class RunFolder:
         return self.root / "report"
 
 
+def check_writable(out: Path) -> None:
+    """Fail early, in one line, when the runs folder cannot be written; nothing is created here.
+
+    The nearest existing folder of `out` is probed with a temporary file that is removed at once
+    (`os.access` would pass for root on a read-only mount).
+
+    Raises:
+        KdtoolError: `out` (or a parent) is a file, or its folder cannot be written.
+    """
+    out = Path(out)
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise KdtoolError(f"--out {out}: {existing} is a file, not a folder", "choose another --out")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise KdtoolError(f"--out {out} is not writable ({existing}: {e.strerror})",
+                          "choose a folder you can write, e.g. --out ./runs") from None
+
+
 def inputs_hash(*parts: Any) -> str:
     """Hash of a stage's inputs: recipe sections (as JSON) and upstream stage hashes."""
     return sha256_json([p.model_dump(mode="json") if hasattr(p, "model_dump") else p for p in parts])
@@ -52,15 +76,21 @@ def stage_state(folder: Path, expected_hash: str) -> str:
     'stale' (made from other inputs), or 'missing'."""
     meta_path = folder / "meta.json"
     if not meta_path.exists():
-        return "partial" if (folder / "last.json").exists() else "missing"
+        resumable = (folder / "last.safetensors").exists() or (folder / "last.json").exists()
+        return "partial" if resumable else "missing"
     meta = read_json(meta_path)
     if meta.get("inputs_hash") != expected_hash:
         return "stale"
     return "done" if meta.get("complete") else "partial"
 
 
-def prepare_stage(folder: Path, expected_hash: str, force: bool, resume: bool = False) -> str:
+def prepare_stage(folder: Path, expected_hash: str, force: bool, resume: bool = False,
+                  redo_partial: bool = False) -> str:
     """Decide what to do with a stage folder before running it.
+
+    Args:
+        redo_partial: an unfinished run of the same inputs is kdtool's own leftover (e.g. an export
+            with failed artifacts): redo it without asking for --force.
 
     Returns:
         'skip' when the stage is done with the same inputs (and not forced), 'resume' when a partial
@@ -73,19 +103,25 @@ def prepare_stage(folder: Path, expected_hash: str, force: bool, resume: bool = 
     if state == "done" and not force:
         return "skip"
     if state == "partial" and resume:
+        for leftover in folder.glob(".*.tmp"):  # a writer killed mid-write (SIGKILL, power loss) left it
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         return "resume"
+    if state == "partial" and redo_partial:
+        force = True
     if state in ("stale", "partial") and not force and any(folder.iterdir()):
-        reason = "was made from a different recipe or upstream model" if state == "stale" else "holds an unfinished run"
-        raise KdtoolError(f"{folder} {reason}", "pass --force to overwrite it, --resume to continue it, "
-                          "or --out another folder")
+        reason = ("was made from a different recipe or upstream model" if state == "stale"
+                  else "holds an unfinished run")
+        resume_hint = ", --resume to continue it," if state == "partial" else ""
+        raise KdtoolError(f"{folder} {reason}",
+                          f"pass --force to overwrite it{resume_hint} or --out another folder")
     if folder.exists() and (force or state in ("missing", "stale", "partial")):
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return "run"
 
 
-def finish_stage(folder: Path, expected_hash: str, meta: dict[str, Any]) -> None:
-    """Mark a stage complete (written last, atomically: its presence means the outputs are whole)."""
+def finish_stage(folder: Path, expected_hash: str, meta: dict[str, Any], complete: bool = True) -> None:
+    """Record a stage's outputs; `complete` marks them whole (written last, atomically)."""
     path = folder / "meta.json"
     existing = read_json(path) if path.exists() else {}
-    write_json(path, {**existing, **meta, "inputs_hash": expected_hash, "complete": True})
+    write_json(path, {**existing, **meta, "inputs_hash": expected_hash, "complete": complete})

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
+from compress import distributed
 from compress.atomic import read_json, sha256_file, write_json
 from compress.data import build_datasets
 from compress.errors import KdtoolError
-from compress.models import BuiltModel, build_model, count_params, load_weights
+from compress.models import BuiltModel, build_model, check_model_io, count_params, load_weights
 from compress.progress import console
 from compress.runfolder import RunFolder, finish_stage, inputs_hash, prepare_stage
 from compress.tasks import Task
@@ -100,7 +101,9 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
     """Run (or skip, or resume) one distillation stage."""
     folder = ctx.run.stage(stage)
     expected = ctx.stage_hash(stage)
-    action = prepare_stage(folder, expected, force, resume)
+    distributed.setup()  # under torchrun rank 0 alone prepares (may empty) the folder; the others follow
+    action = prepare_stage(folder, expected, force, resume) if distributed.is_main() else None
+    action = distributed.broadcast_object(action)
     if action == "skip":
         metrics = read_json(folder / "meta.json").get("metrics", {})
         console.print(f"[dim]{stage}: reused {folder} (inputs unchanged)[/]")
@@ -122,7 +125,8 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
         if cfg.init == "baseline":
             load_weights(model.module, ctx.run.stage("student_baseline", "best.safetensors"), "student_baseline")
         teacher = ctx.load("teacher")
-        _check_teacher_fits(teacher, ctx)
+        _check_fits(teacher, ctx, "teacher")
+    _check_fits(model, ctx, "teacher" if stage == "teacher" else "student")
     cache = None
     if stage == "student_kd" and r.distill.cache.enabled:
         from compress.teacher_cache import TeacherCache
@@ -136,7 +140,7 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
                      resume=action == "resume", label=stage)
         if result.interrupted:
             raise KdtoolError(f"{stage} was interrupted (SIGTERM); its state is in {folder}",
-                              "continue with --resume")
+                              "continue with --resume", exit_code=128 + 15)  # the shell's code for SIGTERM
         history = result.history
         load_weights(model.module, folder / "best.safetensors", stage)
     else:
@@ -157,17 +161,11 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
     return StageOutcome(stage, "resumed" if action == "resume" else "ran", folder, metrics, seconds)
 
 
-def _check_teacher_fits(teacher: BuiltModel, ctx: Context) -> None:
-    """A teacher whose output width does not fit the task fails before training."""
+def _check_fits(built: BuiltModel, ctx: Context, role: str) -> None:
+    """A model that cannot take the data's input, or whose outputs do not fit the task, fails early."""
     train_ds, _ = ctx.datasets
-    raw = train_ds[0][0].unsqueeze(0)
-    with torch.no_grad():
-        out = teacher.module(teacher.preprocess(raw))
-    out = out[0] if isinstance(out, tuple) else out
-    if out.dim() != 2 or out.shape[1] != ctx.task.num_outputs:
-        raise KdtoolError(f"teacher outputs shape {tuple(out.shape)} but the {ctx.task.kind} task needs "
-                          f"(N, {ctx.task.num_outputs})", "match task.num_classes to the teacher's head, or "
-                          "use a teacher trained for this task")
+    raw = torch.stack([train_ds[i][0] for i in range(min(2, len(train_ds)))])
+    check_model_io(built, raw, ctx.task, role)
 
 
 def run_distill(ctx: Context, which: str = "both", force: bool = False, resume: bool = False) -> list[StageOutcome]:

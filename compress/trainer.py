@@ -5,12 +5,20 @@ batches (augment → preprocess per model → forward → named loss terms → N
 clip → step) → validate → checkpoint (last every epoch, best by the task's metric).
 
 Exact resume: the batch order depends only on (seed, epoch), augmentation on (seed, epoch, step),
-and the checkpoint holds model, adapters, optimizer, scheduler, RNG states and the position.
-SIGTERM saves a mid-epoch checkpoint and stops cleanly; a SIGKILL loses at most one epoch.
+and the checkpoint holds model, adapters, optimizer, scheduler, RNG states and the position
+(mid-epoch: also the epoch's running loss sums). SIGTERM saves a mid-epoch checkpoint and stops
+cleanly; a SIGKILL loses at most one epoch.
+
+DDP (torchrun, `compress.distributed`): the batch size is per process (global batch = world ×
+batch). One permutation per (seed, epoch) is dealt round-robin to the ranks and augmentation is
+drawn for the global batch, so N processes see the same global batches as one; without
+BatchNorm they train the same model up to float summation order (tests/compress/test_ddp.py).
+Rank 0 writes; all ranks agree on every stop/skip decision, the epoch losses and the val record.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -22,13 +30,17 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+from torch.utils.data.distributed import DistributedSampler
 
+from compress import distributed
 from compress.checkpoint import load_training_state, save_training_state, save_weights
 from compress.data import augment_batch, make_loader
 from compress.errors import KdtoolError, NonFiniteLossError
 from compress.models import BuiltModel
 from compress.progress import epoch_progress
 from compress.tasks import Task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,7 +99,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int):
     base = getattr(optimizer, "base_optimizer", optimizer)
     total_steps = max(1, total_steps)
     if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(base, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.25)
+        # OneCycleLR divides by zero when the warm-up phase is under one step (≤ 4 steps in all): stretch it
+        pct_start = 0.25 if total_steps > 4 else min(0.9, 1.5 / total_steps)
+        return torch.optim.lr_scheduler.OneCycleLR(base, max_lr=cfg.lr, total_steps=total_steps,
+                                                   pct_start=pct_start)
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=total_steps)
     return torch.optim.lr_scheduler.LambdaLR(base, lambda _: 1.0)
@@ -106,6 +121,8 @@ def predict(module: nn.Module, preprocess, ds: Dataset, batch_size: int = 256,
         outs.append((out[0] if isinstance(out, tuple) else out).float().cpu())
         targets.append(target)
     module.train(was_training)
+    if not outs:  # an empty slice of a DDP evaluation
+        return torch.empty(0), torch.empty(0)
     return torch.cat(outs), torch.cat(targets)
 
 
@@ -143,8 +160,8 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
 
     torch.manual_seed(cfg.seed)
     device = device_for_training()
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank = int(os.environ.get("RANK", "0"))
+    ddp = distributed.setup()  # torchrun: join the process group (Gloo on CPU, NCCL on CUDA)
+    rank, world = distributed.rank(), distributed.world_size()
     out_dir.mkdir(parents=True, exist_ok=True)
     model = student.module.to(device)
     teacher_module = teacher.module.to(device) if teacher is not None else None
@@ -162,17 +179,16 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
                           "set distill.cache.enabled: false, or keep only response KD terms")
     params = [p for p in model.parameters() if p.requires_grad] + list(objective.parameters())
     optimizer = build_optimizer(params, cfg)
-    steps_per_epoch = math.ceil(len(train_ds) / bs)
-    if distributed:
-        steps_per_epoch = math.ceil(steps_per_epoch / int(os.environ["WORLD_SIZE"]))
+    steps_per_epoch = math.ceil(math.ceil(len(train_ds) / world) / bs)  # per rank (DistributedSampler pads)
     scheduler = build_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch)
     train_model: nn.Module = model
-    if distributed:
+    if ddp:
         from torch.nn.parallel import DistributedDataParallel
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": 0, "history": [], "bad_steps": 0}
+    state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": 0, "history": [], "bad_steps": 0,
+             "sums": {}, "seen": 0}
     if resume:
         loaded = load_training_state(out_dir / "last", model, objective, optimizer, scheduler)
         if loaded is not None:
@@ -192,18 +208,18 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
             alpha = value_at(getattr(distill, "alpha_schedule", None), getattr(distill, "alpha", 1.0), epoch + 1)
             temperature = value_at(getattr(distill, "temperature_schedule", None),
                                    getattr(distill, "temperature", 1.0), epoch + 1)
-            sampler = None
-            if distributed:
-                from torch.utils.data.distributed import DistributedSampler
-
-                sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed)
-                sampler.set_epoch(epoch)
+            # One permutation per (seed, epoch) for any world size; rank r takes every world-th sample,
+            # so global batch b holds the same samples with 1 or N processes (DDP == one process).
+            sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+            sampler.set_epoch(epoch)
             loader = make_loader(train_ds, bs, shuffle=True, seed=cfg.seed, epoch=epoch,
                                  num_workers=data_cfg.num_workers, sampler=sampler)
             model.train()
-            sums: dict[str, float] = {}
-            seen = 0
+            resuming = state["step"] > 0 and distributed.is_main()  # partial sums are global, kept on rank 0
+            sums: dict[str, float] = dict(state["sums"]) if resuming else {}
+            seen = int(state["seen"]) if resuming else 0
             bar.start_epoch(epoch + 1)
+            epoch_start = time.perf_counter()
             for step, (raw, targets, index) in enumerate(loader):
                 if step < state["step"]:  # resuming mid-epoch: replay the order, skip done steps
                     continue
@@ -211,10 +227,10 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
                 raw, targets = raw.to(device), targets.to(device)
                 t_out, t_feats = None, {}
                 if teacher_cache is not None:
-                    raw, t_out = teacher_cache.lookup(raw.cpu(), index, gen)
+                    raw, t_out = teacher_cache.lookup(raw.cpu(), index, gen, shard=(rank, world))
                     raw, t_out = raw.to(device), t_out.to(device).float()
                 else:
-                    raw, _ = augment_batch(raw, data_cfg, gen)
+                    raw, _ = augment_batch(raw, data_cfg, gen, shard=(rank, world))
                     if teacher_module is not None:
                         t_out, t_feats = objective.teacher_forward(teacher.preprocess(raw))
 
@@ -223,9 +239,10 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
                         s_out, s_feats = objective.student_forward(student.preprocess(raw), runner=train_model)
                     return objective(s_out, s_feats, t_out, t_feats, targets, alpha=alpha, temperature=temperature)
 
+                stats = _buffers(model, objective) if cfg.nan_policy == "skip" else None
                 terms = closure()
                 loss = terms["total"]
-                if not torch.isfinite(loss):
+                if distributed.any_true(~torch.isfinite(loss)):  # every rank skips or stops together
                     state["bad_steps"] += 1
                     where = f"{label}: non-finite loss at epoch {epoch + 1} step {step + 1} ({_fmt(terms)})"
                     if cfg.nan_policy == "stop" or state["bad_steps"] > cfg.max_bad_steps:
@@ -233,7 +250,9 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
                             where + f"; last good checkpoint kept in {out_dir}",
                             "pre-train the student first (stage baseline), lower distill.temperature or lr, "
                             "or set train.nan_policy: skip")
-                    bar.log(f"[yellow]skipped[/] {where} ({state['bad_steps']}/{cfg.max_bad_steps})")
+                    if distributed.is_main():  # a warning, shown even when progress is quiet
+                        log.warning("skipped %s (%d/%d)", where, state["bad_steps"], cfg.max_bad_steps)
+                    _restore(stats)  # the bad forward already moved BatchNorm's running stats: undo it
                     optimizer.zero_grad(set_to_none=True)
                     continue
                 optimizer.zero_grad(set_to_none=True)
@@ -242,11 +261,13 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
                     scaler.unscale_(optimizer)
                 else:
                     loss.backward()
+                distributed.average_gradients(objective.parameters())  # adapters sit outside DDP
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 if cfg.optimizer == "sam":
                     optimizer.first_step(zero_grad=True)
                     closure()["total"].backward()
+                    distributed.average_gradients(objective.parameters())
                     optimizer.second_step(zero_grad=True)
                 elif scaler is not None:
                     scaler.step(optimizer)
@@ -259,33 +280,69 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
                 bar.advance({k: v / seen for k, v in sums.items()})
-                if interrupt.requested:
+                if distributed.any_true(interrupt.requested):
+                    totals = distributed.sum_floats({**sums, "_seen": float(seen)})
+                    state["seen"], state["sums"] = int(totals.pop("_seen")), totals
                     save_state(epoch, step + 1)
-                    bar.log(f"SIGTERM: saved {out_dir / 'last.json'} at epoch {epoch + 1} step {step + 1}; "
-                            "continue with --resume")
-                    return FitResult(state["best_metric"] or float("nan"), state["best_epoch"], state["history"],
-                                     time.perf_counter() - start, interrupted=True)
-            state["step"] = 0
-            metrics, outputs = evaluate(model, student.preprocess, val_ds, task, device=device)
-            record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "alpha": alpha,
-                      "temperature": temperature, **{f"loss_{k}": v / max(seen, 1) for k, v in sums.items()},
-                      **{f"val_{k}": v for k, v in metrics.items()}}
+                    distributed.barrier()  # the state is whole before any rank returns
+                    if distributed.is_main():
+                        bar.log(f"SIGTERM: saved {out_dir / 'last.json'} at epoch {epoch + 1} "
+                                f"step {step + 1}; continue with --resume")
+                    best = state["best_metric"]
+                    return FitResult(best if best is not None else float("nan"), state["best_epoch"],
+                                     state["history"], time.perf_counter() - start, interrupted=True)
+            state["step"], state["sums"], state["seen"] = 0, {}, 0
+            train_seconds = time.perf_counter() - epoch_start
+            distributed.broadcast_buffers(model)  # BatchNorm stats: every rank holds rank 0's model
+            totals = distributed.sum_floats({**sums, "_seen": float(seen)})  # losses over all ranks' samples
+            seen_all = max(totals.pop("_seen"), 1)
+            # each rank predicts its slice of the validation set; rank 0 scores the gathered outputs and
+            # sends its record to the others (one metric, one best-checkpoint decision on every rank)
+            val_part = distributed.shard(val_ds)
+            outputs, val_targets = predict(model, student.preprocess, val_part, device=device)
+            outputs, val_targets = distributed.gather(outputs), distributed.gather(val_targets)
+            t_outputs = None
             if teacher_module is not None and teacher_cache is None:
-                t_outputs, _ = predict(teacher_module, teacher.preprocess, val_ds, device=device)
-                record["teacher_agreement"] = task.agreement(outputs, t_outputs)
-            value = metrics[task.primary_metric]
+                t_outputs, _ = predict(teacher_module, teacher.preprocess, val_part, device=device)
+                t_outputs = distributed.gather(t_outputs)
+            record = None
+            if distributed.is_main():
+                metrics = task.metrics(outputs, val_targets)
+                record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "alpha": alpha,
+                          "temperature": temperature,
+                          **{f"loss_{k}": v / seen_all for k, v in totals.items()},
+                          **{f"val_{k}": v for k, v in metrics.items()}, "train_seconds": train_seconds,
+                          "skipped_steps": state["bad_steps"]}
+                if t_outputs is not None:
+                    record["teacher_agreement"] = task.agreement(outputs, t_outputs)
+            record = distributed.broadcast_object(record)
+            value = record[f"val_{task.primary_metric}"]
             improved = state["best_metric"] is None or (value > state["best_metric"] if higher
                                                         else value < state["best_metric"])
-            if improved and rank == 0:
+            if improved:
                 state["best_metric"], state["best_epoch"] = value, epoch + 1
-                save_weights(model, out_dir / "best.safetensors", {"epoch": str(epoch + 1)})
+                if rank == 0:
+                    save_weights(model, out_dir / "best.safetensors", {"epoch": str(epoch + 1)})
             state["history"].append(record)
-            bar.end_epoch(record, task.primary_metric)
+            if distributed.is_main():
+                bar.end_epoch(record, task.primary_metric)
             save_state(epoch + 1, 0)
     if rank == 0 and not (out_dir / "best.safetensors").exists():  # epochs: 0 → the initial weights are "best"
         save_weights(model, out_dir / "best.safetensors", {"epoch": "0"})
+    distributed.barrier()  # best.safetensors and last.* are whole before any rank reads them
     return FitResult(state["best_metric"] if state["best_metric"] is not None else float("nan"),
                      state["best_epoch"], state["history"], time.perf_counter() - start)
+
+
+def _buffers(*modules: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(buffer, copy) pairs: BatchNorm running stats and counters, to undo a skipped batch's forward."""
+    return [(b, b.detach().clone()) for m in modules for b in m.buffers()]
+
+
+def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
+    with torch.no_grad():
+        for buffer, copy in saved or []:
+            buffer.copy_(copy)
 
 
 def _fmt(terms: dict[str, torch.Tensor]) -> str:

@@ -112,7 +112,7 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
     expected = inputs_hash(r.export, targets, formats, ctx.output_hash("student_kd"),
                            [read_json(p / "meta.json").get("inputs_hash") for p in (static_et, static_onnx)
                             if (p / "meta.json").exists()])
-    if prepare_stage(folder, expected, force) == "skip":
+    if prepare_stage(folder, expected, force, redo_partial=True) == "skip":
         console.print(f"[dim]export: reused {folder}[/]")
         return [a for a in read_json(folder / "meta.json")["artifacts"]]
     inputs = _example_inputs(ctx, student, r.export.parity_samples)
@@ -126,8 +126,9 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
                              threads=r.benchmark.threads)
     rows = summary_table(artifacts)
     _print_export_table(rows)
-    finish_stage(folder, expected, {"artifacts": [a.model_dump(mode="json") for a in artifacts]})
     failed = [a for a in artifacts if a.status == "failed"]
+    finish_stage(folder, expected, {"artifacts": [a.model_dump(mode="json") for a in artifacts]},
+                 complete=not failed)  # a failed export is redone by the next run
     if failed:
         raise ExportError(f"{len(failed)} artifact(s) failed: " + "; ".join(f"{a.name}: {a.reason}" for a in failed),
                           "see the table above; the other artifacts were written")
@@ -202,15 +203,15 @@ def _measure_row_latency(session: Any, samples: list, bench) -> list:
     return out
 
 
-def _artifact_metrics(session: Any, ctx, student, batch: int) -> dict[str, float]:
-    """Task metrics of an artifact, run over the whole validation split in its runtime."""
+def _artifact_metrics(session: Any, ctx, student, batch: int, fixed_batch: bool = False) -> dict[str, float]:
+    """Task metrics of an artifact over the whole validation split in its runtime, `batch` rows at a time."""
     import numpy as np
 
     _, val_ds = ctx.datasets
     outs, targets = [], []
     for raw, target, _ in make_loader(val_ds, batch, shuffle=False, seed=0):
         x = student.preprocess(raw).numpy().astype(np.float32)
-        if len(x) < batch:  # a fixed-batch artifact: pad the last batch, keep the real rows
+        if fixed_batch and len(x) < batch:  # a fixed-batch artifact: pad the last batch, keep the real rows
             pad = np.concatenate([x, np.repeat(x[-1:], batch - len(x), axis=0)])
             outs.append(torch.from_numpy(np.asarray(session.run(pad))[: len(x)]).float())
         else:
@@ -332,7 +333,7 @@ def _artifact_row(ctx, artifact, samples: list, bench, student, get_runtime):
         lat = _measure_row_latency(session, samples, bench) if not fixed_batch else \
             _measure_row_latency(session, samples, bench.model_copy(update={"batch_sizes": [fixed_batch]}))
         lat = [l.model_copy(update={"load_ms": load_ms}) for l in lat]
-        metrics = _artifact_metrics(session, ctx, student, fixed_batch or 64)
+        metrics = _artifact_metrics(session, ctx, student, fixed_batch or 64, fixed_batch=bool(fixed_batch))
     except Exception as e:  # noqa: BLE001  (one artifact failing does not stop the report)
         return ReportRow(**common, status="failed", reason=f"{type(e).__name__}: {str(e)[:200]}")
     return ReportRow(**common, latency_ms=lat[0], latency_by_batch=lat[1:], metrics=metrics,
