@@ -8,6 +8,7 @@ control flow is frozen at the example's values (the parity check on other inputs
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.atomic import atomic_path
+from compress.atomic import write_bytes
 from compress.errors import ExportError
 from export.artifact import Artifact
 from export.registry import EXPORTERS, ExportContext, build_artifact, check_precision, first_line
@@ -44,8 +45,9 @@ class TorchScriptExporter:
                               "use --format onnx or executorch (torch.export based)") from e
         path = Path(out_dir) / f"{ctx.name}.torchscript.pt"
         extra = {EXTRA_FILE: json.dumps(ctx.embedded_metadata(), sort_keys=True)}
-        with atomic_path(path) as tmp:
-            torch.jit.save(traced, str(tmp), _extra_files=extra)
+        buffer = io.BytesIO()  # serialise in memory: torch.jit.save aborts the process on a full disk
+        torch.jit.save(traced, buffer, _extra_files=extra)
+        write_bytes(path, buffer.getvalue())
         # trace keeps the batch axis symbolic for ordinary conv/linear nets; parity checks a 2nd batch
         return build_artifact(self.name, path, ctx, self.runtime, info={"method": "torch.jit.trace"})
 

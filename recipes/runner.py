@@ -50,7 +50,7 @@ def run_all(ctx, force: bool = False, resume: bool = False) -> dict[str, float]:
 def dry_run(ctx) -> dict[str, object]:
     """Validate the recipe, build both models (random weights where no checkpoint exists), probe shapes
     and KD adapters with a fake batch; no training, no data read."""
-    from compress.models import build_model, count_params
+    from compress.models import build_model, check_model_io, count_params
     from compress.objective import KDObjective
 
     r = ctx.recipe
@@ -66,6 +66,8 @@ def dry_run(ctx) -> dict[str, object]:
         raw = torch.rand(2, r.data.channels, r.data.image_size, r.data.image_size)
     teacher.module.eval()
     student.module.eval()
+    check_model_io(teacher, raw, ctx.task, "teacher")
+    check_model_io(student, raw, ctx.task, "student")
     objective = KDObjective(ctx.task, r.distill, student.module, teacher.module, student.preprocess(raw),
                             teacher.preprocess(raw))
     with torch.no_grad():
