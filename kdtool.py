@@ -6,10 +6,11 @@ The CLI is thin: parse, load the recipe, call a stage, map errors to exit codes
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,10 +18,8 @@ import typer
 
 # Pin our top-level packages before any library can shadow them: onnxruntime.transformers appends
 # its folder (which holds a `benchmark.py`) to sys.path when ONNX quantization imports it.
-import benchmark  # noqa: E402,F401
-import compress  # noqa: E402,F401
-import export  # noqa: E402,F401
-import recipes  # noqa: E402,F401
+for _package in ("benchmark", "compress", "export", "recipes"):
+    importlib.import_module(_package)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Distill a teacher into a small student, quantize, export, benchmark: one command.")
@@ -34,13 +33,13 @@ DeterministicOpt = Annotated[bool, typer.Option(
     "--deterministic", help="bit-identical reruns on this machine (deterministic kernels, seeded RNGs)")]
 
 
-class Stage(str, Enum):
+class Stage(StrEnum):
     baseline = "baseline"
     kd = "kd"
     both = "both"
 
 
-class QuantMode(str, Enum):
+class QuantMode(StrEnum):
     dynamic = "dynamic"
     static = "static"
     qat = "qat"

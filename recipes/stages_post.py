@@ -18,6 +18,10 @@ BACKENDS = {"dynamic": ("torch", "onnx"), "static": ("executorch", "onnx"), "qat
 """Quantization backends made per recipe mode (CoreML static is added for the ios target)."""
 
 
+EXPORT_BATCH = 2
+"""Batch of the example an artifact is exported with (the batch of fixed-batch artifacts)."""
+
+
 def quant_backends(recipe, mode: str) -> tuple[str, ...]:
     """Backends to quantize for, given the recipe's export targets."""
     backends = BACKENDS[mode]
@@ -121,7 +125,7 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
                                output_names=("output",), opset=r.export.opset,
                                metadata={"kdtool.recipe": r.name},
                                output_meaning=_output_meaning(ctx.task))
-    artifacts = export_model(student.module, inputs[:2], folder, formats=formats, targets=targets,
+    artifacts = export_model(student.module, inputs[:EXPORT_BATCH], folder, formats=formats, targets=targets,
                              quantized=quantized, ctx=export_ctx, inputs=inputs, int8=r.export.int8,
                              threads=r.benchmark.threads)
     rows = summary_table(artifacts)
@@ -237,6 +241,7 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     torch.set_num_threads(bench.threads)
     student = ctx.load("student_kd")
     inputs = _example_inputs(ctx, student, 32)
+    student_cost = {"params": count_params(student.module), "gflops": gflops_per_sample(student.module, inputs[:1])}
     samples = [x.unsqueeze(0).numpy() for x in inputs]
     rows: list[ReportRow] = []
     artifacts = artifacts_of(ctx)
@@ -259,10 +264,10 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
                 throughput=1000.0 * lat[-1].batch / lat[-1].p50))
             bar.advance()
         for folder in quant_folders:
-            rows.append(_quantized_row(ctx, folder, samples, bench, student))
+            rows.append(_quantized_row(ctx, folder, samples, bench, student_cost))
             bar.advance()
         for artifact in artifacts:
-            rows.append(_artifact_row(ctx, artifact, samples, bench, student, get_runtime))
+            rows.append(_artifact_row(ctx, artifact, samples, bench, student, student_cost, get_runtime))
             bar.advance()
     report = build_report(r.name, rows, ctx.task.primary_metric, list(r.export.targets), bench.min_retention,
                           bench.threads, recipe_sha256=ctx.recipe_sha)
@@ -276,8 +281,10 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     return report
 
 
-def _quantized_row(ctx, folder: Path, samples: list, bench, student):
-    """A row for a quantized model: its evaluation, size, and latency where it runs as itself."""
+def _quantized_row(ctx, folder: Path, samples: list, bench, student_cost: dict[str, Any]):
+    """A row for a quantized model: its evaluation, size, and latency where it runs as itself.
+
+    Params and GFLOPs are the FP32 student's: quantization changes the storage, not the graph."""
     from benchmark.profile import artifact_size_mb
     from benchmark.report import ReportRow
     from benchmark.runtimes import get_runtime
@@ -289,7 +296,7 @@ def _quantized_row(ctx, folder: Path, samples: list, bench, student):
     evaluation = meta.get("evaluation", {})
     path = folder / meta["file"]
     name = f"student_kd.{mode}.{backend}"
-    common = dict(name=name, stage="quantized", precision="int8", source="student_kd",
+    common = dict(name=name, stage="quantized", precision="int8", source="student_kd", **student_cost,
                   path=relative(path, ctx.run.root), size_mb=artifact_size_mb([path]) if path.is_file()
                   else meta.get("size_mb"), metrics=evaluation.get("metrics") or {})
     if backend == "coreml":
@@ -312,15 +319,14 @@ def _quantized_row(ctx, folder: Path, samples: list, bench, student):
                      throughput=1000.0 * lat[-1].batch / lat[-1].p50)
 
 
-def _artifact_row(ctx, artifact, samples: list, bench, student, get_runtime):
+def _artifact_row(ctx, artifact, samples: list, bench, student, student_cost: dict[str, Any], get_runtime):
     """A row for an exported artifact: loaded in its runtime, timed, and scored on validation."""
     from benchmark.latency import timed_load
     from benchmark.report import ReportRow
 
     common = dict(name=artifact.name, stage="export", format=artifact.format, precision=artifact.precision,
                   runtime=artifact.runtime, source="student_kd", path=relative(artifact.path, ctx.run.root),
-                  size_mb=artifact.size_mb, parity=artifact.parity,
-                  params=artifact.info.get("params"))
+                  size_mb=artifact.size_mb, parity=artifact.parity, **student_cost)
     if artifact.status != "ok":
         return ReportRow(**common, status=artifact.status, reason=artifact.reason)
     runtime = get_runtime(artifact.runtime)
@@ -329,11 +335,13 @@ def _artifact_row(ctx, artifact, samples: list, bench, student, get_runtime):
         return ReportRow(**common, status="skipped", reason=reason)
     try:
         session, load_ms = timed_load(lambda: runtime.load(Path(artifact.path), bench.threads))
-        fixed_batch = artifact.info.get("static_batch")
-        lat = _measure_row_latency(session, samples, bench) if not fixed_batch else \
-            _measure_row_latency(session, samples, bench.model_copy(update={"batch_sizes": [fixed_batch]}))
-        lat = [l.model_copy(update={"load_ms": load_ms}) for l in lat]
-        metrics = _artifact_metrics(session, ctx, student, fixed_batch or 64, fixed_batch=bool(fixed_batch))
+        fixed_batch = None if artifact.info.get("dynamic_batch", True) else EXPORT_BATCH
+        timing = bench if not fixed_batch else bench.model_copy(update={"batch_sizes": [fixed_batch]})
+        lat = [stats.model_copy(update={"load_ms": load_ms})
+               for stats in _measure_row_latency(session, samples, timing)]
+        # ExecuTorch programs are memory-planned for small batches: score them one sample at a time
+        batch = fixed_batch or (1 if artifact.format == "executorch" else 64)
+        metrics = _artifact_metrics(session, ctx, student, batch, fixed_batch=bool(fixed_batch))
     except Exception as e:  # noqa: BLE001  (one artifact failing does not stop the report)
         return ReportRow(**common, status="failed", reason=f"{type(e).__name__}: {str(e)[:200]}")
     return ReportRow(**common, latency_ms=lat[0], latency_by_batch=lat[1:], metrics=metrics,
