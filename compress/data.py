@@ -91,30 +91,45 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, epoch: i
                       persistent_workers=False)
 
 
-def augment_batch(raw: torch.Tensor, cfg, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment_batch(raw: torch.Tensor, cfg, generator: torch.Generator,
+                  shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flip / pad-crop (images) or roll (audio) applied to a raw batch, returning the parameters.
+
+    Args:
+        raw: (N, C, H, W) images or (N, samples) audio.
+        cfg: the recipe's `DataConfig` (its `augment` section).
+        generator: the draws' source; seeded per (seed, epoch, step) by the trainer.
+        shard: (rank, world size). Under DDP each rank holds every `world`-th sample of the global
+            batch (DistributedSampler's interleaving), so parameters are drawn for the whole global
+            batch and this rank keeps its slice: N processes augment exactly like one.
 
     Returns:
         (augmented batch, params (N, 3) int: [flip, dy, dx] for images or [shift, 0, 0] for audio)
         so a teacher cache can be keyed on the exact view.
     """
-    n = raw.shape[0]
+    rank, world = shard
+    n = raw.shape[0] * world
     params = torch.zeros(n, 3, dtype=torch.long)
     a = cfg.augment
     if raw.dim() == 2:  # audio (N, samples)
         if a.time_shift > 0:
             max_shift = int(a.time_shift * raw.shape[1])
             params[:, 0] = torch.randint(-max_shift, max_shift + 1, (n,), generator=generator)
-        return apply_augment(raw, params, cfg), params
-    if a.hflip:
-        params[:, 0] = torch.randint(0, 2, (n,), generator=generator)
-    if a.crop_pad > 0:
-        params[:, 1:] = torch.randint(0, 2 * a.crop_pad + 1, (n, 2), generator=generator)
+    else:
+        if a.hflip:
+            params[:, 0] = torch.randint(0, 2, (n,), generator=generator)
+        if a.crop_pad > 0:
+            params[:, 1:] = torch.randint(0, 2 * a.crop_pad + 1, (n, 2), generator=generator)
+    params = params[rank::world]
     return apply_augment(raw, params, cfg), params
 
 
 def apply_augment(raw: torch.Tensor, params: torch.Tensor, cfg) -> torch.Tensor:
-    """Replay recorded augmentation parameters on a raw batch (deterministic)."""
+    """Replay recorded augmentation parameters on a raw batch (deterministic).
+
+    The per-sample slices are plain memory copies: measured faster on CPU than one advanced-index
+    gather (64×3×32² batch: 1.5 ms vs 5.1 ms; 8×3×380²: 33 ms vs 76 ms).
+    """
     if not params.any():
         return raw
     if raw.dim() == 2:

@@ -1,0 +1,73 @@
+"""Tiny models and real digits data shared by the trainer tests (resume, DDP, teacher cache)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from compress.data import digits_source
+from compress.models import BuiltModel, Preprocess
+from compress.tasks import Task
+from recipes.schema import AugmentConfig, CacheConfig, DataConfig, DistillConfig, TrainConfig
+
+TASK = Task("multiclass", 10)
+PRE = Preprocess(kind="image", input_size=16, channels=1, mean=(0.5,), std=(0.5,))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a test on one intra-op thread (restored after): tiny convs on 2 busy shared cores are ~20×
+    faster single-threaded, and the thread count is part of bit-exactness on CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def digits(limit: int = 128, crop_pad: int = 2, hflip: bool = False, batch_size: int = 32):
+    """scikit-learn digits at 16 px, 1 channel: (data config, train (limit), val (limit // 4))."""
+    cfg = DataConfig(source="digits", image_size=16, channels=1, limit=limit, batch_size=batch_size,
+                     augment=AugmentConfig(crop_pad=crop_pad, hflip=hflip))
+    train, val = digits_source(cfg, TASK)
+    return cfg, train, val
+
+
+def tiny_net(seed: int, batchnorm: bool = False, dropout: float = 0.0, width: int = 8) -> BuiltModel:
+    """A two-conv classifier for 16 px digits (~4 k params at width 8); BatchNorm and dropout optional."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Conv2d(1, width, 3, padding=1)]
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(width))
+    layers += [nn.ReLU(), nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
+               nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(dropout), nn.Linear(32 * width, 10)]
+    return BuiltModel(nn.Sequential(*layers), PRE, "tiny")
+
+
+def train_cfg(epochs: int = 3, **kw) -> TrainConfig:
+    """AdamW + one-cycle, batch 32 unless overridden."""
+    return TrainConfig(**{"epochs": epochs, "lr": 0.01, "weight_decay": 0.01, "scheduler": "onecycle",
+                          "batch_size": 32, "seed": 0, **kw})
+
+
+def distill_cfg(cache: bool = False, views: int = 2, top_k: int | None = None,
+                dtype: str = "float32") -> DistillConfig:
+    """Hinton KD, T=4, alpha 0.5, optionally with the teacher-output cache."""
+    return DistillConfig(temperature=4.0, alpha=0.5,
+                         cache=CacheConfig(enabled=cache, views=views, top_k=top_k, dtype=dtype))
+
+
+def model_tensors(folder: Path, name: str = "last.safetensors") -> dict[str, torch.Tensor]:
+    """The model weights in a checkpoint file (training state or bare weights)."""
+    t = load_file(str(folder / name))
+    if any(k.startswith("model.") for k in t):
+        return {k[6:]: v for k, v in t.items() if k.startswith("model.")}
+    return t
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    """History records minus wall-clock fields (everything else must replay exactly)."""
+    return [{k: v for k, v in r.items() if k != "train_seconds"} for r in history]
