@@ -234,10 +234,12 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
                     if teacher_module is not None:
                         t_out, t_feats = objective.teacher_forward(teacher.preprocess(raw))
 
-                def closure() -> dict[str, torch.Tensor]:
+                def closure(raw=raw, t_out=t_out, t_feats=t_feats, targets=targets) -> dict[str, torch.Tensor]:
+                    """This step's named loss terms (run twice per step by SAM)."""
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         s_out, s_feats = objective.student_forward(student.preprocess(raw), runner=train_model)
-                    return objective(s_out, s_feats, t_out, t_feats, targets, alpha=alpha, temperature=temperature)
+                    return objective(s_out, s_feats, t_out, t_feats, targets, alpha=alpha,  # noqa: B023
+                                     temperature=temperature)  # noqa: B023  (epoch constants)
 
                 stats = _buffers(model, objective) if cfg.nan_policy == "skip" else None
                 terms = closure()

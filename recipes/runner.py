@@ -98,6 +98,7 @@ def _fake_targets(task, n: int) -> torch.Tensor:
 def registries() -> dict:
     """Every registry `kdtool ls` can print."""
     import compress.audio  # noqa: F401
+    import compress.wrn  # noqa: F401
     import compress.data_files  # noqa: F401
     import compress.data_synthetic  # noqa: F401
     from compress.data import DATA_SOURCES
