@@ -241,7 +241,10 @@ def init(name: Annotated[str, typer.Argument(help="file to create, e.g. my_detec
         dest = Path(name if name.endswith((".yaml", ".yml")) else name + ".yaml")
         if dest.exists() and not force:
             raise KdtoolError(f"{dest} exists", "pass --force to overwrite it or choose another name")
-        write_text(dest, src.read_text())
+        lines = src.read_text().splitlines(keepends=True)
+        if lines and lines[0].startswith("# kdtool"):
+            lines[0] = f"# kdtool run {dest}\n"
+        write_text(dest, "".join(lines))
         print(f"wrote {dest} (from {src.name}); edit it, then: kdtool run {dest}")
 
     _guard(debug, go)

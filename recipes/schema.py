@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TaskKind = Literal["binary", "multiclass", "multilabel", "regression"]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -123,6 +123,12 @@ class TrainConfig(Strict):
     grad_clip: float | None = Field(None, gt=0.0)
     label_smoothing: Probability = 0.0
     amp: Literal["off", "bf16", "fp16"] = "off"
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        """YAML reads a bare `off` as false: accept it."""
+        return "off" if value is False else value
     seed: int = 0
     nan_policy: Literal["stop", "skip"] = "stop"
     max_bad_steps: int = Field(0, ge=0, description="nan_policy=skip: abort after this many skipped steps")
