@@ -38,7 +38,8 @@ class TaskConfig(Strict):
             self.outputs = [f"y{i}" for i in range(self.num_classes)]
         if self.kind == "regression" and len(self.outputs) != self.num_classes:
             raise ValueError(f"outputs has {len(self.outputs)} names but num_classes is {self.num_classes}")
-        if self.labels is not None and self.kind in ("multiclass", "multilabel") and len(self.labels) != self.num_classes:
+        named_classes = self.labels is not None and self.kind in ("multiclass", "multilabel")
+        if named_classes and len(self.labels) != self.num_classes:
             raise ValueError(f"labels has {len(self.labels)} names but num_classes is {self.num_classes}")
         return self
 

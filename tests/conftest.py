@@ -19,3 +19,12 @@ def _seed():
 # `benchmark.py` to sys.path; see kdtool.py).
 import benchmark  # noqa: E402,F401
 import export  # noqa: E402,F401
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny models on a shared 2-core machine train fastest (and alike) this way."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -14,14 +14,7 @@ from reliability_fixtures import cli, error_lines, files_under, merge, write_rec
 from compress.data_synthetic import write_audiofolder, write_csv_manifest, write_imagefolder
 from compress.tasks import Task
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models on a shared 2-core machine train fastest (and alike) this way."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_bad_input(result, *needles: str, out: Path | None = None, hint: bool = True) -> str:

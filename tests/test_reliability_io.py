@@ -16,13 +16,7 @@ from safetensors.torch import load_file
 from compress import atomic, checkpoint
 from compress.atomic import DiskWriteError, atomic_path, write_bytes, write_json
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _full_disk(*_args, **_kwargs):

@@ -19,13 +19,7 @@ from safetensors.torch import load_file, save_file
 from compress.errors import KdtoolError
 from compress.models import read_state_dict
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MarkerOnLoad:

@@ -108,12 +108,7 @@ def resume(recipe: Path, out: Path):
     return done
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_same_run(run: Path, reference: Path, why: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -16,16 +15,6 @@ from recipes.schema import AugmentConfig, CacheConfig, DataConfig, DistillConfig
 
 TASK = Task("multiclass", 10)
 PRE = Preprocess(kind="image", input_size=16, channels=1, mean=(0.5,), std=(0.5,))
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Run a test on one intra-op thread (restored after): tiny convs on 2 busy shared cores are ~20×
-    faster single-threaded, and the thread count is part of bit-exactness on CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def digits(limit: int = 128, crop_pad: int = 2, hflip: bool = False, batch_size: int = 32):

@@ -27,7 +27,6 @@ from kd_fixtures import (
     digits,
     distill_cfg,
     model_tensors,
-    one_thread,
     tiny_net,
     train_cfg,
     without_timing,
@@ -38,7 +37,7 @@ from compress.checkpoint import save_weights
 from compress.teacher_cache import TeacherCache
 from compress.trainer import fit
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 LIMIT, GLOBAL_BATCH, WORLD, EPOCHS = 256, 32, 2, 3
 CASES = ("plain", "cache", "batchnorm")
 

@@ -18,7 +18,6 @@ from kd_fixtures import (
     digits,
     distill_cfg,
     model_tensors,
-    one_thread,
     tiny_net,
     train_cfg,
     without_timing,
@@ -29,7 +28,7 @@ from compress.teacher_cache import TeacherCache
 from compress.trainer import fit
 
 EPOCHS, LIMIT, BATCH = 3, 128, 32
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Tripwire(Dataset):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kd_fixtures import digits, one_thread, tiny_net
+from kd_fixtures import digits, tiny_net
 
 from compress.data import apply_augment
 from compress.teacher_cache import TeacherCache
 from recipes.schema import CacheConfig
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 LIMIT, BATCH = 96, 32  # the cache is built in batches of the training batch size
 
 
