@@ -19,9 +19,8 @@ __all__ = ["dry_run", "registries", "run_all", "run_benchmark", "run_export", "r
 
 def run_all(ctx, force: bool = False, resume: bool = False) -> dict[str, float]:
     """Chain every stage of the recipe and print the stage timings."""
-    from compress.stages import run_distill
-
     from compress.errors import ExportError
+    from compress.stages import run_distill
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -98,9 +97,9 @@ def _fake_targets(task, n: int) -> torch.Tensor:
 def registries() -> dict:
     """Every registry `kdtool ls` can print."""
     import compress.audio  # noqa: F401
-    import compress.wrn  # noqa: F401
     import compress.data_files  # noqa: F401
     import compress.data_synthetic  # noqa: F401
+    import compress.wrn  # noqa: F401
     from compress.data import DATA_SOURCES
     from compress.losses import LOSSES
     from compress.models import LOCAL_MODELS
@@ -113,9 +112,8 @@ def registries() -> dict:
     except ImportError:
         pass
     try:
-        from export.registry import EXPORTERS
-
         import export.all  # noqa: F401
+        from export.registry import EXPORTERS
 
         regs["exporters"] = EXPORTERS
     except ImportError:
