@@ -342,6 +342,7 @@ def render_markdown(report: Report) -> str:
 
 def render_console(report: Report) -> Any:
     """The report table as a `rich.table.Table` (print it with `rich.console.Console().print`)."""
+    from rich.markup import escape
     from rich.table import Table
 
     headers, cells = table(report)
@@ -351,7 +352,7 @@ def render_console(report: Report) -> Any:
         t.add_column(h, justify="left" if h in ("Name", "Format", "Precision", "Runtime", "Status", "Parity")
                      else "right", overflow="fold")
     for row, r in zip(cells, report.rows, strict=True):
-        t.add_row(*row, style={"failed": "red", "skipped": "dim"}.get(r.status))
+        t.add_row(*(escape(cell) for cell in row), style={"failed": "red", "skipped": "dim"}.get(r.status))
     return t
 
 

@@ -195,6 +195,9 @@ class QuantizeConfig(Strict):
     """INT8 quantization of the distilled student."""
 
     modes: list[QuantMode] = Field(default_factory=lambda: ["dynamic"])
+    backends: dict[QuantMode, list[Literal["torch", "executorch", "onnx", "coreml"]]] | None = Field(
+        None, description="backends per mode; default dynamic: [torch, onnx], static: [executorch, onnx] "
+        "(+ coreml for the ios target), qat: [executorch]")
     calibration_samples: int = Field(256, ge=1)
     qat: TrainConfig = TrainConfig(epochs=2, lr=1e-4, scheduler="cosine", init="baseline")
 

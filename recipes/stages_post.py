@@ -24,6 +24,8 @@ EXPORT_BATCH = 2
 
 def quant_backends(recipe, mode: str) -> tuple[str, ...]:
     """Backends to quantize for, given the recipe's export targets."""
+    if recipe.quantize.backends and mode in recipe.quantize.backends:
+        return tuple(recipe.quantize.backends[mode])
     backends = BACKENDS[mode]
     if mode == "static" and "ios" in recipe.export.targets:
         backends = (*backends, "coreml")
@@ -151,6 +153,7 @@ def _output_meaning(task) -> str:
 
 def _print_export_table(rows: list[dict[str, Any]]) -> None:
     """Every planned artifact with its status, size, parity and (for failures) the reason."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="export", show_lines=False)
@@ -161,7 +164,7 @@ def _print_export_table(rows: list[dict[str, Any]]) -> None:
         return "" if v is None else f"{100 * v:.0f}%"
 
     for row in rows:
-        status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row['reason']}"
+        status = row["status"] if row["status"] == "ok" else escape(f"{row['status']}: {row['reason']}")
         table.add_row(row["name"], row["target"] or "", status,
                       "" if row["size_mb"] is None else f"{row['size_mb']:.2f}", row["parity"] or "",
                       "" if row["max_abs"] is None else f"{row['max_abs']:.1e}",
@@ -227,6 +230,8 @@ def _artifact_metrics(session: Any, ctx, student, batch: int, fixed_batch: bool 
 def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | None = None,
                   min_retention: float | None = None, force: bool = False):
     """`kdtool benchmark`: measure every model and artifact, write the report card, apply CI gates."""
+    from rich.markup import escape
+
     from benchmark.gates import enforce_gates
     from benchmark.profile import artifact_size_mb, gflops_per_sample, peak_memory_mb
     from benchmark.report import ReportRow, build_report, load_report, render_console, write_report
@@ -274,7 +279,7 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     paths = write_report(report, ctx.run.report)
     console.print(render_console(report))
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
     console.print(f"report: {paths['md']}  {paths['html']}")
     base = load_report(baseline) if baseline else None
     enforce_gates(report, base, max_regression, min_retention)
