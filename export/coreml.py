@@ -42,20 +42,21 @@ class CoreMLExporter:
         """Convert to `<name>.<precision>.mlpackage` and validate it by reloading the spec."""
         check_precision(self, ctx)
         try:
-            import coremltools as ct
+            import coremltools  # noqa: F401  (fail early with the install hint)
         except ImportError as e:
             raise ExportError("coremltools is not installed", 'pip install "coremltools==9.0"') from e
-        program = export_program(model.eval(), example, ctx).run_decompositions({})
         classifier = ctx.task == "multiclass" and bool(ctx.labels)
+        info: dict[str, Any] = {}
         try:
-            mlmodel = ct.convert(
-                program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
-                compute_precision=ct.precision.FLOAT16 if ctx.precision == "fp16" else ct.precision.FLOAT32,
-                classifier_config=ct.ClassifierConfig(list(ctx.labels)) if classifier else None,
-                skip_model_load=True)
-        except Exception as e:
-            raise ExportError(f"coremltools conversion failed for {ctx.name}: {first_line(e)}",
-                              "an op has no CoreML translation: try --format executorch") from e
+            mlmodel = _convert(model, example, ctx, classifier)
+        except ExportError as e:
+            if not ctx.dynamic_batch:
+                raise
+            # some coremltools translations (group_norm: a reshape built from a Python list) cannot
+            # take a symbolic batch; a fixed batch is what iOS apps run anyway
+            ctx.dynamic_batch = False
+            info["dynamic_batch_reason"] = f"coremltools could not convert a dynamic batch: {e.message}"
+            mlmodel = _convert(model, example, ctx, classifier)
         mlmodel = _rename(mlmodel, ctx, classifier)
         mlmodel.short_description = f"{ctx.name} ({ctx.task}); {ctx.output_meaning}"
         mlmodel.user_defined_metadata.update(ctx.embedded_metadata())
@@ -64,9 +65,38 @@ class CoreMLExporter:
             staged = tmp.with_name(tmp.name + ".mlpackage")  # coremltools wants the extension
             mlmodel.save(str(staged))
             os.replace(staged, tmp)
-        info = validate(path)
+        info.update(validate(path))
         info["classifier"] = classifier
         return build_artifact(self.name, path, ctx, self.runtime, info=info)
+
+
+def _convert(model: nn.Module, example: torch.Tensor, ctx: ExportContext, classifier: bool) -> Any:
+    """torch.export (batch per ctx) → coremltools ML Program; a failure names the torch op at fault."""
+    import coremltools as ct
+
+    program = export_program(model.eval(), example, ctx).run_decompositions({})
+    try:
+        return ct.convert(
+            program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+            compute_precision=ct.precision.FLOAT16 if ctx.precision == "fp16" else ct.precision.FLOAT32,
+            classifier_config=ct.ClassifierConfig(list(ctx.labels)) if classifier else None,
+            skip_model_load=True)
+    except Exception as e:
+        op = failing_op(e)
+        where = f" in the translation of torch op {op!r}" if op else ""
+        raise ExportError(f"coremltools conversion failed for {ctx.name}{where}: {first_line(e)}",
+                          "an op has no CoreML translation: try --format executorch") from e
+
+
+def failing_op(error: BaseException) -> str | None:
+    """The coremltools torch-frontend translation function (named after the torch op) that raised."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if "coremltools/converters/mil/frontend/torch/ops.py" in f.filename.replace("\\", "/")]
+    named = [f.name for f in frames if f.name not in {"convert_nodes", "convert_single_node", "add_op"}
+             and not f.name.startswith("_")]
+    return named[-1] if named else None
 
 
 def validate(path: Path) -> dict[str, Any]:

@@ -10,6 +10,21 @@
 Metadata is stored as a constant method `kdtool_metadata` (a JSON string) in the program, and the
 delegation share (ops inside delegate blobs vs all ops, from `executorch.devtools` delegation info)
 goes into `Artifact.info["delegation"]`.
+
+Dynamic batch. ExecuTorch memory-plans every tensor at the batch axis' upper bound, so the arena
+grows with `max_batch`: it is capped at `EXECUTORCH_MAX_BATCH` (on-device inference runs batch 1).
+Two lowering steps used to narrow that bound silently (measured with executorch 1.5.1):
+- XNNPACK's FuseBatchNormPass re-traces convolutions with fake tensors; ATen's conv-backend choice
+  asks "batch >= 16" (the NNPACK heuristic), an ignored guard that still narrows the shape env's
+  range to [2, 15]: programs with conv+BN refused batch >= 16 at `set_inputs` (error 0x10).
+  The bound torch.export proved (`range_constraints`) is restored after lowering.
+- ExecuTorch's IR-validity verifier indexes the first tensor of a `Tensor[]` result
+  (`split_with_sizes`, used by MobileViTv2's attention) as if it were the list, pinning the batch to
+  the example's: the program then fails at run time for any other batch. When lowering pins the
+  batch, it is redone without that verifier (parity still checks the result).
+Each XNNPACK program is run once at batch 1 and at its planned upper bound before it is written; if
+that fails, it is re-exported with a fixed batch and `info["dynamic_batch_reason"]` says why.
+`info["max_batch"]` is the planned upper bound (the example's batch when fixed).
 """
 
 from __future__ import annotations
@@ -34,6 +49,7 @@ from export.registry import (
 )
 
 METADATA_METHOD = "kdtool_metadata"
+EXECUTORCH_MAX_BATCH = 32  # memory planning allocates for the upper bound: keep the arena small
 BOOKKEEPING_OPS = {"getitem"}  # tuple unpacking, not compute: left out of the delegation share
 
 
@@ -48,6 +64,7 @@ class ExecuTorchExporter:
     def export(self, model: nn.Module, example: torch.Tensor, out_dir: Path, ctx: ExportContext) -> Artifact:
         """Lower to `<name>[.<variant>].<precision>.pte` and report the delegation share."""
         info: dict[str, Any] = {}
+        ctx.max_batch = min(ctx.max_batch, EXECUTORCH_MAX_BATCH)
         if ctx.variant == "coreml":
             if ctx.precision == "int8":
                 raise ExportError("executorch-coreml int8 is not supported by kdtool",
@@ -63,13 +80,15 @@ class ExecuTorchExporter:
             partitioners = [XnnpackPartitioner()]
             program = self._program(model, example, ctx, info)
         try:
-            from executorch.exir import to_edge_transform_and_lower
-
-            edge = to_edge_transform_and_lower(
-                program, partitioner=partitioners,
-                constant_methods={METADATA_METHOD: json.dumps(ctx.embedded_metadata(), sort_keys=True)})
-            info["delegation"] = delegation_share(edge.exported_program().graph_module)
-            buffer = edge.to_executorch().buffer
+            try:
+                buffer = self._lower(program, partitioners, ctx, info)
+                if ctx.variant != "coreml" and ctx.dynamic_batch:
+                    _smoke_test(buffer, user_input_shape(program), info["max_batch"])
+            except _DynamicBatchFailed as e:  # a program that runs at one batch beats one that fails
+                ctx.dynamic_batch = False
+                info["dynamic_batch_reason"] = str(e)
+                info.pop("ir_validity_check", None)
+                buffer = self._lower(self._static_program(model, example, ctx), partitioners, ctx, info)
         except ExportError:
             raise
         except Exception as e:
@@ -80,6 +99,41 @@ class ExecuTorchExporter:
         write_bytes(path, buffer)
         info["backend"] = "CoreMLBackend" if ctx.variant == "coreml" else "XnnpackBackend"
         return build_artifact(self.name, path, ctx, self.runtime, info=info)
+
+    def _lower(self, program: torch.export.ExportedProgram, partitioners: list[Any], ctx: ExportContext,
+               info: dict[str, Any]) -> bytes:
+        """Edge → delegates → `.pte` bytes, keeping the batch bound torch.export proved (module docstring)."""
+        from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+
+        def lower(check_ir: bool) -> Any:
+            return to_edge_transform_and_lower(
+                program, partitioner=partitioners, compile_config=EdgeCompileConfig(_check_ir_validity=check_ir),
+                constant_methods={METADATA_METHOD: json.dumps(ctx.embedded_metadata(), sort_keys=True)})
+
+        bound = _batch_bound(program)
+        check_ir = bound is None or not _list_output_with_batch(program)
+        if not check_ir:
+            info["ir_validity_check"] = "skipped: it would pin the dynamic batch (an op returns Tensor[])"
+        edge = lower(check_ir)
+        if bound is not None and _batch_pinned(edge.exported_program()):
+            raise _DynamicBatchFailed("lowering pinned the batch axis to the example's batch")
+        if bound is not None:
+            _restore_batch_bound(edge.exported_program(), bound)
+        info["delegation"] = delegation_share(edge.exported_program().graph_module)
+        et_program = edge.to_executorch()
+        shape = user_input_shape(et_program.exported_program())
+        info["max_batch"] = _upper_bound(shape[0])
+        plan = et_program.executorch_program.execution_plan[0]
+        info["planned_memory_mb"] = round(sum(plan.non_const_buffer_sizes) / 2**20, 3)
+        return et_program.buffer
+
+    def _static_program(self, model: nn.Module, example: torch.Tensor,
+                        ctx: ExportContext) -> torch.export.ExportedProgram:
+        """The fixed-batch re-export used when the dynamic-batch program cannot run."""
+        source = model.eval() if ctx.precision != "int8" else ctx.quantized_program
+        if isinstance(source, torch.export.ExportedProgram):
+            source = source.module()
+        return export_program(source, example, ctx)
 
     def _program(self, model: nn.Module, example: torch.Tensor, ctx: ExportContext,
                  info: dict[str, Any]) -> torch.export.ExportedProgram:
@@ -144,3 +198,71 @@ def _batch_is_symbolic(graph_module: torch.fx.GraphModule) -> bool:
         if node.op == "placeholder" and isinstance(node.meta.get("val"), torch.Tensor):
             return not isinstance(node.meta["val"].shape[0], int)
     return False
+
+
+def _batch_bound(program: torch.export.ExportedProgram) -> tuple[Any, int] | None:
+    """(symbol, upper bound) of the input's batch axis as torch.export proved it; None when static."""
+    batch = user_input_shape(program)[0]
+    if isinstance(batch, int):
+        return None
+    symbol = batch.node.expr
+    upper = program.range_constraints.get(symbol)
+    return (symbol, int(upper.upper)) if upper is not None else None
+
+
+def _list_output_with_batch(program: torch.export.ExportedProgram) -> bool:
+    """Whether an op returns `Tensor[]` with a symbolic leading axis (ExecuTorch's verifier then pins it)."""
+    for node in program.graph.nodes:
+        val = node.meta.get("val")
+        returns = getattr(getattr(node.target, "_schema", None), "returns", ())
+        if (node.op == "call_function" and len(returns) == 1 and str(returns[0].type) == "List[Tensor]"
+                and isinstance(val, (list, tuple)) and val and isinstance(val[0], torch.Tensor)
+                and val[0].ndim and not isinstance(val[0].shape[0], int)):
+            return True
+    return False
+
+
+def _batch_pinned(program: torch.export.ExportedProgram) -> bool:
+    """Whether lowering replaced the batch symbol by a constant (the program then runs at one batch only)."""
+    batch = user_input_shape(program)[0]
+    if isinstance(batch, int):
+        return True
+    env = batch.node.shape_env
+    value_range = env.var_to_range.get(batch.node.expr)
+    return bool(env.replace(batch.node.expr).is_number or (value_range and value_range.is_singleton()))
+
+
+def _restore_batch_bound(program: torch.export.ExportedProgram, bound: tuple[Any, int]) -> None:
+    """Undo an upper bound narrowed by an ignored guard during lowering (memory planning reads it)."""
+    from torch.utils._sympy.value_ranges import ValueRanges
+
+    env = user_input_shape(program)[0].node.shape_env
+    symbol, upper = bound
+    current = env.var_to_range.get(symbol)
+    if current is not None and current.upper < upper:
+        env.var_to_range[symbol] = ValueRanges(current.lower, upper)
+
+
+def _upper_bound(size: Any) -> int:
+    """A static size, or the upper bound ExecuTorch memory-plans a symbolic one for."""
+    if isinstance(size, int):
+        return size
+    from executorch.exir.sym_util import eval_upper_bound
+
+    return int(eval_upper_bound(size))
+
+
+def _smoke_test(buffer: bytes, shape: tuple[Any, ...], max_batch: int) -> None:
+    """Run the program on zeros at batch 1 and `max_batch`; raise `_DynamicBatchFailed` on an error."""
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(buffer).load_method("forward")
+    for batch in sorted({1, max_batch}):
+        try:
+            method.execute([torch.zeros((batch, *(int(d) for d in shape[1:])))])
+        except Exception as e:  # the runtime raises RuntimeError carrying the error code
+            raise _DynamicBatchFailed(f"dynamic-batch program failed at batch {batch}: {first_line(e)}") from e
+
+
+class _DynamicBatchFailed(Exception):
+    """The dynamic-batch program cannot run at every batch it was planned for (caught by the exporter)."""

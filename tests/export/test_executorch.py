@@ -81,3 +81,56 @@ def test_coreml_delegate_is_lowered_but_not_verified_here(tmp_path, example):
     assert art.name == "student_kd.executorch-coreml.fp16" and art.status == "ok", art.reason
     assert art.info["delegation"]["share"] == 1.0 and art.info["backend"] == "CoreMLBackend"
     assert art.parity.status == "not verified on this OS" and "Apple" in art.parity.reason
+
+
+def test_dynamic_batch_runs_up_to_planned_bound(exported, student):
+    """Conv+BN: XNNPACK's BN fusion used to narrow the planned batch to 15 (set_inputs error 0x10 at 16)."""
+    from benchmark.runtimes.base import get_runtime
+    from export.executorch import EXECUTORCH_MAX_BATCH
+
+    (art,) = exported("executorch")
+    assert art.info["dynamic_batch"] and art.info["max_batch"] == EXECUTORCH_MAX_BATCH == 32
+    session = get_runtime("executorch").load(art.path, 1)
+    x = torch.randn(32, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = student(x)
+    for batch in (16, 32):
+        out = torch.from_numpy(session.run(x[:batch].numpy()))
+        assert (out - ref[:batch]).abs().max() < 1e-5
+
+
+class SplitNet(torch.nn.Module):
+    """A conv whose channels are split (`Tensor[]` output), as MobileViTv2's attention does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 6, 3, stride=4, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.conv(x).split([2, 4], dim=1)
+        return torch.cat([a.mean((2, 3)), b.amax((2, 3))], dim=1)
+
+
+def test_split_output_keeps_dynamic_batch(tmp_path, example):
+    """ExecuTorch's IR verifier would pin the batch of a split to the example's; the exporter avoids it."""
+    from export.run import export_model
+
+    torch.manual_seed(0)
+    (art,) = export_model(SplitNet().eval(), example, tmp_path, formats=["executorch"], ctx=context(labels=None))
+    assert art.status == "ok", art.reason
+    assert art.info["dynamic_batch"] and art.info["max_batch"] == 32 and "skipped" in art.info["ir_validity_check"]
+    assert art.parity.status == "passed" and art.parity.batches == [1, 4]
+
+
+def test_failing_dynamic_program_falls_back_to_fixed_batch(tmp_path, example, monkeypatch):
+    import export.executorch as et
+    from export.run import export_model
+
+    def fail(*_args):
+        raise et._DynamicBatchFailed("dynamic-batch program failed at batch 32: error 0x10")
+
+    monkeypatch.setattr(et, "_smoke_test", fail)
+    (art,) = export_model(tiny_convnet(), example, tmp_path, formats=["executorch"], ctx=context())
+    assert art.status == "ok" and not art.info["dynamic_batch"] and art.info["max_batch"] == 2
+    assert "0x10" in art.info["dynamic_batch_reason"]
+    assert art.parity.status == "passed" and art.parity.batches == [2]
