@@ -207,7 +207,10 @@ def _batch_bound(program: torch.export.ExportedProgram) -> tuple[Any, int] | Non
         return None
     symbol = batch.node.expr
     upper = program.range_constraints.get(symbol)
-    return (symbol, int(upper.upper)) if upper is not None else None
+    if upper is None:
+        return None
+    # a program exported with Dim.AUTO (e.g. PT2E-quantized) is unbounded (torch's int_oo): plan for the cap
+    return symbol, EXECUTORCH_MAX_BATCH if upper.upper > EXECUTORCH_MAX_BATCH else int(upper.upper)
 
 
 def _list_output_with_batch(program: torch.export.ExportedProgram) -> bool:
