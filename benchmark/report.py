@@ -308,16 +308,18 @@ def table(report: Report) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted cells of the report table (shared by markdown, console and HTML)."""
     metrics = metric_names(report)
     headers = ["Name", "Format", "Precision", "Runtime", "Status", "Params", "Size MB", "GFLOPs",
-               "p50 ms", "p90 ms", *metrics, "Retention %", "Parity"]
+               "p50 ms", "p90 ms", "p99 ms", "Peak MB", *metrics, "Retention %", "vs FP32 %", "Parity"]
     cells = []
     for r in report.rows:
         lat = r.latency_at(1) or r.latency_ms
         status = r.status if not r.reason else f"{r.status}: {r.reason}"
         cells.append([r.name, r.format, r.precision, r.runtime, status, _params(r.params),
                       _num(r.size_mb, ".2f"), _num(r.gflops, ".3f"), _num(lat.p50 if lat else None, ".2f"),
-                      _num(lat.p90 if lat else None, ".2f"),
-                      *[_num(r.metrics.get(m), ".4f") for m in metrics],
-                      _num(None if r.retention is None else 100 * r.retention, ".1f"), _parity(r.parity)])
+                      _num(lat.p90 if lat else None, ".2f"), _num(lat.p99 if lat else None, ".2f"),
+                      _num(r.peak_mem_mb, ".1f"), *[_num(r.metrics.get(m), ".4f") for m in metrics],
+                      _num(None if r.retention is None else 100 * r.retention, ".1f"),
+                      _num(None if r.retention_vs_student is None else 100 * r.retention_vs_student, ".1f"),
+                      _parity(r.parity)])
     return headers, cells
 
 

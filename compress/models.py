@@ -203,7 +203,7 @@ def read_state_dict(path: str | Path, role: str = "model") -> dict[str, torch.Te
     else:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
+        except (pickle.UnpicklingError, UnicodeDecodeError) as e:  # random bytes fail as either
             raise _refused(path, role, str(e)) from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
             raise KdtoolError(f"{role}.checkpoint {path} is not a readable torch checkpoint "

@@ -326,7 +326,8 @@ def _quantized_row(ctx, folder: Path, samples: list, bench, student_cost: dict[s
 
 def _artifact_row(ctx, artifact, samples: list, bench, student, student_cost: dict[str, Any], get_runtime):
     """A row for an exported artifact: loaded in its runtime, timed, and scored on validation."""
-    from benchmark.latency import timed_load
+    from benchmark.latency import make_batches, timed_load
+    from benchmark.profile import peak_memory_mb
     from benchmark.report import ReportRow
 
     common = dict(name=artifact.name, stage="export", format=artifact.format, precision=artifact.precision,
@@ -347,7 +348,9 @@ def _artifact_row(ctx, artifact, samples: list, bench, student, student_cost: di
         # ExecuTorch programs are memory-planned for small batches: score them one sample at a time
         batch = fixed_batch or (1 if artifact.format == "executorch" else 64)
         metrics = _artifact_metrics(session, ctx, student, batch, fixed_batch=bool(fixed_batch))
+        first = make_batches(samples, fixed_batch or 1)[0]
+        peak = peak_memory_mb(lambda: session.run(first))
     except Exception as e:  # noqa: BLE001  (one artifact failing does not stop the report)
         return ReportRow(**common, status="failed", reason=f"{type(e).__name__}: {str(e)[:200]}")
-    return ReportRow(**common, latency_ms=lat[0], latency_by_batch=lat[1:], metrics=metrics,
+    return ReportRow(**common, latency_ms=lat[0], latency_by_batch=lat[1:], metrics=metrics, peak_mem_mb=peak,
                      throughput=1000.0 * lat[-1].batch / lat[-1].p50)

@@ -21,7 +21,7 @@ import benchmark  # noqa: E402,F401
 import export  # noqa: E402,F401
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread: tiny models on a shared 2-core machine train fastest (and alike) this way."""
     old = torch.get_num_threads()

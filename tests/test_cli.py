@@ -78,7 +78,9 @@ def test_init_copies_then_refuses_to_overwrite(tmp_path, monkeypatch):
     first = cli("init", "mine", "--from", "quickstart")
     assert first.exit_code == 0, first.stderr
     dest = tmp_path / "mine.yaml"
-    assert dest.read_bytes() == shipped
+    copied = dest.read_bytes().split(b"\n", 1)
+    assert copied[0] == b"# kdtool run mine.yaml"  # the header names the command for the copy
+    assert copied[1] == shipped.split(b"\n", 1)[1]
     assert oct(dest.stat().st_mode & 0o777) == oct(0o666 & ~umask())
 
     dest.write_text("# my edits\n")
@@ -90,7 +92,7 @@ def test_init_copies_then_refuses_to_overwrite(tmp_path, monkeypatch):
     assert "Traceback" not in again.stderr
 
     forced = cli("init", "mine", "--from", "quickstart", "--force")
-    assert forced.exit_code == 0 and dest.read_bytes() == shipped
+    assert forced.exit_code == 0 and dest.read_bytes().split(b"\n", 1)[1] == shipped.split(b"\n", 1)[1]
     assert [p.name for p in tmp_path.iterdir()] == ["mine.yaml"], "temporary files left behind"
 
 
