@@ -345,8 +345,8 @@ def _artifact_row(ctx, artifact, samples: list, bench, student, student_cost: di
         timing = bench if not fixed_batch else bench.model_copy(update={"batch_sizes": [fixed_batch]})
         lat = [stats.model_copy(update={"load_ms": load_ms})
                for stats in _measure_row_latency(session, samples, timing)]
-        # ExecuTorch programs are memory-planned for small batches: score them one sample at a time
-        batch = fixed_batch or (1 if artifact.format == "executorch" else 64)
+        # score in batches the artifact was planned for (ExecuTorch records its memory-planned max_batch)
+        batch = fixed_batch or min(64, artifact.info.get("max_batch") or 64)
         metrics = _artifact_metrics(session, ctx, student, batch, fixed_batch=bool(fixed_batch))
         first = make_batches(samples, fixed_batch or 1)[0]
         peak = peak_memory_mb(lambda: session.run(first))
