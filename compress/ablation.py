@@ -14,7 +14,7 @@ from compress.atomic import write_json
 from compress.models import build_model
 from compress.progress import console
 from compress.stages import run_stage
-from compress.tasks import retention
+from compress.tasks import LOWER_IS_BETTER, retention
 from compress.trainer import fit
 
 
@@ -51,10 +51,18 @@ def run_ablation(ctx, seeds: int = 3, force: bool = False) -> dict[str, Any]:
                          "retention": retention(metric, statistics.fmean(values), teacher_metric)}
     gain = summary["kd"]["mean"] - summary["baseline"]["mean"]
     spread = max(summary["kd"]["std"], summary["baseline"]["std"])
-    summary.update({"gain": gain, "spread": spread, "significant": abs(gain) > spread})
+    # paired by seed (same initial weights and data order): the per-seed gain and how often KD won
+    sign = -1.0 if metric in LOWER_IS_BETTER or metric.startswith("mae") else 1.0
+    paired = [sign * (k - b) for k, b in zip(results["kd"], results["baseline"], strict=True)]
+    summary.update({"gain": gain, "spread": spread, "significant": sign * gain > spread,
+                    "paired_gain": {"values": paired, "mean": statistics.fmean(paired),
+                                    "std": statistics.stdev(paired) if len(paired) > 1 else 0.0},
+                    "kd_wins": sum(d > 0 for d in paired), "ties": sum(d == 0 for d in paired)})
     write_json(ctx.run.stage("ablation", "ablation.json"), summary)
     console.print(f"{metric}: teacher {teacher_metric:.4f} | baseline {summary['baseline']['mean']:.4f} ± "
                   f"{summary['baseline']['std']:.4f} | KD {summary['kd']['mean']:.4f} ± {summary['kd']['std']:.4f} | "
                   f"gain {gain:+.4f} ({'larger' if summary['significant'] else 'NOT larger'} than the seed spread "
-                  f"{spread:.4f})")
+                  f"{spread:.4f}); paired per seed: {summary['paired_gain']['mean']:+.4f} ± "
+                  f"{summary['paired_gain']['std']:.4f}, KD better on {summary['kd_wins']}/{seeds} seeds"
+                  f"{', tied on ' + str(summary['ties']) if summary['ties'] else ''}")
     return summary

@@ -35,8 +35,11 @@ def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None 
 
 
 def save_training_state(path_stem: Path, model: nn.Module, objective: nn.Module | None,
-                        optimizer: torch.optim.Optimizer, scheduler: Any, meta: dict[str, Any]) -> None:
+                        optimizer: torch.optim.Optimizer, scheduler: Any, meta: dict[str, Any],
+                        scaler: Any = None) -> None:
     """Save everything needed to resume exactly, in one atomically replaced safetensors file.
+
+    `scaler`: the fp16 `torch.amp.GradScaler` (its loss scale and growth tracker), if training uses one.
 
     The JSON record rides in the safetensors header (`STATE_KEY`) and is then copied to
     `<stem>.json` for people and tools; loading trusts the header, so the pair cannot disagree.
@@ -61,6 +64,7 @@ def save_training_state(path_stem: Path, model: nn.Module, objective: nn.Module 
     record.update({
         "optimizer": {"param_groups": opt["param_groups"], "scalars": opt_scalars},
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "grad_scaler": scaler.state_dict() if scaler is not None else None,
         "rng": {"python": _py_state_to_json(random.getstate()),
                 "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]},
     })
@@ -71,7 +75,7 @@ def save_training_state(path_stem: Path, model: nn.Module, objective: nn.Module 
 
 
 def load_training_state(path_stem: Path, model: nn.Module, objective: nn.Module | None,
-                        optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any] | None:
+                        optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any = None) -> dict[str, Any] | None:
     """Restore a training state written by `save_training_state`; None if there is none.
 
     Raises:
@@ -109,6 +113,8 @@ def load_training_state(path_stem: Path, model: nn.Module, objective: nn.Module 
     optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
     if scheduler is not None and meta.get("scheduler") is not None:
         scheduler.load_state_dict(meta["scheduler"])
+    if scaler is not None and meta.get("grad_scaler"):
+        scaler.load_state_dict(meta["grad_scaler"])
     torch.set_rng_state(tensors["rng.torch"])
     random.setstate(_py_state_from_json(meta["rng"]["python"]))
     np_state = meta["rng"]["numpy"]

@@ -94,7 +94,9 @@ def prepare_stage(folder: Path, expected_hash: str, force: bool, resume: bool = 
 
     Returns:
         'skip' when the stage is done with the same inputs (and not forced), 'resume' when a partial
-        run of the same inputs exists and `resume` is set, else 'run' (folder emptied if forced).
+        run of the same inputs exists and `resume` is set, else 'run'. A finished stage that --force
+        replaces is moved aside to `.<name>.previous` (see `previous_of`) and deleted only when the
+        rerun finishes: a rerun that fails or is killed loses nothing.
 
     Raises:
         KdtoolError: the folder holds outputs of other inputs and `force` is not set.
@@ -114,10 +116,24 @@ def prepare_stage(folder: Path, expected_hash: str, force: bool, resume: bool = 
         resume_hint = ", --resume to continue it," if state == "partial" else ""
         raise KdtoolError(f"{folder} {reason}",
                           f"pass --force to overwrite it{resume_hint} or --out another folder")
-    if folder.exists() and (force or state in ("missing", "stale", "partial")):
+    if folder.exists() and state in ("done", "stale") and any(folder.iterdir()):
+        backup = previous_of(folder)
+        if backup.exists():
+            shutil.rmtree(backup)
+        folder.rename(backup)
+        from compress.progress import console
+
+        console.print(f"[dim]{folder.name}: the outputs --force replaces are kept in {backup} until the rerun "
+                      "finishes[/]")
+    elif folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return "run"
+
+
+def previous_of(folder: Path) -> Path:
+    """Where a forced rerun keeps the stage it replaces until it finishes: `<parent>/.<name>.previous`."""
+    return folder.parent / f".{folder.name}.previous"
 
 
 def finish_stage(folder: Path, expected_hash: str, meta: dict[str, Any], complete: bool = True) -> None:
@@ -125,3 +141,6 @@ def finish_stage(folder: Path, expected_hash: str, meta: dict[str, Any], complet
     path = folder / "meta.json"
     existing = read_json(path) if path.exists() else {}
     write_json(path, {**existing, **meta, "inputs_hash": expected_hash, "complete": complete})
+    backup = previous_of(folder)
+    if complete and backup.exists():
+        shutil.rmtree(backup, ignore_errors=True)

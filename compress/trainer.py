@@ -189,19 +189,19 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
 
     state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": 0, "history": [], "bad_steps": 0,
              "sums": {}, "seen": 0}
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    scaler = torch.amp.GradScaler("cuda") if (cfg.amp == "fp16" and device.type == "cuda") else None
     if resume:
-        loaded = load_training_state(out_dir / "last", model, objective, optimizer, scheduler)
+        loaded = load_training_state(out_dir / "last", model, objective, optimizer, scheduler, scaler=scaler)
         if loaded is not None:
             state.update({k: loaded[k] for k in state if k in loaded})
     higher = task.primary_metric not in ("mae", "mse")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-    scaler = torch.amp.GradScaler("cuda") if (cfg.amp == "fp16" and device.type == "cuda") else None
     start = time.perf_counter()
 
     def save_state(epoch: int, step: int) -> None:
         if rank == 0:
             save_training_state(out_dir / "last", model, objective, optimizer, scheduler,
-                                {**state, "epoch": epoch, "step": step, "label": label})
+                                {**state, "epoch": epoch, "step": step, "label": label}, scaler=scaler)
 
     with _Interrupt() as interrupt, epoch_progress(label, cfg.epochs, steps_per_epoch, enabled=rank == 0) as bar:
         for epoch in range(state["epoch"], cfg.epochs):

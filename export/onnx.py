@@ -19,6 +19,7 @@ from torch import nn
 
 from compress.atomic import atomic_path
 from compress.errors import ExportError
+from compress.quant.onnx_ort import strip_debug_metadata
 from export.artifact import Artifact
 from export.registry import EXPORTERS, ExportContext, build_artifact, check_precision, first_line
 
@@ -65,6 +66,7 @@ def write_fp32(model: nn.Module, example: torch.Tensor, path: Path, ctx: ExportC
         raise ExportError(f"torch.onnx.export failed for {ctx.name}: {first_line(e)}",
                           "an op has no ONNX translation at this opset: raise export.opset "
                           "or use executorch") from e
+    strip_debug_metadata(program.model)
     program.model.metadata_props.update(ctx.embedded_metadata())
     # Save into a private folder, then move the data first and the .onnx last: a reader never
     # sees an .onnx whose external data is missing.
@@ -91,6 +93,7 @@ def adopt_quantized(ctx: ExportContext, path: Path) -> list[Path]:
         raise ExportError(f"onnx int8 needs a quantized .onnx, got {src}",
                           "run `kdtool quantize --mode static` first (ONNX Runtime QDQ)")
     proto = onnx.load(str(src))
+    strip_debug_metadata(proto)
     _set_metadata(proto, ctx.embedded_metadata())
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))

@@ -36,10 +36,14 @@ class Quantized:
     Attributes:
         pt2e: `convert_pt2e` output (XNNPACK quantizer) or an ExportedProgram of it → ExecuTorch int8.
         onnx: an ONNX Runtime–quantized QDQ `.onnx` → ONNX (and TensorRT) int8.
+        pt2e_mode, onnx_mode: the quantization mode each came from ("static", "qat"...), recorded
+            in the int8 artifacts' metadata and manifest as `kdtool.quantization`.
     """
 
     pt2e: Any = None
     onnx: Path | None = None
+    pt2e_mode: str | None = None
+    onnx_mode: str | None = None
 
 
 def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
@@ -78,8 +82,12 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
 
 def _export_one(job: Job, model: nn.Module, example: torch.Tensor, out_dir: Path, base: ExportContext,
                 quantized: Quantized, inputs: torch.Tensor | None, verify: bool, threads: int) -> Artifact:
+    metadata = dict(base.metadata)
+    mode = {"executorch": quantized.pt2e_mode}.get(job.format, quantized.onnx_mode)
+    if job.precision == "int8" and mode:
+        metadata["kdtool.quantization"] = mode
     ctx = dataclasses.replace(base, precision=job.precision, target=job.target, variant=job.variant,
-                              metadata=dict(base.metadata), quantized_program=quantized.pt2e,
+                              metadata=metadata, quantized_program=quantized.pt2e,
                               quantized_onnx=quantized.onnx)
     folder = out_dir / job.folder
     skip = _skip_reason(job, quantized)

@@ -13,6 +13,7 @@ from compress.data import make_loader
 from compress.errors import ExportError, KdtoolError
 from compress.progress import console
 from compress.runfolder import finish_stage, inputs_hash, prepare_stage
+from compress.tasks import LOWER_IS_BETTER
 
 BACKENDS = {"dynamic": ("torch", "onnx"), "static": ("executorch", "onnx"), "qat": ("executorch",)}
 """Quantization backends made per recipe mode (CoreML static is added for the ios target)."""
@@ -105,19 +106,20 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
     formats = formats or (list(r.export.formats) if r.export.formats else None)
     student = ctx.load("student_kd")
     quantized = Quantized()
-    static_et = ctx.run.stage("quantized", "static", "executorch")
     static_onnx = ctx.run.stage("quantized", "static", "onnx")
-    if (static_et / "meta.json").exists():
+    et_folder, et_mode = best_quantized(ctx, "executorch", ("static", "qat"))
+    if et_folder is not None:
         from compress.quantize import load_quantized
 
-        quantized.pt2e = load_quantized(static_et).program
+        quantized.pt2e, quantized.pt2e_mode = load_quantized(et_folder).program, et_mode
+        console.print(f"[dim]export: ExecuTorch int8 from the {et_mode} quantized model ({et_folder})[/]")
     if (static_onnx / "meta.json").exists():
         meta = read_json(static_onnx / "meta.json")
-        quantized.onnx = static_onnx / meta["file"]
+        quantized.onnx, quantized.onnx_mode = static_onnx / meta["file"], "static"
     folder = ctx.run.stage("export")
     expected = inputs_hash(r.export, targets, formats, ctx.output_hash("student_kd"),
-                           [read_json(p / "meta.json").get("inputs_hash") for p in (static_et, static_onnx)
-                            if (p / "meta.json").exists()])
+                           [read_json(p / "meta.json").get("inputs_hash") for p in (et_folder, static_onnx)
+                            if p is not None and (p / "meta.json").exists()])
     if prepare_stage(folder, expected, force, redo_partial=True) == "skip":
         console.print(f"[dim]export: reused {folder}[/]")
         return [a for a in read_json(folder / "meta.json")["artifacts"]]
@@ -139,6 +141,27 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
         raise ExportError(f"{len(failed)} artifact(s) failed: " + "; ".join(f"{a.name}: {a.reason}" for a in failed),
                           "see the table above; the other artifacts were written")
     return artifacts
+
+
+def best_quantized(ctx, backend: str, modes: tuple[str, ...]) -> tuple[Path | None, str | None]:
+    """The quantized model of `backend` with the best validation metric among `modes` (first wins ties).
+
+    QAT exists to recover what static PTQ loses, so when both ran the export takes whichever scored
+    higher on the validation split (static on a tie: it needs no training to reproduce).
+    """
+    best: tuple[float, Path, str] | None = None
+    for mode in modes:
+        folder = ctx.run.stage("quantized", mode, backend)
+        if not (folder / "meta.json").exists():
+            continue
+        metrics = (read_json(folder / "meta.json").get("evaluation") or {}).get("metrics") or {}
+        value = metrics.get(ctx.task.primary_metric)
+        metric = ctx.task.primary_metric
+        sign = -1.0 if metric in LOWER_IS_BETTER or metric.startswith("mae") else 1.0
+        score = float("-inf") if value is None else sign * float(value)
+        if best is None or score > best[0]:
+            best = (score, folder, mode)
+    return (best[1], best[2]) if best else (None, None)
 
 
 def _output_meaning(task) -> str:

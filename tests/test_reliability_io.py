@@ -216,6 +216,33 @@ def test_outputs_of_other_inputs_are_not_overwritten_without_force(tmp_path):
     assert load_file(stage / "best.safetensors")
 
 
+def test_failed_forced_rerun_keeps_the_replaced_stage(tmp_path, monkeypatch):
+    """--force moves the old stage aside; a rerun that fails leaves it whole, one that finishes drops it."""
+    import compress.stages
+    from compress.errors import KdtoolError
+    from compress.runfolder import previous_of
+
+    recipe = write_recipe(tmp_path, {"student": {"train": {"epochs": 1}}})
+    out = tmp_path / "runs"
+    assert cli("distill", recipe, "--out", out, "--stage", "baseline").exit_code == 0
+    stage = out / "tiny" / "student_baseline"
+    before = _snapshot(stage)
+    changed = write_recipe(tmp_path, {"student": {"train": {"epochs": 1, "lr": 0.003}}}, name="changed.yaml")
+
+    def broken_fit(*args, **kwargs):
+        raise KdtoolError("training broke", "fix it")
+
+    monkeypatch.setattr(compress.stages, "fit", broken_fit)
+    failed = cli("distill", changed, "--out", out, "--stage", "baseline", "--force")
+    assert failed.exit_code == 2 and "training broke" in error_lines(failed.stderr)[0]
+    assert _snapshot(previous_of(stage)) == before, "the replaced stage must survive a failed rerun"
+    monkeypatch.undo()
+    forced = cli("distill", changed, "--out", out, "--stage", "baseline", "--force")
+    assert forced.exit_code == 0, forced.stderr
+    assert not previous_of(stage).exists(), "a finished rerun drops the replaced stage"
+    assert _snapshot(stage) != before and load_file(stage / "best.safetensors")
+
+
 def test_unchanged_stage_is_reused_not_rewritten(tmp_path):
     recipe = write_recipe(tmp_path, {"student": {"train": {"epochs": 1}}})
     out = tmp_path / "runs"

@@ -37,15 +37,44 @@ def ort_session(path: Path, threads: int | None = None):
                           "the quantized graph uses an op ORT lacks here; try the other mode") from None
 
 
+DEBUG_METADATA_PREFIXES = ("pkg.torch.onnx.", "namespace")
+
+
+def strip_debug_metadata(model: Any) -> int:
+    """Drop the exporter's per-node debug metadata (an `onnx_ir.Model` or an `onnx.ModelProto`).
+
+    torch.onnx's dynamo exporter annotates every node with its FX node, module path, class
+    hierarchy and Python stack trace (file paths of the machine that exported it): 19-29 % of the
+    quickstart's .onnx bytes, read by no runtime, and not something to ship. Returns bytes dropped.
+    """
+    dropped = 0
+    if hasattr(model, "graph") and hasattr(model.graph, "all_nodes"):  # onnx_ir
+        graphs = list(model.graphs()) + [f for f in model.functions.values()]
+        for graph in graphs:
+            for node in graph:
+                for key in [k for k in node.metadata_props if k.startswith(DEBUG_METADATA_PREFIXES)]:
+                    dropped += len(key) + len(node.metadata_props.pop(key))
+        return dropped
+    for graph in [model.graph, *[f for f in model.functions]]:
+        for node in graph.node:
+            keep = [p for p in node.metadata_props if not p.key.startswith(DEBUG_METADATA_PREFIXES)]
+            dropped += sum(len(p.key) + len(p.value) for p in node.metadata_props) - sum(
+                len(p.key) + len(p.value) for p in keep)
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+    return dropped
+
+
 def export_fp32_onnx(model: nn.Module, example: torch.Tensor, out: Path) -> Path:
     """Export the fp32 model to `out/model.fp32.onnx` (weights inlined, dynamic batch) atomically."""
     path = Path(out) / "model.fp32.onnx"
     with atomic_path(path) as tmp:
         try:
-            torch.onnx.export(copy.deepcopy(model).eval(), (example,), str(tmp), dynamo=True,
-                              external_data=False, input_names=[INPUT_NAME], output_names=["output"],
-                              verbose=False,
-                              dynamic_shapes=({0: torch.export.Dim.AUTO},))
+            program = torch.onnx.export(copy.deepcopy(model).eval(), (example,), dynamo=True,
+                                        input_names=[INPUT_NAME], output_names=["output"], verbose=False,
+                                        dynamic_shapes=({0: torch.export.Dim.AUTO},))
+            strip_debug_metadata(program.model)
+            program.save(str(tmp), external_data=False)
         except Exception as e:  # torch.onnx wraps many error types
             raise ExportError(f"quantize (onnx): torch.onnx.export failed ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})",

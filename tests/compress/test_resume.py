@@ -97,3 +97,25 @@ def test_resume_replays_the_uninterrupted_run_exactly(tmp_path, kd, trip):
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
     assert any("running_mean" in k for k in a)  # BatchNorm statistics were compared too
+
+
+def test_grad_scaler_state_is_saved_and_restored(tmp_path):
+    """fp16 training's loss scale and growth tracker survive a resume (CPU scaler, same code path as CUDA)."""
+    from compress.checkpoint import load_training_state, save_training_state
+
+    model = tiny_net(0).module
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    for grad in (float("inf"), 1.0, 1.0):  # one overflow halves the scale, then two good steps
+        scaler.scale(torch.ones(()))  # what `scaler.scale(loss).backward()` starts with
+        for p in model.parameters():
+            p.grad = torch.full_like(p, grad)
+        scaler.step(opt)
+        scaler.update()
+    assert scaler.get_scale() == 512.0 and scaler._get_growth_tracker() == 2
+    save_training_state(tmp_path / "last", model, None, opt, None, {"epoch": 1}, scaler=scaler)
+    fresh = torch.amp.GradScaler("cpu", init_scale=65536.0, growth_interval=3)
+    meta = load_training_state(tmp_path / "last", tiny_net(1).module, None, torch.optim.SGD(model.parameters(), lr=0.1),
+                               None, scaler=fresh)
+    assert meta["epoch"] == 1
+    assert fresh.get_scale() == 512.0 and fresh._get_growth_tracker() == 2

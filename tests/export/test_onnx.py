@@ -44,6 +44,37 @@ def test_onnx_metadata_and_manifest(exported):
     assert manifest["versions"]["onnxruntime"] and manifest["labels"][3] == "3"
 
 
+def test_exporter_debug_metadata_is_not_shipped(exported):
+    """torch.onnx records stack traces with this machine's paths on every node: stripped, kdtool's kept."""
+    import onnx
+
+    (art,) = exported("onnx")
+    proto = onnx.load(str(art.path))
+    keys = {p.key for node in proto.graph.node for p in node.metadata_props}
+    assert not [k for k in keys if k.startswith("pkg.torch.onnx") or k == "namespace"], keys
+    assert "site-packages" not in art.path.read_bytes().decode("latin-1")
+    assert {p.key for p in proto.metadata_props} >= {"kdtool.labels", "kdtool.preprocess"}
+
+
+def test_strip_debug_metadata_on_a_proto():
+    import onnx
+    from onnx import helper
+
+    from compress.quant.onnx_ort import strip_debug_metadata
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    for key, value in (("pkg.torch.onnx.stack_trace", 'File "/home/me/model.py", line 3'), ("namespace", "a/b"),
+                       ("keep.me", "1")):
+        entry = node.metadata_props.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    proto = helper.make_model(graph)
+    dropped = strip_debug_metadata(proto)
+    assert [p.key for p in proto.graph.node[0].metadata_props] == ["keep.me"]
+    assert dropped == len("pkg.torch.onnx.stack_trace") + len('File "/home/me/model.py", line 3') + len("namespacea/b")
+
+
 def test_external_data_is_listed_and_counted(monkeypatch, tmp_path, example):
     from export_fixtures import context, tiny_convnet
 
