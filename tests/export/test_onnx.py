@@ -114,8 +114,14 @@ def test_int8_adopts_ort_quantized_model_and_reports_quantized_share(tmp_path, e
     quantize_static(str(fp32.path), str(qdq), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
     (art,) = export_model(model, example, tmp_path / "out", formats=["onnx"], targets=["server"],
-                          quantized=Quantized(onnx=qdq), ctx=context(name="tiny"), inputs=real_inputs)[1:]
+                          quantized=Quantized(onnx=qdq, onnx_mode="static"), ctx=context(name="tiny"),
+                          inputs=real_inputs)[1:]
     assert art.name == "tiny.onnx.int8" and art.status == "ok", art.reason
+    from export.onnx import read_metadata
+
+    assert read_metadata(art.path)["kdtool.quantization"] == "static"
+    manifest = json.loads((art.path.parent / "manifest.json").read_text())
+    assert manifest["metadata"]["kdtool.quantization"] == "static"
     assert art.info["quantized"]["op_share"] >= 0.5 and art.info["quantized"]["int8_weight_share"] > 0.9
     assert art.parity.status == "passed" and art.parity.agreement >= 0.9
 

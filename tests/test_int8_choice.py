@@ -1,0 +1,47 @@
+"""Which int8 ExecuTorch model the export takes when both static PTQ and QAT ran: the better-scoring one."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from compress.tasks import Task
+from recipes.stages_post import best_quantized
+
+
+def _ctx(tmp_path, kind: str, num: int, scores: dict[str, float | None]):
+    for mode, value in scores.items():
+        folder = tmp_path / "quantized" / mode / "executorch"
+        folder.mkdir(parents=True)
+        metrics = {} if value is None else {Task(kind, num).primary_metric: value}
+        (folder / "meta.json").write_text(json.dumps({"evaluation": {"metrics": metrics}}))
+    run = SimpleNamespace(stage=lambda *parts: tmp_path.joinpath(*parts))
+    return SimpleNamespace(run=run, task=Task(kind, num))
+
+
+@pytest.mark.parametrize(("scores", "expected"), [
+    ({"static": 0.98, "qat": 0.99}, "qat"),
+    ({"static": 0.99, "qat": 0.98}, "static"),
+    ({"static": 0.99, "qat": 0.99}, "static"),  # a tie keeps the one that needs no training
+    ({"qat": 0.97}, "qat"),
+    ({"static": None, "qat": 0.5}, "qat"),  # a model that could not be scored loses
+])
+def test_higher_metric_wins(tmp_path, scores, expected):
+    folder, mode = best_quantized(_ctx(tmp_path, "multiclass", 10, scores), "executorch", ("static", "qat"))
+    assert mode == expected and folder == tmp_path / "quantized" / expected / "executorch"
+
+
+def test_error_metrics_prefer_the_lower_value(tmp_path):
+    ctx = _ctx(tmp_path, "regression", 2, {"static": 0.30, "qat": 0.20})
+    assert best_quantized(ctx, "executorch", ("static", "qat"))[1] == "static"  # CCC (primary): higher wins
+    ctx.task = SimpleNamespace(primary_metric="mae")
+    for mode, value in (("static", 0.30), ("qat", 0.20)):
+        (tmp_path / "quantized" / mode / "executorch" / "meta.json").write_text(
+            json.dumps({"evaluation": {"metrics": {"mae": value}}}))
+    assert best_quantized(ctx, "executorch", ("static", "qat"))[1] == "qat"
+
+
+def test_nothing_quantized(tmp_path):
+    assert best_quantized(_ctx(tmp_path, "multiclass", 10, {}), "executorch", ("static", "qat")) == (None, None)
