@@ -11,6 +11,7 @@ import statistics
 from typing import Any
 
 from compress.atomic import write_json
+from compress.errors import KdtoolError
 from compress.models import build_model
 from compress.progress import console
 from compress.stages import run_stage
@@ -41,6 +42,11 @@ def run_ablation(ctx, seeds: int = 3, force: bool = False) -> dict[str, Any]:
                       ctx.run.stage("ablation", f"{kind}_seed{seed}"), data_cfg=r.data,
                       teacher=teacher if kind == "kd" else None, distill=r.distill if kind == "kd" else None,
                       teacher_cache=cache if kind == "kd" else None, label=f"{kind} seed {seed}")
+            if out.interrupted:  # SIGTERM stops the whole ablation, not just this seed's run
+                done = ", ".join(f"{k} {v:.4f}" for k, vals in results.items() for v in vals) or "none"
+                raise KdtoolError(f"ablation was interrupted (SIGTERM) during {kind} seed {seed}; finished runs: "
+                                  f"{done}", "rerun `kdtool distill --ablate N` (the teacher is reused)",
+                                  exit_code=128 + 15)
             results[kind].append(out.best_metric)
             console.print(f"  seed {seed} {kind}: {metric}={out.best_metric:.4f}")
     teacher_metric = teacher_outcome.metrics[metric]
