@@ -36,10 +36,11 @@ def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None 
 
 def save_training_state(path_stem: Path, model: nn.Module, objective: nn.Module | None,
                         optimizer: torch.optim.Optimizer, scheduler: Any, meta: dict[str, Any],
-                        scaler: Any = None) -> None:
+                        scaler: Any = None, ema: nn.Module | None = None) -> None:
     """Save everything needed to resume exactly, in one atomically replaced safetensors file.
 
     `scaler`: the fp16 `torch.amp.GradScaler` (its loss scale and growth tracker), if training uses one.
+    `ema`: the weight-averaged copy of the model (`train.ema_decay`), if any.
 
     The JSON record rides in the safetensors header (`STATE_KEY`) and is then copied to
     `<stem>.json` for people and tools; loading trusts the header, so the pair cannot disagree.
@@ -50,6 +51,9 @@ def save_training_state(path_stem: Path, model: nn.Module, objective: nn.Module 
     if objective is not None:
         for k, v in objective.state_dict().items():
             tensors[f"objective.{k}"] = v.detach().contiguous().cpu()
+    if ema is not None:
+        for k, v in ema.state_dict().items():
+            tensors[f"ema.{k}"] = v.detach().contiguous().cpu()
     opt = optimizer.state_dict()
     opt_scalars: dict[str, dict[str, Any]] = {}
     for idx, state in opt["state"].items():
@@ -75,7 +79,8 @@ def save_training_state(path_stem: Path, model: nn.Module, objective: nn.Module 
 
 
 def load_training_state(path_stem: Path, model: nn.Module, objective: nn.Module | None,
-                        optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any = None) -> dict[str, Any] | None:
+                        optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any = None,
+                        ema: nn.Module | None = None) -> dict[str, Any] | None:
     """Restore a training state written by `save_training_state`; None if there is none.
 
     Raises:
@@ -103,6 +108,12 @@ def load_training_state(path_stem: Path, model: nn.Module, objective: nn.Module 
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if objective is not None:
         objective.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("objective.")})
+    if ema is not None:
+        ema_state = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        if not ema_state:
+            raise KdtoolError(f"cannot resume: {tensor_path} has no EMA weights (saved without train.ema_decay)",
+                              "rerun with the recipe the state was saved with, or with --force to restart")
+        ema.load_state_dict(ema_state)
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):

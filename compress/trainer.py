@@ -181,6 +181,7 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
     optimizer = build_optimizer(params, cfg)
     steps_per_epoch = math.ceil(math.ceil(len(train_ds) / world) / bs)  # per rank (DistributedSampler pads)
     scheduler = build_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch)
+    ema = _build_ema(model, cfg)
     train_model: nn.Module = model
     if ddp:
         from torch.nn.parallel import DistributedDataParallel
@@ -192,7 +193,8 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
     scaler = torch.amp.GradScaler("cuda") if (cfg.amp == "fp16" and device.type == "cuda") else None
     if resume:
-        loaded = load_training_state(out_dir / "last", model, objective, optimizer, scheduler, scaler=scaler)
+        loaded = load_training_state(out_dir / "last", model, objective, optimizer, scheduler, scaler=scaler,
+                                     ema=ema.module if ema is not None else None)
         if loaded is not None:
             state.update({k: loaded[k] for k in state if k in loaded})
     higher = task.primary_metric not in ("mae", "mse")
@@ -201,7 +203,8 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
     def save_state(epoch: int, step: int) -> None:
         if rank == 0:
             save_training_state(out_dir / "last", model, objective, optimizer, scheduler,
-                                {**state, "epoch": epoch, "step": step, "label": label}, scaler=scaler)
+                                {**state, "epoch": epoch, "step": step, "label": label}, scaler=scaler,
+                                ema=ema.module if ema is not None else None)
 
     with _Interrupt() as interrupt, epoch_progress(label, cfg.epochs, steps_per_epoch, enabled=rank == 0) as bar:
         for epoch in range(state["epoch"], cfg.epochs):
@@ -277,6 +280,8 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
                 else:
                     optimizer.step()
                 scheduler.step()
+                if ema is not None:
+                    ema.update(model, step=epoch * steps_per_epoch + step + 1)
                 n = len(targets)
                 seen += n
                 for k, v in terms.items():
@@ -301,7 +306,8 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
             # each rank predicts its slice of the validation set; rank 0 scores the gathered outputs and
             # sends its record to the others (one metric, one best-checkpoint decision on every rank)
             val_part = distributed.shard(val_ds)
-            outputs, val_targets = predict(model, student.preprocess, val_part, device=device)
+            scored = ema.module if ema is not None else model  # with EMA, the averaged weights are the model
+            outputs, val_targets = predict(scored, student.preprocess, val_part, device=device)
             outputs, val_targets = distributed.gather(outputs), distributed.gather(val_targets)
             t_outputs = None
             if teacher_module is not None and teacher_cache is None:
@@ -324,7 +330,7 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
             if improved:
                 state["best_metric"], state["best_epoch"] = value, epoch + 1
                 if rank == 0:
-                    save_weights(model, out_dir / "best.safetensors", {"epoch": str(epoch + 1)})
+                    save_weights(scored, out_dir / "best.safetensors", {"epoch": str(epoch + 1)})
             state["history"].append(record)
             if distributed.is_main():
                 bar.end_epoch(record, task.primary_metric)
@@ -334,6 +340,16 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
     distributed.barrier()  # best.safetensors and last.* are whole before any rank reads them
     return FitResult(state["best_metric"] if state["best_metric"] is not None else float("nan"),
                      state["best_epoch"], state["history"], time.perf_counter() - start)
+
+
+def _build_ema(model: nn.Module, cfg) -> Any:
+    """timm's `ModelEmaV3` when `train.ema_decay` is set (warm-up on: short runs are not dominated by init)."""
+    decay = getattr(cfg, "ema_decay", None)
+    if not decay:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay, use_warmup=True)
 
 
 def _buffers(*modules: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:

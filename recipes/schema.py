@@ -123,6 +123,9 @@ class TrainConfig(Strict):
     batch_size: int | None = Field(None, ge=1, description="default data.batch_size")
     grad_clip: float | None = Field(None, gt=0.0)
     label_smoothing: Probability = 0.0
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0, description=(
+        "keep an exponential moving average of the weights (timm ModelEmaV3, with warm-up); validation, "
+        "the best checkpoint and everything downstream use the averaged weights"))
     amp: Literal["off", "bf16", "fp16"] = "off"
 
     @field_validator("amp", mode="before")

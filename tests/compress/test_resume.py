@@ -53,7 +53,8 @@ class Tripwire(Dataset):
 def _run(tmp_path, name: str, kd: str, trip: tuple[int, str] | None = None):
     """Train EPOCHS epochs, interrupted by `trip` (read number, action) and then resumed."""
     data_cfg, train, val = digits(LIMIT, crop_pad=2, hflip=True, batch_size=BATCH)
-    cfg = train_cfg(EPOCHS)
+    cfg = train_cfg(EPOCHS, ema_decay=0.9 if kd.endswith("+ema") else None)
+    kd = kd.removesuffix("+ema")
     teacher = cache = distill = None
     if kd != "none":
         teacher, distill = tiny_net(seed=7, width=12), distill_cfg(cache=kd == "cache", views=2)
@@ -85,6 +86,7 @@ LAST_STEP_OF_EPOCH_1 = 2 + LIMIT - 3
     ("none", (MID_EPOCH_2, "sigterm")),  # SIGTERM: resume mid-epoch 2
     ("online", (LAST_STEP_OF_EPOCH_1, "sigterm")),  # SIGTERM on an epoch's last step, before validation
     ("cache", (MID_EPOCH_2, "sigterm")),  # teacher cache (2 views, flip + crop): the lookup path
+    ("online+ema", (MID_EPOCH_2, "sigterm")),  # EMA weights (train.ema_decay) are part of the state
 ])
 def test_resume_replays_the_uninterrupted_run_exactly(tmp_path, kd, trip):
     straight, straight_dir = _run(tmp_path, "straight", kd)
@@ -97,6 +99,12 @@ def test_resume_replays_the_uninterrupted_run_exactly(tmp_path, kd, trip):
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
     assert any("running_mean" in k for k in a)  # BatchNorm statistics were compared too
+    if kd.endswith("+ema"):
+        from safetensors.torch import load_file
+
+        a, b = (load_file(str(d / "last.safetensors")) for d in (straight_dir, resumed_dir))
+        ema_keys = [k for k in a if k.startswith("ema.")]
+        assert ema_keys and all(torch.equal(a[k], b[k]) for k in ema_keys), "EMA weights differ after resume"
 
 
 def test_grad_scaler_state_is_saved_and_restored(tmp_path):
@@ -119,3 +127,26 @@ def test_grad_scaler_state_is_saved_and_restored(tmp_path):
                                None, scaler=fresh)
     assert meta["epoch"] == 1
     assert fresh.get_scale() == 512.0 and fresh._get_growth_tracker() == 2
+
+
+def test_ema_weights_are_what_is_validated_and_kept(tmp_path):
+    """With train.ema_decay the metric, the best checkpoint and the returned model are the averaged weights."""
+    from safetensors.torch import load_file
+
+    from compress.trainer import predict
+
+    data_cfg, train, val = digits(LIMIT, crop_pad=2, batch_size=BATCH)
+    cfg = train_cfg(2, ema_decay=0.9)
+    student = tiny_net(seed=1, batchnorm=True)
+    result = fit(student, train, val, TASK, cfg, tmp_path, data_cfg=data_cfg)
+    state = load_file(str(tmp_path / "last.safetensors"))
+    ema = {k[4:]: v for k, v in state.items() if k.startswith("ema.")}
+    raw = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
+    assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in ema)
+    scored = tiny_net(seed=2, batchnorm=True)
+    scored.module.load_state_dict(ema)
+    outputs, targets = predict(scored.module, scored.preprocess, val)
+    assert TASK.metrics(outputs, targets)["accuracy"] == result.history[-1]["val_accuracy"]
+    if result.best_epoch == 2:
+        best = load_file(str(tmp_path / "best.safetensors"))
+        assert all(torch.equal(best[k], ema[k]) for k in ema)
