@@ -67,8 +67,13 @@ def check_writable(out: Path) -> None:
 
 
 def inputs_hash(*parts: Any) -> str:
-    """Hash of a stage's inputs: recipe sections (as JSON) and upstream stage hashes."""
-    return sha256_json([p.model_dump(mode="json") if hasattr(p, "model_dump") else p for p in parts])
+    """Hash of a stage's inputs: recipe sections (as JSON) and upstream stage hashes.
+
+    Unset optional settings (None) are left out, so adding a new optional setting to the schema does
+    not invalidate the stages of existing runs.
+    """
+    return sha256_json([p.model_dump(mode="json", exclude_none=True) if hasattr(p, "model_dump") else p
+                        for p in parts])
 
 
 def stage_state(folder: Path, expected_hash: str) -> str:
