@@ -47,7 +47,8 @@ def run_quantize(ctx, modes: list[str] | None = None, force: bool = False) -> li
     for mode in modes:
         for backend in quant_backends(r, mode):
             folder = ctx.run.stage("quantized", mode, backend)
-            expected = inputs_hash(r.quantize, r.distill if mode == "qat" else None, mode, backend, kd_hash)
+            expected = inputs_hash(_mode_settings(r.quantize, mode), r.distill if mode == "qat" else None, mode,
+                                   backend, kd_hash)
             if prepare_stage(folder, expected, force) == "skip":
                 console.print(f"[dim]quantize {mode}/{backend}: reused {folder}[/]")
                 results.append(read_json(folder / "meta.json"))
@@ -86,6 +87,15 @@ def run_quantize(ctx, modes: list[str] | None = None, force: bool = False) -> li
                           f"size {evaluation.get('size_mb') or 0:.2f} MB ({seconds:.1f} s)")
             results.append(read_json(folder / "meta.json"))
     return results
+
+
+def _mode_settings(quantize_cfg, mode: str) -> dict[str, Any]:
+    """The settings one quantization mode depends on: changing QAT's lr does not redo static PTQ."""
+    if mode == "static":
+        return {"calibration_samples": quantize_cfg.calibration_samples}
+    if mode == "qat":
+        return quantize_cfg.qat.model_dump(mode="json", exclude_none=True)
+    return {}
 
 
 def _example_inputs(ctx, student, n: int) -> torch.Tensor:

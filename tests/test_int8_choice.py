@@ -45,3 +45,21 @@ def test_error_metrics_prefer_the_lower_value(tmp_path):
 
 def test_nothing_quantized(tmp_path):
     assert best_quantized(_ctx(tmp_path, "multiclass", 10, {}), "executorch", ("static", "qat")) == (None, None)
+
+
+def test_a_mode_hashes_only_its_own_settings():
+    """Changing QAT's lr redoes QAT only; changing the calibration size redoes static PTQ only."""
+    from compress.runfolder import inputs_hash
+    from recipes.schema import QuantizeConfig
+    from recipes.stages_post import _mode_settings
+
+    base = QuantizeConfig(modes=["dynamic", "static", "qat"])
+    new_lr = base.model_copy(update={"qat": base.qat.model_copy(update={"lr": 3e-5})})
+    new_calib = base.model_copy(update={"calibration_samples": 64})
+
+    def h(cfg, mode):
+        return inputs_hash(_mode_settings(cfg, mode), mode)
+
+    assert h(new_lr, "qat") != h(base, "qat")
+    assert h(new_lr, "static") == h(base, "static") and h(new_lr, "dynamic") == h(base, "dynamic")
+    assert h(new_calib, "static") != h(base, "static") and h(new_calib, "qat") == h(base, "qat")
