@@ -81,7 +81,14 @@ class ExecuTorchExporter:
             program = self._program(model, example, ctx, info)
         try:
             try:
-                buffer = self._lower(program, partitioners, ctx, info)
+                try:
+                    buffer = self._lower(program, partitioners, ctx, info)
+                except (_DynamicBatchFailed, ExportError):
+                    raise
+                except Exception as e:  # e.g. CoreML: "Cannot add const [s55, 1, 64, 4, 4]" (a symbolic reshape)
+                    if not ctx.dynamic_batch:
+                        raise
+                    raise _DynamicBatchFailed(f"lowering failed with a dynamic batch: {first_line(e)}") from e
                 if ctx.variant != "coreml" and ctx.dynamic_batch:
                     _smoke_test(buffer, user_input_shape(program), info["max_batch"])
             except _DynamicBatchFailed as e:  # a program that runs at one batch beats one that fails

@@ -83,6 +83,21 @@ def test_coreml_delegate_is_lowered_but_not_verified_here(tmp_path, example):
     assert art.parity.status == "not verified on this OS" and "Apple" in art.parity.reason
 
 
+def test_coreml_delegate_falls_back_to_fixed_batch_for_group_norm(tmp_path):
+    """The CoreML delegate cannot lower group_norm with a symbolic batch: the .pte gets a fixed one."""
+    pytest.importorskip("coremltools")
+    from export.executorch import ExecuTorchExporter
+    from export.registry import ExportContext
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(2, 8), torch.nn.Flatten()).eval()
+    art = ExecuTorchExporter().export(model, torch.randn(2, 3, 8, 8), tmp_path,
+                                      ExportContext(precision="fp16", variant="coreml"))
+    assert art.status == "ok" and art.info["backend"] == "CoreMLBackend"
+    assert "lowering failed with a dynamic batch" in art.info["dynamic_batch_reason"]
+    assert art.info["max_batch"] == 2  # the example's batch
+
+
 def test_dynamic_batch_runs_up_to_planned_bound(exported, student):
     """Conv+BN: XNNPACK's BN fusion used to narrow the planned batch to 15 (set_inputs error 0x10 at 16)."""
     from benchmark.runtimes.base import get_runtime
