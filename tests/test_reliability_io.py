@@ -198,13 +198,19 @@ def test_full_disk_during_export_is_one_line_exit_2(distilled, monkeypatch):
     assert not (out / "tiny" / "export").exists()
 
 
-def test_outputs_of_other_inputs_are_not_overwritten_without_force(tmp_path):
+def _baseline_then_changed_recipe(tmp_path):
+    """A finished baseline stage (runs folder, stage folder, its bytes) and a recipe that changes its inputs."""
     recipe = write_recipe(tmp_path, {"student": {"train": {"epochs": 1}}})
     out = tmp_path / "runs"
     assert cli("distill", recipe, "--out", out, "--stage", "baseline").exit_code == 0
     stage = out / "tiny" / "student_baseline"
     before = _snapshot(stage)
     changed = write_recipe(tmp_path, {"student": {"train": {"epochs": 1, "lr": 0.003}}}, name="changed.yaml")
+    return out, stage, before, changed
+
+
+def test_outputs_of_other_inputs_are_not_overwritten_without_force(tmp_path):
+    out, stage, before, changed = _baseline_then_changed_recipe(tmp_path)
     refused = cli("distill", changed, "--out", out, "--stage", "baseline")
     assert refused.exit_code == 2
     line = error_lines(refused.stderr)[0]
@@ -222,12 +228,7 @@ def test_failed_forced_rerun_keeps_the_replaced_stage(tmp_path, monkeypatch):
     from compress.errors import KdtoolError
     from compress.runfolder import previous_of
 
-    recipe = write_recipe(tmp_path, {"student": {"train": {"epochs": 1}}})
-    out = tmp_path / "runs"
-    assert cli("distill", recipe, "--out", out, "--stage", "baseline").exit_code == 0
-    stage = out / "tiny" / "student_baseline"
-    before = _snapshot(stage)
-    changed = write_recipe(tmp_path, {"student": {"train": {"epochs": 1, "lr": 0.003}}}, name="changed.yaml")
+    out, stage, before, changed = _baseline_then_changed_recipe(tmp_path)
 
     def broken_fit(*args, **kwargs):
         raise KdtoolError("training broke", "fix it")
