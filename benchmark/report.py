@@ -131,9 +131,9 @@ class Report(BaseModel):
 
 def higher_is_better(metric: str) -> bool:
     """False for error metrics (MAE, MSE, loss), whose lower values are better."""
-    from compress.tasks import LOWER_IS_BETTER
+    from compress.tasks import lower_is_better
 
-    return not (metric in LOWER_IS_BETTER or metric.startswith("mae"))
+    return not lower_is_better(metric)
 
 
 def with_retention(rows: list[ReportRow], primary_metric: str) -> list[ReportRow]:

@@ -15,7 +15,7 @@ from compress.errors import KdtoolError
 from compress.models import build_model
 from compress.progress import console
 from compress.stages import run_stage
-from compress.tasks import LOWER_IS_BETTER, retention
+from compress.tasks import lower_is_better, retention
 from compress.trainer import fit
 
 
@@ -58,7 +58,7 @@ def run_ablation(ctx, seeds: int = 3, force: bool = False) -> dict[str, Any]:
     gain = summary["kd"]["mean"] - summary["baseline"]["mean"]
     spread = max(summary["kd"]["std"], summary["baseline"]["std"])
     # paired by seed (same initial weights and data order): the per-seed gain and how often KD won
-    sign = -1.0 if metric in LOWER_IS_BETTER or metric.startswith("mae") else 1.0
+    sign = -1.0 if lower_is_better(metric) else 1.0
     paired = [sign * (k - b) for k, b in zip(results["kd"], results["baseline"], strict=True)]
     summary.update({"gain": gain, "spread": spread, "significant": sign * gain > spread,
                     "paired_gain": {"values": paired, "mean": statistics.fmean(paired),

@@ -190,4 +190,3 @@ def warn_few_views(data_cfg, cache_cfg, epochs: int) -> None:
                       f"{cache_cfg.views} recorded augmented views per sample instead of a new one each epoch "
                       "(less augmentation than the baseline); raise views or disable the cache if KD "
                       "underperforms[/]")
-

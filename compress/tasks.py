@@ -137,10 +137,15 @@ class Task:
                               "set task.num_classes to the number of classes")
 
 
+def lower_is_better(metric: str) -> bool:
+    """Error metrics (MAE, per-output `mae_*`, MSE, loss): smaller is better."""
+    return metric in LOWER_IS_BETTER or metric.startswith("mae")
+
+
 def retention(metric: str, value: float, reference: float) -> float | None:
     """Fraction of the reference's metric kept (reference / value for error metrics such as MAE)."""
     if value is None or reference is None or reference != reference or value != value:
         return None
-    if metric in LOWER_IS_BETTER or metric.startswith("mae"):
+    if lower_is_better(metric):
         return reference / value if value > 0 else None
     return value / reference if reference != 0 else None

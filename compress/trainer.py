@@ -38,7 +38,7 @@ from compress.data import augment_batch, make_loader
 from compress.errors import KdtoolError, NonFiniteLossError
 from compress.models import BuiltModel
 from compress.progress import epoch_progress
-from compress.tasks import Task
+from compress.tasks import Task, lower_is_better
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
                                      ema=ema.module if ema is not None else None)
         if loaded is not None:
             state.update({k: loaded[k] for k in state if k in loaded})
-    higher = task.primary_metric not in ("mae", "mse")
+    higher = not lower_is_better(task.primary_metric)
     start = time.perf_counter()
 
     def save_state(epoch: int, step: int) -> None:

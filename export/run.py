@@ -83,7 +83,7 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
 def _export_one(job: Job, model: nn.Module, example: torch.Tensor, out_dir: Path, base: ExportContext,
                 quantized: Quantized, inputs: torch.Tensor | None, verify: bool, threads: int) -> Artifact:
     metadata = dict(base.metadata)
-    mode = {"executorch": quantized.pt2e_mode}.get(job.format, quantized.onnx_mode)
+    mode = quantized.pt2e_mode if job.format == "executorch" else quantized.onnx_mode
     if job.precision == "int8" and mode:
         metadata["kdtool.quantization"] = mode
     ctx = dataclasses.replace(base, precision=job.precision, target=job.target, variant=job.variant,

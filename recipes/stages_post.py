@@ -13,7 +13,7 @@ from compress.data import make_loader
 from compress.errors import ExportError, KdtoolError
 from compress.progress import console
 from compress.runfolder import finish_stage, inputs_hash, prepare_stage
-from compress.tasks import LOWER_IS_BETTER
+from compress.tasks import lower_is_better
 
 BACKENDS = {"dynamic": ("torch", "onnx"), "static": ("executorch", "onnx"), "qat": ("executorch",)}
 """Quantization backends made per recipe mode (CoreML static is added for the ios target)."""
@@ -167,7 +167,7 @@ def best_quantized(ctx, backend: str, modes: tuple[str, ...]) -> tuple[Path | No
         metrics = (read_json(folder / "meta.json").get("evaluation") or {}).get("metrics") or {}
         value = metrics.get(ctx.task.primary_metric)
         metric = ctx.task.primary_metric
-        sign = -1.0 if metric in LOWER_IS_BETTER or metric.startswith("mae") else 1.0
+        sign = -1.0 if lower_is_better(metric) else 1.0
         score = float("-inf") if value is None else sign * float(value)
         if best is None or score > best[0]:
             best = (score, folder, mode)
