@@ -10,6 +10,7 @@ pair new weights with an old position); `<tag>.json` is its readable copy.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from torch import nn
 
 from compress.atomic import atomic_path, json_text, read_json, write_json
 from compress.errors import KdtoolError
+
+log = logging.getLogger(__name__)
 
 STATE_KEY = "kdtool.training_state"
 """safetensors metadata key holding a training state's JSON (position, optimizer scalars, RNG, ...)."""
@@ -131,6 +134,51 @@ def load_training_state(path_stem: Path, model: nn.Module, objective: nn.Module 
     np_state = meta["rng"]["numpy"]
     np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
     return meta
+
+
+def load_objective_state(objective: nn.Module, path: Path) -> bool:
+    """Load a KD objective's state (its adapters) from a training state file written by `save_training_state`.
+
+    Used by QAT to start from the adapters distillation trained (those of the state's epoch, the
+    last one). Nothing to load (an objective without state) counts as loaded.
+
+    Returns:
+        True when loaded; False, with a logged warning naming the reason, when the file is missing,
+        unreadable or holds other adapters (names or shapes): the objective then keeps fresh ones.
+    """
+    wanted = objective.state_dict()
+    if not wanted:
+        return True
+    saved, reason = _saved_objective_state(path)
+    if reason is None:
+        reason = _state_mismatch(saved, wanted)
+    if reason is not None:
+        log.warning("KD adapters not loaded from %s: %s; QAT starts from fresh adapters", path, reason)
+        return False
+    objective.load_state_dict(saved)
+    return True
+
+
+def _saved_objective_state(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The `objective.*` tensors of a training state file (prefix removed), or why there are none."""
+    if not path.exists():
+        return {}, "the file is missing"
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        return {}, f"the file is unreadable ({str(e).splitlines()[0][:120]})"
+    return {k[10:]: v for k, v in tensors.items() if k.startswith("objective.")}, None
+
+
+def _state_mismatch(saved: dict[str, torch.Tensor], wanted: dict[str, torch.Tensor]) -> str | None:
+    """Why `saved` cannot be loaded where `wanted` is expected (other names or shapes), or None."""
+    missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+    if missing or extra:
+        return f"it lacks {missing[:3]} and has {extra[:3]} (saved with other distill.terms?)"
+    for key, value in wanted.items():
+        if saved[key].shape != value.shape:
+            return f"{key} is {tuple(saved[key].shape)} there, {tuple(value.shape)} here"
+    return None
 
 
 def _py_state_to_json(state: tuple) -> list:

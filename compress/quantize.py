@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,6 +35,9 @@ from compress.quant.qat import qat_distill, quantize_qat
 from compress.quant.static import quantize_static
 from compress.registry import Registry
 
+if TYPE_CHECKING:
+    from compress.objective import KDObjective
+
 __all__ = ["QUANT_MODES", "Int8DynamicConfig", "Int8QATConfig", "Int8StaticConfig", "QuantizedModel",
            "evaluate_quantized", "load_quantized", "make_config", "qat_distill", "quantize"]
 
@@ -52,7 +55,7 @@ CONFIGS: dict[str, type] = {"dynamic": Int8DynamicConfig, "static": Int8StaticCo
 def quantize(model: nn.Module, config: QuantConfig, *, example: torch.Tensor | None = None,
              calibration: Any = None, preprocess: Callable | None = None, out: str | Path | None = None,
              seed: int = 0, teacher: nn.Module | None = None, teacher_preprocess: Callable | None = None,
-             task: Any = None, loss_fn: LossFn | None = None) -> QuantizedModel:
+             task: Any = None, loss_fn: LossFn | None = None, objective: KDObjective | None = None) -> QuantizedModel:
     """Quantize `model` to int8 with the technique `config` names.
 
     Args:
@@ -67,6 +70,8 @@ def quantize(model: nn.Module, config: QuantConfig, *, example: torch.Tensor | N
         teacher_preprocess: QAT only: raw batch → the teacher's input.
         task: QAT only: a `compress.tasks.Task`.
         loss_fn: QAT only: `loss_fn(student_out, teacher_out, targets) -> scalar` (default: hard loss).
+        objective: QAT only: the distillation stage's `KDObjective`, used instead of `loss_fn` so QAT
+            trains on the same loss, feature/attention terms and their adapters included.
 
     Returns:
         The `QuantizedModel` (module and/or file, with `meta`).
@@ -89,7 +94,8 @@ def quantize(model: nn.Module, config: QuantConfig, *, example: torch.Tensor | N
         example = preprocess(raw[:2]) if preprocess is not None else raw[:2]
     inputs = QuantInputs(example=example, calibration=calibration, preprocess=preprocess,
                          out=Path(out) if out is not None else None, seed=seed, teacher=teacher,
-                         teacher_preprocess=teacher_preprocess, task=task, loss_fn=loss_fn)
+                         teacher_preprocess=teacher_preprocess, task=task, loss_fn=loss_fn,
+                         objective=objective)
     return QUANT_MODES.get(mode)(model, config, inputs)
 
 

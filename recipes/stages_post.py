@@ -35,7 +35,6 @@ def quant_backends(recipe, mode: str) -> tuple[str, ...]:
 
 def run_quantize(ctx, modes: list[str] | None = None, force: bool = False) -> list[dict[str, Any]]:
     """`kdtool quantize`: INT8 versions of the distilled student, each evaluated on validation."""
-    from compress.objective import KDObjective
     from compress.quantize import evaluate_quantized, make_config, quantize
 
     r = ctx.recipe
@@ -60,22 +59,16 @@ def run_quantize(ctx, modes: list[str] | None = None, force: bool = False) -> li
             if mode == "qat":
                 settings.update(epochs=r.quantize.qat.epochs, lr=r.quantize.qat.lr,
                                 weight_decay=r.quantize.qat.weight_decay)
-            teacher = loss_fn = None
+            teacher = objective = None
             if mode == "qat":
                 teacher = ctx.load("teacher")
-                response_only = r.distill.model_copy(update={"terms": []})
-                objective = KDObjective(ctx.task, response_only, student.module, teacher.module)
-
-                def loss_fn(s_out, t_out, targets, _o=objective):
-                    terms = _o(s_out, {}, t_out, {}, targets, alpha=r.distill.alpha,
-                               temperature=r.distill.temperature)
-                    return terms["total"]
-
+                objective = _qat_objective(ctx, student, teacher)
             loader = make_loader(train_ds, r.data.batch_size, shuffle=mode == "qat", seed=r.quantize.qat.seed)
             qm = quantize(student.module, make_config(mode, **settings), calibration=loader,
                           preprocess=student.preprocess, out=folder, seed=r.quantize.qat.seed,
                           teacher=teacher.module if teacher else None,
-                          teacher_preprocess=teacher.preprocess if teacher else None, task=ctx.task, loss_fn=loss_fn)
+                          teacher_preprocess=teacher.preprocess if teacher else None, task=ctx.task,
+                          objective=objective)
             val_loader = make_loader(val_ds, 256, shuffle=False, seed=0)
             evaluation = evaluate_quantized(qm, student.module, val_loader, student.preprocess, ctx.task)
             seconds = time.perf_counter() - start
@@ -87,6 +80,23 @@ def run_quantize(ctx, modes: list[str] | None = None, force: bool = False) -> li
                           f"size {evaluation.get('size_mb') or 0:.2f} MB ({seconds:.1f} s)")
             results.append(read_json(folder / "meta.json"))
     return results
+
+
+def _qat_objective(ctx, student, teacher):
+    """The distillation loss for QAT: every `distill` term, with the adapters student_kd trained.
+
+    The adapters come from the student_kd training state (`last.safetensors`, keys `objective.*`);
+    a missing or mismatched state leaves fresh adapters, with a logged warning.
+    """
+    from compress.checkpoint import load_objective_state
+    from compress.objective import KDObjective
+
+    train_ds, _ = ctx.datasets
+    raw = torch.stack([train_ds[i][0] for i in range(min(2, len(train_ds)))])
+    objective = KDObjective(ctx.task, ctx.recipe.distill, student.module, teacher.module,
+                            student.preprocess(raw), teacher.preprocess(raw))
+    load_objective_state(objective, ctx.run.stage("student_kd") / "last.safetensors")
+    return objective
 
 
 def _mode_settings(quantize_cfg, mode: str) -> dict[str, Any]:

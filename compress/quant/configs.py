@@ -18,10 +18,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from compress.objective import KDObjective
 
 Backend = Literal["torch", "executorch", "onnx", "coreml"]
 
@@ -104,6 +107,8 @@ class QuantInputs:
         teacher_preprocess: raw batch → the teacher's input.
         task: QAT only: the task (hard loss when no `loss_fn`).
         loss_fn: QAT only: `loss_fn(student_out, teacher_out, targets)`.
+        objective: QAT only: the distillation `KDObjective` (every term, features included) instead
+            of `loss_fn`.
     """
 
     example: torch.Tensor
@@ -115,6 +120,7 @@ class QuantInputs:
     teacher_preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None
     task: Any = None
     loss_fn: LossFn | None = None
+    objective: KDObjective | None = None
 
 
 @dataclass

@@ -7,6 +7,7 @@ Dynamic: the same quantizer's dynamic config (linear layers; activation scales c
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from torch import nn
 
@@ -24,7 +25,15 @@ from compress.quant.configs import Int8DynamicConfig, Int8StaticConfig, QuantInp
 
 
 def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool = False):
-    """The XNNPACK quantizer with ExecuTorch's symmetric int8 config (per-channel weights by default)."""
+    """The XNNPACK quantizer with ExecuTorch's symmetric int8 config (per-channel weights by default).
+
+    The dynamic config is set on `nn.Linear` modules only. Set globally it also quantizes standalone
+    convolutions dynamically, and XNNPACK (executorch 1.5.1) then fails at run time on some of them
+    (MobileViTv2's 1x1 convs fed by a broadcast multiply or F.fold: "Propagating input shapes failed:
+    xnn_status_invalid_parameter", error 0x1, measured here); the program lowers but cannot run.
+    Convolutions are what static PTQ is for.
+    """
+    import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -32,12 +41,17 @@ def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool 
 
     config = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=is_dynamic,
                                                is_qat=is_qat)
+    if is_dynamic:
+        return XNNPACKQuantizer().set_module_type(torch.nn.Linear, config)
     return XNNPACKQuantizer().set_global(config)
 
 
 def finish_pt2e(converted, qi: QuantInputs, config, calibrated: int | None, instead: str,
-                fp32_mb: float, notes: list[str] | None = None) -> QuantizedModel:
-    """Strip the float leftovers, check int8 weights are present, re-export, save and record provenance."""
+                fp32_mb: float, notes: list[str] | None = None, **facts: Any) -> QuantizedModel:
+    """Strip the float leftovers, check int8 weights are present, re-export, save and record provenance.
+
+    `facts` are extra meta entries (e.g. QAT's per-epoch loss history).
+    """
     converted = strip_unused_attributes(converted)
     census = int8_census_torch(converted)
     require_quantized(census, config.mode, config.backend, instead)
@@ -46,7 +60,7 @@ def finish_pt2e(converted, qi: QuantInputs, config, calibrated: int | None, inst
                       weights="int8 symmetric " + ("per-channel" if getattr(config, "per_channel", True) else
                                                    "per-tensor"),
                       activations="int8 dynamic (per batch)" if config.mode == "dynamic" else "int8 static",
-                      int8=census)
+                      int8=census, **facts)
     qm = QuantizedModel(config.mode, config.backend, module=converted, program=program, meta=meta)
     return save_torch_quantized(qm, qi.out, fp32_mb)
 

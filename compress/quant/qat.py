@@ -1,20 +1,33 @@
 """Quantization-aware distillation: PT2E QAT fine-tuning of the student against its teacher.
 
-`prepare_qat_pt2e` inserts fake-quantizers (XNNPACK QAT config) → a few epochs with the caller's KD
-loss (hard loss without one) → `move_exported_model_to_eval` → `convert_pt2e` → int8 `.pt2`.
+`prepare_qat_pt2e` inserts fake-quantizers (XNNPACK QAT config) → a few epochs with the KD loss →
+`move_exported_model_to_eval` → `convert_pt2e` → int8 `.pt2`.
+
+The loss is the distillation stage's own `KDObjective` when one is given, every term included:
+forward hooks cannot find layers in an exported graph, so the student is exported through a wrapper
+that returns `(output, *features)` (one graph output per layer the terms use). The fake-quantized
+features feed fitnet/attention terms; the teacher's come from `objective.teacher_forward`; the
+objective's adapters train with the student and stay outside the graph. After conversion the feature
+outputs and the nodes only they used are cut, so the saved model has one output, as without terms.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from compress.errors import KdtoolError, NonFiniteLossError
+from compress.hooks import capture
+from compress.progress import epoch_progress
 from compress.quant.common import export_graph, program_size_mb
 from compress.quant.configs import Int8QATConfig, LossFn, QuantInputs, QuantizedModel
+
+if TYPE_CHECKING:
+    from compress.objective import KDObjective
 
 
 def quantize_qat(model: nn.Module, config: Int8QATConfig, qi: QuantInputs) -> QuantizedModel:
@@ -24,23 +37,58 @@ def quantize_qat(model: nn.Module, config: Int8QATConfig, qi: QuantInputs) -> Qu
                           "pass calibration=<train loader> and task=<Task>")
     return qat_distill(model, qi.teacher, qi.calibration, qi.preprocess, qi.teacher_preprocess, qi.task,
                        epochs=config.epochs, lr=config.lr, loss_fn=qi.loss_fn, example=qi.example,
-                       config=config, out=qi.out, seed=qi.seed)
+                       config=config, out=qi.out, seed=qi.seed, objective=qi.objective)
+
+
+class FeatureOutputs(nn.Module):
+    """Runs a model under `capture` and returns `(output, *features)`, one feature per layer, in order.
+
+    Args:
+        model: the student (its layers are found by name, as in distillation).
+        layers: module paths the KD terms read.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = list(layers)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        with capture(self.model, self.layers, "student") as feats:
+            out = self.model(x)
+        return (out, *(feats[name] for name in self.layers))
+
+
+def first_output_only(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy of a converted graph that returns only its first output (the model's own output).
+
+    Nodes that only fed the other outputs (feature q/dq pairs) are removed with them, so the result
+    exports to the same single-output program a model converted without features does.
+    """
+    graph = torch.fx.Graph()
+    outputs = graph.graph_copy(gm.graph, {})
+    graph.output(outputs[0])
+    one = torch.fx.GraphModule(gm, graph)
+    one.graph.eliminate_dead_code()
+    one.recompile()
+    return one
 
 
 def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Iterable,
                 student_preprocess: Callable | None, teacher_preprocess: Callable | None, task,
                 epochs: int = 2, lr: float = 1e-4, loss_fn: LossFn | None = None,
                 example: torch.Tensor | None = None, config: Int8QATConfig | None = None,
-                out=None, seed: int = 0) -> QuantizedModel:
+                out=None, seed: int = 0, objective: KDObjective | None = None) -> QuantizedModel:
     """Fine-tune `student` with fake quantization (optionally distilling from `teacher`) and convert to int8.
 
     Args:
         student: the trained fp32 student (not modified; a copy is exported and trained).
-        teacher: frozen teacher, or None for QAT on hard labels only.
+        teacher: frozen teacher, or None for QAT on hard labels only. With `objective`: None or
+            `objective.teacher`.
         train_loader: yields (raw, target, index) batches.
         student_preprocess: raw batch → student input (None: identity).
         teacher_preprocess: raw batch → teacher input (None: the student's).
-        task: a `compress.tasks.Task` (its hard loss is used when `loss_fn` is None).
+        task: a `compress.tasks.Task` (its hard loss is used without `loss_fn` and `objective`).
         epochs: QAT epochs (overrides `config.epochs`).
         lr: AdamW learning rate (overrides `config.lr`).
         loss_fn: `loss_fn(student_out, teacher_out, targets) -> scalar` (teacher_out None without teacher).
@@ -48,9 +96,17 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
         config: the rest of the QAT settings (per-channel, weight decay, batch-norm freeze epoch).
         out: folder for `model.pt2` and meta.json (None: keep in memory).
         seed: seeds the fine-tuning.
+        objective: the distillation loss itself (instead of `loss_fn`): every term, feature and
+            attention terms on the exported student's layers included, with `objective.distill`'s
+            alpha and temperature; its adapters train along and are never exported.
 
     Returns:
-        The converted int8 model (backend "executorch": the `.pt2` ExecuTorch lowers).
+        The converted int8 model (backend "executorch": the `.pt2` ExecuTorch lowers); its meta holds
+        `qat_history`, the mean of each loss term per epoch.
+
+    Raises:
+        KdtoolError: epochs < 1, both `loss_fn` and `objective` given, or a teacher that is not the
+            objective's. NonFiniteLossError: the loss became NaN/Inf.
     """
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
@@ -60,44 +116,92 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
     config = config or Int8QATConfig()
     if epochs < 1:
         raise KdtoolError(f"quantize.qat.epochs is {epochs}", "set it to 1 or more")
+    if objective is not None:
+        if loss_fn is not None:
+            raise KdtoolError("qat_distill: give loss_fn or objective, not both",
+                              "the objective already is the loss; drop loss_fn")
+        if teacher is not None and teacher is not objective.teacher:
+            raise KdtoolError("qat_distill: `teacher` is not the objective's teacher",
+                              "build the KDObjective with the teacher you distill from, or pass teacher=None")
+        teacher = objective.teacher
     torch.manual_seed(seed)
     pre_s = student_preprocess or (lambda x: x)
     pre_t = teacher_preprocess or pre_s
     if example is None:
         example = pre_s(next(iter(train_loader))[0][:2])
+    layers = objective.student_layers if objective is not None else []
     fp32_mb = program_size_mb(student.eval(), example, "qat")
-    graph = export_graph(copy.deepcopy(student).eval(), example, "qat").module()
+    trainable = copy.deepcopy(student).eval()
+    graph = export_graph(FeatureOutputs(trainable, layers) if layers else trainable, example, "qat").module()
     prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(config.per_channel, is_qat=True))
     if teacher is not None:
         teacher.eval()
-    opt = torch.optim.AdamW(prepared.parameters(), lr=lr, weight_decay=config.weight_decay)
-    steps = 0
-    for epoch in range(epochs):
-        move_exported_model_to_train(prepared)
-        if config.freeze_bn_epoch is not None and epoch >= config.freeze_bn_epoch:
-            move_exported_model_to_eval(prepared)  # frozen BN statistics; fake-quant still trains
-        for raw, targets, *_ in train_loader:
-            if len(raw) < 2:  # batch norm in training mode needs two samples
-                continue
-            student_out = prepared(pre_s(raw))
-            teacher_out = None
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_out = teacher(pre_t(raw))
-            if loss_fn is not None:
-                loss = loss_fn(student_out, teacher_out, targets)
-            else:
-                loss = task.hard_loss(student_out, targets)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"quantize qat: loss became {loss.item()} at epoch {epoch} "
-                                         f"step {steps}", "lower quantize.qat.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            steps += 1
+    params = list(prepared.parameters())
+    if objective is not None:
+        objective.train()  # adapter batch norms learn; the teacher stays in eval (teacher_forward)
+        params += list(objective.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+
+    def loss_terms(raw: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        outputs = prepared(pre_s(raw))
+        s_out, *feats = outputs if layers else (outputs,)
+        if objective is not None:
+            t_out, t_feats = objective.teacher_forward(pre_t(raw)) if teacher is not None else (None, {})
+            d = objective.distill
+            return objective(s_out, dict(zip(layers, feats, strict=True)), t_out, t_feats, targets,
+                             alpha=d.alpha if d is not None else 1.0,
+                             temperature=d.temperature if d is not None else 1.0)
+        if loss_fn is None:
+            return {"total": task.hard_loss(s_out, targets)}
+        with torch.no_grad():
+            t_out = teacher(pre_t(raw)) if teacher is not None else None
+        return {"total": loss_fn(s_out, t_out, targets)}
+
+    steps, history = 0, []
+    with epoch_progress("qat", epochs, _length(train_loader)) as bar:
+        for epoch in range(epochs):
+            move_exported_model_to_train(prepared)
+            if config.freeze_bn_epoch is not None and epoch >= config.freeze_bn_epoch:
+                move_exported_model_to_eval(prepared)  # frozen BN statistics; fake-quant still trains
+            bar.start_epoch(epoch + 1)
+            sums: dict[str, float] = {}
+            seen = 0
+            for raw, targets, *_ in train_loader:
+                if len(raw) < 2:  # batch norm in training mode needs two samples
+                    continue
+                terms = loss_terms(raw, targets)
+                loss = terms["total"]
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"quantize qat: loss became {loss.item()} at epoch {epoch} "
+                                             f"step {steps}", "lower quantize.qat.lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
+                seen += len(raw)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(raw)
+                bar.advance({k: v / seen for k, v in sums.items()})
+            record = {"epoch": epoch + 1, **{f"loss_{k}": round(v / max(seen, 1), 6) for k, v in sums.items()}}
+            history.append(record)
+            bar.log(f"  qat epoch {epoch + 1}/{epochs}: "
+                    + " ".join(f"{k[5:]}={v:.4f}" for k, v in record.items() if k.startswith("loss_")))
     move_exported_model_to_eval(prepared)
     qi = QuantInputs(example=example, out=out, seed=seed)
     notes = [f"{steps} QAT steps over {epochs} epoch(s)",
              "distilled from the teacher" if teacher is not None else "hard labels only (no teacher)"]
+    if layers:
+        notes.append(f"feature KD on student layers {', '.join(layers)} (feature outputs cut after convert)")
     converted = convert_pt2e(prepared)
-    return finish_pt2e(converted, qi, config, None, "mode static (post-training)", fp32_mb, notes)
+    if layers:
+        converted = first_output_only(converted)
+    return finish_pt2e(converted, qi, config, None, "mode static (post-training)", fp32_mb, notes,
+                       qat_history=history)
+
+
+def _length(loader: Iterable) -> int | None:
+    """Batches per epoch, or None for a loader without a length (the bar then shows no total)."""
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
