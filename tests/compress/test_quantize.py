@@ -109,6 +109,19 @@ def test_dynamic_executorch_leaves_convolutions_float(student, digits, tmp_path)
     assert qm.meta["int8"]["int8_tensors"] == 2 and qm.meta["int8"]["float_weight_elements"] == 8 * 9
 
 
+def test_dynamic_executorch_leaves_standalone_convolutions_float(digits, tmp_path):
+    """A bare 1x1 conv (no BN/ReLU after it, as in MobileViTv2's attention) is left float by dynamic int8:
+    XNNPACK's dynamic conv kernels fail at run time on some of them (see `xnnpack_quantizer`)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
+                                torch.nn.Linear(16, 10)).eval()
+    qm = quantize(model, Int8DynamicConfig(backend="executorch"), example=example(digits), out=tmp_path)
+    assert qm.meta["int8"]["int8_tensors"] == 1  # the linear layer only
+    assert qm.meta["int8"]["float_weight_elements"] == 4 * 1  # the conv's weights stay float
+    x = example(digits)
+    assert (qm(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
+
+
 @pytest.mark.parametrize("config", [Int8DynamicConfig(backend="onnx"),
                                     Int8StaticConfig(backend="onnx", calibration_samples=64)],
                          ids=["dynamic", "static"])
