@@ -56,6 +56,8 @@ class Context:
         r = self.recipe
         common = [r.task, r.data]
         if name == "teacher":
+            if r.teacher.self_distill:  # the teacher is the baseline student's best checkpoint
+                return inputs_hash(*common, r.teacher, self.output_hash("student_baseline"))
             return inputs_hash(*common, r.teacher, _file_hash(r.teacher.checkpoint))
         if name == "student_baseline":
             return inputs_hash(*common, r.student, _file_hash(r.student.checkpoint))
@@ -116,6 +118,12 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
     if stage == "teacher":
         model = build_model(r.teacher, ctx.task.num_outputs, r.data, "teacher")
         cfg = r.teacher.train
+        if r.teacher.self_distill:  # born-again: the stage-1 student becomes the teacher, as it is
+            baseline = ctx.run.stage("student_baseline", "best.safetensors")
+            if not baseline.exists():
+                raise KdtoolError(f"teacher.self_distill: {baseline} does not exist yet",
+                                  "run the baseline first (`kdtool distill --stage baseline`)")
+            load_weights(model.module, baseline, "student_baseline")
     elif stage == "student_baseline":
         model = build_model(r.student, ctx.task.num_outputs, r.data, "student")
         cfg = r.student.train
@@ -173,6 +181,8 @@ def run_distill(ctx: Context, which: str = "both", force: bool = False, resume: 
     """`kdtool distill`: teacher (if it must be trained or evaluated), then baseline and/or KD."""
     stages = {"baseline": ["teacher", "student_baseline"], "kd": ["teacher", "student_kd"],
               "both": list(STAGES)}[which]
+    if ctx.recipe.teacher.self_distill:  # the teacher is made from the baseline: baseline first
+        stages = ["student_baseline", *(s for s in stages if s != "student_baseline")]
     return [run_stage(ctx, s, force=force, resume=resume) for s in stages]
 
 

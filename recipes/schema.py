@@ -174,12 +174,32 @@ class DistillConfig(Strict):
 
 
 class TeacherConfig(ModelConfig):
-    """The teacher: trained here from scratch when `train` is given and no checkpoint is."""
+    """The teacher: trained here from scratch when `train` is given and no checkpoint is.
 
+    `self_distill: true` is self-distillation (born-again networks, Furlanello et al. 2018): the
+    teacher is the stage-1 student itself (same architecture, its best baseline checkpoint), and
+    stage 2 trains the same architecture again from it. The teacher's architecture fields are then
+    taken from the student section.
+    """
+
+    arch: str | None = Field(None, description="timm name; left out with self_distill (the student's is used)")
     train: TrainConfig | None = None
+    # None (not False) when unset: stage hashes leave unset settings out, so existing runs stay valid
+    self_distill: bool | None = Field(None, description="the teacher is the stage-1 student (born-again "
+                                      "self-distillation)")
 
     @model_validator(mode="after")
     def _check(self) -> TeacherConfig:
+        if self.self_distill:
+            extra = [k for k in ("checkpoint", "train") if getattr(self, k) is not None]
+            extra += ["pretrained"] if self.pretrained else []
+            extra += ["source"] if self.source != "timm" else []
+            if extra:
+                raise ValueError("self_distill takes the teacher from the student's baseline: "
+                                 f"remove teacher.{extra[0]}")
+            return self
+        if self.arch is None:
+            raise ValueError("the teacher needs an arch (or self_distill: true to use the student's baseline)")
         if self.checkpoint is None and self.train is None and not self.pretrained:
             raise ValueError("the teacher needs a checkpoint, pretrained: true, or a train section to train it here")
         return self
@@ -242,3 +262,16 @@ class Recipe(Strict):
     quantize: QuantizeConfig = QuantizeConfig()
     export: ExportConfig = ExportConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+
+    @model_validator(mode="after")
+    def _self_distill_teacher(self) -> Recipe:
+        """With teacher.self_distill the teacher is built as the student is (architecture and preprocessing)."""
+        if not self.teacher.self_distill:
+            return self
+        if self.teacher.arch not in (None, self.student.arch):
+            raise ValueError(f"teacher.self_distill uses the student's architecture, but teacher.arch is "
+                             f"{self.teacher.arch!r} and student.arch {self.student.arch!r}: remove teacher.arch")
+        shared = ("arch", "source", "input_size", "mean", "std", "frontend", "kwargs")
+        # in place: assigning a new section would re-run this validator (validate_assignment)
+        self.teacher.__dict__.update({k: getattr(self.student, k) for k in shared})
+        return self
