@@ -144,6 +144,8 @@ def distill(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("r
             stage: Annotated[Stage, typer.Option(help="baseline (stage 1), kd (stage 2) or both")] = Stage.both,
             resume: Annotated[bool, typer.Option(help="continue an interrupted stage exactly")] = False,
             ablate: Annotated[int, typer.Option(help="train baseline and KD over N seeds; report mean ± std")] = 0,
+            folds: Annotated[int, typer.Option(help="with --ablate: score each seed by K-fold cross-validation "
+                                                    "(a teacher per fold; every sample validated once)")] = 1,
             force: ForceOpt = False, deterministic: DeterministicOpt = False,
             debug: DebugOpt = False) -> None:
     """Train the teacher (if needed), the student baseline, and the distilled student."""
@@ -156,7 +158,7 @@ def distill(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("r
         if ablate:
             from compress.ablation import run_ablation
 
-            return run_ablation(ctx, seeds=ablate, force=force)
+            return run_ablation(ctx, seeds=ablate, force=force, folds=folds)
         return run_distill(ctx, stage.value, force=force, resume=resume)
 
     _guard(debug, go, out=out)

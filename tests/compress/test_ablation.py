@@ -44,3 +44,58 @@ def test_sigterm_stops_the_whole_ablation(tmp_path, monkeypatch):
     assert calls == ["baseline seed 0"]
     assert "ablation was interrupted (SIGTERM) during baseline seed 0" in result.stderr
     assert not (tmp_path / "runs" / "tiny" / "ablation" / "ablation.json").exists()
+
+
+def test_folds_score_every_sample_once_with_a_teacher_per_fold(tmp_path):
+    """--folds K: each seed's metric is the size-weighted mean over K folds; each fold trains its own teacher."""
+    recipe = write_recipe(tmp_path, {"teacher": {"train": {"epochs": 1}}, "student": {"train": {"epochs": 1}},
+                                     "distill": {"train": {"epochs": 1}}})
+    out = tmp_path / "runs"
+    result = cli("distill", recipe, "--out", out, "--ablate", "1", "--folds", "3")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads((out / "tiny" / "ablation" / "ablation.json").read_text())
+    assert summary["folds"] == 3
+    run = out / "tiny" / "ablation"
+    teachers = sorted(p.parent.parent.name for p in run.glob("fold*of3/teacher/best.safetensors"))
+    assert teachers == ["fold1of3", "fold2of3", "fold3of3"]
+    from compress.data import build_datasets
+    from compress.tasks import Task
+    from recipes.load import load_recipe
+
+    r, _, _ = load_recipe(recipe)
+    train, val = build_datasets(r.data, Task.from_config(r.task))
+    assert summary["validation_samples"] == len(train) + len(val)  # every sample is validation once
+    for kind in ("baseline", "kd"):
+        for seed, folds in enumerate(summary["by_fold"][kind]):
+            assert len(folds) == 3
+            assert min(folds) <= summary[kind]["values"][seed] <= max(folds)
+    # a rerun reuses the fold teachers (same recipe): no "teacher fold" training line
+    again = cli("distill", recipe, "--out", out, "--ablate", "1", "--folds", "3")
+    assert again.exit_code == 0, again.stderr
+    assert "teacher fold1of3: reused" in again.stdout + again.stderr
+
+
+def test_cross_validation_folds_partition_the_pooled_samples():
+    import torch
+
+    from compress.data import TensorSamples
+    from compress.errors import KdtoolError
+    from compress.folds import cross_validation_folds
+    from compress.tasks import Task
+
+    x = torch.arange(40, dtype=torch.float32).reshape(40, 1)
+    y = torch.tensor([0, 1] * 20)
+    train, val = TensorSamples(x[:30], y[:30]), TensorSamples(x[30:], y[30:])
+    folds = cross_validation_folds(train, val, Task("multiclass", 2), 4)
+    seen = sorted(float(fv[i][0]) for _, fv in folds for i in range(len(fv)))
+    assert seen == [float(v) for v in range(40)]  # each sample validates exactly once
+    for ft, fv in folds:
+        assert len(ft) + len(fv) == 40 and not {float(ft[i][0]) for i in range(len(ft))} & {
+            float(fv[i][0]) for i in range(len(fv))}
+        assert [ft[i][2] for i in range(len(ft))] == list(range(len(ft)))  # re-indexed for the teacher cache
+        assert fv.targets.float().mean() == 0.5  # stratified
+    try:
+        cross_validation_folds(train, val, Task("multiclass", 2), 1)
+        raise AssertionError("1 fold accepted")
+    except KdtoolError as err:
+        assert "at least 2 folds" in err.message
