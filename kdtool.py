@@ -154,6 +154,11 @@ def distill(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("r
     def go():
         if deterministic:
             _set_deterministic()
+        if folds != 1 and not ablate:
+            from compress.errors import KdtoolError
+
+            raise KdtoolError(f"--folds {folds} is only used by the ablation", "add --ablate N (seeds), e.g. "
+                              "`kdtool distill --ablate 5 --folds 4`")
         ctx = _context(recipe, set_, out)
         if ablate:
             from compress.ablation import run_ablation

@@ -99,3 +99,10 @@ def test_cross_validation_folds_partition_the_pooled_samples():
         raise AssertionError("1 fold accepted")
     except KdtoolError as err:
         assert "at least 2 folds" in err.message
+
+
+def test_folds_without_ablate_is_refused(tmp_path):
+    recipe = write_recipe(tmp_path, {})
+    result = cli("distill", recipe, "--out", tmp_path / "runs", "--folds", "3")
+    assert result.exit_code == 2 and "--folds 3 is only used by the ablation" in result.stderr
+    assert not (tmp_path / "runs").exists()
