@@ -25,7 +25,7 @@ from compress.errors import KdtoolError
 from compress.models import BuiltModel, build_model, load_weights
 from compress.progress import console
 from compress.runfolder import finish_stage, inputs_hash, prepare_stage
-from compress.stages import run_stage
+from compress.stages import file_hash, run_stage
 from compress.tasks import lower_is_better, retention
 from compress.trainer import evaluate, fit
 
@@ -125,12 +125,10 @@ def _splits(ctx, folds: int, force: bool, seed: int) -> list[_Split]:
         split = _Split("split", train, val, teacher, outcome.metrics[metric])
         split.cache = _cache(ctx, split, "teacher_cache", seed)
         return [split]
-    if r.teacher.self_distill:
-        raise KdtoolError("--folds with teacher.self_distill: each fold would need its own baseline teacher",
-                          "ablate self-distillation without --folds")
     from compress.folds import cross_validation_folds
 
-    trained_here = r.teacher.train is not None and r.teacher.train.epochs > 0
+    # self-distillation: each fold's teacher is the student trained on the fold's hard labels
+    trained_here = r.teacher.self_distill or (r.teacher.train is not None and r.teacher.train.epochs > 0)
     shared = None
     if not trained_here:  # a teacher trained elsewhere is the same for every fold
         run_stage(ctx, "teacher", force=force)
@@ -152,13 +150,15 @@ def _fold_teacher(ctx, name: str, train: Dataset, val: Dataset, force: bool) -> 
     """The recipe's teacher trained on one fold (reused when the recipe's teacher and data are unchanged)."""
     r = ctx.recipe
     folder = ctx.run.stage("ablation", name, "teacher")
-    expected = inputs_hash(r.task, r.data, r.teacher, ctx.stage_hash("teacher"), name)
+    expected = inputs_hash(r.task, r.data, r.teacher, r.student if r.teacher.self_distill else None,
+                           file_hash(r.teacher.checkpoint), name)
     teacher = build_model(r.teacher, ctx.task.num_outputs, r.data, "teacher")
+    train_cfg = r.student.train if r.teacher.self_distill else r.teacher.train  # born-again: the baseline's
     if prepare_stage(folder, expected, force) == "skip":
         console.print(f"[dim]teacher {name}: reused {folder}[/]")
     else:
         teacher.module.train()
-        out = fit(teacher, train, val, ctx.task, r.teacher.train, folder, data_cfg=r.data, label=f"teacher {name}")
+        out = fit(teacher, train, val, ctx.task, train_cfg, folder, data_cfg=r.data, label=f"teacher {name}")
         if out.interrupted:
             raise KdtoolError(f"ablation was interrupted (SIGTERM) while training the teacher of {name}",
                               "rerun `kdtool distill --ablate N --folds K` (finished fold teachers are reused)",

@@ -58,9 +58,9 @@ class Context:
         if name == "teacher":
             if r.teacher.self_distill:  # the teacher is the baseline student's best checkpoint
                 return inputs_hash(*common, r.teacher, self.output_hash("student_baseline"))
-            return inputs_hash(*common, r.teacher, _file_hash(r.teacher.checkpoint))
+            return inputs_hash(*common, r.teacher, file_hash(r.teacher.checkpoint))
         if name == "student_baseline":
-            return inputs_hash(*common, r.student, _file_hash(r.student.checkpoint))
+            return inputs_hash(*common, r.student, file_hash(r.student.checkpoint))
         if name == "student_kd":
             return inputs_hash(*common, r.student, r.distill, self.output_hash("teacher"),
                                self.output_hash("student_baseline") if self.kd_train.init == "baseline" else None)
@@ -95,7 +95,8 @@ class Context:
         return built
 
 
-def _file_hash(path: Path | None) -> str | None:
+def file_hash(path: Path | None) -> str | None:
+    """sha256 of a file, or None when there is none (no checkpoint named, or not a file)."""
     return sha256_file(path) if path is not None and Path(path).is_file() else None
 
 

@@ -106,3 +106,20 @@ def test_folds_without_ablate_is_refused(tmp_path):
     result = cli("distill", recipe, "--out", tmp_path / "runs", "--folds", "3")
     assert result.exit_code == 2 and "--folds 3 is only used by the ablation" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_folds_with_self_distillation_train_each_fold_teacher_as_the_baseline(tmp_path):
+    recipe = write_recipe(tmp_path, {"teacher": None, "student": {"train": {"epochs": 1}},
+                                     "distill": {"train": {"epochs": 1}}})
+    import yaml
+
+    raw = yaml.safe_load(recipe.read_text())
+    raw["teacher"] = {"self_distill": True}
+    recipe.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "runs"
+    result = cli("distill", recipe, "--out", out, "--ablate", "1", "--folds", "2")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads((out / "tiny" / "ablation" / "ablation.json").read_text())
+    assert summary["folds"] == 2 and len(summary["by_fold"]["teacher"]) == 2
+    meta = json.loads((out / "tiny" / "ablation" / "fold1of2" / "teacher" / "meta.json").read_text())
+    assert meta["complete"]
