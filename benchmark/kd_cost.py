@@ -12,8 +12,8 @@ epoch from the second on. Teacher forwards during training are counted with a ho
 cache). Weights are random (no hub access): the cost does not depend on them.
 
 Setups:
-- quickstart: recipes/quickstart.yaml (digits 32 px, 1 channel, batch 64, crop_pad 2, resnet18
-  teacher, ResNet-10-T(4,8,16,32) student), with a 4-view cache (the shipped recipe distills from
+- quickstart: recipes/quickstart.yaml (digits 32 px, 1 channel, batch 64, crop_pad 2, its teacher
+  and its ResNet-10-T(4,8,16,32) student), with a 4-view cache (the shipped recipe distills from
   the online teacher: 4 recorded views per sample cost its KD gain, see `kdtool distill --ablate`).
 - large: an EfficientNet-B4 teacher at 380 px and a MobileViTv2-0.5 student at 256 px on generated
   380 px images (`synthetic_images`), a few steps of batch 8, hflip + crop_pad 8, cache 2 views.

@@ -60,3 +60,17 @@ def model_tensors(folder: Path, name: str = "last.safetensors") -> dict[str, tor
 def without_timing(history: list[dict]) -> list[dict]:
     """History records minus wall-clock fields (everything else must replay exactly)."""
     return [{k: v for k, v in r.items() if k != "train_seconds"} for r in history]
+
+
+def train_on_labels(model: torch.nn.Module, loader, epochs: int, lr: float, preprocess=None,
+                    task=None) -> torch.nn.Module:
+    """A few epochs of plain AdamW on hard labels (a trained model for quantization tests); returns it in eval."""
+    preprocess, task = preprocess or PRE, task or TASK
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(epochs):
+        for raw, y, _ in loader:
+            loss = task.hard_loss(model(preprocess(raw)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()

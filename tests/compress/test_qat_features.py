@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 import torch
-from kd_fixtures import PRE, TASK, digits, tiny_net
+from kd_fixtures import PRE, TASK, digits, tiny_net, train_on_labels
 
 from compress.checkpoint import load_objective_state, save_training_state
 from compress.data import make_loader
@@ -40,15 +40,7 @@ def data():
 
 
 def _trained(width: int, batchnorm: bool, train_loader, seed: int) -> torch.nn.Module:
-    model = tiny_net(seed, batchnorm=batchnorm, width=width).module
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(4):
-        for raw, y, _ in train_loader:
-            loss = TASK.hard_loss(model(PRE(raw)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+    return train_on_labels(tiny_net(seed, batchnorm=batchnorm, width=width).module, train_loader, epochs=4, lr=1e-2)
 
 
 @pytest.fixture(scope="module")

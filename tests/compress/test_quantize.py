@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from kd_fixtures import train_on_labels
 from torch import nn
 
 from compress.data import digits_source, make_loader
@@ -44,16 +45,7 @@ def digits():
 def student(digits):
     """A trained fp32 student (~95% on digits in 3 epochs)."""
     torch.manual_seed(0)
-    model = tiny_net()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    train, _ = digits
-    for _ in range(3):
-        for raw, y, _ in train:
-            loss = TASK.hard_loss(model(PRE(raw)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+    return train_on_labels(tiny_net(), digits[0], epochs=3, lr=3e-3, preprocess=PRE, task=TASK)
 
 
 def example(digits):
