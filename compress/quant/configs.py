@@ -74,7 +74,10 @@ class Int8QATConfig:
         lr: AdamW learning rate (small: the student is already trained).
         weight_decay: AdamW weight decay.
         per_channel: one weight scale per output channel.
-        freeze_bn_epoch: from this epoch on, batch-norm statistics stop updating (None: never).
+        freeze_bn_epoch: from this epoch on, batch-norm statistics stop updating (None: never). The
+            default 0 freezes them from the start: the student is already trained, and letting them
+            move under fake quantization cost accuracy here (quickstart QAT 0.9911 vs 0.9933 frozen;
+            a 2-epoch MobileViTv2-050, 0.811 vs 0.902). Weights and fake-quant ranges still train.
     """
 
     mode: ClassVar[str] = "qat"
@@ -84,7 +87,7 @@ class Int8QATConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     per_channel: bool = True
-    freeze_bn_epoch: int | None = None
+    freeze_bn_epoch: int | None = 0
 
 
 QuantConfig = Int8DynamicConfig | Int8StaticConfig | Int8QATConfig
