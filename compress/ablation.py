@@ -25,7 +25,7 @@ from compress.errors import KdtoolError
 from compress.models import BuiltModel, build_model, load_weights
 from compress.progress import console
 from compress.runfolder import finish_stage, inputs_hash, prepare_stage
-from compress.stages import file_hash, run_stage
+from compress.stages import file_hash, run_teacher
 from compress.tasks import lower_is_better, retention
 from compress.trainer import evaluate, fit
 
@@ -118,9 +118,7 @@ def _splits(ctx, folds: int, force: bool, seed: int) -> list[_Split]:
     metric = ctx.task.primary_metric
     train, val = ctx.datasets
     if folds <= 1:
-        if r.teacher.self_distill:  # the teacher is the recipe's baseline student: train it first
-            run_stage(ctx, "student_baseline", force=force)
-        outcome = run_stage(ctx, "teacher", force=force)
+        outcome = run_teacher(ctx, force=force)[-1]
         teacher = ctx.load("teacher")
         split = _Split("split", train, val, teacher, outcome.metrics[metric])
         split.cache = _cache(ctx, split, "teacher_cache", seed)
@@ -131,7 +129,7 @@ def _splits(ctx, folds: int, force: bool, seed: int) -> list[_Split]:
     trained_here = r.teacher.self_distill or (r.teacher.train is not None and r.teacher.train.epochs > 0)
     shared = None
     if not trained_here:  # a teacher trained elsewhere is the same for every fold
-        run_stage(ctx, "teacher", force=force)
+        run_teacher(ctx, force=force)
         shared = ctx.load("teacher")
         console.print("[yellow]--folds: the teacher was not trained here, so it may have seen some of the "
                       "samples a fold validates on; only a teacher trained per fold (teacher.train) is clean[/]")

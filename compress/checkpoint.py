@@ -108,11 +108,11 @@ def load_training_state(path_stem: Path, model: nn.Module, objective: nn.Module 
         if meta.get("tensors_bytes") != tensor_path.stat().st_size:
             raise KdtoolError(f"{tensor_path} does not match {json_path} (interrupted save?)",
                               "rerun without --resume and with --force to restart this stage")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict(_section(tensors, "model"))
     if objective is not None:
-        objective.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("objective.")})
+        objective.load_state_dict(_section(tensors, "objective"))
     if ema is not None:
-        ema_state = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        ema_state = _section(tensors, "ema")
         if not ema_state:
             raise KdtoolError(f"cannot resume: {tensor_path} has no EMA weights (saved without train.ema_decay)",
                               "rerun with the recipe the state was saved with, or with --force to restart")
@@ -167,7 +167,13 @@ def _saved_objective_state(path: Path) -> tuple[dict[str, torch.Tensor], str | N
         tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for damaged files
         return {}, f"the file is unreadable ({str(e).splitlines()[0][:120]})"
-    return {k[10:]: v for k, v in tensors.items() if k.startswith("objective.")}, None
+    return _section(tensors, "objective"), None
+
+
+def _section(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The tensors saved under `<name>.` (model, objective, ema), with the prefix removed."""
+    prefix = f"{name}."
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _state_mismatch(saved: dict[str, torch.Tensor], wanted: dict[str, torch.Tensor]) -> str | None:

@@ -81,6 +81,11 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def example_batch(ds: Dataset, n: int = 2) -> torch.Tensor:
+    """The first `n` raw samples of a dataset as one batch (shape probes, adapter sizing, I/O checks)."""
+    return torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
+
+
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, epoch: int = 0, num_workers: int = 0,
                 sampler=None) -> DataLoader:
     """A loader whose order depends only on (seed, epoch): resuming at an epoch replays it exactly."""

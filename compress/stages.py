@@ -15,7 +15,7 @@ import torch
 
 from compress import distributed
 from compress.atomic import read_json, sha256_file, write_json
-from compress.data import build_datasets
+from compress.data import build_datasets, example_batch
 from compress.errors import KdtoolError
 from compress.models import BuiltModel, build_model, check_model_io, count_params, load_weights
 from compress.progress import console
@@ -174,7 +174,7 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
 def _check_fits(built: BuiltModel, ctx: Context, role: str) -> None:
     """A model that cannot take the data's input, or whose outputs do not fit the task, fails early."""
     train_ds, _ = ctx.datasets
-    raw = torch.stack([train_ds[i][0] for i in range(min(2, len(train_ds)))])
+    raw = example_batch(train_ds)
     check_model_io(built, raw, ctx.task, role)
 
 
@@ -182,9 +182,16 @@ def run_distill(ctx: Context, which: str = "both", force: bool = False, resume: 
     """`kdtool distill`: teacher (if it must be trained or evaluated), then baseline and/or KD."""
     stages = {"baseline": ["teacher", "student_baseline"], "kd": ["teacher", "student_kd"],
               "both": list(STAGES)}[which]
-    if ctx.recipe.teacher.self_distill:  # the teacher is made from the baseline: baseline first
-        stages = ["student_baseline", *(s for s in stages if s != "student_baseline")]
-    return [run_stage(ctx, s, force=force, resume=resume) for s in stages]
+    stages = [s for s in stages if s != "teacher"]
+    outcomes = run_teacher(ctx, force=force, resume=resume)
+    return outcomes + [run_stage(ctx, s, force=force, resume=resume) for s in stages if s not in
+                       {o.name for o in outcomes}]
+
+
+def run_teacher(ctx: Context, force: bool = False, resume: bool = False) -> list[StageOutcome]:
+    """The teacher stage, preceded by what it is made from: with teacher.self_distill, the baseline."""
+    first = ["student_baseline"] if ctx.recipe.teacher.self_distill else []
+    return [run_stage(ctx, s, force=force, resume=resume) for s in (*first, "teacher")]
 
 
 def warn_few_views(data_cfg, cache_cfg, epochs: int) -> None:

@@ -34,7 +34,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from compress import distributed
 from compress.checkpoint import load_training_state, save_training_state, save_weights
-from compress.data import augment_batch, make_loader
+from compress.data import augment_batch, example_batch, make_loader
 from compress.errors import KdtoolError, NonFiniteLossError
 from compress.models import BuiltModel
 from compress.progress import epoch_progress
@@ -170,7 +170,7 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
         for p in teacher_module.parameters():
             p.requires_grad_(False)
     bs = batch_size or cfg.batch_size or data_cfg.batch_size
-    raw_example = torch.stack([train_ds[i][0] for i in range(min(2, len(train_ds)))]).to(device)
+    raw_example = example_batch(train_ds).to(device)
     objective = KDObjective(task, distill if teacher is not None else None, model, teacher_module,
                             student.preprocess(raw_example),
                             teacher.preprocess(raw_example) if teacher is not None else None).to(device)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from compress.atomic import read_json
-from compress.data import make_loader
+from compress.data import example_batch, make_loader
 from compress.errors import ExportError, KdtoolError
 from compress.progress import console
 from compress.runfolder import finish_stage, inputs_hash, prepare_stage
@@ -92,7 +92,7 @@ def _qat_objective(ctx, student, teacher):
     from compress.objective import KDObjective
 
     train_ds, _ = ctx.datasets
-    raw = torch.stack([train_ds[i][0] for i in range(min(2, len(train_ds)))])
+    raw = example_batch(train_ds)
     objective = KDObjective(ctx.task, ctx.recipe.distill, student.module, teacher.module,
                             student.preprocess(raw), teacher.preprocess(raw))
     load_objective_state(objective, ctx.run.stage("student_kd") / "last.safetensors")
@@ -111,7 +111,7 @@ def _mode_settings(quantize_cfg, mode: str) -> dict[str, Any]:
 def _example_inputs(ctx, student, n: int) -> torch.Tensor:
     """Real preprocessed validation samples (parity and benchmark inputs)."""
     _, val_ds = ctx.datasets
-    raw = torch.stack([val_ds[i][0] for i in range(min(n, len(val_ds)))])
+    raw = example_batch(val_ds, n)
     return student.preprocess(raw)
 
 
@@ -299,7 +299,7 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
         for stage in ("teacher", "student_baseline", "student_kd"):
             built = ctx.load(stage)
             meta = read_json(ctx.run.stage(stage, "meta.json"))
-            x = built.preprocess(torch.stack([ctx.datasets[1][i][0] for i in range(min(32, len(ctx.datasets[1])))]))
+            x = built.preprocess(example_batch(ctx.datasets[1], 32))
             session = TorchSession(built.module)
             lat = _measure_row_latency(session, [s.unsqueeze(0).numpy() for s in x], bench)
             rows.append(ReportRow(
