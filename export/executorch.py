@@ -25,6 +25,12 @@ Two lowering steps used to narrow that bound silently (measured with executorch 
 Each XNNPACK program is run once at batch 1 and at its planned upper bound before it is written; if
 that fails, it is re-exported with a fixed batch and `info["dynamic_batch_reason"]` says why.
 `info["max_batch"]` is the planned upper bound (the example's batch when fixed).
+
+Pooling. XNNPACK refuses `avg_pool2d(ceil_mode=True)` (timm's ResNet-D `avg_down` shortcut, so
+ResNet-10-T/-26-D/-50-D), which cuts the graph into several delegate partitions with the pools on
+portable kernels. Where the input's height and width are static and `(size + 2·pad − kernel)` is a
+multiple of the stride, ceil and floor give the same windows: `exact_floor_pooling` sets
+`ceil_mode=False` there before lowering (the quickstart student goes from 4 partitions to 1).
 """
 
 from __future__ import annotations
@@ -117,6 +123,8 @@ class ExecuTorchExporter:
                 program, partitioner=partitioners, compile_config=EdgeCompileConfig(_check_ir_validity=check_ir),
                 constant_methods={METADATA_METHOD: json.dumps(ctx.embedded_metadata(), sort_keys=True)})
 
+        if ctx.variant != "coreml":
+            info["floor_pools"] = exact_floor_pooling(program)
         bound = _batch_bound(program)
         check_ir = bound is None or not _list_output_with_batch(program)
         if not check_ir:
@@ -160,6 +168,41 @@ class ExecuTorchExporter:
         if not _batch_is_symbolic(quantized):
             ctx.dynamic_batch = False  # calibrated on a static export: a dynamic re-export fails at run time
         return export_program(quantized, example, ctx)
+
+
+def exact_floor_pooling(program: torch.export.ExportedProgram) -> int:
+    """Turn `ceil_mode=True` off on the 2-D avg/max pools where it changes nothing (module docstring).
+
+    Returns how many pools were changed. Pools whose spatial size is symbolic, or where rounding
+    up would add a window, are left as they are.
+    """
+    pools = {torch.ops.aten.avg_pool2d.default: 4, torch.ops.aten.max_pool2d.default: 5}
+    changed = 0
+    for node in program.graph_module.graph.nodes:
+        where = pools.get(node.target)
+        if where is None or len(node.args) <= where or not node.args[where]:
+            continue
+        val = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
+        if val is None or val.dim() != 4 or not all(isinstance(d, int) for d in val.shape[2:]):
+            continue
+        kernel = _pair(node.args[1])
+        stride = _pair(node.args[2]) if len(node.args) > 2 and node.args[2] else kernel
+        padding = _pair(node.args[3]) if len(node.args) > 3 else (0, 0)
+        dilation = _pair(node.args[4]) if where == 5 and len(node.args) > 4 else (1, 1)
+        if all((size + 2 * p - d * (k - 1) - 1) % s == 0
+               for size, k, s, p, d in zip(val.shape[2:], kernel, stride, padding, dilation, strict=True)):
+            args = list(node.args)
+            args[where] = False
+            node.args = tuple(args)
+            changed += 1
+    if changed:
+        program.graph_module.recompile()
+    return changed
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return (int(v[0]), int(v[-1]))
 
 
 def coreml_partitioner(precision: str) -> Any:

@@ -19,7 +19,7 @@ from torch import nn
 
 from compress.atomic import atomic_path
 from compress.errors import ExportError
-from compress.quant.onnx_ort import strip_debug_metadata
+from compress.quant.onnx_ort import compact_file, compact_names, strip_debug_metadata
 from export.artifact import Artifact
 from export.registry import EXPORTERS, ExportContext, build_artifact, check_precision, first_line
 
@@ -73,6 +73,8 @@ def write_fp32(model: nn.Module, example: torch.Tensor, path: Path, ctx: ExportC
     build = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         program.save(str(build / path.name), external_data=external)
+        if not external:  # short tensor ids, as in the int8 file (parameter names kept)
+            compact_file(build / path.name)
         extra = []
         for f in sorted(build.iterdir()):
             if f.name != path.name:
@@ -94,6 +96,7 @@ def adopt_quantized(ctx: ExportContext, path: Path) -> list[Path]:
                           "run `kdtool quantize --mode static` first (ONNX Runtime QDQ)")
     proto = onnx.load(str(src))
     strip_debug_metadata(proto)
+    compact_names(proto)  # quantize already did for files it wrote; a no-op then
     _set_metadata(proto, ctx.embedded_metadata())
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))

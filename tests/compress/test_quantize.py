@@ -123,6 +123,21 @@ def test_onnx_runtime_quantization(student, digits, tmp_path, config):
     assert qm.path.name == "model.int8.onnx" and (tmp_path / "model.fp32.onnx").is_file()
     check_common(qm, student, digits)
     assert qm(example(digits)).shape == (4, 10)
+    import numpy as np
+    import onnx
+
+    from compress.quant.onnx_ort import ort_session
+
+    for name in ("model.int8.onnx", "model.fp32.onnx"):  # both with short tensor ids: sizes compare alike
+        proto = onnx.load(str(tmp_path / name))
+        assert max(len(o) for node in proto.graph.node for o in node.output) <= 6, name
+        weights = {t.name for t in proto.graph.initializer if len(t.dims) >= 2}  # parameter names kept
+        assert any(w.startswith("4.weight") for w in weights), weights
+    int8 = onnx.load(str(qm.path))
+    assert not [t.name for t in int8.graph.initializer if t.data_type == onnx.TensorProto.INT32]  # float biases
+    x = example(digits)
+    fp32 = ort_session(tmp_path / "model.fp32.onnx").run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(fp32, student(x).detach().numpy(), atol=1e-4)
 
 
 def test_qat_distills_one_epoch_and_converts(student, digits, tmp_path):

@@ -149,3 +149,33 @@ def test_failing_dynamic_program_falls_back_to_fixed_batch(tmp_path, example, mo
     assert art.status == "ok" and not art.info["dynamic_batch"] and art.info["max_batch"] == 2
     assert "0x10" in art.info["dynamic_batch_reason"]
     assert art.parity.status == "passed" and art.parity.batches == [2]
+
+
+class CeilPoolNet(torch.nn.Module):
+    """ResNet-D style shortcut: AvgPool2d(ceil_mode=True), which XNNPACK refuses, on even (exact) and odd sizes."""
+
+    def __init__(self, odd: bool):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.pool = torch.nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)
+        self.odd = torch.nn.MaxPool2d(3, 2, ceil_mode=True) if odd else torch.nn.Identity()
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(self.odd(self.pool(self.conv(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("odd", [False, True], ids=["exact", "rounds-up"])
+def test_ceil_mode_pools_are_delegated_where_rounding_changes_nothing(tmp_path, example, odd):
+    """32 px pooled by 2 is 16 rounded up or down: ceil_mode is dropped and XNNPACK takes the pool.
+    16 px max-pooled by 3, stride 2, rounds up to 8 windows, not 7: it keeps ceil_mode, off XNNPACK."""
+    from export.run import export_model
+
+    torch.manual_seed(0)
+    model = CeilPoolNet(odd).eval()
+    (art,) = export_model(model, example, tmp_path, formats=["executorch"], ctx=context(labels=None))
+    assert art.status == "ok", art.reason
+    assert art.parity.status == "passed" and art.parity.max_abs < 1e-5
+    pools = {op for op in art.info["delegation"]["not_delegated"] if "pool" in op}
+    assert art.info["floor_pools"] == 1  # the avg pool (32 -> 16), never the 16 -> 8 max pool
+    assert pools == ({"aten_max_pool2d_with_indices_default"} if odd else set()), art.info["delegation"]

@@ -124,6 +124,41 @@ def test_int8_adopts_ort_quantized_model_and_reports_quantized_share(tmp_path, e
     assert manifest["metadata"]["kdtool.quantization"] == "static"
     assert art.info["quantized"]["op_share"] >= 0.5 and art.info["quantized"]["int8_weight_share"] > 0.9
     assert art.parity.status == "passed" and art.parity.agreement >= 0.9
+    # the quantizer's long tensor names are compacted: smaller file, same numbers, parameter names kept
+    import onnx
+
+    from benchmark.runtimes.base import get_runtime
+
+    raw, shipped = onnx.load(str(qdq)), onnx.load(str(art.path))
+    assert shipped.ByteSize() < raw.ByteSize() - 40 * len(raw.graph.node)
+    weights = lambda m: sorted(t.name for t in m.graph.initializer if len(t.dims) >= 2)  # noqa: E731
+    assert weights(shipped) == weights(raw) and all(n.endswith("_quantized") for n in weights(raw))
+    assert [v.name for v in shipped.graph.output] == [v.name for v in raw.graph.output]
+    assert max(len(s) for n in shipped.graph.node for s in n.output) <= 8
+    x = real_inputs[:4].numpy()
+    np.testing.assert_array_equal(get_runtime("onnxruntime").load(art.path, 1).run(x),
+                                  get_runtime("onnxruntime").load(qdq, 1).run(x))
+
+
+def test_compact_names_leaves_graphs_with_subgraphs_alone():
+    import onnx
+    from onnx import helper
+
+    from compress.quant.onnx_ort import compact_names
+
+    branch = helper.make_graph([helper.make_node("Identity", ["a_long_name"], ["b"])], "then", [],
+                               [helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [1])])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)
+    relu = helper.make_node("Relu", ["x"], ["a_long_name"])
+    graph = helper.make_graph([relu, node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1]),
+                                                  helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    proto = helper.make_model(graph)
+    assert compact_names(proto) == 0 and proto.graph.node[0].output[0] == "a_long_name"
+    plain = helper.make_model(helper.make_graph([relu, helper.make_node("Relu", ["a_long_name"], ["y"])], "g",
+                                                graph.input[:1], graph.output))
+    assert compact_names(plain) > 0 and plain.graph.node[0].output[0] == "0" == plain.graph.node[1].input[0]
+    assert plain.graph.node[1].output[0] == "y"
 
 
 def test_ort_format_conversion(exported):
