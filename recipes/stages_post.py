@@ -86,14 +86,22 @@ def _qat_objective(ctx, student, teacher):
     """The distillation loss for QAT: every `distill` term, with the adapters student_kd trained.
 
     The adapters come from the student_kd training state (`last.safetensors`, keys `objective.*`);
-    a missing or mismatched state leaves fresh adapters, with a logged warning.
+    a missing or mismatched state leaves fresh adapters, with a logged warning. QAT goes on from
+    where distillation ended, so an alpha or temperature schedule is held at its value of the
+    last KD epoch (a linear 0.95 → 0.5 alpha trains QAT at 0.5, not at `distill.alpha`).
     """
     from compress.checkpoint import load_objective_state
     from compress.objective import KDObjective
+    from compress.schedules import value_at
 
     train_ds, _ = ctx.datasets
     raw = example_batch(train_ds)
-    objective = KDObjective(ctx.task, ctx.recipe.distill, student.module, teacher.module,
+    d = ctx.recipe.distill
+    last = max(ctx.kd_train.epochs, 1)
+    held = d.model_copy(update={"alpha": value_at(d.alpha_schedule, d.alpha, last),
+                                "temperature": value_at(d.temperature_schedule, d.temperature, last),
+                                "alpha_schedule": None, "temperature_schedule": None})
+    objective = KDObjective(ctx.task, held, student.module, teacher.module,
                             student.preprocess(raw), teacher.preprocess(raw))
     load_objective_state(objective, ctx.run.stage("student_kd") / "last.safetensors")
     return objective

@@ -190,6 +190,8 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
     qi = QuantInputs(example=example, out=out, seed=seed)
     notes = [f"{steps} QAT steps over {epochs} epoch(s)",
              "distilled from the teacher" if teacher is not None else "hard labels only (no teacher)"]
+    if objective is not None and objective.distill is not None:
+        notes.append(f"KD loss at alpha {objective.distill.alpha:g}, temperature {objective.distill.temperature:g}")
     if layers:
         notes.append(f"feature KD on student layers {', '.join(layers)} (feature outputs cut after convert)")
     converted = convert_pt2e(prepared)

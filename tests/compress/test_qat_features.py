@@ -183,3 +183,31 @@ def test_objective_and_loss_fn_are_exclusive(models, data):
         qat_distill(student, None, data[0], PRE, PRE, TASK, loss_fn=lambda s, t, y: s.sum(), objective=objective)
     with pytest.raises(KdtoolError, match="not the objective's teacher"):
         qat_distill(student, copy.deepcopy(teacher), data[0], PRE, PRE, TASK, objective=objective)
+
+
+def test_qat_holds_distill_schedules_at_their_last_kd_epoch(tmp_path):
+    """QAT continues from the end of distillation: alpha/temperature at the last KD epoch, not the bases."""
+    from compress.models import build_model
+    from compress.runfolder import RunFolder
+    from compress.schedules import value_at
+    from compress.stages import Context
+    from recipes.schema import Recipe
+    from recipes.stages_post import _qat_objective
+
+    net = {"arch": "resnet10t", "kwargs": {"channels": [4, 8, 16, 32]}, "input_size": 16}
+    r = Recipe.model_validate({
+        "name": "held", "task": {"kind": "multiclass", "num_classes": 10},
+        "data": {"source": "digits", "image_size": 16, "channels": 1, "limit": 64, "batch_size": 32},
+        "teacher": {**net, "train": {"epochs": 1}}, "student": {**net, "train": {"epochs": 5}},
+        "distill": {"temperature": 4, "alpha": 0.3, "train": {"epochs": 2},
+                    "alpha_schedule": {"kind": "linear", "start": 0.9, "end": 0.5, "epochs": 4},
+                    "temperature_schedule": {"kind": "step", "steps": {1: 8.0, 2: 2.0}}}})
+    ctx = Context(r, RunFolder.for_recipe(tmp_path, "held"))
+    student = build_model(r.student, 10, r.data, "student")
+    teacher = build_model(r.teacher, 10, r.data, "teacher")
+    objective = _qat_objective(ctx, student, teacher)
+    assert r.distill.train.epochs == 2 and r.distill.alpha == 0.3 and r.distill.temperature == 4
+    assert objective.distill.alpha == pytest.approx(value_at(r.distill.alpha_schedule, 0.3, 2)) == \
+        pytest.approx(0.9 - 0.4 / 3)
+    assert objective.distill.temperature == 2.0
+    assert objective.distill.alpha_schedule is None and r.distill.alpha_schedule is not None  # recipe untouched
