@@ -49,6 +49,10 @@ class TensorRTExporter:
     def export(self, model: nn.Module, example: torch.Tensor, out_dir: Path, ctx: ExportContext) -> Artifact:
         """Export ONNX at `ctx.precision`, then build `<name>.<precision>.engine` for this GPU."""
         check_precision(self, ctx)
+        if ctx.precision == "int8" and ctx.quantized_onnx is not None and unsigned_activations(ctx.quantized_onnx):
+            raise ExportError(f"tensorrt int8: {Path(ctx.quantized_onnx).name} has uint8 (asymmetric) activations; "
+                              "TensorRT takes symmetric int8 Q/DQ only",
+                              "set quantize.onnx_activations: int8 and rerun `kdtool quantize --mode static`")
         reason = unavailable_reason()
         if reason:
             raise ExportError(reason, "use --format onnx on this machine")
@@ -61,6 +65,16 @@ class TensorRTExporter:
         path = Path(out_dir) / f"{ctx.name}.{ctx.precision}.engine"
         write_bytes(path, engine)
         return build_artifact(self.name, path, ctx, self.runtime, info=info)
+
+
+def unsigned_activations(onnx_path: str | Path) -> bool:
+    """True when a Q/DQ model quantizes some tensor to uint8 (ORT's U8S8 layout, not TensorRT's)."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    zero_points = {t.name: t.data_type for t in proto.graph.initializer}
+    return any(node.op_type == "QuantizeLinear" and len(node.input) > 2
+               and zero_points.get(node.input[2]) == onnx.TensorProto.UINT8 for node in proto.graph.node)
 
 
 def build_engine(onnx_path: Path, example: torch.Tensor, ctx: ExportContext) -> tuple[bytes, dict[str, Any]]:

@@ -222,6 +222,8 @@ class QuantizeConfig(Strict):
         None, description="backends per mode; default dynamic: [torch, onnx], static: [executorch, onnx] "
         "(+ coreml for the ios target), qat: [executorch]")
     calibration_samples: int = Field(256, ge=1)
+    onnx_activations: Literal["uint8", "int8"] | None = Field(
+        None, description="static ONNX: uint8 (default; U8S8, fast on x86) or int8 (S8S8, for TensorRT int8)")
     qat: TrainConfig = TrainConfig(epochs=2, lr=1e-4, scheduler="cosine", init="baseline")
 
 

@@ -46,8 +46,8 @@ def run_quantize(ctx, modes: list[str] | None = None, force: bool = False) -> li
     for mode in modes:
         for backend in quant_backends(r, mode):
             folder = ctx.run.stage("quantized", mode, backend)
-            expected = inputs_hash(_mode_settings(r.quantize, mode), r.distill if mode == "qat" else None, mode,
-                                   backend, kd_hash)
+            expected = inputs_hash(_mode_settings(r.quantize, mode, backend), r.distill if mode == "qat" else None,
+                                   mode, backend, kd_hash)
             if prepare_stage(folder, expected, force) == "skip":
                 console.print(f"[dim]quantize {mode}/{backend}: reused {folder}[/]")
                 results.append(read_json(folder / "meta.json"))
@@ -56,6 +56,8 @@ def run_quantize(ctx, modes: list[str] | None = None, force: bool = False) -> li
             settings: dict[str, Any] = {"backend": backend}
             if mode == "static":
                 settings["calibration_samples"] = r.quantize.calibration_samples
+                if backend == "onnx" and r.quantize.onnx_activations:
+                    settings["onnx_activations"] = r.quantize.onnx_activations
             if mode == "qat":
                 settings.update(epochs=r.quantize.qat.epochs, lr=r.quantize.qat.lr,
                                 weight_decay=r.quantize.qat.weight_decay)
@@ -107,10 +109,13 @@ def _qat_objective(ctx, student, teacher):
     return objective
 
 
-def _mode_settings(quantize_cfg, mode: str) -> dict[str, Any]:
+def _mode_settings(quantize_cfg, mode: str, backend: str) -> dict[str, Any]:
     """The settings one quantization mode depends on: changing QAT's lr does not redo static PTQ."""
     if mode == "static":
-        return {"calibration_samples": quantize_cfg.calibration_samples}
+        settings = {"calibration_samples": quantize_cfg.calibration_samples}
+        if backend == "onnx" and quantize_cfg.onnx_activations:  # left out unset: older runs keep their hash
+            settings["onnx_activations"] = quantize_cfg.onnx_activations
+        return settings
     if mode == "qat":
         return quantize_cfg.qat.model_dump(mode="json", exclude_none=True)
     return {}

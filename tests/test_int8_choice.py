@@ -57,9 +57,14 @@ def test_a_mode_hashes_only_its_own_settings():
     new_lr = base.model_copy(update={"qat": base.qat.model_copy(update={"lr": 3e-5})})
     new_calib = base.model_copy(update={"calibration_samples": 64})
 
-    def h(cfg, mode):
-        return inputs_hash(_mode_settings(cfg, mode), mode)
+    def h(cfg, mode, backend="executorch"):
+        return inputs_hash(_mode_settings(cfg, mode, backend), mode)
 
     assert h(new_lr, "qat") != h(base, "qat")
     assert h(new_lr, "static") == h(base, "static") and h(new_lr, "dynamic") == h(base, "dynamic")
     assert h(new_calib, "static") != h(base, "static") and h(new_calib, "qat") == h(base, "qat")
+    # the ONNX activation type redoes static ONNX only; left unset, the hash is the one older runs have
+    signed = base.model_copy(update={"onnx_activations": "int8"})
+    assert h(signed, "static", "onnx") != h(base, "static", "onnx")
+    assert h(signed, "static", "executorch") == h(base, "static", "executorch")
+    assert h(base, "static", "onnx") == inputs_hash({"calibration_samples": 256}, "static")

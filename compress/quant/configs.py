@@ -54,6 +54,11 @@ class Int8StaticConfig:
         calibration_samples: how many training samples calibrate the activation ranges.
         per_channel: one weight scale per output channel (recommended for convolutions).
         palettize_bits: CoreML only: k-means palettization to this many bits instead of int8.
+        onnx_activations: ONNX only: `uint8` (asymmetric activations, int8 weights at 7 bits: U8S8,
+            the layout x86's VNNI instruction multiplies natively; 7-bit weights keep AVX2-only
+            CPUs from saturating) or `int8` (symmetric S8S8, what TensorRT's Q/DQ import takes).
+            Measured on this VNNI x86 CPU (quickstart student, batch 1): U8S8 0.097 ms, S8S8
+            0.191 ms, fp32 0.158 ms, the same accuracy (0.9956).
     """
 
     mode: ClassVar[str] = "static"
@@ -62,6 +67,7 @@ class Int8StaticConfig:
     calibration_samples: int = 256
     per_channel: bool = True
     palettize_bits: int | None = None
+    onnx_activations: Literal["uint8", "int8"] = "uint8"
 
 
 @dataclass(frozen=True)

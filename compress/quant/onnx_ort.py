@@ -246,10 +246,15 @@ def ort_static(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs) -> Q
             input_batches(qi.calibration, qi.preprocess, config.calibration_samples))
         int8 = out / "model.int8.onnx"
         with atomic_path(int8) as tmp:
+            unsigned = config.onnx_activations == "uint8"
             quantize_static(str(source), str(tmp), reader, quant_format=QuantFormat.QDQ,
-                            per_channel=config.per_channel, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8, extra_options={"QuantizeBias": False})
+                            per_channel=config.per_channel,
+                            activation_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
+                            weight_type=QuantType.QInt8, reduce_range=unsigned,
+                            extra_options={"QuantizeBias": False})
             compact_file(tmp)
     if reader.samples < config.calibration_samples:
         notes.append(f"only {reader.samples} calibration samples (asked {config.calibration_samples})")
-    return _finish(config, qi, fp32, int8, reader.samples, notes, "int8 static (QDQ)")
+    activations = ("uint8 asymmetric static (QDQ, U8S8; weights 7-bit)" if config.onnx_activations == "uint8"
+                   else "int8 symmetric static (QDQ, S8S8)")
+    return _finish(config, qi, fp32, int8, reader.samples, notes, activations)

@@ -194,6 +194,17 @@ def test_recommendation_picks_fastest_over_the_floor(report):
     assert any(n.startswith("ios") and "not compared: student_kd.coreml.fp32" in n for n in report.notes)
 
 
+def test_server_onnx_int8_is_not_recommended_for_phones():
+    """The ONNX int8 file is tuned for x86 servers (U8S8): android keeps ExecuTorch's int8 even when
+    the ONNX one timed faster on this host; the server gets it."""
+    onnx_int8 = ReportRow(name="student_kd.onnx.int8", stage="export", format="onnx", precision="int8",
+                          runtime="onnxruntime", origin="student_kd", size_mb=0.7, latency_ms=lat(0.10),
+                          metrics={"accuracy": 0.97}, parity=PASSED)
+    rows = with_retention(sample_rows() + [onnx_int8], "accuracy")
+    picks, _ = recommend(rows, ["android", "server"], 0.97, "accuracy")
+    assert picks == {"android": "student_kd.executorch.int8", "server": "student_kd.onnx.int8"}
+
+
 def test_recommendation_without_latency_uses_retention_then_size():
     rows = [r for r in with_retention(sample_rows(), "accuracy") if r.format != "executorch"]
     picks, notes = recommend(rows, ["ios"], 0.97, "accuracy")

@@ -115,8 +115,9 @@ def test_dynamic_executorch_leaves_standalone_convolutions_float(digits, tmp_pat
 
 
 @pytest.mark.parametrize("config", [Int8DynamicConfig(backend="onnx"),
-                                    Int8StaticConfig(backend="onnx", calibration_samples=64)],
-                         ids=["dynamic", "static"])
+                                    Int8StaticConfig(backend="onnx", calibration_samples=64),
+                                    Int8StaticConfig(backend="onnx", calibration_samples=64, onnx_activations="int8")],
+                         ids=["dynamic", "static-u8s8", "static-s8s8"])
 def test_onnx_runtime_quantization(student, digits, tmp_path, config):
     pytest.importorskip("onnxruntime")
     qm = quantize(student, config, calibration=digits[0], preprocess=PRE, out=tmp_path)
@@ -135,6 +136,11 @@ def test_onnx_runtime_quantization(student, digits, tmp_path, config):
         assert any(w.startswith("4.weight") for w in weights), weights
     int8 = onnx.load(str(qm.path))
     assert not [t.name for t in int8.graph.initializer if t.data_type == onnx.TensorProto.INT32]  # float biases
+    if config.mode == "static":  # activation zero points: uint8 (U8S8, default) or int8 (S8S8, TensorRT)
+        types = {t.name: t.data_type for t in int8.graph.initializer}
+        zero_points = {types[n.input[2]] for n in int8.graph.node if n.op_type == "QuantizeLinear"}
+        assert zero_points == {onnx.TensorProto.UINT8 if config.onnx_activations == "uint8" else onnx.TensorProto.INT8}
+        assert config.onnx_activations in qm.meta["activations"]
     x = example(digits)
     fp32 = ort_session(tmp_path / "model.fp32.onnx").run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(fp32, student(x).detach().numpy(), atol=1e-4)

@@ -36,3 +36,33 @@ def test_fp16_onnx_for_tensorrt_is_typed_fp16(tmp_path, example):
     out = get_runtime("onnxruntime").load(art.path, 1).run(example.numpy())
     ref = model(example).detach()
     assert float((torch.from_numpy(out) - ref).abs().max()) < 2e-2 * float(ref.abs().max())
+
+
+def test_int8_refuses_uint8_activations_before_looking_for_a_gpu(tmp_path, example, real_inputs):
+    """TensorRT's Q/DQ import is symmetric int8: a U8S8 model is named, with the recipe key that fixes it."""
+    pytest.importorskip("onnxruntime")
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from export.onnx import OnnxExporter
+    from export.tensorrt import unsigned_activations
+
+    fp32 = OnnxExporter().export(tiny_convnet(), example, tmp_path, context(name="tiny"))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": real_inputs[:4].numpy()}])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    made = {}
+    for activations in (QuantType.QUInt8, QuantType.QInt8):
+        made[activations] = tmp_path / f"tiny.{activations.name}.onnx"
+        quantize_static(str(fp32.path), str(made[activations]), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=activations, weight_type=QuantType.QInt8)
+    assert unsigned_activations(made[QuantType.QUInt8]) and not unsigned_activations(made[QuantType.QInt8])
+    ctx = context(name="tiny", precision="int8")
+    ctx.quantized_onnx = made[QuantType.QUInt8]
+    with pytest.raises(ExportError, match="uint8 .asymmetric. activations") as err:
+        TensorRTExporter().export(tiny_convnet(), example, tmp_path / "out", ctx)
+    assert "quantize.onnx_activations: int8" in err.value.hint
