@@ -1,7 +1,8 @@
 """ONNX Runtime quantization: `quantize_dynamic`; `quant_pre_process` + `quantize_static` (QDQ, per-channel).
 
 The fp32 student is exported once (`torch.onnx.export(dynamo=True)`, weights inlined, dynamic batch)
-to `model.fp32.onnx` beside the int8 file, so sizes compare like with like.
+to `model.fp32.onnx` beside the int8 file, so sizes compare like with like: both finished files get
+short tensor ids (`compact_names`), the exporter's debug metadata is stripped from both.
 """
 
 from __future__ import annotations
@@ -217,7 +218,10 @@ class _Reader:
 
 
 def ort_static(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs) -> QuantizedModel:
-    """`quant_pre_process` + `quantize_static`: QDQ format, per-channel int8 weights, int8 activations.
+    """`quant_pre_process` + `quantize_static`: QDQ format, per-channel int8 weights, calibrated activations.
+
+    Activations are uint8 with 7-bit weights (U8S8, the default) or int8 (S8S8): see
+    `Int8StaticConfig.onnx_activations` for why and what was measured.
 
     Biases stay float32 (`QuantizeBias: False`). Quantized, each bias became an int32 tensor plus a
     float32 per-channel scale, twice its float bytes (92 kB more on a trained MobileViTv2-050), and
