@@ -25,16 +25,14 @@ Stage = Literal["teacher", "student_baseline", "student_kd", "quantized", "expor
 Format = Literal["pytorch", "torchscript", "onnx", "coreml", "executorch", "tensorrt", "aoti"]
 Precision = Literal["fp32", "fp16", "int8"]
 
-TARGET_FORMATS: dict[str, tuple[str, ...]] = {
-    "android": ("executorch", "onnx"),
-    "ios": ("coreml", "executorch"),
-    "server": ("onnx", "torchscript", "tensorrt", "aoti"),
+TARGET_FORMATS: dict[str, dict[str, tuple[str, ...] | None]] = {
+    "android": {"executorch": None, "onnx": ("fp32", "fp16")},
+    "ios": {"coreml": None, "executorch": None},
+    "server": {"onnx": None, "torchscript": None, "tensorrt": None, "aoti": None},
 }
-"""Formats that can ship to each deployment target."""
-
-NOT_FOR_TARGET: dict[str, set[tuple[str, str]]] = {"android": {("onnx", "int8")}}
-"""(format, precision) pairs never recommended for a target: the ONNX int8 file is the server's,
-tuned for x86 (uint8 activations, 7-bit weights for VNNI/AVX2); phones get ExecuTorch's XNNPACK int8."""
+"""Formats that can ship to each deployment target, with the precisions they ship in (None: any).
+Android takes no ONNX int8: that file is the server's, tuned for x86 (uint8 activations, 7-bit
+weights for VNNI/AVX2); phones get ExecuTorch's XNNPACK int8."""
 
 INT8_TOLERANCE = 0.03
 """INT8 counts as slower than FP32 when its p50 is more than this fraction above (run-to-run noise)."""
@@ -181,7 +179,7 @@ def recommend(rows: list[ReportRow], targets: list[str], min_retention: float,
     """Pick, per target, the fastest artifact (p50 at batch 1) that keeps `min_retention` of the teacher.
 
     Candidates are ok exported artifacts (stage `export`: files with a manifest) of the target's
-    formats (`TARGET_FORMATS`, less `NOT_FOR_TARGET`), artifacts of the teacher excluded. An
+    formats and precisions (`TARGET_FORMATS`), artifacts of the teacher excluded. An
     artifact that cannot run here (CoreML on Linux) and was not quantized is judged by its source
     model's retention. When no candidate of a target has a latency measured on this machine, the
     pick is the highest retention, then the smallest file, and the note says so.
@@ -197,7 +195,7 @@ def recommend(rows: list[ReportRow], targets: list[str], min_retention: float,
         if formats is None:
             raise KdtoolError(f"unknown target {target!r}", f"known: {', '.join(TARGET_FORMATS)}")
         candidates = [r for r in rows if r.status == "ok" and r.format in formats
-                      and (r.format, r.precision) not in NOT_FOR_TARGET.get(target, ())
+                      and (formats[r.format] is None or r.precision in formats[r.format])
                       and r.stage == "export" and r.origin != "teacher"]
         if not candidates:
             notes.append(f"{target}: no {'/'.join(formats)} artifact was made or ran; nothing to recommend.")

@@ -96,7 +96,7 @@ def adopt_quantized(ctx: ExportContext, path: Path) -> list[Path]:
                           "run `kdtool quantize --mode static` first (ONNX Runtime QDQ)")
     proto = onnx.load(str(src))
     strip_debug_metadata(proto)
-    compact_names(proto)  # quantize already did for files it wrote; a no-op then
+    compact_names(proto)  # any QDQ file may be adopted; on one quantize wrote, the ids come out the same
     _set_metadata(proto, ctx.embedded_metadata())
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))

@@ -55,9 +55,7 @@ def run_quantize(ctx, modes: list[str] | None = None, force: bool = False) -> li
             start = time.perf_counter()
             settings: dict[str, Any] = {"backend": backend}
             if mode == "static":
-                settings["calibration_samples"] = r.quantize.calibration_samples
-                if backend == "onnx" and r.quantize.onnx_activations:
-                    settings["onnx_activations"] = r.quantize.onnx_activations
+                settings.update(_mode_settings(r.quantize, mode, backend))
             if mode == "qat":
                 settings.update(epochs=r.quantize.qat.epochs, lr=r.quantize.qat.lr,
                                 weight_decay=r.quantize.qat.weight_decay)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -111,8 +110,8 @@ def compact_names(proto: Any) -> int:
     return before - proto.ByteSize()
 
 
-def compact_file(path: Path) -> int:
-    """`compact_names` on an .onnx file with inlined weights, rewritten in place (a temp path).
+def compact_file(path: Path, out: Path | None = None) -> int:
+    """`compact_names` on an .onnx file with inlined weights, written to `out` (default: in place).
 
     Only on finished files: ORT's quantization tools, given a graph of short ids, made a model ORT
     could not load (MobileViTv2-050: a Conv fed a tensor of the wrong rank), so the fp32 file is
@@ -122,7 +121,7 @@ def compact_file(path: Path) -> int:
 
     proto = onnx.load(str(path))
     saved = compact_names(proto)
-    onnx.save(proto, str(path))
+    onnx.save(proto, str(out or path))
     return saved
 
 
@@ -179,8 +178,7 @@ def _finish(config, qi: QuantInputs, fp32: Path, int8: Path, calibrated: int | N
     require_quantized(census, config.mode, "onnx", "backend executorch (PT2E)")
     ort_session(int8)  # fail here, not at benchmark time, if ORT cannot load what it wrote
     with atomic_path(fp32) as tmp:  # short ids like the int8 file: the size ratio compares like with like
-        shutil.copyfile(fp32, tmp)
-        compact_file(tmp)
+        compact_file(fp32, tmp)
     meta = provenance(config, qi.seed, calibrated, ("onnx", "onnxruntime"), notes,
                       weights="int8 symmetric per-channel", activations=activations, int8=census,
                       fp32_file=fp32.name)
