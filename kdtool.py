@@ -47,7 +47,7 @@ class QuantMode(StrEnum):
 
 def _fail(exc: BaseException, debug: bool) -> None:
     """Map an exception to one line and an exit code (a traceback only for bugs or --debug)."""
-    from compress.errors import EXIT_INTERNAL, KdtoolError
+    from compress.core.errors import EXIT_INTERNAL, KdtoolError
 
     if isinstance(exc, KdtoolError):
         if debug:
@@ -64,14 +64,14 @@ def _fail(exc: BaseException, debug: bool) -> None:
 
 
 def _context(recipe: str | None, overrides: list[str] | None, out: Path):
-    from compress.atomic import sha256_json
-    from compress.runfolder import RunFolder, check_writable
-    from compress.stages import Context
+    from compress.context import Context
+    from compress.core.atomic import sha256_json
+    from compress.core.runfolder import RunFolder, check_writable
     from recipes.load import load_recipe
 
     r, path, raw = load_recipe(recipe, overrides)
     check_writable(out)
-    from compress.progress import console
+    from compress.core.progress import console
 
     console.print(f"[bold]{r.name}[/] from {path}")
     return Context(r, RunFolder.for_recipe(out, r.name), recipe_sha=sha256_json(raw))
@@ -125,18 +125,53 @@ def run(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"
         dry_run: Annotated[bool, typer.Option("--dry-run", help="validate, build models, probe shapes; no training")]
         = False, deterministic: DeterministicOpt = False, debug: DebugOpt = False) -> None:
     """Run every stage of a recipe: distill → quantize → export → benchmark → report card."""
-    from recipes.runner import dry_run as do_dry_run
-    from recipes.runner import run_all
 
     def go():
         if deterministic:
             _set_deterministic()
         ctx = _context(recipe, set_, out)
         if dry_run:
-            return do_dry_run(ctx)
-        return run_all(ctx, force=force, resume=resume)
+            from compress.distill.dryrun import dry_run as probe
+
+            return probe(ctx)
+        return _run_all(ctx, force=force, resume=resume)
 
     _guard(debug, go, out=out)
+
+
+def _run_all(ctx, force: bool, resume: bool) -> dict[str, float]:
+    """distill → quantize → export → benchmark, each stage skipped when its inputs did not change."""
+    import time
+
+    from benchmark.stage import run_benchmark
+    from compress.core.errors import ExportError
+    from compress.core.progress import console
+    from compress.distill.stage import run_distill
+    from compress.quant.stage import run_quantize
+    from export.stage import run_export
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    for outcome in run_distill(ctx, "both", force=force, resume=resume):
+        timings[outcome.name] = outcome.seconds
+    export_failure: ExportError | None = None
+    t0 = time.perf_counter()
+    run_quantize(ctx, None, force=force)
+    timings["quantize"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    try:
+        run_export(ctx, force=force)
+    except ExportError as e:  # the report card still shows every artifact, the failed ones with their reason
+        export_failure = e
+    timings["export"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run_benchmark(ctx, force=force)
+    timings["benchmark"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - start
+    console.print("stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    if export_failure is not None:
+        raise export_failure
+    return timings
 
 
 @app.command()
@@ -149,19 +184,19 @@ def distill(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("r
             force: ForceOpt = False, deterministic: DeterministicOpt = False,
             debug: DebugOpt = False) -> None:
     """Train the teacher (if needed), the student baseline, and the distilled student."""
-    from compress.stages import run_distill
+    from compress.distill.stage import run_distill
 
     def go():
         if deterministic:
             _set_deterministic()
         if folds != 1 and not ablate:
-            from compress.errors import KdtoolError
+            from compress.core.errors import KdtoolError
 
             raise KdtoolError(f"--folds {folds} is only used by the ablation", "add --ablate N (seeds), e.g. "
                               "`kdtool distill --ablate 5 --folds 4`")
         ctx = _context(recipe, set_, out)
         if ablate:
-            from compress.ablation import run_ablation
+            from compress.distill.ablation import run_ablation
 
             return run_ablation(ctx, seeds=ablate, force=force, folds=folds)
         return run_distill(ctx, stage.value, force=force, resume=resume)
@@ -174,7 +209,7 @@ def quantize(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("
              mode: Annotated[list[QuantMode] | None, typer.Option(help="dynamic, static, qat (repeatable)")] = None,
              force: ForceOpt = False, debug: DebugOpt = False) -> None:
     """Quantize the distilled student to INT8 (dynamic, static PTQ, or QAT with the teacher)."""
-    from recipes.runner import run_quantize
+    from compress.quant.stage import run_quantize
 
     _guard(debug, lambda: run_quantize(_context(recipe, set_, out), [m.value for m in mode] if mode else None,
                                        force=force), out=out)
@@ -186,7 +221,7 @@ def export(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("ru
            format_: Annotated[str | None, typer.Option("--format", help="comma-separated formats; overrides presets")]
            = None, force: ForceOpt = False, debug: DebugOpt = False) -> None:
     """Export the student (and its INT8 versions) for the target devices, verified by parity."""
-    from recipes.runner import run_export
+    from export.stage import run_export
 
     formats = [f.strip() for f in format_.split(",")] if format_ else None
     _guard(debug, lambda: run_export(_context(recipe, set_, out), targets=target, formats=formats,
@@ -202,7 +237,7 @@ def benchmark(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path(
                                                                           "of the teacher's metric")] = None,
               force: ForceOpt = False, debug: DebugOpt = False) -> None:
     """Measure every model and artifact; write the report card (json, md, html); apply CI gates."""
-    from recipes.runner import run_benchmark
+    from benchmark.stage import run_benchmark
 
     _guard(debug, lambda: run_benchmark(_context(recipe, set_, out), baseline=baseline,
                                         max_regression=max_regression, min_retention=min_retention, force=force),
@@ -212,14 +247,30 @@ def benchmark(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path(
 @app.command(name="ls")
 def ls(what: Annotated[str, typer.Argument(help="losses, exporters, runtimes, quantizers, models, sources")]) -> None:
     """List registered KD losses, exporters, runtimes, quantization modes, local models or data sources."""
-    from recipes.runner import registries
-
-    regs = registries()
+    regs = _registries()
     if what not in regs:
         print(f"kdtool: error: unknown list {what!r} (hint: one of {', '.join(regs)})", file=sys.stderr)
         raise typer.Exit(2)
     for name, doc in regs[what].describe().items():
         print(f"{name:<22} {doc}")
+
+
+def _registries() -> dict:
+    """Every registry `kdtool ls` can print (importing a package registers its entries)."""
+    import compress.data.files  # noqa: F401
+    import compress.data.synthetic  # noqa: F401
+    import compress.models.audio  # noqa: F401
+    import compress.models.wrn  # noqa: F401
+    import export.formats  # noqa: F401
+    from compress.data.registry import DATA_SOURCES
+    from compress.distill.losses import LOSSES
+    from compress.models.registry import LOCAL_MODELS
+    from compress.quant.quantize import QUANT_MODES
+    from export.registry import EXPORTERS
+    from export.runtime import RUNTIMES
+
+    return {"losses": LOSSES, "models": LOCAL_MODELS, "sources": DATA_SOURCES, "quantizers": QUANT_MODES,
+            "exporters": EXPORTERS, "runtimes": RUNTIMES}
 
 
 @app.command()
@@ -237,8 +288,8 @@ def init(name: Annotated[str, typer.Argument(help="file to create, e.g. my_detec
          from_: Annotated[str, typer.Option("--from", help="shipped recipe to copy")] = "quickstart",
          force: ForceOpt = False, debug: DebugOpt = False) -> None:
     """Copy a shipped recipe to edit (never overwrites without --force)."""
-    from compress.atomic import write_text
-    from compress.errors import KdtoolError
+    from compress.core.atomic import write_text
+    from compress.core.errors import KdtoolError
     from recipes.load import list_recipes, resolve_recipe_path
 
     def go():

@@ -15,8 +15,8 @@ Rules:
 
 from __future__ import annotations
 
-from benchmark.report import Report, ReportRow, higher_is_better
-from compress.errors import GateError
+from benchmark.report.card import Report, ReportRow, higher_is_better
+from compress.core.errors import GateError
 
 REFERENCE_ORIGINS = ("teacher", "student_baseline")
 

@@ -16,7 +16,7 @@ Why not `torch.utils.benchmark.Timer.blocked_autorange` for everything? It times
 calls and reports per-block means, so it cannot give per-call tail percentiles (p90/p99), and
 using it for eager torch only would make torch numbers come from a different protocol than
 ONNX Runtime's or ExecuTorch's. We keep one per-call loop for all runtimes and use
-`blocked_autorange` as an independent cross-check of the median in `benchmark/repeatability.py`.
+`blocked_autorange` as an independent cross-check of the median in `tests/perf/repeatability.py`.
 
 Python's garbage collector is disabled during the timed loop (as `timeit` does): a GC pause is the
 harness's cost, not the model's.
@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from compress.errors import KdtoolError
+from compress.core.errors import KdtoolError
 
 T = TypeVar("T")
 

@@ -3,7 +3,7 @@
 Entry point: `export.run.export_model(model, example, out_dir, formats=..., targets=...)` →
 list of `Artifact` (status ok/failed/skipped, parity, info). Formats register in
 `export.registry.EXPORTERS` (torchscript, onnx, executorch, coreml, tensorrt, aoti; imported by
-`export.all`); presets live in `export.targets`, the shared parity check in `export.verify`,
+`export.formats`); presets live in `export.targets`, the shared parity check in `export.verify`,
 `manifest.json` in `export.manifest`, int8 coverage in `export.quant_stats`.
 """
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from compress.atomic import sha256_file, write_json
+from compress.core.atomic import sha256_file, write_json
 from export.artifact import Artifact
 from export.registry import ExportContext
 

@@ -1,7 +1,7 @@
 """The exporter seam: `EXPORTERS` (name → exporter class), the `Exporter` protocol and `ExportContext`.
 
-A new format is one new file in `export/` that registers a class here; `export/run.py` picks it up
-through `export/all.py`, which imports every format module.
+A new format is one new package in `export/formats/` whose exporter registers a class here and whose
+runtime registers in `export.runtime.RUNTIMES`; `export/formats/__init__.py` imports every format.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import nn
 
-from compress.errors import ExportError
-from compress.registry import Registry
+from compress.core.errors import ExportError
+from compress.core.registry import Registry
 from export.artifact import Artifact
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -165,7 +165,7 @@ def build_artifact(fmt: str, path: Path, ctx: ExportContext, runtime: str, extra
         extra_files: files the main one needs (ONNX external weights), hashed and counted too.
         info: format facts (delegation share, opset, dynamic batch...).
     """
-    from compress.atomic import sha256_file, size_on_disk_mb
+    from compress.core.atomic import sha256_file, size_on_disk_mb
 
     if not Path(path).exists() or size_on_disk_mb(path) == 0:
         raise ExportError(f"{fmt} export wrote no data to {path}", "see the exporter's log above")

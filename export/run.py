@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.atomic import atomic_path
-from compress.errors import ExportError, KdtoolError
+from compress.core.atomic import atomic_path
+from compress.core.errors import ExportError, KdtoolError
 from export.artifact import Artifact, Parity
 from export.manifest import write_manifest
 from export.registry import EXPORTERS, ExportContext, first_line
@@ -123,7 +123,7 @@ def _verify(artifact: Artifact, job: Job, model: nn.Module, example: torch.Tenso
         parity = Parity(status="failed", reason=str(e))
     info = dict(artifact.info)
     if artifact.format == "onnx" and parity.status == "passed":
-        from benchmark.runtimes.onnxruntime import node_placement
+        from export.formats.onnx.runtime import node_placement
 
         info["node_placement"] = node_placement(artifact.path, example.numpy(), threads)
     status = "failed" if parity.status == "failed" else "ok"
@@ -137,7 +137,7 @@ def _skip_reason(job: Job, quantized: Quantized) -> str | None:
     if job.precision == "int8" and job.format in ("onnx", "tensorrt") and quantized.onnx is None:
         return "no ONNX Runtime–quantized .onnx: run `kdtool quantize --mode static` first"
     if job.format == "tensorrt":
-        from export.tensorrt import unavailable_reason
+        from export.formats.tensorrt.exporter import unavailable_reason
 
         return unavailable_reason()
     return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compress.errors import KdtoolError
+from compress.core.errors import KdtoolError
 
 TARGETS = ("android", "ios", "server")
 CUSTOM_TARGET = "custom"  # folder used when only --format is given
@@ -53,7 +53,7 @@ def plan(targets: list[str] | None = None, formats: list[str] | None = None, int
         formats: explicit format list (overrides the presets' choice of formats).
         int8: include the int8 artifacts of the presets.
     """
-    import export.all  # noqa: F401  (registers every exporter)
+    import export.formats  # noqa: F401  (registers every exporter)
     from export.registry import EXPORTERS
 
     if targets and "all" in targets:

@@ -13,7 +13,7 @@ size when the batch axis is dynamic. Errors are measured against the reference's
 fp32 differences come only from kernel order (≈1e-6 · s); fp16 has a 10-bit mantissa; int8 is
 compared with its own PT2E-simulated model where there is one (quantization error then largely
 cancels), else with the fp32 model, so it gets the loosest bound and relies on agreement.
-Regression outputs use `compress.tasks.Task.agreement` (1 − normalised MAE) instead of top-1.
+Regression outputs use `compress.core.tasks.Task.agreement` (1 − normalised MAE) instead of top-1.
 A failure returns a `Parity` with status "failed" and the numbers; `require_passed` turns it into
 an `ExportError` (exit 4) for callers that must stop.
 """
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from compress.errors import ExportError
-from compress.tasks import Task
+from compress.core.errors import ExportError
+from compress.core.tasks import Task
 from export.artifact import Artifact, Parity
 
 SECOND_BATCH = 4
@@ -115,7 +115,7 @@ def verify_artifact(artifact: Artifact, reference: Callable[[torch.Tensor], torc
     Raises:
         ExportError: the runtime exists here but cannot load the file (truncated, missing kernels).
     """
-    from benchmark.runtimes.base import get_runtime
+    from export.formats import get_runtime
 
     runtime = get_runtime(artifact.runtime)
     reason = runtime.available() or _delegate_missing(artifact)
@@ -139,7 +139,7 @@ def require_passed(artifact: Artifact) -> None:
 def _delegate_missing(artifact: Artifact) -> str | None:
     """ExecuTorch programs lowered to CoreML run only where that delegate is built in (Apple OSes)."""
     if artifact.runtime == "executorch" and artifact.info.get("backend") == "CoreMLBackend":
-        from benchmark.runtimes.executorch import backend_registered
+        from export.formats.executorch.runtime import backend_registered
 
         if not backend_registered("CoreMLBackend"):
             return "the ExecuTorch CoreML delegate runs only on Apple OSes (iOS/macOS)"
@@ -166,6 +166,6 @@ def _run_batched(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: 
 
 
 def _as_tensor(out: object) -> torch.Tensor:
-    from benchmark.runtimes.torch_eager import first_output
+    from export.formats.pytorch.runtime import first_output
 
     return first_output(out)

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from compress.errors import KdtoolError
+from compress.core.errors import KdtoolError
 from recipes.schema import Recipe
 
 RECIPES_DIR = Path(__file__).resolve().parent

@@ -47,7 +47,7 @@ def test_help_is_fast_and_imports_no_torch():
 
 
 def test_ls_losses_lists_the_registry():
-    from compress.losses import LOSSES
+    from compress.distill.losses import LOSSES
 
     result = cli("ls", "losses")
     assert result.exit_code == 0, result.stderr

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from compress.tasks import Task
-from recipes.stages_post import best_quantized
+from compress.core.tasks import Task
+from compress.quant.stage import best_quantized
 
 
 def _ctx(tmp_path, kind: str, num: int, scores: dict[str, float | None]):
@@ -49,9 +49,9 @@ def test_nothing_quantized(tmp_path):
 
 def test_a_mode_hashes_only_its_own_settings():
     """Changing QAT's lr redoes QAT only; changing the calibration size redoes static PTQ only."""
-    from compress.runfolder import inputs_hash
+    from compress.core.runfolder import inputs_hash
+    from compress.quant.stage import _mode_settings
     from recipes.schema import QuantizeConfig
-    from recipes.stages_post import _mode_settings
 
     base = QuantizeConfig(modes=["dynamic", "static", "qat"])
     new_lr = base.model_copy(update={"qat": base.qat.model_copy(update={"lr": 3e-5})})

@@ -1,6 +1,6 @@
 """Every shipped use-case recipe runs end to end (`kdtool run`) on small generated data on disk.
 
-Each test writes data of the recipe's shape and type with the `compress.data_synthetic` writers
+Each test writes data of the recipe's shape and type with the `compress.data.synthetic` writers
 (PNG image folders, a CSV manifest of PNGs, WAV folders), then runs the shipped recipe through
 the CLI with `--set` overrides that only shrink it: few samples, tiny inputs, one epoch, small
 architectures of the same family where the real ones are too slow on 2 CPU cores. The checks:
@@ -18,8 +18,8 @@ import pytest
 import torch
 from reliability_fixtures import cli
 
-from compress.data_synthetic import write_audiofolder, write_csv_manifest, write_imagefolder
-from compress.tasks import Task
+from compress.core.tasks import Task
+from compress.data.synthetic import write_audiofolder, write_csv_manifest, write_imagefolder
 from recipes.load import RECIPES_DIR
 from recipes.schema import TaskConfig
 

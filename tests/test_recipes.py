@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.errors import KdtoolError
+from compress.core.errors import KdtoolError
 from recipes.load import list_recipes, load_recipe
 from recipes.schema import Recipe
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from reliability_fixtures import cli, error_lines, files_under, merge, write_recipe
 
-from compress.data_synthetic import write_audiofolder, write_csv_manifest, write_imagefolder
-from compress.tasks import Task
+from compress.core.tasks import Task
+from compress.data.synthetic import write_audiofolder, write_csv_manifest, write_imagefolder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -145,7 +145,7 @@ def test_undecodable_audio_above_threshold_abort(tmp_path):
 
 def test_undecodable_audio_below_threshold_is_counted(tmp_path, caplog):
     """Skipping is the data layer's job; checked here without training (the CLI path is the image test)."""
-    from compress.data import build_datasets
+    from compress.data.loader import build_datasets
     from recipes.load import load_recipe
 
     root = write_audiofolder(tmp_path / "audio", Task("binary", 2), num_samples=24, sample_rate=8000,
@@ -183,7 +183,7 @@ def test_bad_labels_in_a_manifest(tmp_path, label, needles):
 
 def test_out_of_range_class_labels_in_memory_are_refused():
     """Labels that reach the loader already decoded (any source) are checked too."""
-    from compress.errors import KdtoolError
+    from compress.core.errors import KdtoolError
 
     task = Task("multiclass", 10)
     with pytest.raises(KdtoolError, match="class label 12 outside 0..9"):

@@ -13,8 +13,9 @@ import torch
 from reliability_fixtures import cli, error_lines, files_under, umask, write_recipe
 from safetensors.torch import load_file
 
-from compress import atomic, checkpoint
-from compress.atomic import DiskWriteError, atomic_path, write_bytes, write_json
+from compress.core import atomic
+from compress.core.atomic import DiskWriteError, atomic_path, write_bytes, write_json
+from compress.distill import checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -224,16 +225,16 @@ def test_outputs_of_other_inputs_are_not_overwritten_without_force(tmp_path):
 
 def test_failed_forced_rerun_keeps_the_replaced_stage(tmp_path, monkeypatch):
     """--force moves the old stage aside; a rerun that fails leaves it whole, one that finishes drops it."""
-    import compress.stages
-    from compress.errors import KdtoolError
-    from compress.runfolder import previous_of
+    import compress.distill.stage
+    from compress.core.errors import KdtoolError
+    from compress.core.runfolder import previous_of
 
     out, stage, before, changed = _baseline_then_changed_recipe(tmp_path)
 
     def broken_fit(*args, **kwargs):
         raise KdtoolError("training broke", "fix it")
 
-    monkeypatch.setattr(compress.stages, "fit", broken_fit)
+    monkeypatch.setattr(compress.distill.stage, "fit", broken_fit)
     failed = cli("distill", changed, "--out", out, "--stage", "baseline", "--force")
     assert failed.exit_code == 2 and "training broke" in error_lines(failed.stderr)[0]
     assert _snapshot(previous_of(stage)) == before, "the replaced stage must survive a failed rerun"

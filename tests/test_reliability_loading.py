@@ -16,8 +16,8 @@ import torch
 from reliability_fixtures import REPO, cli, error_lines, files_under, umask, write_recipe
 from safetensors.torch import load_file, save_file
 
-from compress.errors import KdtoolError
-from compress.models import read_state_dict
+from compress.core.errors import KdtoolError
+from compress.models.build import read_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

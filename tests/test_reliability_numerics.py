@@ -16,8 +16,8 @@ from reliability_fixtures import cli, error_lines, write_recipe
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
-import compress.trainer as trainer
-from compress.data import make_loader
+import compress.distill.trainer as trainer
+from compress.data.loader import make_loader
 
 NAN_RECIPE = {"student": {"train": {"epochs": 3}}}  # 120 samples / 32 = 4 steps per epoch
 

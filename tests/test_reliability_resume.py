@@ -44,7 +44,7 @@ def after_step(optimizer, args, kwargs):
 register_optimizer_step_post_hook(after_step)
 
 if mode == "write":  # die half-way through writing the at-th resumable checkpoint
-    import compress.checkpoint as ck
+    import compress.distill.checkpoint as ck
     real_save, saves = ck.save_file, [0]
 
     def dying_save(tensors, path, metadata=None):
@@ -58,7 +58,7 @@ if mode == "write":  # die half-way through writing the at-th resumable checkpoi
     ck.save_file = dying_save
 
 if mode == "between":  # die after the at-th resumable tensors file is in place, before its last.json
-    import compress.checkpoint as ck
+    import compress.distill.checkpoint as ck
     real_write_json, writes = ck.write_json, [0]
 
     def dying_write_json(path, obj):

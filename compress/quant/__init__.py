@@ -1,1 +1,1 @@
-"""Quantization implementations (one file per mode or backend); the public verb is `compress.quantize`."""
+"""Quantization implementations (one file per mode or backend); the public verb is `compress.quant.quantize`."""

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.atomic import atomic_path, write_json
-from compress.errors import ExportError, KdtoolError
+from compress.core.atomic import atomic_path, write_json
+from compress.core.errors import ExportError, KdtoolError
 from compress.quant.configs import QuantizedModel
 
 META_SCHEMA = "kdtool.quantized/1"

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from compress.objective import KDObjective
+    from compress.distill.objective import KDObjective
 
 Backend = Literal["torch", "executorch", "onnx", "coreml"]
 
@@ -160,12 +160,12 @@ class QuantizedModel:
                 return self.module(x)
         if self.backend == "onnx" and self.path is not None:
             if self._session is None:
-                from compress.quant.onnx_ort import ort_session
+                from compress.core.onnxrt import ort_session
 
                 self._session = ort_session(self.path)
             name = self._session.get_inputs()[0].name
             return torch.from_numpy(self._session.run(None, {name: x.detach().float().cpu().numpy()})[0])
-        from compress.errors import ExportError
+        from compress.core.errors import ExportError
 
         raise ExportError(f"{self.backend} {self.mode} model {self.path} cannot run on this machine",
                           "CoreML prediction needs macOS; evaluate it there or use the onnx/executorch model")

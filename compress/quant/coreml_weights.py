@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from compress.atomic import atomic_path, size_on_disk_mb
-from compress.errors import ExportError, KdtoolError
+from compress.core.atomic import atomic_path, size_on_disk_mb
+from compress.core.errors import ExportError, KdtoolError
 from compress.quant.common import finish_meta, provenance
 from compress.quant.configs import Int8StaticConfig, QuantInputs, QuantizedModel
 

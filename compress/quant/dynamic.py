@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.atomic import write_bytes
-from compress.errors import ExportError
+from compress.core.atomic import write_bytes
+from compress.core.errors import ExportError
 from compress.quant.common import (
     export_graph,
     finish_meta,

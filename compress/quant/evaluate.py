@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.atomic import write_json
+from compress.core.atomic import write_json
+from compress.core.tasks import Task, retention
 from compress.quant.configs import QuantizedModel
-from compress.tasks import Task, retention
 
 
 def collect_outputs(run: Callable[[torch.Tensor], torch.Tensor], loader: Iterable,

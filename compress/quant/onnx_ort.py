@@ -16,27 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.atomic import atomic_path, size_on_disk_mb
-from compress.errors import ExportError, KdtoolError
+from compress.core.atomic import atomic_path, size_on_disk_mb
+from compress.core.errors import ExportError, KdtoolError
+from compress.core.onnxrt import ort_session
 from compress.quant.common import finish_meta, input_batches, provenance, require_quantized
 from compress.quant.configs import Int8DynamicConfig, Int8StaticConfig, QuantInputs, QuantizedModel
 
 INPUT_NAME = "input"
-
-
-def ort_session(path: Path, threads: int | None = None):
-    """An onnxruntime CPU session for `path`; a file ORT cannot load raises an ExportError."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise ExportError(f"onnxruntime cannot load {path} ({str(e).splitlines()[0][:200]})",
-                          "the quantized graph uses an op ORT lacks here; try the other mode") from None
 
 
 DEBUG_METADATA_PREFIXES = ("pkg.torch.onnx.", "namespace")

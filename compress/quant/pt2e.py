@@ -71,7 +71,7 @@ def pt2e_static(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs,
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     if qi.calibration is None:
-        from compress.errors import KdtoolError
+        from compress.core.errors import KdtoolError
 
         raise KdtoolError("quantize static: no calibration data given", "pass calibration=<training loader>")
     graph = export_graph(copy.deepcopy(model).eval(), qi.example, "static").module()

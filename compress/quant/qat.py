@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from compress.errors import KdtoolError, NonFiniteLossError
-from compress.hooks import capture
-from compress.progress import epoch_progress
+from compress.core.errors import KdtoolError, NonFiniteLossError
+from compress.core.progress import epoch_progress
+from compress.distill.hooks import capture
 from compress.quant.common import export_graph, program_size_mb
 from compress.quant.configs import Int8QATConfig, LossFn, QuantInputs, QuantizedModel
 
 if TYPE_CHECKING:
-    from compress.objective import KDObjective
+    from compress.distill.objective import KDObjective
 
 
 def quantize_qat(model: nn.Module, config: Int8QATConfig, qi: QuantInputs) -> QuantizedModel:
@@ -88,7 +88,7 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
         train_loader: yields (raw, target, index) batches.
         student_preprocess: raw batch → student input (None: identity).
         teacher_preprocess: raw batch → teacher input (None: the student's).
-        task: a `compress.tasks.Task` (its hard loss is used without `loss_fn` and `objective`).
+        task: a `compress.core.tasks.Task` (its hard loss is used without `loss_fn` and `objective`).
         epochs: QAT epochs (overrides `config.epochs`).
         lr: AdamW learning rate (overrides `config.lr`).
         loss_fn: `loss_fn(student_out, teacher_out, targets) -> scalar` (teacher_out None without teacher).

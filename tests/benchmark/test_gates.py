@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from benchmark.gates import check_gates, enforce_gates
-from benchmark.report import LatencyMs, Report, ReportRow, with_retention
-from compress.errors import EXIT_GATE, GateError
+from benchmark.report.card import LatencyMs, Report, ReportRow, with_retention
+from compress.core.errors import EXIT_GATE, GateError
 
 
 def _row(name: str, stage: str, p50: float, accuracy: float, **kw) -> ReportRow:

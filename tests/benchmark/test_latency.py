@@ -18,7 +18,7 @@ from benchmark.latency import (
     measure_load,
     timed_load,
 )
-from compress.errors import KdtoolError
+from compress.core.errors import KdtoolError
 
 
 class EagerSession:

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.profile import (
+from benchmark.cost import (
     artifact_files,
     artifact_size_mb,
     count_params,
     gflops_per_sample,
     peak_memory_mb,
 )
-from compress.errors import KdtoolError
+from compress.core.errors import KdtoolError
 
 
 def test_linear_flops_are_two_per_multiply_add():

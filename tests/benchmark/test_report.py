@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from benchmark.latency import measure
-from benchmark.plots import latency_vs_metric_png, pareto_front, retention_png, size_png
-from benchmark.report import (
+from benchmark.report.card import (
     LatencyMs,
     Report,
     ReportRow,
@@ -24,10 +23,11 @@ from benchmark.report import (
     render_console,
     render_markdown,
     with_retention,
-    write_report,
 )
-from compress.atomic import write_json
-from compress.errors import KdtoolError
+from benchmark.report.plots import latency_vs_metric_png, pareto_front, retention_png, size_png
+from benchmark.report.render import write_report
+from compress.core.atomic import write_json
+from compress.core.errors import KdtoolError
 from export.artifact import Parity
 
 

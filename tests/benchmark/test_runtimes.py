@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.runtimes.base import RUNTIMES, get_runtime
-from compress.errors import ExportError
+from compress.core.errors import ExportError
+from export.formats import get_runtime
 from export.registry import ExportContext
+from export.runtime import RUNTIMES
 
 ALL = ["torch", "torchscript", "onnxruntime", "executorch", "coreml", "tensorrt", "aoti"]
 
@@ -36,7 +37,7 @@ def _artifact(runtime: str, folder) -> object:
         path = folder / "tiny.pt2"
         torch.export.save(torch.export.export(model, (example,)), str(path))
         return model, path
-    import export.all  # noqa: F401
+    import export.formats  # noqa: F401
     from export.registry import EXPORTERS
 
     fmt = {"onnxruntime": "onnx"}.get(runtime, runtime)
@@ -96,7 +97,7 @@ def test_truncated_artifact_is_an_export_error(name, tmp_path):
 
 def test_onnxruntime_reports_node_placement(tmp_path):
     pytest.importorskip("onnxruntime")
-    from benchmark.runtimes.onnxruntime import node_placement
+    from export.formats.onnx.runtime import node_placement
 
     _, path = _artifact("onnxruntime", tmp_path)
     placement = node_placement(path, np.zeros((1, 1, 16, 16), np.float32))
@@ -104,7 +105,7 @@ def test_onnxruntime_reports_node_placement(tmp_path):
 
 
 def test_torch_session_runs_a_module():
-    from benchmark.runtimes.torch_eager import TorchSession
+    from export.formats.pytorch.runtime import TorchSession
 
     torch.manual_seed(0)
     model = Tiny().eval()

@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from compress.data import digits_source
-from compress.models import BuiltModel, Preprocess
-from compress.tasks import Task
+from compress.core.tasks import Task
+from compress.data.loader import digits_source
+from compress.models.build import BuiltModel, Preprocess
 from recipes.schema import AugmentConfig, CacheConfig, DataConfig, DistillConfig, TrainConfig
 
 TASK = Task("multiclass", 10)

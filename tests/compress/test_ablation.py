@@ -27,8 +27,8 @@ def test_ablation_reports_means_spread_and_paired_gains(tmp_path):
 
 def test_sigterm_stops_the_whole_ablation(tmp_path, monkeypatch):
     """A SIGTERM inside one seed's training ends the ablation with 143 instead of starting the next seed."""
-    import compress.ablation
-    from compress.trainer import FitResult
+    import compress.distill.ablation
+    from compress.distill.trainer import FitResult
 
     calls = []
 
@@ -38,7 +38,7 @@ def test_sigterm_stops_the_whole_ablation(tmp_path, monkeypatch):
 
     recipe = write_recipe(tmp_path, {"student": {"train": {"epochs": 1}}, "distill": {"train": {"epochs": 1}}})
     cli("distill", recipe, "--out", tmp_path / "runs", "--stage", "baseline")  # the teacher, trained for real
-    monkeypatch.setattr(compress.ablation, "fit", interrupted_fit)
+    monkeypatch.setattr(compress.distill.ablation, "fit", interrupted_fit)
     result = cli("distill", recipe, "--out", tmp_path / "runs", "--ablate", "3")
     assert result.exit_code == 143, result.stderr
     assert calls == ["baseline seed 0"]
@@ -58,8 +58,8 @@ def test_folds_score_every_sample_once_with_a_teacher_per_fold(tmp_path):
     run = out / "tiny" / "ablation"
     teachers = sorted(p.parent.parent.name for p in run.glob("fold*of3/teacher/best.safetensors"))
     assert teachers == ["fold1of3", "fold2of3", "fold3of3"]
-    from compress.data import build_datasets
-    from compress.tasks import Task
+    from compress.core.tasks import Task
+    from compress.data.loader import build_datasets
     from recipes.load import load_recipe
 
     r, _, _ = load_recipe(recipe)
@@ -78,10 +78,10 @@ def test_folds_score_every_sample_once_with_a_teacher_per_fold(tmp_path):
 def test_cross_validation_folds_partition_the_pooled_samples():
     import torch
 
-    from compress.data import TensorSamples
-    from compress.errors import KdtoolError
-    from compress.folds import cross_validation_folds
-    from compress.tasks import Task
+    from compress.core.errors import KdtoolError
+    from compress.core.tasks import Task
+    from compress.data.folds import cross_validation_folds
+    from compress.data.registry import TensorSamples
 
     x = torch.arange(40, dtype=torch.float32).reshape(40, 1)
     y = torch.tensor([0, 1] * 20)

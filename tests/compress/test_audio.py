@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from compress.audio import LogMelFrontend, mel_filterbank
-from compress.data_synthetic import generate_audio
-from compress.errors import KdtoolError
-from compress.models import LOCAL_MODELS, create_architecture
-from compress.tasks import Task
+from compress.core.errors import KdtoolError
+from compress.core.tasks import Task
+from compress.data.synthetic import generate_audio
+from compress.models.audio import LogMelFrontend, mel_filterbank
+from compress.models.build import create_architecture
+from compress.models.registry import LOCAL_MODELS
 
 W2V_SMALL = {"dim": 32, "depth": 1, "heads": 2, "conv_dim": 16}
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from compress import data_files
-from compress.audio import read_wav
-from compress.data import DATA_SOURCES, build_datasets
-from compress.data_synthetic import (
+from compress.core.errors import KdtoolError
+from compress.core.tasks import Task
+from compress.data import files as data_files
+from compress.data.loader import build_datasets
+from compress.data.registry import DATA_SOURCES
+from compress.data.synthetic import (
     generate_audio,
     generate_images,
     wav_bytes,
@@ -20,8 +22,7 @@ from compress.data_synthetic import (
     write_csv_manifest,
     write_imagefolder,
 )
-from compress.errors import KdtoolError
-from compress.tasks import Task
+from compress.data.wav import read_wav
 from recipes.schema import DataConfig
 
 BINARY = Task("binary", 1, labels=("real", "fake"))
@@ -71,7 +72,7 @@ def test_corrupt_and_truncated_files_are_counted_and_thresholded(tmp_path, caplo
     (root / "real" / "zz_garbage.png").write_bytes(b"\x00not an image at all" * 10)
     src = next((root / "fake").glob("*.png")).read_bytes()
     (root / "fake" / "zz_truncated.png").write_bytes(src[: len(src) // 2])
-    with caplog.at_level(logging.WARNING, logger="compress.data_files"):
+    with caplog.at_level(logging.WARNING, logger="compress.data.files"):
         train, val = load("imagefolder", BINARY, root=root, max_bad_fraction=0.1)
     assert len(train) + len(val) == 40
     assert "skipped 2 of 42" in caplog.text and "zz_" in caplog.text

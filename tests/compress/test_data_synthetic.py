@@ -7,11 +7,11 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from compress.audio import LogMelFrontend
-from compress.data import build_datasets
-from compress.data_synthetic import DEFAULT_NUM_SAMPLES, generate_audio, generate_images
-from compress.errors import KdtoolError
-from compress.tasks import Task
+from compress.core.errors import KdtoolError
+from compress.core.tasks import Task
+from compress.data.loader import build_datasets
+from compress.data.synthetic import DEFAULT_NUM_SAMPLES, generate_audio, generate_images
+from compress.models.audio import LogMelFrontend
 from recipes.schema import DataConfig
 
 VA = Task("regression", 2, outputs=("valence", "arousal"))

@@ -33,9 +33,9 @@ from kd_fixtures import (
 )
 from safetensors.torch import load_file
 
-from compress.checkpoint import save_weights
-from compress.teacher_cache import TeacherCache
-from compress.trainer import fit
+from compress.distill.checkpoint import save_weights
+from compress.distill.teacher_cache import TeacherCache
+from compress.distill.trainer import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LIMIT, GLOBAL_BATCH, WORLD, EPOCHS = 256, 32, 2, 3
@@ -62,7 +62,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo",
                        "KDTOOL_QUIET": "1", "CUDA_VISIBLE_DEVICES": ""})
     torch.set_num_threads(1)
-    from compress import distributed
+    from compress.distill import distributed
 
     for case in CASES:
         result, module = _train(case, Path(out) / "ddp", GLOBAL_BATCH // WORLD)

@@ -7,8 +7,8 @@ import timm
 import torch
 from torch import nn
 
-from compress.errors import KdtoolError
-from compress.hooks import capture, find_layer, first_tensor, layer_names
+from compress.core.errors import KdtoolError
+from compress.distill.hooks import capture, find_layer, first_tensor, layer_names
 
 
 class PairOut(nn.Module):

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from compress.errors import KdtoolError
-from compress.losses import LOSSES, build_loss
-from compress.tasks import Task
+from compress.core.errors import KdtoolError
+from compress.core.tasks import Task
+from compress.distill.losses import LOSSES, build_loss
 
 TEMPERATURES = (0.5, 1.0, 4.0, 20.0)
 HAND_KL = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # KL([.75, .25] ‖ [.5, .5]) = 0.1308

@@ -11,10 +11,10 @@ import timm
 import torch
 from torch import nn
 
-from compress.adapters import ConvAdapter, TokenAdapter, build_adapter, probe
-from compress.errors import KdtoolError
-from compress.objective import KDObjective
-from compress.tasks import Task
+from compress.core.errors import KdtoolError
+from compress.core.tasks import Task
+from compress.distill.adapters import ConvAdapter, TokenAdapter, build_adapter, probe
+from compress.distill.objective import KDObjective
 from recipes.schema import DistillConfig, LossTermConfig
 
 TASK = Task("multiclass", 10)

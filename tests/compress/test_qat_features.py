@@ -18,13 +18,13 @@ import pytest
 import torch
 from kd_fixtures import PRE, TASK, digits, tiny_net, train_on_labels
 
-from compress.checkpoint import load_objective_state, save_training_state
-from compress.data import make_loader
-from compress.errors import KdtoolError
-from compress.objective import KDObjective
+from compress.core.errors import KdtoolError
+from compress.data.loader import make_loader
+from compress.distill.checkpoint import load_objective_state, save_training_state
+from compress.distill.objective import KDObjective
 from compress.quant.common import export_graph
 from compress.quant.qat import FeatureOutputs, qat_distill
-from compress.quantize import Int8QATConfig, evaluate_quantized, load_quantized, quantize
+from compress.quant.quantize import Int8QATConfig, evaluate_quantized, load_quantized, quantize
 from recipes.schema import DistillConfig, LossTermConfig
 
 FITNET = {"name": "fitnet", "student_layer": "4", "teacher_layer": "3"}
@@ -167,7 +167,7 @@ def test_adapters_load_from_the_distillation_state(models, data, tmp_path, caplo
 
     other = _objective(models, data, terms=(({**FITNET, "student_layer": "2", "teacher_layer": "1"}, 0.3),))
     before = other.state_dict()[weight].clone()
-    with caplog.at_level(logging.WARNING, logger="compress.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="compress.distill.checkpoint"):
         assert not load_objective_state(other, tmp_path / "last.safetensors")
         assert not load_objective_state(other, tmp_path / "missing.safetensors")
     assert torch.equal(other.state_dict()[weight], before)
@@ -187,12 +187,12 @@ def test_objective_and_loss_fn_are_exclusive(models, data):
 
 def test_qat_holds_distill_schedules_at_their_last_kd_epoch(tmp_path):
     """QAT continues from the end of distillation: alpha/temperature at the last KD epoch, not the bases."""
-    from compress.models import build_model
-    from compress.runfolder import RunFolder
-    from compress.schedules import value_at
-    from compress.stages import Context
+    from compress.context import Context
+    from compress.core.runfolder import RunFolder
+    from compress.distill.schedules import value_at
+    from compress.models.build import build_model
+    from compress.quant.stage import _qat_objective
     from recipes.schema import Recipe
-    from recipes.stages_post import _qat_objective
 
     net = {"arch": "resnet10t", "kwargs": {"channels": [4, 8, 16, 32]}, "input_size": 16}
     r = Recipe.model_validate({

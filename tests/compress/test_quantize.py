@@ -10,10 +10,11 @@ import torch
 from kd_fixtures import train_on_labels
 from torch import nn
 
-from compress.data import digits_source, make_loader
-from compress.errors import ExportError, KdtoolError
-from compress.models import Preprocess
-from compress.quantize import (
+from compress.core.errors import ExportError, KdtoolError
+from compress.core.tasks import Task
+from compress.data.loader import digits_source, make_loader
+from compress.models.build import Preprocess
+from compress.quant.quantize import (
     QUANT_MODES,
     Int8DynamicConfig,
     Int8QATConfig,
@@ -23,7 +24,6 @@ from compress.quantize import (
     make_config,
     quantize,
 )
-from compress.tasks import Task
 
 TASK = Task("multiclass", 10)
 PRE = Preprocess(kind="image", input_size=16, channels=1, mean=(0.5,), std=(0.5,))
@@ -127,7 +127,7 @@ def test_onnx_runtime_quantization(student, digits, tmp_path, config):
     import numpy as np
     import onnx
 
-    from compress.quant.onnx_ort import ort_session
+    from compress.core.onnxrt import ort_session
 
     for name in ("model.int8.onnx", "model.fp32.onnx"):  # both with short tensor ids: sizes compare alike
         proto = onnx.load(str(tmp_path / name))

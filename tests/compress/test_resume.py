@@ -24,8 +24,8 @@ from kd_fixtures import (
 )
 from torch.utils.data import Dataset
 
-from compress.teacher_cache import TeacherCache
-from compress.trainer import fit
+from compress.distill.teacher_cache import TeacherCache
+from compress.distill.trainer import fit
 
 EPOCHS, LIMIT, BATCH = 3, 128, 32
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,7 +109,7 @@ def test_resume_replays_the_uninterrupted_run_exactly(tmp_path, kd, trip):
 
 def test_grad_scaler_state_is_saved_and_restored(tmp_path):
     """fp16 training's loss scale and growth tracker survive a resume (CPU scaler, same code path as CUDA)."""
-    from compress.checkpoint import load_training_state, save_training_state
+    from compress.distill.checkpoint import load_training_state, save_training_state
 
     model = tiny_net(0).module
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -133,7 +133,7 @@ def test_ema_weights_are_what_is_validated_and_kept(tmp_path):
     """With train.ema_decay the metric, the best checkpoint and the returned model are the averaged weights."""
     from safetensors.torch import load_file
 
-    from compress.trainer import predict
+    from compress.distill.trainer import predict
 
     data_cfg, train, val = digits(LIMIT, crop_pad=2, batch_size=BATCH)
     cfg = train_cfg(2, ema_decay=0.9)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.sam import SAM
+from compress.distill.sam import SAM
 
 
 def _problem(seed: int = 0):

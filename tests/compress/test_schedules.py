@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from compress.schedules import value_at
+from compress.distill.schedules import value_at
 from recipes.schema import ScheduleConfig
 
 GUIDE_TABLE = {1: 0.95, 6: 0.85, 11: 0.75, 16: 0.65, 21: 0.50}

@@ -4,9 +4,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from compress.errors import KdtoolError
-from compress.runfolder import RunFolder
-from compress.stages import Context, run_distill
+from compress.context import Context
+from compress.core.errors import KdtoolError
+from compress.core.runfolder import RunFolder
+from compress.distill.stage import run_distill
 from recipes.load import load_recipe
 from recipes.schema import Recipe
 
@@ -64,7 +65,7 @@ def test_born_again_run_trains_baseline_then_uses_it_as_teacher(tmp_path, one_th
 
 
 def test_self_distill_teacher_needs_the_baseline_first(tmp_path):
-    from compress.stages import run_stage
+    from compress.distill.stage import run_stage
 
     ctx = Context(Recipe.model_validate(recipe()), RunFolder.for_recipe(tmp_path, "born_again"))
     with pytest.raises(KdtoolError, match="run the baseline first"):

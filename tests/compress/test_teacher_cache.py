@@ -6,8 +6,8 @@ import pytest
 import torch
 from kd_fixtures import digits, tiny_net
 
-from compress.data import apply_augment
-from compress.teacher_cache import TeacherCache
+from compress.data.loader import apply_augment
+from compress.distill.teacher_cache import TeacherCache
 from recipes.schema import CacheConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from compress.models import count_params, create_architecture
+from compress.models.build import count_params, create_architecture
 
 
 @pytest.mark.parametrize(("arch", "params"), [("wrn40_2", 2_255_156), ("wrn16_2", 703_284)])

@@ -8,7 +8,7 @@ from export_fixtures import context, tiny_convnet
 
 @pytest.mark.slow
 def test_aoti_package_runs_and_matches(tmp_path, example, real_inputs):
-    from export.aoti import read_metadata
+    from export.formats.aoti.exporter import read_metadata
     from export.run import export_model
 
     (art,) = export_model(tiny_convnet(), example, tmp_path, formats=["aoti"], ctx=context(),

@@ -13,7 +13,7 @@ pytest.importorskip("coremltools")
 def test_coreml_fp16_package_is_valid(exported):
     import coremltools as ct
 
-    from export.coreml import read_metadata
+    from export.formats.coreml.exporter import read_metadata
 
     (art,) = exported("coreml")
     assert art.status == "ok", art.reason
@@ -34,7 +34,7 @@ def test_group_norm_falls_back_to_fixed_batch(tmp_path):
     """coremltools' group_norm translation cannot take a symbolic batch: the package gets a fixed one."""
     import torch
 
-    from export.coreml import CoreMLExporter
+    from export.formats.coreml.exporter import CoreMLExporter
     from export.registry import ExportContext
 
     torch.manual_seed(0)

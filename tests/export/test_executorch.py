@@ -6,13 +6,13 @@ import pytest
 import torch
 from export_fixtures import context, tiny_convnet
 
-from compress.errors import ExportError
+from compress.core.errors import ExportError
 
 pytest.importorskip("executorch")
 
 
 def test_executorch_fp32_delegates_to_xnnpack_and_matches(exported):
-    from export.executorch import read_metadata
+    from export.formats.executorch.exporter import read_metadata
 
     (art,) = exported("executorch")
     assert art.status == "ok", art.reason
@@ -63,7 +63,7 @@ def test_int8_without_quantized_model_is_skipped(tmp_path, example):
 
 
 def test_truncated_program_fails_to_load(exported, tmp_path):
-    from benchmark.runtimes.base import get_runtime
+    from export.formats import get_runtime
 
     (art,) = exported("executorch")
     broken = tmp_path / "broken.pte"
@@ -86,7 +86,7 @@ def test_coreml_delegate_is_lowered_but_not_verified_here(tmp_path, example):
 def test_coreml_delegate_falls_back_to_fixed_batch_for_group_norm(tmp_path):
     """The CoreML delegate cannot lower group_norm with a symbolic batch: the .pte gets a fixed one."""
     pytest.importorskip("coremltools")
-    from export.executorch import ExecuTorchExporter
+    from export.formats.executorch.exporter import ExecuTorchExporter
     from export.registry import ExportContext
 
     torch.manual_seed(0)
@@ -100,8 +100,8 @@ def test_coreml_delegate_falls_back_to_fixed_batch_for_group_norm(tmp_path):
 
 def test_dynamic_batch_runs_up_to_planned_bound(exported, student):
     """Conv+BN: XNNPACK's BN fusion used to narrow the planned batch to 15 (set_inputs error 0x10 at 16)."""
-    from benchmark.runtimes.base import get_runtime
-    from export.executorch import EXECUTORCH_MAX_BATCH
+    from export.formats import get_runtime
+    from export.formats.executorch.exporter import EXECUTORCH_MAX_BATCH
 
     (art,) = exported("executorch")
     assert art.info["dynamic_batch"] and art.info["max_batch"] == EXECUTORCH_MAX_BATCH == 32
@@ -138,7 +138,7 @@ def test_split_output_keeps_dynamic_batch(tmp_path, example):
 
 
 def test_failing_dynamic_program_falls_back_to_fixed_batch(tmp_path, example, monkeypatch):
-    import export.executorch as et
+    import export.formats.executorch.exporter as et
     from export.run import export_model
 
     def fail(*_args):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from compress.atomic import sha256_file, size_on_disk_mb
+from compress.core.atomic import sha256_file, size_on_disk_mb
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -28,7 +28,7 @@ def test_onnx_fp32_exports_loads_and_matches(exported):
 
 
 def test_onnx_metadata_and_manifest(exported):
-    from export.onnx import read_metadata
+    from export.formats.onnx.exporter import read_metadata
 
     (art,) = exported("onnx")
     meta = read_metadata(art.path)
@@ -78,8 +78,8 @@ def test_strip_debug_metadata_on_a_proto():
 def test_external_data_is_listed_and_counted(monkeypatch, tmp_path, example):
     from export_fixtures import context, tiny_convnet
 
-    import export.onnx as onnx_exporter
-    from benchmark.runtimes.base import get_runtime
+    import export.formats.onnx.exporter as onnx_exporter
+    from export.formats import get_runtime
 
     monkeypatch.setattr(onnx_exporter, "PROTOBUF_LIMIT_BYTES", 0)  # pretend the model is over 2 GB
     model = tiny_convnet()
@@ -97,7 +97,7 @@ def test_int8_adopts_ort_quantized_model_and_reports_quantized_share(tmp_path, e
     from export_fixtures import context, tiny_convnet
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from export.onnx import OnnxExporter
+    from export.formats.onnx.exporter import OnnxExporter
     from export.run import Quantized, export_model
 
     model = tiny_convnet()
@@ -117,7 +117,7 @@ def test_int8_adopts_ort_quantized_model_and_reports_quantized_share(tmp_path, e
                           quantized=Quantized(onnx=qdq, onnx_mode="static"), ctx=context(name="tiny"),
                           inputs=real_inputs)[1:]
     assert art.name == "tiny.onnx.int8" and art.status == "ok", art.reason
-    from export.onnx import read_metadata
+    from export.formats.onnx.exporter import read_metadata
 
     assert read_metadata(art.path)["kdtool.quantization"] == "static"
     manifest = json.loads((art.path.parent / "manifest.json").read_text())
@@ -127,7 +127,7 @@ def test_int8_adopts_ort_quantized_model_and_reports_quantized_share(tmp_path, e
     # the quantizer's long tensor names are compacted: smaller file, same numbers, parameter names kept
     import onnx
 
-    from benchmark.runtimes.base import get_runtime
+    from export.formats import get_runtime
 
     raw, shipped = onnx.load(str(qdq)), onnx.load(str(art.path))
     assert shipped.ByteSize() < raw.ByteSize() - 40 * len(raw.graph.node)
@@ -162,8 +162,8 @@ def test_compact_names_leaves_graphs_with_subgraphs_alone():
 
 
 def test_ort_format_conversion(exported):
-    from benchmark.runtimes.base import get_runtime
-    from export.onnx import convert_to_ort
+    from export.formats import get_runtime
+    from export.formats.onnx.exporter import convert_to_ort
 
     (art,) = exported("onnx")
     ort_path = convert_to_ort(art.path)

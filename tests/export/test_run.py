@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from export_fixtures import context, tiny_convnet
 
-from compress.errors import KdtoolError
+from compress.core.errors import KdtoolError
 from export.targets import plan
 
 
@@ -28,13 +28,13 @@ def test_unknown_names_are_errors():
 
 
 def test_one_failing_format_does_not_stop_the_others(tmp_path, example, monkeypatch):
-    import export.torchscript
+    import export.formats.torchscript.exporter
     from export.run import export_model
 
     def broken(self, *a, **k):
         raise RuntimeError("aten::weird_op has no lowering")
 
-    monkeypatch.setattr(export.torchscript.TorchScriptExporter, "export", broken)
+    monkeypatch.setattr(export.formats.torchscript.exporter.TorchScriptExporter, "export", broken)
     ts, onnx = export_model(tiny_convnet(), example, tmp_path, formats=["torchscript", "onnx"], ctx=context())
     assert ts.status == "failed" and "weird_op" in ts.reason
     assert not (tmp_path / "custom" / "torchscript" / "fp32").exists()  # nothing half-written left behind

@@ -6,8 +6,8 @@ import pytest
 import torch
 from export_fixtures import context, tiny_convnet
 
-from compress.errors import ExportError
-from export.tensorrt import TensorRTExporter, unavailable_reason
+from compress.core.errors import ExportError
+from export.formats.tensorrt.exporter import TensorRTExporter, unavailable_reason
 
 
 @pytest.mark.skipif(unavailable_reason() is None, reason="TensorRT is usable here")
@@ -24,8 +24,8 @@ def test_fp16_onnx_for_tensorrt_is_typed_fp16(tmp_path, example):
     pytest.importorskip("onnxruntime")
     import onnx
 
-    from benchmark.runtimes.base import get_runtime
-    from export.onnx import OnnxExporter
+    from export.formats import get_runtime
+    from export.formats.onnx.exporter import OnnxExporter
 
     model = tiny_convnet()
     art = OnnxExporter().export(model, example, tmp_path, context(precision="fp16"))
@@ -43,8 +43,8 @@ def test_int8_refuses_uint8_activations_before_looking_for_a_gpu(tmp_path, examp
     pytest.importorskip("onnxruntime")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from export.onnx import OnnxExporter
-    from export.tensorrt import unsigned_activations
+    from export.formats.onnx.exporter import OnnxExporter
+    from export.formats.tensorrt.exporter import unsigned_activations
 
     fp32 = OnnxExporter().export(tiny_convnet(), example, tmp_path, context(name="tiny"))
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from compress.errors import ExportError
+from compress.core.errors import ExportError
 
 
 def test_torchscript_exports_with_metadata(exported):
-    from export.torchscript import read_metadata
+    from export.formats.torchscript.exporter import read_metadata
 
     (art,) = exported("torchscript")
     assert art.status == "ok" and art.runtime == "torchscript", art.reason
@@ -20,7 +20,7 @@ def test_torchscript_exports_with_metadata(exported):
 
 
 def test_truncated_torchscript_fails_to_load(exported, tmp_path):
-    from benchmark.runtimes.base import get_runtime
+    from export.formats import get_runtime
 
     (art,) = exported("torchscript")
     broken = tmp_path / "broken.pt"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from export_fixtures import tiny_convnet
 
-from compress.errors import ExportError
+from compress.core.errors import ExportError
 from export.artifact import Artifact, Parity
 from export.verify import TOLERANCES, check_parity, require_passed
 

@@ -1,0 +1,1 @@
+"""The report card: rows (card), Markdown/HTML rendering (render) and its plots."""

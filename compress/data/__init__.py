@@ -1,0 +1,1 @@
+"""Datasets: sources registered by name (digits, folders, CSV, audio, synthetic), WAV IO, loaders, folds."""

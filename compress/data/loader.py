@@ -1,0 +1,137 @@
+"""Datasets: each item is (raw sample, target, index); per-model preprocessing happens on the batch.
+
+Raw images are float32 (C, H, W) in [0, 1] at `data.image_size`; raw audio is float32 (samples,)
+at `data.sample_rate`. Teacher and student each preprocess the same raw batch their own way
+(`compress.models.build.Preprocess`), so a 380 px teacher and a 256 px student see one image.
+
+Sources register in `DATA_SOURCES`: `fn(data_cfg, task) -> (train, val)`.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from compress.core.errors import KdtoolError
+from compress.core.tasks import Task
+from compress.data.registry import DATA_SOURCES, TensorSamples
+
+
+@DATA_SOURCES.register("digits")
+def digits_source(cfg, task: Task) -> tuple[Dataset, Dataset]:
+    """scikit-learn's 1,797 real 8×8 handwritten digits, resized to `data.image_size`; stratified split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if task.kind != "multiclass" or task.num_outputs != 10:
+        raise KdtoolError("data.source digits has 10 classes", "set task.kind: multiclass and task.num_classes: 10")
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    x = F.interpolate(x, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False).clamp(0, 1)
+    if cfg.channels == 3:
+        x = x.expand(-1, 3, -1, -1).contiguous()
+    y = torch.tensor(y, dtype=torch.long)
+    idx_train, idx_val = train_test_split(np.arange(len(y)), test_size=cfg.val_fraction, random_state=0,
+                                          stratify=y.numpy())
+    if cfg.limit:
+        idx_train, idx_val = idx_train[: cfg.limit], idx_val[: max(2, cfg.limit // 4)]
+    return TensorSamples(x[idx_train], y[idx_train]), TensorSamples(x[idx_val], y[idx_val])
+
+
+def build_datasets(cfg, task: Task) -> tuple[Dataset, Dataset]:
+    """The recipe's (train, val) datasets, checked for emptiness and label validity."""
+    import compress.data.files  # noqa: F401  (registers imagefolder/csv/audiofolder)
+    import compress.data.synthetic  # noqa: F401  (registers synthetic_images/synthetic_audio)
+
+    train, val = DATA_SOURCES.get(cfg.source)(cfg, task)
+    for name, ds in (("training", train), ("validation", val)):
+        if len(ds) == 0:
+            where = cfg.root or cfg.source
+            raise KdtoolError(f"data: the {name} split of {where} is empty", "point data.root at a folder with samples")
+    targets = getattr(train, "targets", None)
+    if isinstance(targets, torch.Tensor):
+        task.check_targets(targets, f"data ({cfg.root or cfg.source}) training labels")
+    return train, val
+
+
+def seed_worker(worker_id: int) -> None:
+    """Distinct, reproducible seeds per data worker (derived from the loader's generator)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def example_batch(ds: Dataset, n: int = 2) -> torch.Tensor:
+    """The first `n` raw samples of a dataset as one batch (shape probes, adapter sizing, I/O checks)."""
+    return torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
+
+
+def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, epoch: int = 0, num_workers: int = 0,
+                sampler=None) -> DataLoader:
+    """A loader whose order depends only on (seed, epoch): resuming at an epoch replays it exactly."""
+    g = torch.Generator()
+    g.manual_seed(seed * 1000 + epoch)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      generator=g, num_workers=num_workers, worker_init_fn=seed_worker, drop_last=False,
+                      persistent_workers=False)
+
+
+def augment_batch(raw: torch.Tensor, cfg, generator: torch.Generator,
+                  shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flip / pad-crop (images) or roll (audio) applied to a raw batch, returning the parameters.
+
+    Args:
+        raw: (N, C, H, W) images or (N, samples) audio.
+        cfg: the recipe's `DataConfig` (its `augment` section).
+        generator: the draws' source; seeded per (seed, epoch, step) by the trainer.
+        shard: (rank, world size). Under DDP each rank holds every `world`-th sample of the global
+            batch (DistributedSampler's interleaving), so parameters are drawn for the whole global
+            batch and this rank keeps its slice: N processes augment exactly like one.
+
+    Returns:
+        (augmented batch, params (N, 3) int: [flip, dy, dx] for images or [shift, 0, 0] for audio)
+        so a teacher cache can be keyed on the exact view.
+    """
+    rank, world = shard
+    n = raw.shape[0] * world
+    params = torch.zeros(n, 3, dtype=torch.long)
+    a = cfg.augment
+    if raw.dim() == 2:  # audio (N, samples)
+        if a.time_shift > 0:
+            max_shift = int(a.time_shift * raw.shape[1])
+            params[:, 0] = torch.randint(-max_shift, max_shift + 1, (n,), generator=generator)
+    else:
+        if a.hflip:
+            params[:, 0] = torch.randint(0, 2, (n,), generator=generator)
+        if a.crop_pad > 0:
+            params[:, 1:] = torch.randint(0, 2 * a.crop_pad + 1, (n, 2), generator=generator)
+    params = params[rank::world]
+    return apply_augment(raw, params, cfg), params
+
+
+def apply_augment(raw: torch.Tensor, params: torch.Tensor, cfg) -> torch.Tensor:
+    """Replay recorded augmentation parameters on a raw batch (deterministic).
+
+    The per-sample slices are plain memory copies: measured faster on CPU than one advanced-index
+    gather (64×3×32² batch: 1.5 ms vs 5.1 ms; 8×3×380²: 33 ms vs 76 ms).
+    """
+    if not params.any():
+        return raw
+    if raw.dim() == 2:
+        return torch.stack([torch.roll(r, int(s)) for r, s in zip(raw, params[:, 0], strict=True)])
+    out = raw
+    flip = params[:, 0].bool()
+    if flip.any():
+        out = out.clone()
+        out[flip] = out[flip].flip(-1)
+    p = cfg.augment.crop_pad
+    if p > 0:
+        h, w = out.shape[-2:]
+        padded = F.pad(out, (p, p, p, p), mode="replicate")
+        out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
+                           for i, (dy, dx) in enumerate(params[:, 1:].tolist())])
+    return out
