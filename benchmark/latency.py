@@ -20,6 +20,13 @@ ONNX Runtime's or ExecuTorch's. We keep one per-call loop for all runtimes and u
 
 Python's garbage collector is disabled during the timed loop (as `timeit` does): a GC pause is the
 harness's cost, not the model's.
+
+On CUDA (`device="cuda"`) a call returns once its kernels are queued, not run. The protocol then
+synchronises the device before the first timed call and after every call, inside the timed span,
+so each time is the call's full host-to-result latency (trtexec's per-inference "Latency"; also
+what `torch.utils.benchmark.Timer` does, which synchronises around each measured block). The
+warm-up calls also absorb cuDNN autotuning, lazy module loading and the caching allocator's first
+allocations. `blocked_autorange_ms` is the independent cross-check of the median.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ class LatencyStats(BaseModel):
     warmup: int
     total_s: float
     overhead_ms: float
+    device: str = "cpu"
 
     @property
     def throughput(self) -> float:
@@ -150,9 +158,33 @@ def _set_torch_threads(threads: int) -> int | None:
     return previous
 
 
+def _synchronised(fn: Callable[[np.ndarray], Any], device: str) -> Callable[[np.ndarray], Any]:
+    """`fn` followed by a CUDA device synchronisation when `device` is CUDA (else `fn` itself).
+
+    Raises:
+        KdtoolError: a CUDA device asked for where torch sees none.
+    """
+    if not device.startswith("cuda"):
+        return fn
+    import torch
+
+    if not torch.cuda.is_available():
+        raise KdtoolError(f"latency on {device}: torch {torch.__version__} sees no CUDA device",
+                          "time on a GPU machine, or measure with device='cpu'")
+    sync = torch.cuda.synchronize
+
+    def call(x: np.ndarray) -> Any:
+        out = fn(x)
+        sync()
+        return out
+
+    sync()
+    return call
+
+
 def measure(target: Any, inputs: Sequence[np.ndarray], warmup: int = 10, min_runs: int = 50,
             min_time_s: float = 1.0, threads: int = 2, batch: int = 1,
-            load_ms: float | None = None) -> LatencyStats:
+            load_ms: float | None = None, device: str = "cpu") -> LatencyStats:
     """Time a loaded artifact with the kdtool protocol (see the module docstring).
 
     Args:
@@ -165,6 +197,7 @@ def measure(target: Any, inputs: Sequence[np.ndarray], warmup: int = 10, min_run
             other runtimes were given their thread count at load time.
         batch: rows per call.
         load_ms: the artifact's load time, if measured with `timed_load`, to carry in the stats.
+        device: "cpu", or "cuda"/"cuda:N" to synchronise the device after every call (module docstring).
 
     Returns:
         The per-call statistics in milliseconds, with the harness overhead.
@@ -174,7 +207,7 @@ def measure(target: Any, inputs: Sequence[np.ndarray], warmup: int = 10, min_run
     if min_runs < 1 or warmup < 0 or min_time_s < 0:
         raise KdtoolError(f"bad timing bounds warmup={warmup} min_runs={min_runs} min_time_s={min_time_s}",
                           "use warmup >= 0, min_runs >= 1, min_time_s >= 0")
-    fn = _runner(target)
+    fn = _synchronised(_runner(target), device)
     batches = make_batches(inputs, batch)
     previous = _set_torch_threads(threads)
     try:
@@ -190,7 +223,19 @@ def measure(target: Any, inputs: Sequence[np.ndarray], warmup: int = 10, min_run
     return LatencyStats(p50=float(p50), p90=float(p90), p99=float(p99), mean=float(ms.mean()),
                         std=float(ms.std()), min=float(ms.min()), max=float(ms.max()), runs=int(ms.size),
                         batch=batch, threads=threads, load_ms=load_ms, warmup=warmup, total_s=total_s,
-                        overhead_ms=overhead)
+                        overhead_ms=overhead, device=device)
+
+
+def blocked_autorange_ms(fn: Callable[[], Any], min_run_time_s: float = 0.5) -> float:
+    """Median ms per call of `fn` by `torch.utils.benchmark.Timer.blocked_autorange` (a cross-check).
+
+    It times blocks of calls, not single calls (so no tail percentiles), and synchronises CUDA
+    around each block when CUDA is present.
+    """
+    from torch.utils import benchmark as torch_benchmark
+
+    timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    return float(timer.blocked_autorange(min_run_time=min_run_time_s).median * 1e3)
 
 
 def timed_load(load_fn: Callable[[], T]) -> tuple[T, float]:

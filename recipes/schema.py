@@ -139,6 +139,17 @@ class TrainConfig(Strict):
     init: Literal["scratch", "baseline"] = Field(
         "baseline", description="distillation only: start from the baseline's best checkpoint or from scratch"
     )
+    # None (not "auto") when unset: stage hashes leave unset settings out, so existing runs stay valid
+    device: Literal["cpu", "cuda"] | None = Field(
+        None, description="where to train; unset: CUDA when present, else CPU; cuda without a GPU is an error")
+
+    @model_validator(mode="after")
+    def _sam_fp16(self) -> TrainConfig:
+        """SAM's second backward pass bypasses the fp16 GradScaler (its unscale/update run once per step)."""
+        if self.optimizer == "sam" and self.amp == "fp16":
+            raise ValueError("optimizer: sam does not work with amp: fp16 (the GradScaler scales one backward "
+                             "pass per step, SAM runs two): use amp: bf16 or another optimizer")
+        return self
 
 
 class LossTermConfig(Strict):

@@ -244,7 +244,7 @@ class KDObjective(nn.Module):
         Raises:
             KdtoolError: a feature term has no teacher feature (a logits cache cannot serve it).
         """
-        hard = self.task.hard_loss(s_out, targets)
+        hard = self.task.hard_loss(s_out.float(), targets)  # AMP: fp16/bf16 logits, the loss in fp32
         out: dict[str, Tensor] = {"hard": hard}
         if self.distill is None or t_out is None:
             out["total"] = hard

@@ -76,9 +76,17 @@ class _Interrupt:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def device_for_training() -> torch.device:
-    """CUDA when present (rank-local under torchrun), else CPU."""
-    if torch.cuda.is_available():
+def device_for_training(wanted: str | None = None) -> torch.device:
+    """`wanted` ("cpu"/"cuda"; None: CUDA when present), rank-local under torchrun.
+
+    Raises:
+        KdtoolError: "cuda" asked for where torch sees no CUDA device (exit 2).
+    """
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise KdtoolError(f"train.device: cuda, but torch {torch.__version__} sees no CUDA device "
+                          f"(built for CUDA {torch.version.cuda or 'none'})",
+                          "run on a GPU machine, or remove train.device (CUDA is used when present)")
+    if wanted != "cpu" and torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 
@@ -159,7 +167,7 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
     from compress.distill.schedules import value_at
 
     torch.manual_seed(cfg.seed)
-    device = device_for_training()
+    device = device_for_training(getattr(cfg, "device", None))
     ddp = distributed.setup()  # torchrun: join the process group (Gloo on CPU, NCCL on CUDA)
     rank, world = distributed.rank(), distributed.world_size()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,7 +199,7 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
     state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": 0, "history": [], "bad_steps": 0,
              "sums": {}, "seen": 0}
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-    scaler = torch.amp.GradScaler("cuda") if (cfg.amp == "fp16" and device.type == "cuda") else None
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None  # fp16 gradients underflow unscaled
     if resume:
         loaded = load_training_state(out_dir / "last", model, objective, optimizer, scheduler, scaler=scaler,
                                      ema=ema.module if ema is not None else None)

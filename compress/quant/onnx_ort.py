@@ -239,7 +239,8 @@ def ort_static(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs) -> Q
                             per_channel=config.per_channel,
                             activation_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
                             weight_type=QuantType.QInt8, reduce_range=unsigned,
-                            extra_options={"QuantizeBias": False})
+                            # int8 activations symmetric (zero point 0): TensorRT's Q/DQ import takes no other
+                            extra_options={"QuantizeBias": False, "ActivationSymmetric": not unsigned})
             compact_file(tmp)
     if reader.samples < config.calibration_samples:
         notes.append(f"only {reader.samples} calibration samples (asked {config.calibration_samples})")

@@ -141,6 +141,13 @@ def test_onnx_runtime_quantization(student, digits, tmp_path, config):
         zero_points = {types[n.input[2]] for n in int8.graph.node if n.op_type == "QuantizeLinear"}
         assert zero_points == {onnx.TensorProto.UINT8 if config.onnx_activations == "uint8" else onnx.TensorProto.INT8}
         assert config.onnx_activations in qm.meta["activations"]
+    if getattr(config, "onnx_activations", None) == "int8":  # what TensorRT builds int8 from: symmetric Q/DQ
+        from export.formats.tensorrt.exporter import int8_problem, nonzero_zero_points
+
+        assert nonzero_zero_points(qm.path) == [] and int8_problem(qm.path) is None
+        made_by = {out: node.op_type for node in int8.graph.node for out in node.output}
+        for node in (n for n in int8.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")):
+            assert made_by.get(node.input[0]) == made_by.get(node.input[1]) == "DequantizeLinear", node.name
     x = example(digits)
     fp32 = ort_session(tmp_path / "model.fp32.onnx").run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(fp32, student(x).detach().numpy(), atol=1e-4)

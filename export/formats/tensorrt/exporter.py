@@ -49,10 +49,12 @@ class TensorRTExporter:
     def export(self, model: nn.Module, example: torch.Tensor, out_dir: Path, ctx: ExportContext) -> Artifact:
         """Export ONNX at `ctx.precision`, then build `<name>.<precision>.engine` for this GPU."""
         check_precision(self, ctx)
-        if ctx.precision == "int8" and ctx.quantized_onnx is not None and unsigned_activations(ctx.quantized_onnx):
-            raise ExportError(f"tensorrt int8: {Path(ctx.quantized_onnx).name} has uint8 (asymmetric) activations; "
-                              "TensorRT takes symmetric int8 Q/DQ only",
-                              "set quantize.onnx_activations: int8 and rerun `kdtool quantize --mode static`")
+        if ctx.precision == "int8" and ctx.quantized_onnx is not None:
+            problem = int8_problem(ctx.quantized_onnx)
+            if problem:
+                raise ExportError(f"tensorrt int8: {Path(ctx.quantized_onnx).name} has {problem}; "
+                                  "TensorRT takes symmetric int8 Q/DQ only (zero points 0)",
+                                  "set quantize.onnx_activations: int8 and rerun `kdtool quantize --mode static`")
         reason = unavailable_reason()
         if reason:
             raise ExportError(reason, "use --format onnx on this machine")
@@ -77,13 +79,42 @@ def unsigned_activations(onnx_path: str | Path) -> bool:
                and zero_points.get(node.input[2]) == onnx.TensorProto.UINT8 for node in proto.graph.node)
 
 
+def nonzero_zero_points(onnx_path: str | Path) -> list[str]:
+    """Names of Q/DQ zero points that are not all 0 (asymmetric ranges, which TensorRT refuses)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    values = {t.name: t for t in proto.graph.initializer}
+    names = {n.input[2] for n in proto.graph.node
+             if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2]}
+    return sorted(n for n in names if n in values and np.any(numpy_helper.to_array(values[n]) != 0))
+
+
+def int8_problem(onnx_path: str | Path) -> str | None:
+    """Why TensorRT cannot build int8 from this Q/DQ model (uint8 or asymmetric ranges), or None."""
+    if unsigned_activations(onnx_path):
+        return "uint8 (asymmetric) activations"
+    asymmetric = nonzero_zero_points(onnx_path)
+    if asymmetric:
+        return f"{len(asymmetric)} asymmetric int8 ranges (nonzero zero point {asymmetric[0]!r})"
+    return None
+
+
+def network_flags(trt: Any) -> int:
+    """STRONGLY_TYPED where the flag exists (TensorRT 10); TensorRT 11 networks are always strongly typed."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
 def build_engine(onnx_path: Path, example: torch.Tensor, ctx: ExportContext) -> tuple[bytes, dict[str, Any]]:
     """Parse `onnx_path` into a strongly typed network and build a serialized engine."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    network = builder.create_network(network_flags(trt))  # no FP16/INT8 builder flags: gone in TensorRT 11
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # reads external .data beside the file too
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -103,4 +134,5 @@ def build_engine(onnx_path: Path, example: torch.Tensor, ctx: ExportContext) -> 
     if serialized is None:
         raise ExportError(f"TensorRT failed to build an engine for {ctx.name}", "see the TensorRT log above")
     return bytes(serialized), {"tensorrt": trt.__version__, "strongly_typed": True,
+                               "precision_from": "Q/DQ nodes" if ctx.precision == "int8" else f"{ctx.precision} ONNX",
                                "device": torch.cuda.get_device_name(0), "layers": network.num_layers}

@@ -21,13 +21,15 @@ class TensorRTSession:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.input_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        # the engine's own input type (fp32 for kdtool's exports, whose fp16 casts sit inside the graph)
+        self.input_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.input_name)))
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         """Copy the batch to the GPU, run, and return the first output."""
         import tensorrt as trt
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).cuda()
+        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=self.input_dtype)).cuda()
         self.context.set_input_shape(self.input_name, tuple(x.shape))
         self.context.set_tensor_address(self.input_name, x.data_ptr())
         outputs = []
