@@ -142,7 +142,7 @@ def quickstart(out: Path, amp: str, settings: Settings) -> dict[str, Any]:
 
 
 def load_run(out: Path, settings: Settings):
-    """The fp16 run's context, its teacher and student, an example batch and 64 real inputs."""
+    """The fp16 run's context, teacher, student, an example batch, 64 real student inputs, the teacher's."""
     from compress.context import Context
     from compress.core.runfolder import RunFolder
     from compress.data.loader import example_batch
@@ -151,20 +151,21 @@ def load_run(out: Path, settings: Settings):
     recipe, _, _ = load_recipe(None, quickstart_overrides("fp16", settings))
     ctx = Context(recipe, RunFolder.for_recipe(out / "runs_fp16", recipe.name))
     student, teacher = ctx.load("student_kd"), ctx.load("teacher")
-    inputs = student.preprocess(example_batch(ctx.datasets[1], 64))
-    return ctx, teacher, student, inputs[:2], inputs
+    raw = example_batch(ctx.datasets[1], 64)
+    inputs = student.preprocess(raw)
+    return ctx, teacher, student, inputs[:2], inputs, teacher.preprocess(raw)
 
 
 def artifacts(out: Path, settings: Settings, summary: dict[str, Any]) -> None:
     """TensorRT engines, ONNX Runtime GPU providers and eager CUDA latency of the fp16 run's models."""
-    ctx, teacher, student, example, inputs = load_run(out, settings)
+    ctx, teacher, student, example, inputs, teacher_inputs = load_run(out, settings)
     qdq = next(iter(sorted(ctx.run.stage("quantized").glob("static/onnx/*int8*.onnx"))), None)
     fp32 = next(iter(sorted(ctx.run.stage("export").glob("server/onnx/fp32/*.onnx"))), None)
     parts = {"tensorrt": lambda: gpu_parts.tensorrt_engines(student, example, inputs, qdq, out / "tensorrt",
                                                              ctx.task.kind, settings),
              "onnxruntime_gpu": lambda: gpu_parts.onnxruntime_gpu(fp32, student, inputs, settings),
-             "cuda_latency": lambda: gpu_parts.cuda_latency({"teacher": teacher, "student_kd": student}, inputs,
-                                                            settings.device, settings)}
+             "cuda_latency": lambda: gpu_parts.cuda_latency(
+                 {"teacher": (teacher, teacher_inputs), "student_kd": (student, inputs)}, settings.device, settings)}
     for name, part in parts.items():
         step(summary, name, part, out)
 

@@ -181,7 +181,7 @@ def onnxruntime_gpu(onnx_fp32: Path | None, student, inputs: torch.Tensor, setti
     return section
 
 
-def cuda_latency(models: dict[str, Any], inputs: torch.Tensor, device: str, settings) -> dict[str, Any]:
+def cuda_latency(models: dict[str, tuple[Any, torch.Tensor]], device: str, settings) -> dict[str, Any]:
     """Eager PyTorch latency of each model on `device`, fp32 and fp16, with a blocked_autorange cross-check.
 
     The protocol's numbers include the host→device copy of the batch and the copy back (what a
@@ -191,8 +191,8 @@ def cuda_latency(models: dict[str, Any], inputs: torch.Tensor, device: str, sett
     from benchmark.latency import blocked_autorange_ms
 
     section: dict[str, Any] = {"status": "ok", "device": device}
-    samples = [x.unsqueeze(0).numpy() for x in inputs]
-    for name, built in models.items():
+    for name, (built, inputs) in models.items():  # each model with inputs made by its own preprocessing
+        samples = [x.unsqueeze(0).numpy() for x in inputs]
         for dtype in (torch.float32, torch.float16):
             if dtype == torch.float16 and device == "cpu":
                 continue  # fp16 eager on CPU is not a deployment path
