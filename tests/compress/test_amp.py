@@ -85,3 +85,21 @@ def test_amp_training_on_cuda_learns_with_finite_losses(tmp_path, amp):
     assert result.best_metric > 0.3  # chance is 0.1
     state = _scaler_state(tmp_path / amp)
     assert (state is not None and state["scale"] > 0) if amp == "fp16" else state is None
+
+
+@pytest.mark.slow  # a whole CLI start (~15 s alone on 2 cores); the unit test above covers the check itself
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cli_with_train_device_cuda_and_no_gpu_exits_2_with_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(root / "kdtool.py"), "distill", "--out", str(tmp_path),
+                           "--set", "teacher.train.device=cuda", "--set", "data.limit=64"], cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root), "KDTOOL_QUIET": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("kdtool: error")]
+    assert len(errors) == 1 and "train.device: cuda" in errors[0] and "sees no CUDA device" in errors[0]
