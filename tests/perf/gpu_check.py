@@ -4,7 +4,8 @@
     python -m tests.perf.gpu_check OUT --cpu-smoke   # the same driver on the CPU, tiny settings (a test runs it)
 
 Writes `OUT/gpu_check.json` after every part (a run stopped by its time limit keeps what it
-measured) and the run folders under OUT. The parts, in order:
+measured), the GPU tests' JUnit XML beside it, and the run folders under `--work` (default OUT;
+on the lent machine a folder outside $OUT, whose file count comes back limited). The parts:
 
 1. `environment`: versions (None = not installed), GPUs, CUDA, NCCL, ONNX Runtime providers.
 2. `gpu_tests`: `pytest -m gpu` (AMP steps, CUDA latency, TensorRT export, DDP over NCCL).
@@ -61,7 +62,7 @@ class Settings:
     notes: list[str] = field(default_factory=list)
 
 
-TINY = ("data.limit=240", "teacher.train.epochs=1", "student.train.epochs=1", "distill.train.epochs=1",
+TINY = ("data.limit=160", "teacher.train.epochs=1", "student.train.epochs=1", "distill.train.epochs=1",
         "quantize.calibration_samples=32", "export.parity_samples=8", "benchmark.min_runs=3",
         "benchmark.min_time_s=0", "benchmark.warmup=1")
 
@@ -71,7 +72,7 @@ def settings_for(cpu_smoke: bool) -> Settings:
     if not cpu_smoke:
         return Settings()
     return Settings(device="cpu", overrides=TINY, ddp_limit=64, ddp_epochs=1, batches=(1,), warmup=1, min_runs=3,
-                    min_time_s=0.0, gpu_tests=False, stage_timeout_s=240,
+                    min_time_s=0.0, gpu_tests=False, stage_timeout_s=600,  # a shared 2-core CI box is slow
                     notes=["--cpu-smoke: CPU, tiny data and epochs; numbers check the plumbing, not the GPU"])
 
 
@@ -156,12 +157,12 @@ def load_run(out: Path, settings: Settings):
     return ctx, teacher, student, inputs[:2], inputs, teacher.preprocess(raw)
 
 
-def artifacts(out: Path, settings: Settings, summary: dict[str, Any]) -> None:
+def artifacts(out: Path, work: Path, settings: Settings, summary: dict[str, Any]) -> None:
     """TensorRT engines, ONNX Runtime GPU providers and eager CUDA latency of the fp16 run's models."""
-    ctx, teacher, student, example, inputs, teacher_inputs = load_run(out, settings)
+    ctx, teacher, student, example, inputs, teacher_inputs = load_run(work, settings)
     qdq = next(iter(sorted(ctx.run.stage("quantized").glob("static/onnx/*int8*.onnx"))), None)
     fp32 = next(iter(sorted(ctx.run.stage("export").glob("server/onnx/fp32/*.onnx"))), None)
-    parts = {"tensorrt": lambda: gpu_parts.tensorrt_engines(student, example, inputs, qdq, out / "tensorrt",
+    parts = {"tensorrt": lambda: gpu_parts.tensorrt_engines(student, example, inputs, qdq, work / "tensorrt",
                                                              ctx.task.kind, settings),
              "onnxruntime_gpu": lambda: gpu_parts.onnxruntime_gpu(fp32, student, inputs, settings),
              "cuda_latency": lambda: gpu_parts.cuda_latency(
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for gpu_check.json and the run folders")
     parser.add_argument("--cpu-smoke", action="store_true", help="same driver on the CPU with tiny settings")
+    parser.add_argument("--work", type=Path, help="folder for the run folders (default OUT)")
     args = parser.parse_args(argv)
     if not args.cpu_smoke and not torch.cuda.is_available():
         print(f"gpu_check: torch {torch.__version__} sees no CUDA device (built for CUDA "
@@ -210,17 +212,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     settings = settings_for(args.cpu_smoke)
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    work = (args.work or out).resolve()
+    for folder in (out, work):
+        folder.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"schema": "kdtool.gpu_check/1", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                          time.gmtime()),
                                "settings": asdict(settings), "parts": {}}
     step(summary, "environment", gpu_parts.environment, out)
     step(summary, "gpu_tests", lambda: pytest_gpu(out, settings), out)
-    step(summary, "quickstart_fp16", lambda: quickstart(out, "fp16", settings), out)
-    step(summary, "quickstart_bf16", lambda: quickstart(out, "bf16", settings), out)
-    step(summary, "ddp", lambda: gpu_parts.ddp_compare(out, 2, settings.ddp_limit, settings.ddp_epochs), out)
+    step(summary, "quickstart_fp16", lambda: quickstart(work, "fp16", settings), out)
+    step(summary, "quickstart_bf16", lambda: quickstart(work, "bf16", settings), out)
+    step(summary, "ddp", lambda: gpu_parts.ddp_compare(work, 2, settings.ddp_limit, settings.ddp_epochs), out)
     if summary["parts"]["quickstart_fp16"]["status"] == "ok":
-        artifacts(out, settings, summary)
+        artifacts(out, work, settings, summary)
     statuses = {name: part["status"] for name, part in summary["parts"].items()}
     print(json.dumps(statuses))
     return 1 if "failed" in statuses.values() else 0

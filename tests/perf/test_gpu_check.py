@@ -46,15 +46,15 @@ def test_its_recipe_overrides_force_cuda_amp_and_tensorrt_ready_int8():
     assert recipe.quantize.onnx_activations == "int8"
     assert recipe.export.formats == ["onnx", "tensorrt"]
     smoke, _, _ = load_recipe(None, quickstart_overrides("bf16", settings_for(cpu_smoke=True)))
-    assert smoke.student.train.device == "cpu" and smoke.student.train.amp == "bf16" and smoke.data.limit == 240
+    assert smoke.student.train.device == "cpu" and smoke.student.train.amp == "bf16" and smoke.data.limit == 160
 
 
 @pytest.mark.slow
 def test_cpu_smoke_runs_every_part_and_writes_the_summary(tmp_path):
     """The same driver on the CPU, tiny settings: every part ok or skipped with its reason, real numbers."""
-    done = _driver(str(tmp_path), "--cpu-smoke", timeout=900)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = _driver(str(tmp_path), "--cpu-smoke", timeout=1600)
     parts = json.loads((tmp_path / "gpu_check.json").read_text())["parts"]
+    assert done.returncode == 0, {name: p.get("reason") for name, p in parts.items() if p["status"] == "failed"}
     assert {name: p["status"] for name, p in parts.items()} == {
         "environment": "ok", "gpu_tests": "skipped", "quickstart_fp16": "ok", "quickstart_bf16": "ok", "ddp": "ok",
         "tensorrt": "skipped", "onnxruntime_gpu": "ok", "cuda_latency": "ok"}
