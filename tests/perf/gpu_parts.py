@@ -47,8 +47,17 @@ def environment() -> dict[str, Any]:
         providers = []
     return {"status": "ok", "python": sys.version.split()[0], "versions": versions, "cuda_available": cuda,
             "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
-            "gpus": gpus, "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
+            "gpus": gpus, "nccl": _nccl_version() if cuda else None,
             "onnxruntime_providers": providers, "cpu_count": os.cpu_count()}
+
+
+def _nccl_version() -> str | None:
+    """NCCL's version as torch reports it (a tuple in recent torch, an int in older ones), or None."""
+    try:
+        version = torch.cuda.nccl.version()
+    except Exception:  # a torch built without NCCL
+        return None
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
 
 
 def _ddp_run(out: Path, ranks: int, limit: int, epochs: int, timeout: int) -> dict[str, Any]:
