@@ -36,6 +36,7 @@ def configure(threads: int, strict: bool = False) -> dict[str, Any]:
         threads: torch intra-op threads while training (CPU float sums depend on it).
         strict: fail on an op without a deterministic kernel instead of warning.
     """
+    commit()  # read (and cached) when training starts: later edits to the checkout do not change the record
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     # CPU kernels are deterministic at a fixed thread count; CUDA's atomics-based ones are not, so ask
@@ -76,8 +77,8 @@ def commit() -> str:
 
 def versions() -> dict[str, str]:
     """Python's and RECORDED_PACKAGES' versions ("not installed" where absent)."""
-    out = {"python": platform.python_version()}
-    for name in RECORDED_PACKAGES:
+    out = {"python": platform.python_version(), "torch": torch.__version__}  # with its build (+cpu, +cu130)
+    for name in RECORDED_PACKAGES[1:]:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
