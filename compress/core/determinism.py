@@ -2,12 +2,12 @@
 
 Training on CPU is not reproducible across machines by seeds alone: torch splits float sums (a
 convolution's weight gradient over the batch) by intra-op thread, so the same recipe trained with
-1 and 2 threads diverges within an epoch (quickstart student, 2 epochs: 80.0 % vs 67.1 % validation
-accuracy; `tests/compress/test_determinism.py` shows the weights differ). So training pins the thread
-count to `train.threads` (default 2, whatever the machine's core count), on CUDA asks for
-deterministic kernels (warning, not failing, where an op has none; `--deterministic` makes that an
-error everywhere) and turns off cuDNN autotuning. With the same versions on the same kind of CPU (same instruction set),
-a recipe then gives the same weights on any machine, in any stage order.
+1 and 2 threads diverges within an epoch (`tests/compress/test_determinism.py` shows the weights
+differ). So training pins the thread count to `train.threads` (default 2, whatever the machine's
+core count), on CUDA asks for deterministic kernels (warning, not failing, where an op has none;
+`--deterministic` makes that an error everywhere) and turns off cuDNN autotuning. With the same
+versions on the same kind of CPU (same instruction set), a recipe then gives the same weights on
+any machine, in any stage order.
 """
 
 from __future__ import annotations
