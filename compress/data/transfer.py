@@ -17,6 +17,7 @@ whole split so they take as many steps per epoch as they would with every label.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -142,6 +143,17 @@ def fully_labeled(train: Dataset) -> tuple[Dataset, Dataset | None]:
     if isinstance(train, TransferSet):
         return train.base, train.unlabeled
     return train, None
+
+
+def folder_fingerprint(root: Path) -> str:
+    """sha256 of a folder's file list (relative paths, sizes, modification times): changes when files do."""
+    h = hashlib.sha256()
+    root = Path(root)
+    if root.is_dir():
+        for p in sorted(q for q in root.rglob("*") if q.is_file()):
+            st = p.stat()
+            h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def unlabeled_folder(cfg, train: Dataset) -> Dataset:

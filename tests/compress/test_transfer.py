@@ -114,3 +114,20 @@ def test_unlabeled_root_errors_name_the_key(tmp_path):
     audio = DataConfig(source="digits", image_size=8, channels=1, limit=20, unlabeled_root=tmp_path / "clips")
     with pytest.raises(KdtoolError, match="holds audio files but the training data is image"):
         build_datasets(audio, TASK)
+
+
+def test_new_files_in_unlabeled_root_rerun_distillation(tmp_path):
+    """The KD stage's inputs hash covers the transfer set's files, not just the folder's name."""
+    from reliability_fixtures import write_recipe
+
+    from compress.context import Context
+    from compress.core.runfolder import RunFolder
+    from recipes.load import load_recipe
+
+    _write_pngs(tmp_path / "frames", 3)
+    recipe, _, _ = load_recipe(write_recipe(tmp_path, {"data": {"unlabeled_root": str(tmp_path / "frames")}}))
+    ctx = Context(recipe, RunFolder.for_recipe(tmp_path / "runs", "tiny"))
+    before = ctx.stage_hash("student_kd"), ctx.stage_hash("student_baseline")
+    _write_pngs(tmp_path / "frames" / "more", 1)
+    after = ctx.stage_hash("student_kd"), ctx.stage_hash("student_baseline")
+    assert before[0] != after[0] and before[1] == after[1]
