@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from reliability_fixtures import cli, write_recipe
 from torch import nn
 
 from compress.core.errors import KdtoolError
@@ -118,8 +121,6 @@ def test_unlabeled_root_errors_name_the_key(tmp_path):
 
 def test_new_files_in_unlabeled_root_rerun_distillation(tmp_path):
     """The KD stage's inputs hash covers the transfer set's files, not just the folder's name."""
-    from reliability_fixtures import write_recipe
-
     from compress.context import Context
     from compress.core.runfolder import RunFolder
     from recipes.load import load_recipe
@@ -131,3 +132,58 @@ def test_new_files_in_unlabeled_root_rerun_distillation(tmp_path):
     _write_pngs(tmp_path / "frames" / "more", 1)
     after = ctx.stage_hash("student_kd"), ctx.stage_hash("student_baseline")
     assert before[0] != after[0] and before[1] == after[1]
+
+
+def _spy_on_fit(monkeypatch, module) -> list[tuple[str, torch.Tensor]]:
+    """Record (label, training targets) of every fit() a module calls, then train for real."""
+    seen: list[tuple[str, torch.Tensor]] = []
+    real = module.fit
+
+    def spy(student, train_ds, *args, label="train", **kwargs):
+        seen.append((label, torch.stack([torch.as_tensor(train_ds[i][1]) for i in range(len(train_ds))])))
+        return real(student, train_ds, *args, label=label, **kwargs)
+
+    monkeypatch.setattr(module, "fit", spy)
+    return seen
+
+
+def test_label_scarce_stages_teacher_and_baseline_see_labels_only(tmp_path, monkeypatch):
+    import compress.distill.stage
+
+    recipe = write_recipe(tmp_path, {"data": {"labeled_fraction": 0.25}, "teacher": {"train": {"epochs": 1}},
+                                     "student": {"train": {"epochs": 1}}, "distill": {"train": {"epochs": 1}}})
+    seen = _spy_on_fit(monkeypatch, compress.distill.stage)
+    result = cli("distill", recipe, "--out", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    by_stage = dict(seen)
+    assert set(by_stage) == {"teacher", "student_baseline", "student_kd"}
+    for stage in ("teacher", "student_baseline"):  # labeled samples only, as many as the whole split
+        assert bool((by_stage[stage] >= 0).all()) and len(by_stage[stage]) == 120
+    kd = by_stage["student_kd"]
+    assert len(kd) == 120 and int((kd == UNLABELED).sum()) == 120 - int((kd >= 0).sum()) > 60
+    meta = json.loads((tmp_path / "runs" / "tiny" / "student_kd" / "meta.json").read_text())
+    assert meta["provenance"]["determinism"]["threads"] == 2
+
+
+def test_label_scarce_ablation_baseline_on_labels_kd_on_the_transfer_set(tmp_path, monkeypatch):
+    import compress.distill.ablation
+
+    recipe = write_recipe(tmp_path, {"data": {"labeled_fraction": 0.25}, "teacher": {"train": {"epochs": 1}},
+                                     "student": {"train": {"epochs": 1}}, "distill": {"train": {"epochs": 1}}})
+    seen = _spy_on_fit(monkeypatch, compress.distill.ablation)
+    out = tmp_path / "runs"
+    result = cli("distill", recipe, "--out", out, "--ablate", "1", "--folds", "2")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads((out / "tiny" / "ablation" / "ablation.json").read_text())
+    counts = summary["transfer_set"]
+    assert summary["labeled_fraction"] == 0.25 and len(counts) == 2
+    assert all(c["labeled"] + c["unlabeled"] == 75 and c["unlabeled"] > c["labeled"] for c in counts)
+    for label, targets in seen:
+        if label.startswith(("teacher", "baseline")):
+            assert bool((targets >= 0).all()) and len(targets) == 75, label
+        else:
+            assert label.startswith("kd") and int((targets == UNLABELED).sum()) > 0
+    assert {label.split()[0] for label, _ in seen} == {"teacher", "baseline", "kd"}
+    provenance = summary["provenance"]
+    assert provenance["commit"] and provenance["versions"]["torch"] == torch.__version__
+    assert provenance["determinism"]["threads"] == 2
