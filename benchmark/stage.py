@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from compress.core import determinism
 from compress.core.atomic import read_json
 from compress.core.errors import KdtoolError
 from compress.core.progress import console
@@ -108,6 +109,8 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
             bar.advance()
     report = build_report(r.name, rows, ctx.task.primary_metric, list(r.export.targets), bench.min_retention,
                           bench.threads, recipe_sha256=ctx.recipe_sha)
+    report = report.model_copy(update={"versions": {**report.versions, "kdtool": determinism.commit()},
+                                       "training": training_provenance(ctx)})
     paths = write_report(report, ctx.run.report)
     console.print(render_console(report))
     for note in report.notes:
@@ -116,6 +119,12 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     base = load_report(baseline) if baseline else None
     enforce_gates(report, base, max_regression, min_retention)
     return report
+
+
+def training_provenance(ctx) -> dict[str, Any]:
+    """What each trained stage ran with (commit, versions, threads, ...), from its meta.json."""
+    return {stage: read_json(ctx.run.stage(stage, "meta.json")).get("provenance")
+            for stage in ("teacher", "student_baseline", "student_kd")}
 
 
 def _quantized_row(ctx, folder: Path, samples: list, bench, student_cost: dict[str, Any]):

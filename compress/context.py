@@ -9,6 +9,7 @@ from compress.core.errors import KdtoolError
 from compress.core.runfolder import RunFolder, inputs_hash
 from compress.core.tasks import Task
 from compress.data.loader import build_datasets
+from compress.data.transfer import folder_fingerprint
 from compress.models.build import BuiltModel, build_model, load_weights
 
 
@@ -37,8 +38,10 @@ class Context:
         if name == "student_baseline":
             return inputs_hash(*common, r.student, file_hash(r.student.checkpoint))
         if name == "student_kd":
+            transfer = [folder_fingerprint(r.data.unlabeled_root)] if r.data.unlabeled_root else []  # new files rerun
             return inputs_hash(*common, r.student, r.distill, self.output_hash("teacher"),
-                               self.output_hash("student_baseline") if self.kd_train.init == "baseline" else None)
+                               self.output_hash("student_baseline") if self.kd_train.init == "baseline" else None,
+                               *transfer)
         raise KeyError(name)
 
     def output_hash(self, stage: str) -> str | None:

@@ -96,7 +96,7 @@ def load_recipe(recipe: str | Path | None = None, overrides: list[str] | None = 
 def _resolve_paths(recipe: Recipe, base: Path) -> None:
     """Relative file paths in a recipe are relative to the current folder, else to the recipe's folder."""
     for section in (recipe.data, recipe.teacher, recipe.student):
-        for field in ("root", "val_root", "checkpoint"):
+        for field in ("root", "val_root", "unlabeled_root", "checkpoint"):
             value = getattr(section, field, None)
             if value is not None and not value.is_absolute() and not value.exists() and (base / value).exists():
                 setattr(section, field, base / value)

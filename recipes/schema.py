@@ -74,6 +74,12 @@ class DataConfig(Strict):
     num_workers: int = Field(0, ge=0)
     max_bad_fraction: Probability = Field(0.01, description="abort when more undecodable files than this")
     augment: AugmentConfig = AugmentConfig()
+    unlabeled_root: Path | None = Field(None, description=(
+        "transfer set: a folder of unlabeled images/clips (any depth) that the KD student learns from the "
+        "teacher's outputs alone; teacher and baseline never see it"))
+    labeled_fraction: float = Field(1.0, gt=0.0, le=1.0, description=(
+        "keep the labels of this share of the training split (stratified, fixed seed) and hide the rest: "
+        "the hidden samples join the transfer set (teacher and baseline train on the labeled share)"))
 
 
 class ModelConfig(Strict):
@@ -134,6 +140,9 @@ class TrainConfig(Strict):
         """YAML reads a bare `off` as false: accept it."""
         return "off" if value is False else value
     seed: int = 0
+    threads: int = Field(2, ge=1, description=(
+        "torch intra-op threads while training on CPU: CPU float sums depend on it, so it is fixed "
+        "(not the machine's core count) for the same weights on every machine; recorded in meta.json"))
     nan_policy: Literal["stop", "skip"] = "stop"
     max_bad_steps: int = Field(0, ge=0, description="nan_policy=skip: abort after this many skipped steps")
     init: Literal["scratch", "baseline"] = Field(

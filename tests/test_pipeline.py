@@ -60,6 +60,11 @@ def test_report_rows_field_by_field(tiny_run):
     assert report["schema"] == "kdtool.report/1"
     assert report["recipe"]["name"] == "tiny" and len(report["recipe"]["sha256"]) == 64
     assert report["machine"]["threads"] == 2 and report["versions"]["torch"].startswith("2.")
+    from compress.core.determinism import commit
+
+    assert report["versions"]["kdtool"] == commit()  # the commit and how each stage was trained (threads, ...)
+    assert set(report["training"]) == {"teacher", "student_baseline", "student_kd"}
+    assert report["training"]["student_kd"]["determinism"]["threads"] == 2, report["training"]
     rows = {r["name"]: r for r in report["rows"]}
     for name in ("teacher", "student_baseline", "student_kd"):
         row = rows[name]

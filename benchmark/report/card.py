@@ -117,6 +117,7 @@ class Report(BaseModel):
     min_retention: float | None = None
     machine: dict[str, Any] = {}
     versions: dict[str, str] = {}
+    training: dict[str, Any] = {}  # per trained stage: the commit, versions and determinism settings it ran with
     rows: list[ReportRow] = []
     recommendation: dict[str, str] = {}
     notes: list[str] = []

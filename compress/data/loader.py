@@ -43,7 +43,7 @@ def digits_source(cfg, task: Task) -> tuple[Dataset, Dataset]:
 
 
 def build_datasets(cfg, task: Task) -> tuple[Dataset, Dataset]:
-    """The recipe's (train, val) datasets, checked for emptiness and label validity."""
+    """The recipe's (train, val) datasets, checked for emptiness and label validity; train holds the transfer set."""
     import compress.data.files  # noqa: F401  (registers imagefolder/csv/audiofolder)
     import compress.data.synthetic  # noqa: F401  (registers synthetic_images/synthetic_audio)
 
@@ -55,7 +55,9 @@ def build_datasets(cfg, task: Task) -> tuple[Dataset, Dataset]:
     targets = getattr(train, "targets", None)
     if isinstance(targets, torch.Tensor):
         task.check_targets(targets, f"data ({cfg.root or cfg.source}) training labels")
-    return train, val
+    from compress.data.transfer import transfer_set
+
+    return transfer_set(train, cfg, task), val
 
 
 def seed_worker(worker_id: int) -> None:

@@ -10,6 +10,12 @@ and validation splits are pooled, each fold trains its own teacher (when the rec
 a teacher must never have seen the samples its students are scored on), and the seed's metric is
 the size-weighted mean over the folds, i.e. over every sample once. On small datasets this is what
 makes one seed's number precise enough to compare.
+
+Label-scarce mode (`--set data.labeled_fraction=0.1`, or `data.unlabeled_root`): the teacher and the
+baseline train on the labeled samples only (repeated to the split's size: as many steps), the KD
+student on those plus the transfer set, whose samples it learns from the teacher's outputs alone
+(`compress.data.transfer`). With folds, each fold's training part hides its own share of labels.
+`ablation.json` records the commit, versions and determinism settings it was made with.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from compress.context import file_hash
+from compress.core import determinism
 from compress.core.atomic import write_json
 from compress.core.errors import KdtoolError
 from compress.core.progress import console
 from compress.core.runfolder import finish_stage, inputs_hash, prepare_stage
 from compress.core.tasks import lower_is_better, retention
+from compress.data.transfer import fully_labeled, labeled_part, transfer_set
 from compress.distill.stage import run_teacher
 from compress.distill.trainer import evaluate, fit
 from compress.models.build import BuiltModel, build_model, load_weights
@@ -58,7 +66,8 @@ def run_ablation(ctx, seeds: int = 3, force: bool = False, folds: int = 1) -> di
                 student = build_model(r.student.model_copy(update={"checkpoint": None}), ctx.task.num_outputs, r.data,
                                       "student", seed=seed)  # per-seed initial weights, same for both kinds
                 where = f"{kind}_seed{seed}" + (f"_{split.name}" if folds > 1 else "")
-                out = fit(student, split.train, split.val, ctx.task, cfg.model_copy(update={"seed": seed}),
+                train = split.train if kind == "kd" else labeled_part(split.train)  # the baseline: labels only
+                out = fit(student, train, split.val, ctx.task, cfg.model_copy(update={"seed": seed}),
                           ctx.run.stage("ablation", where), data_cfg=r.data,
                           teacher=split.teacher if kind == "kd" else None, distill=r.distill if kind == "kd" else None,
                           teacher_cache=split.cache if kind == "kd" else None,
@@ -75,7 +84,9 @@ def run_ablation(ctx, seeds: int = 3, force: bool = False, folds: int = 1) -> di
             console.print(f"  seed {seed} {kind}: {metric}={results[kind][-1]:.4f}{folds_note}")
     teacher_metric = _weighted_mean([s.teacher_metric for s in splits], [len(s.val) for s in splits])
     summary = _summarize(results, metric, teacher_metric, seeds, cfg.epochs)
-    summary.update({"folds": folds, "validation_samples": sum(len(s.val) for s in splits)})
+    summary.update({"folds": folds, "validation_samples": sum(len(s.val) for s in splits),
+                    "labeled_fraction": r.data.labeled_fraction, "transfer_set": _transfer_counts(splits),
+                    "provenance": determinism.provenance()})
     if folds > 1:
         summary["by_fold"] = {**by_fold, "teacher": [s.teacher_metric for s in splits]}
     write_json(ctx.run.stage("ablation", "ablation.json"), summary)
@@ -109,6 +120,15 @@ def _summarize(results: dict[str, list[float]], metric: str, teacher_metric: flo
     return summary
 
 
+def _transfer_counts(splits: list[_Split]) -> list[dict[str, int]]:
+    """Per split: training samples with labels, and without (hidden, or from data.unlabeled_root)."""
+    counts = []
+    for s in splits:
+        labeled = len(getattr(s.train, "labeled_indices", range(len(s.train))))
+        counts.append({"labeled": labeled, "unlabeled": len(s.train) - labeled})
+    return counts
+
+
 def _weighted_mean(values: list[float], weights: list[int]) -> float:
     return sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)
 
@@ -118,7 +138,7 @@ def _splits(ctx, folds: int, force: bool, seed: int) -> list[_Split]:
     r = ctx.recipe
     metric = ctx.task.primary_metric
     train, val = ctx.datasets
-    if folds <= 1:
+    if folds <= 1:  # the recipe's split; its teacher stage trained on the labeled part
         outcome = run_teacher(ctx, force=force)[-1]
         teacher = ctx.load("teacher")
         split = _Split("split", train, val, teacher, outcome.metrics[metric])
@@ -135,8 +155,10 @@ def _splits(ctx, folds: int, force: bool, seed: int) -> list[_Split]:
         console.print("[yellow]--folds: the teacher was not trained here, so it may have seen some of the "
                       "samples a fold validates on; only a teacher trained per fold (teacher.train) is clean[/]")
     splits = []
-    for k, (fold_train, fold_val) in enumerate(cross_validation_folds(train, val, ctx.task, folds)):
+    labeled, unlabeled = fully_labeled(train)  # folds re-split every label; each fold hides its own share
+    for k, (fold_train, fold_val) in enumerate(cross_validation_folds(labeled, val, ctx.task, folds)):
         name = f"fold{k + 1}of{folds}"
+        fold_train = transfer_set(fold_train, r.data, ctx.task, unlabeled=unlabeled)
         teacher = shared or _fold_teacher(ctx, name, fold_train, fold_val, force)
         value = evaluate(teacher.module, teacher.preprocess, fold_val, ctx.task)[0][metric]
         split = _Split(name, fold_train, fold_val, teacher, value)
@@ -157,7 +179,8 @@ def _fold_teacher(ctx, name: str, train: Dataset, val: Dataset, force: bool) -> 
         console.print(f"[dim]teacher {name}: reused {folder}[/]")
     else:
         teacher.module.train()
-        out = fit(teacher, train, val, ctx.task, train_cfg, folder, data_cfg=r.data, label=f"teacher {name}")
+        out = fit(teacher, labeled_part(train), val, ctx.task, train_cfg, folder, data_cfg=r.data,
+                  label=f"teacher {name}")
         if out.interrupted:
             raise KdtoolError(f"ablation was interrupted (SIGTERM) while training the teacher of {name}",
                               "rerun `kdtool distill --ablate N --folds K` (finished fold teachers are reused)",

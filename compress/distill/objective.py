@@ -2,7 +2,8 @@
 
     total = alpha · hard + (1 − alpha) · soft + Σᵢ weightᵢ · termᵢ
 
-- hard: `task.hard_loss(student_output, targets)` (CE / BCE / MSE).
+- hard: `task.hard_loss(student_output, targets)` (CE / BCE / MSE) over the labeled rows; rows of
+  the transfer set (unlabeled, `compress.data.transfer`) learn from the soft and feature terms only.
 - soft: response KD on the final outputs, `distill.soft_loss` or the task's default (kl, bce_kd,
   mse). `soft_loss: none` switches it off (then the (1 − alpha) share is simply absent).
 - termᵢ: each `distill.terms` entry by its name (fitnet, attention, rkd, sp, dkd, kl, ...), on a
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from compress.core.errors import KdtoolError
+from compress.data.transfer import labeled_mask
 from compress.distill.adapters import build_adapter, probe
 from compress.distill.hooks import capture, find_layer
 from compress.distill.losses import build_loss
@@ -224,6 +226,19 @@ class KDObjective(nn.Module):
             out = self.teacher(x)
         return out, dict(feats)
 
+    def _hard(self, s_out: Tensor, targets: Tensor) -> Tensor:
+        """The hard loss over the labeled rows (mean over them); exactly 0, with zero gradient, without any.
+
+        Transfer-set rows (`compress.data.transfer`) carry no label: they train on the soft and
+        feature terms only.
+        """
+        mask = labeled_mask(targets)
+        if bool(mask.all()):
+            return self.task.hard_loss(s_out, targets)
+        if not bool(mask.any()):
+            return s_out.float().sum() * 0.0
+        return self.task.hard_loss(s_out[mask], targets[mask])
+
     def forward(self, s_out: Tensor, s_feats: dict[str, Tensor], t_out: Tensor | None,
                 t_feats: dict[str, Tensor] | None, targets: Tensor, *, alpha: float,
                 temperature: float) -> dict[str, Tensor]:
@@ -244,7 +259,7 @@ class KDObjective(nn.Module):
         Raises:
             KdtoolError: a feature term has no teacher feature (a logits cache cannot serve it).
         """
-        hard = self.task.hard_loss(s_out.float(), targets)  # AMP: fp16/bf16 logits, the loss in fp32
+        hard = self._hard(s_out.float(), targets)  # AMP: fp16/bf16 logits, the loss in fp32
         out: dict[str, Tensor] = {"hard": hard}
         if self.distill is None or t_out is None:
             out["total"] = hard

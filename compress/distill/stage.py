@@ -14,11 +14,13 @@ from typing import Any
 import torch
 
 from compress.context import Context
+from compress.core import determinism
 from compress.core.atomic import read_json, sha256_file, write_json
 from compress.core.errors import KdtoolError
 from compress.core.progress import console
 from compress.core.runfolder import finish_stage, prepare_stage
 from compress.data.loader import example_batch
+from compress.data.transfer import labeled_part
 from compress.distill import distributed
 from compress.distill.trainer import evaluate, fit
 from compress.models.build import BuiltModel, build_model, check_model_io, count_params, load_weights
@@ -77,8 +79,11 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
         teacher = ctx.load("teacher")
         _check_fits(teacher, ctx, "teacher")
     _check_fits(model, ctx, "teacher" if stage == "teacher" else "student")
+    if stage != "student_kd":  # the transfer set (unlabeled samples) is for distillation only
+        train_ds = labeled_part(train_ds)
     cache = None
     if stage == "student_kd" and r.distill.cache.enabled:
+        determinism.configure(cfg.threads)  # the teacher's cached outputs too
         from compress.distill.teacher_cache import TeacherCache
 
         cache = TeacherCache.build(teacher, train_ds, r.data, r.distill.cache, folder / "teacher_cache",
@@ -105,7 +110,7 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
         "stage": stage, "arch": model.arch, "params": count_params(model.module), "metrics": metrics,
         "primary_metric": ctx.task.primary_metric, "seconds": round(seconds, 2),
         "outputs_sha256": sha256_file(folder / "best.safetensors"), "preprocess": model.preprocess.to_dict(),
-        "torch": torch.__version__,
+        "torch": torch.__version__, "provenance": determinism.provenance(),
     })
     console.print(f"{stage}: val {ctx.task.primary_metric}={metrics[ctx.task.primary_metric]:.4f} "
                   f"({count_params(model.module) / 1e6:.2f} M params, {seconds:.1f} s)")

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from compress.core import determinism
 from compress.core.errors import KdtoolError, NonFiniteLossError
 from compress.core.progress import epoch_progress
 from compress.core.tasks import Task, lower_is_better
@@ -166,6 +167,7 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
     from compress.distill.objective import KDObjective
     from compress.distill.schedules import value_at
 
+    determinism.configure(getattr(cfg, "threads", determinism.DEFAULT_TRAINING_THREADS))  # same weights anywhere
     torch.manual_seed(cfg.seed)
     device = device_for_training(getattr(cfg, "device", None))
     ddp = distributed.setup()  # torchrun: join the process group (Gloo on CPU, NCCL on CUDA)
