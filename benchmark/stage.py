@@ -12,6 +12,7 @@ from compress.core.errors import KdtoolError
 from compress.core.progress import console
 from compress.data.loader import example_batch, make_loader
 from export.stage import EXPORT_BATCH, _example_inputs, artifacts_of
+from export.targets import TARGETS
 
 
 def ensure_ready(ctx) -> None:
@@ -106,7 +107,9 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
         for artifact in artifacts:
             rows.append(_artifact_row(ctx, artifact, samples, bench, student, student_cost, get_runtime))
             bar.advance()
-    report = build_report(r.name, rows, ctx.task.primary_metric, list(r.export.targets), bench.min_retention,
+    targets = list(r.export.targets)  # and every target exported on its own (`kdtool export --target ios`)
+    targets += sorted({a.target for a in artifacts if a.status == "ok" and a.target in TARGETS} - set(targets))
+    report = build_report(r.name, rows, ctx.task.primary_metric, targets, bench.min_retention,
                           bench.threads, recipe_sha256=ctx.recipe_sha)
     paths = write_report(report, ctx.run.report)
     console.print(render_console(report))
