@@ -22,6 +22,13 @@ def ensure_ready(ctx) -> None:
                           "run `kdtool distill` (or `kdtool run`) first")
 
 
+def teacher_notes(ctx) -> list[str]:
+    """The card's note on where the teacher came from (a checkpoint, trained here, the baseline)."""
+    meta = ctx.run.stage("teacher", "meta.json")
+    origin = read_json(meta).get("origin") if meta.exists() else None
+    return [f"teacher: {origin}."] if origin else []
+
+
 def relative(path: Path, root: Path) -> str:
     try:
         return str(Path(path).relative_to(root))
@@ -110,7 +117,7 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     targets = list(r.export.targets)  # and every target exported on its own (`kdtool export --target ios`)
     targets += sorted({a.target for a in artifacts if a.status == "ok" and a.target in TARGETS} - set(targets))
     report = build_report(r.name, rows, ctx.task.primary_metric, targets, bench.min_retention,
-                          bench.threads, recipe_sha256=ctx.recipe_sha)
+                          bench.threads, recipe_sha256=ctx.recipe_sha, notes=teacher_notes(ctx))
     paths = write_report(report, ctx.run.report)
     console.print(render_console(report))
     for note in report.notes:

@@ -33,7 +33,9 @@ class Context:
         if name == "teacher":
             if r.teacher.self_distill:  # the teacher is the baseline student's best checkpoint
                 return inputs_hash(*common, r.teacher, self.output_hash("student_baseline"))
-            return inputs_hash(*common, r.teacher, file_hash(r.teacher.checkpoint))
+            # a given checkpoint is the teacher: a leftover train section changes nothing, so it is no input
+            teacher = r.teacher.model_copy(update={"train": None}) if r.teacher.checkpoint else r.teacher
+            return inputs_hash(*common, teacher, file_hash(r.teacher.checkpoint))
         if name == "student_baseline":
             return inputs_hash(*common, r.student, file_hash(r.student.checkpoint))
         if name == "student_kd":
