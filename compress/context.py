@@ -8,7 +8,7 @@ from compress.core.atomic import read_json, sha256_file
 from compress.core.errors import KdtoolError
 from compress.core.runfolder import RunFolder, inputs_hash
 from compress.core.tasks import Task
-from compress.data.loader import build_datasets
+from compress.data.loader import build_splits
 from compress.models.build import BuiltModel, build_model, load_weights
 
 
@@ -22,14 +22,22 @@ class Context:
 
     @property
     def datasets(self):
+        """(train, val): training and the split the best checkpoint is chosen on."""
         if self._data is None:
-            self._data = build_datasets(self.recipe.data, self.task)
-        return self._data
+            self._data = build_splits(self.recipe.data, self.task)
+        return self._data[:2]
+
+    @property
+    def scored_split(self):
+        """(name, dataset) the report card scores: the test split when the recipe has one, else validation."""
+        _, val = self.datasets
+        test = self._data[2]
+        return ("test", test) if test is not None else ("validation", val)
 
     def stage_hash(self, name: str) -> str:
         """Inputs hash of a stage: its recipe sections and its upstream stages' outputs."""
         r = self.recipe
-        common = [r.task, r.data]
+        common = [r.task, r.data.model_copy(update={"test_root": None})]  # the test split trains nothing
         if name == "teacher":
             if r.teacher.self_distill:  # the teacher is the baseline student's best checkpoint
                 return inputs_hash(*common, r.teacher, self.output_hash("student_baseline"))
