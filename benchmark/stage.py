@@ -19,7 +19,21 @@ def ensure_ready(ctx) -> None:
     """The benchmark needs the distilled student; name the missing stage otherwise."""
     if not ctx.run.stage("student_kd", "meta.json").exists():
         raise KdtoolError(f"{ctx.run.stage('student_kd')} has no distilled student",
-                          "run `kdtool distill` (or `kdtool run`) first")
+                          f"run `{ctx.command('distill')}` (or `{ctx.command('run')}`) first")
+
+
+def failure_reason(e: BaseException) -> str:
+    """Why a row failed, for the card: the whole first line of the error (never cut mid-word), then its
+    hint or the first line of its cause when there is one."""
+    text = (e.message if isinstance(e, KdtoolError) else str(e)).strip()
+    first = text.splitlines()[0] if text else ""
+    if not isinstance(e, KdtoolError):
+        first = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    extra = e.hint if isinstance(e, KdtoolError) else ""
+    cause = e.__cause__
+    if not extra and cause is not None and str(cause).strip():
+        extra = f"cause: {str(cause).strip().splitlines()[0]}"
+    return f"{first} ({extra})" if extra else first
 
 
 def teacher_notes(ctx) -> list[str]:
@@ -185,7 +199,7 @@ def _quantized_row(ctx, folder: Path, samples: list, bench, student_cost: dict[s
             fmt, runtime = "pytorch", "torch"
         lat = _measure_row_latency(session, samples, bench)
     except Exception as e:  # noqa: BLE001  (a row fails; the report goes on)
-        return ReportRow(**common, format="pytorch", runtime="torch", status="failed", reason=str(e)[:200])
+        return ReportRow(**common, format="pytorch", runtime="torch", status="failed", reason=failure_reason(e))
     return ReportRow(**common, format=fmt, runtime=runtime, latency_ms=lat[0], latency_by_batch=lat[1:],
                      throughput=1000.0 * lat[-1].batch / lat[-1].p50)
 
@@ -217,6 +231,6 @@ def _artifact_row(ctx, artifact, samples: list, bench, student, student_cost: di
         first = make_batches(samples, fixed_batch or 1)[0]
         peak = peak_memory_mb(lambda: session.run(first))
     except Exception as e:  # noqa: BLE001  (one artifact failing does not stop the report)
-        return ReportRow(**common, status="failed", reason=f"{type(e).__name__}: {str(e)[:200]}")
+        return ReportRow(**common, status="failed", reason=failure_reason(e))
     return ReportRow(**common, latency_ms=lat[0], latency_by_batch=lat[1:], metrics=metrics, peak_mem_mb=peak,
                      throughput=1000.0 * lat[-1].batch / lat[-1].p50)

@@ -15,8 +15,9 @@ from compress.models.build import BuiltModel, build_model, load_weights
 class Context:
     """Everything the stages of one run share: recipe, task, datasets (built once), run folder."""
 
-    def __init__(self, recipe, run: RunFolder, recipe_sha: str = "") -> None:
+    def __init__(self, recipe, run: RunFolder, recipe_sha: str = "", recipe_arg: str | None = None) -> None:
         self.recipe, self.run, self.recipe_sha = recipe, run, recipe_sha
+        self.recipe_arg = recipe_arg  # the recipe as the user named it, for the commands hints suggest
         self.task = Task.from_config(recipe.task)
         self._data = None
 
@@ -56,6 +57,13 @@ class Context:
         meta_path = self.run.stage(stage, "meta.json")
         return read_json(meta_path).get("outputs_sha256") if meta_path.exists() else None
 
+    def command(self, verb: str, *options: str) -> str:
+        """The command a hint suggests, with this run's recipe and --out: `kdtool distill my.yaml --out x`."""
+        out = self.run.root.parent
+        parts = ["kdtool", verb, *([self.recipe_arg] if self.recipe_arg else []), *options,
+                 *([] if out == Path("runs") else ["--out", str(out)])]
+        return " ".join(parts)
+
     @property
     def kd_train(self):
         """Training config of stage 2: distill.train, else the baseline's with init=baseline."""
@@ -74,7 +82,7 @@ class Context:
             weights = self.run.stage(stage, "best.safetensors")
             if not weights.exists():
                 raise KdtoolError(f"{self.run.stage(stage)} has no trained model",
-                                  f"run `kdtool distill` (stage {stage}) first")
+                                  f"run `{self.command('distill')}` (stage {stage}) first")
             load_weights(built.module, weights, stage)
         built.module.eval()
         return built

@@ -44,6 +44,7 @@ class Quantized:
     onnx: Path | None = None
     pt2e_mode: str | None = None
     onnx_mode: str | None = None
+    command: str = "kdtool quantize"  # the command skip reasons suggest (the run's recipe and --out added)
 
 
 def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
@@ -179,11 +180,11 @@ def _mark_failed(artifact: Artifact) -> Artifact:
 
 def _skip_reason(job: Job, quantized: Quantized) -> str | None:
     if job.precision == "int8" and job.format == "executorch" and quantized.pt2e is None:
-        return "no PT2E-quantized model: run `kdtool quantize --mode static|qat` first"
+        return f"no PT2E-quantized model: run `{quantized.command} --mode static` (or qat) first"
     if job.precision == "int8" and job.format in ("onnx", "tensorrt") and quantized.onnx is None:
-        return "no ONNX Runtime–quantized .onnx: run `kdtool quantize --mode static` (or dynamic) first"
+        return f"no ONNX Runtime–quantized .onnx: run `{quantized.command} --mode static` (or dynamic) first"
     if job.precision == "int8" and job.format == "tensorrt" and quantized.onnx_mode != "static":
-        return "TensorRT int8 needs the static (QDQ) ONNX model: run `kdtool quantize --mode static` first"
+        return f"TensorRT int8 needs the static (QDQ) ONNX model: run `{quantized.command} --mode static` first"
     if job.format == "tensorrt":
         from export.formats.tensorrt.exporter import unavailable_reason
 

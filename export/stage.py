@@ -87,7 +87,7 @@ def _quantized_inputs(ctx) -> tuple[Any, dict[str, str | None]]:
     """
     from export.run import Quantized
 
-    quantized = Quantized()
+    quantized = Quantized(command=ctx.command("quantize"))
     sources: dict[str, str | None] = {"executorch": None, "onnx": None}
     et_folder, et_mode = best_quantized(ctx, "executorch", ("static", "qat"))
     if et_folder is not None:

@@ -67,7 +67,7 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
             baseline = ctx.run.stage("student_baseline", "best.safetensors")
             if not baseline.exists():
                 raise KdtoolError(f"teacher.self_distill: {baseline} does not exist yet",
-                                  "run the baseline first (`kdtool distill --stage baseline`)")
+                                  f"run the baseline first (`{ctx.command('distill', '--stage', 'baseline')}`)")
             load_weights(model.module, baseline, "student_baseline")
     elif stage == "student_baseline":
         model = build_model(r.student, ctx.task.num_outputs, r.data, "student")
