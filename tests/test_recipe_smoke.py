@@ -65,7 +65,8 @@ def _exports(report: dict) -> list[dict]:
     rows = [r for r in report["rows"] if r["stage"] == "export"]
     assert rows, "no exported artifact in the report"
     for r in rows:
-        if r["status"] == "skipped":
+        if r["status"] == "skipped":  # only what this machine lacks; never a stage the recipe promised
+            assert "first" not in (r["reason"] or ""), f"{r['name']}: {r['reason']}"
             continue
         assert r["status"] == "ok", f"{r['name']}: {r['reason']}"
         assert r["parity"]["status"] in ("passed", "not verified on this OS"), (r["name"], r["parity"])
@@ -119,7 +120,8 @@ def test_emotion_regression_ccc_mae_per_output(tmp_path):
     assert kd["mae"] >= 0
     formats = {r["format"] for r in _exports(report)}
     assert {"torchscript", "onnx"} <= formats
-    assert any(r["precision"] == "int8" for r in report["rows"] if r["stage"] in ("quantized", "export"))
+    # the recipe promises a dynamic INT8 ONNX: it is exported, loaded and parity-checked
+    assert _row(report, "student_kd.onnx.int8")["status"] == "ok"
     print(f"emotion smoke: {seconds:.1f} s")
 
 
