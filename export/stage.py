@@ -70,7 +70,7 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
     result = [made.get(job.folder) or Artifact.model_validate(index[reused[job.folder]]) for job in jobs]
     _print_export_table(summary_table(result))
     failed = [a for a in made.values() if a.status == "failed"]
-    finish_stage(folder, sha256_json(sorted(e["inputs_hash"] for e in index.values())),
+    finish_stage(folder, sha256_json(sorted(e.get("inputs_hash") or "" for e in index.values())),
                  {"artifacts": _ordered(index)}, complete=not failed)  # a failed artifact is redone next time
     if failed:
         raise ExportError(f"{len(failed)} artifact(s) failed: " + "; ".join(f"{a.name}: {a.reason}" for a in failed),
@@ -160,7 +160,8 @@ def _sort_jobs(jobs: list, hashes: dict[str, str], index: dict[str, dict[str, An
             reused[job.folder] = job.folder
         elif not force and same:
             reused[job.folder] = same[0]
-        elif own is not None and own.get("status") == "ok" and not force:
+        elif not force and (own is not None and own.get("status") == "ok"
+                            or own is None and (folder / job.folder).is_dir()):  # on disk, not made by this index
             stale.append(job.folder)
         else:
             todo.append(job)
