@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import traceback
 from enum import StrEnum
@@ -56,7 +57,8 @@ def _fail(exc: BaseException, debug: bool) -> None:
         print(" ".join(f"kdtool: error: {exc.message}{hint}".split()), file=sys.stderr)  # always one line
         raise typer.Exit(exc.exit_code)
     if isinstance(exc, KeyboardInterrupt):
-        print("kdtool: interrupted", file=sys.stderr)
+        print("kdtool: interrupted; finished stages are kept (to continue: add --resume to `kdtool run` or "
+              "`kdtool distill`; other commands just rerun)", file=sys.stderr)
         raise typer.Exit(130)
     traceback.print_exception(exc)
     print("kdtool: internal error (a bug): please report it with the traceback above", file=sys.stderr)
@@ -74,7 +76,7 @@ def _context(recipe: str | None, overrides: list[str] | None, out: Path):
     from compress.core.progress import console
 
     console.print(f"[bold]{r.name}[/] from {path}")
-    return Context(r, RunFolder.for_recipe(out, r.name), recipe_sha=sha256_json(raw))
+    return Context(r, RunFolder.for_recipe(out, r.name), recipe_sha=sha256_json(raw), recipe_arg=recipe)
 
 
 def _guard(debug: bool, fn, *args, out: Path | None = None, **kwargs):
@@ -302,6 +304,8 @@ def init(name: Annotated[str, typer.Argument(help="file to create, e.g. my_detec
         lines = src.read_text().splitlines(keepends=True)
         if lines and lines[0].startswith("# kdtool"):
             lines[0] = f"# kdtool run {dest}\n"
+        run_name = re.sub(r"[^A-Za-z0-9_.-]", "_", dest.stem)  # its own run folder, not the source's
+        lines = [f"name: {run_name}\n" if ln.startswith("name:") else ln for ln in lines]
         write_text(dest, "".join(lines))
         print(f"wrote {dest} (from {src.name}); edit it, then: kdtool run {dest}")
 

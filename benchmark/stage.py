@@ -13,13 +13,35 @@ from compress.core.errors import KdtoolError
 from compress.core.progress import console
 from compress.data.loader import example_batch, make_loader
 from export.stage import EXPORT_BATCH, _example_inputs, artifacts_of
+from export.targets import TARGETS
 
 
 def ensure_ready(ctx) -> None:
     """The benchmark needs the distilled student; name the missing stage otherwise."""
     if not ctx.run.stage("student_kd", "meta.json").exists():
         raise KdtoolError(f"{ctx.run.stage('student_kd')} has no distilled student",
-                          "run `kdtool distill` (or `kdtool run`) first")
+                          f"run `{ctx.command('distill')}` (or `{ctx.command('run')}`) first")
+
+
+def failure_reason(e: BaseException) -> str:
+    """Why a row failed, for the card: the whole first line of the error (never cut mid-word), then its
+    hint or the first line of its cause when there is one."""
+    text = (e.message if isinstance(e, KdtoolError) else str(e)).strip()
+    first = text.splitlines()[0] if text else ""
+    if not isinstance(e, KdtoolError):
+        first = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    extra = e.hint if isinstance(e, KdtoolError) else ""
+    cause = e.__cause__
+    if not extra and cause is not None and str(cause).strip():
+        extra = f"cause: {str(cause).strip().splitlines()[0]}"
+    return f"{first} ({extra})" if extra else first
+
+
+def teacher_notes(ctx) -> list[str]:
+    """The card's note on where the teacher came from (a checkpoint, trained here, the baseline)."""
+    meta = ctx.run.stage("teacher", "meta.json")
+    origin = read_json(meta).get("origin") if meta.exists() else None
+    return [f"teacher: {origin}."] if origin else []
 
 
 def relative(path: Path, root: Path) -> str:
@@ -43,12 +65,12 @@ def _measure_row_latency(session: Any, samples: list, bench) -> list:
 
 
 def _artifact_metrics(session: Any, ctx, student, batch: int, fixed_batch: bool = False) -> dict[str, float]:
-    """Task metrics of an artifact over the whole validation split in its runtime, `batch` rows at a time."""
+    """Task metrics of an artifact over the whole scored split in its runtime, `batch` rows at a time."""
     import numpy as np
 
-    _, val_ds = ctx.datasets
+    _, scored = ctx.scored_split
     outs, targets = [], []
-    for raw, target, _ in make_loader(val_ds, batch, shuffle=False, seed=0):
+    for raw, target, _ in make_loader(scored, batch, shuffle=False, seed=0):
         x = student.preprocess(raw).numpy().astype(np.float32)
         if fixed_batch and len(x) < batch:  # a fixed-batch artifact: pad the last batch, keep the real rows
             pad = np.concatenate([x, np.repeat(x[-1:], batch - len(x), axis=0)])
@@ -69,12 +91,14 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     from benchmark.report.card import ReportRow, build_report, load_report, render_console
     from benchmark.report.render import write_report
     from compress.core.progress import task_progress
+    from compress.distill.trainer import evaluate
     from compress.models.build import count_params
     from export.formats import get_runtime
     from export.formats.pytorch.runtime import TorchSession
 
     ensure_ready(ctx)
     r = ctx.recipe
+    split, scored = ctx.scored_split  # the checkpoints were chosen on validation; the card scores `split`
     bench = r.benchmark
     torch.set_num_threads(bench.threads)
     student = ctx.load("student_kd")
@@ -92,23 +116,28 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
             x = built.preprocess(example_batch(ctx.datasets[1], 32))
             session = TorchSession(built.module)
             lat = _measure_row_latency(session, [s.unsqueeze(0).numpy() for s in x], bench)
+            metrics = meta["metrics"] if split == "validation" else evaluate(built.module, built.preprocess,
+                                                                              scored, ctx.task)[0]
             rows.append(ReportRow(
                 name=stage, stage=stage, format="pytorch", precision="fp32", runtime="torch", source=stage,
                 path=relative(ctx.run.stage(stage, "best.safetensors"), ctx.run.root),
                 params=count_params(built.module), size_mb=artifact_size_mb([ctx.run.stage(stage, "best.safetensors")]),
                 gflops=gflops_per_sample(built.module, x[:1]),
                 peak_mem_mb=peak_memory_mb(lambda s=session, a=x[:1].numpy(): s.run(a)),
-                latency_ms=lat[0], latency_by_batch=lat[1:], metrics=meta["metrics"],
+                latency_ms=lat[0], latency_by_batch=lat[1:], metrics=metrics,
                 throughput=1000.0 * lat[-1].batch / lat[-1].p50))
             bar.advance()
         for folder in quant_folders:
-            rows.append(_quantized_row(ctx, folder, samples, bench, student_cost))
+            rows.append(_quantized_row(ctx, folder, samples, bench, student_cost, student))
             bar.advance()
         for artifact in artifacts:
             rows.append(_artifact_row(ctx, artifact, samples, bench, student, student_cost, get_runtime))
             bar.advance()
-    report = build_report(r.name, rows, ctx.task.primary_metric, list(r.export.targets), bench.min_retention,
-                          bench.threads, recipe_sha256=ctx.recipe_sha)
+    targets = list(r.export.targets)  # and every target exported on its own (`kdtool export --target ios`)
+    targets += sorted({a.target for a in artifacts if a.status == "ok" and a.target in TARGETS} - set(targets))
+    report = build_report(r.name, rows, ctx.task.primary_metric, targets, bench.min_retention,
+                          bench.threads, recipe_sha256=ctx.recipe_sha, notes=[*_split_notes(ctx), *teacher_notes(ctx)],
+                          scored_split=split)
     report = report.model_copy(update={"versions": {**report.versions, "kdtool": determinism.commit()},
                                        "training": training_provenance(ctx)})
     paths = write_report(report, ctx.run.report)
@@ -127,10 +156,23 @@ def training_provenance(ctx) -> dict[str, Any]:
             for stage in ("teacher", "student_baseline", "student_kd")}
 
 
-def _quantized_row(ctx, folder: Path, samples: list, bench, student_cost: dict[str, Any]):
+def _split_notes(ctx) -> list[str]:
+    """The card's note naming the split its metrics come from."""
+    split, scored = ctx.scored_split
+    if split == "validation":
+        return [f"metrics: validation split ({len(scored)} samples), the split the best checkpoints were chosen "
+                "on; add data.test_root or data.test_fraction for held-out scoring."]
+    d = ctx.recipe.data
+    source = f"data.test_root {d.test_root}" if d.test_root is not None else f"data.test_fraction {d.test_fraction}"
+    return [f"metrics: held-out test split ({source}, {len(scored)} samples); the best checkpoints were chosen "
+            "on validation."]
+
+
+def _quantized_row(ctx, folder: Path, samples: list, bench, student_cost: dict[str, Any], student=None):
     """A row for a quantized model: its evaluation, size, and latency where it runs as itself.
 
-    Params and GFLOPs are the FP32 student's: quantization changes the storage, not the graph."""
+    Params and GFLOPs are the FP32 student's: quantization changes the storage, not the graph.
+    With a test split the model is scored on it here (its stored evaluation is on validation)."""
     from benchmark.cost import artifact_size_mb
     from benchmark.report.card import ReportRow
     from compress.quant.quantize import load_quantized
@@ -140,6 +182,12 @@ def _quantized_row(ctx, folder: Path, samples: list, bench, student_cost: dict[s
     meta = read_json(folder / "meta.json")
     mode, backend = meta["mode"], meta["backend"]
     evaluation = meta.get("evaluation", {})
+    if ctx.scored_split[0] == "test" and student is not None and backend != "coreml":
+        from compress.quant.evaluate import evaluate_quantized
+
+        loader = make_loader(ctx.scored_split[1], 256, shuffle=False, seed=0)
+        evaluation = evaluate_quantized(load_quantized(folder), student.module, loader, student.preprocess,
+                                        ctx.task, write=False)
     path = folder / meta["file"]
     name = f"student_kd.{mode}.{backend}"
     common = dict(name=name, stage="quantized", precision="int8", source="student_kd", **student_cost,
@@ -160,7 +208,7 @@ def _quantized_row(ctx, folder: Path, samples: list, bench, student_cost: dict[s
             fmt, runtime = "pytorch", "torch"
         lat = _measure_row_latency(session, samples, bench)
     except Exception as e:  # noqa: BLE001  (a row fails; the report goes on)
-        return ReportRow(**common, format="pytorch", runtime="torch", status="failed", reason=str(e)[:200])
+        return ReportRow(**common, format="pytorch", runtime="torch", status="failed", reason=failure_reason(e))
     return ReportRow(**common, format=fmt, runtime=runtime, latency_ms=lat[0], latency_by_batch=lat[1:],
                      throughput=1000.0 * lat[-1].batch / lat[-1].p50)
 
@@ -192,6 +240,6 @@ def _artifact_row(ctx, artifact, samples: list, bench, student, student_cost: di
         first = make_batches(samples, fixed_batch or 1)[0]
         peak = peak_memory_mb(lambda: session.run(first))
     except Exception as e:  # noqa: BLE001  (one artifact failing does not stop the report)
-        return ReportRow(**common, status="failed", reason=f"{type(e).__name__}: {str(e)[:200]}")
+        return ReportRow(**common, status="failed", reason=failure_reason(e))
     return ReportRow(**common, latency_ms=lat[0], latency_by_batch=lat[1:], metrics=metrics, peak_mem_mb=peak,
                      throughput=1000.0 * lat[-1].batch / lat[-1].p50)

@@ -8,7 +8,7 @@ from compress.core.atomic import read_json, sha256_file
 from compress.core.errors import KdtoolError
 from compress.core.runfolder import RunFolder, inputs_hash
 from compress.core.tasks import Task
-from compress.data.loader import build_datasets
+from compress.data.loader import build_splits
 from compress.data.transfer import folder_fingerprint
 from compress.models.build import BuiltModel, build_model, load_weights
 
@@ -16,25 +16,36 @@ from compress.models.build import BuiltModel, build_model, load_weights
 class Context:
     """Everything the stages of one run share: recipe, task, datasets (built once), run folder."""
 
-    def __init__(self, recipe, run: RunFolder, recipe_sha: str = "") -> None:
+    def __init__(self, recipe, run: RunFolder, recipe_sha: str = "", recipe_arg: str | None = None) -> None:
         self.recipe, self.run, self.recipe_sha = recipe, run, recipe_sha
+        self.recipe_arg = recipe_arg  # the recipe as the user named it, for the commands hints suggest
         self.task = Task.from_config(recipe.task)
         self._data = None
 
     @property
     def datasets(self):
+        """(train, val): training and the split the best checkpoint is chosen on."""
         if self._data is None:
-            self._data = build_datasets(self.recipe.data, self.task)
-        return self._data
+            self._data = build_splits(self.recipe.data, self.task)
+        return self._data[:2]
+
+    @property
+    def scored_split(self):
+        """(name, dataset) the report card scores: the test split when the recipe has one, else validation."""
+        _, val = self.datasets
+        test = self._data[2]
+        return ("test", test) if test is not None else ("validation", val)
 
     def stage_hash(self, name: str) -> str:
         """Inputs hash of a stage: its recipe sections and its upstream stages' outputs."""
         r = self.recipe
-        common = [r.task, r.data]
+        common = [r.task, r.data.model_copy(update={"test_root": None})]  # the test split trains nothing
         if name == "teacher":
             if r.teacher.self_distill:  # the teacher is the baseline student's best checkpoint
                 return inputs_hash(*common, r.teacher, self.output_hash("student_baseline"))
-            return inputs_hash(*common, r.teacher, file_hash(r.teacher.checkpoint))
+            # a given checkpoint is the teacher: a leftover train section changes nothing, so it is no input
+            teacher = r.teacher.model_copy(update={"train": None}) if r.teacher.checkpoint else r.teacher
+            return inputs_hash(*common, teacher, file_hash(r.teacher.checkpoint))
         if name == "student_baseline":
             return inputs_hash(*common, r.student, file_hash(r.student.checkpoint))
         if name == "student_kd":
@@ -48,6 +59,13 @@ class Context:
         """sha256 of a finished stage's best weights (None when it has none)."""
         meta_path = self.run.stage(stage, "meta.json")
         return read_json(meta_path).get("outputs_sha256") if meta_path.exists() else None
+
+    def command(self, verb: str, *options: str) -> str:
+        """The command a hint suggests, with this run's recipe and --out: `kdtool distill my.yaml --out x`."""
+        out = self.run.root.parent
+        parts = ["kdtool", verb, *([self.recipe_arg] if self.recipe_arg else []), *options,
+                 *([] if out == Path("runs") else ["--out", str(out)])]
+        return " ".join(parts)
 
     @property
     def kd_train(self):
@@ -67,7 +85,7 @@ class Context:
             weights = self.run.stage(stage, "best.safetensors")
             if not weights.exists():
                 raise KdtoolError(f"{self.run.stage(stage)} has no trained model",
-                                  f"run `kdtool distill` (stage {stage}) first")
+                                  f"run `{self.command('distill')}` (stage {stage}) first")
             load_weights(built.module, weights, stage)
         built.module.eval()
         return built

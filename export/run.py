@@ -44,6 +44,7 @@ class Quantized:
     onnx: Path | None = None
     pt2e_mode: str | None = None
     onnx_mode: str | None = None
+    command: str = "kdtool quantize"  # the command skip reasons suggest (the run's recipe and --out added)
 
 
 def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
@@ -69,11 +70,25 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
     Returns:
         One `Artifact` per planned job, in plan order, each with status, reason, parity and info.
     """
+    return export_jobs(plan(targets, formats, int8), model, example, out_dir, quantized=quantized, ctx=ctx,
+                       inputs=inputs, verify=verify, threads=threads)
+
+
+def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_dir: str | Path, *,
+                quantized: Quantized | None = None, ctx: ExportContext | None = None,
+                inputs: torch.Tensor | None = None, verify: bool = True, threads: int = 1) -> list[Artifact]:
+    """Export, verify and write the manifest of each planned job (`export_model` after planning).
+
+    Each artifact folder `out_dir/<job.folder>` is replaced atomically; no other folder is touched.
+
+    Returns:
+        One `Artifact` per job, in order.
+    """
     model = model.eval()
     ctx = ctx or ExportContext()
     quantized = quantized or Quantized()
     results = []
-    for job in plan(targets, formats, int8):
+    for job in jobs:
         a = _export_one(job, model, example, Path(out_dir), ctx, quantized, inputs, verify, threads)
         results.append(a)
         log.info("%s: %s%s", a.name, a.status, f" ({a.reason})" if a.reason else "")
@@ -102,6 +117,8 @@ def _export_one(job: Job, model: nn.Module, example: torch.Tensor, out_dir: Path
             artifact = _update(artifact, info={**artifact.info, "export_s": seconds})
             if verify:
                 artifact = _verify(artifact, job, model, example, ctx, quantized, inputs, threads)
+            if artifact.status == "failed":  # never shippable by mistake: *.failed.<ext>, the manifest says why
+                artifact = _mark_failed(artifact)
             write_manifest(artifact, ctx, example)
     except KdtoolError as e:
         return _placeholder(job, ctx, folder, "failed", str(e))
@@ -131,11 +148,43 @@ def _verify(artifact: Artifact, job: Job, model: nn.Module, example: torch.Tenso
                    reason=f"parity failed: {parity.reason}" if status == "failed" else None, info=info)
 
 
+FAILED = "failed"
+"""Infix of a failed artifact's files: `student_kd.int8.pte` → `student_kd.int8.failed.pte`."""
+
+
+def failed_name(path: Path) -> Path:
+    """The name a failed artifact's file is moved to (`model.onnx.data` → `model.failed.onnx.data`)."""
+    path = Path(path)
+    stem, _, exts = path.name.partition(".")
+    rest = exts.split(".")
+    # keep the name before the format's extension(s): student_kd.int8.pte → student_kd.int8.failed.pte
+    known = {"pte", "onnx", "data", "mlpackage", "mlmodel", "pt", "ts", "engine", "so", "pt2"}
+    k = len(rest)
+    while k > 0 and rest[k - 1] in known:
+        k -= 1
+    return path.with_name(".".join([stem, *rest[:k], FAILED, *rest[k:]]))
+
+
+def _mark_failed(artifact: Artifact) -> Artifact:
+    """Move a failed artifact's main file aside (`*.failed.*`) so nobody copies it to a device.
+
+    Side files (an ONNX `.data`) keep their names: the model file refers to them by name, and
+    they cannot run without it."""
+    path = Path(artifact.path)
+    if not path.exists():
+        return artifact
+    target = failed_name(path)
+    path.rename(target)
+    return _update(artifact, path=target, files=[target if Path(f) == path else f for f in artifact.files])
+
+
 def _skip_reason(job: Job, quantized: Quantized) -> str | None:
     if job.precision == "int8" and job.format == "executorch" and quantized.pt2e is None:
-        return "no PT2E-quantized model: run `kdtool quantize --mode static|qat` first"
+        return f"no PT2E-quantized model: run `{quantized.command} --mode static` (or qat) first"
     if job.precision == "int8" and job.format in ("onnx", "tensorrt") and quantized.onnx is None:
-        return "no ONNX Runtime–quantized .onnx: run `kdtool quantize --mode static` first"
+        return f"no ONNX Runtime–quantized .onnx: run `{quantized.command} --mode static` (or dynamic) first"
+    if job.precision == "int8" and job.format == "tensorrt" and quantized.onnx_mode != "static":
+        return f"TensorRT int8 needs the static (QDQ) ONNX model: run `{quantized.command} --mode static` first"
     if job.format == "tensorrt":
         from export.formats.tensorrt.exporter import unavailable_reason
 

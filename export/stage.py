@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from compress.core.atomic import read_json
-from compress.core.errors import ExportError
+from compress.core.atomic import read_json, sha256_json
+from compress.core.errors import ExportError, KdtoolError
 from compress.core.progress import console
-from compress.core.runfolder import finish_stage, inputs_hash, prepare_stage
+from compress.core.runfolder import finish_stage, inputs_hash
 from compress.data.loader import example_batch
 from compress.quant.stage import best_quantized
 
@@ -26,50 +26,157 @@ def _example_inputs(ctx, student, n: int) -> torch.Tensor:
 
 def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None = None,
                force: bool = False) -> list:
-    """`kdtool export`: artifacts of the distilled student (+ its INT8 versions) for each target."""
+    """`kdtool export`: artifacts of the distilled student (+ its INT8 versions) for each target.
+
+    Additive: each (target, format, precision) artifact has its own inputs hash (export settings,
+    the student's weights, the quantized model it adopts) and is reused, made or replaced on its
+    own. Exporting one target never touches another's artifacts; `--force` remakes only the
+    artifacts asked for. The export folder's `meta.json` indexes every artifact on disk.
+
+    Raises:
+        KdtoolError: an asked-for artifact on disk was made from other inputs and `force` is not set.
+        ExportError: an artifact failed (the others are written and indexed).
+    """
     from export.registry import ExportContext
-    from export.run import Quantized, export_model, summary_table
+    from export.run import export_jobs, summary_table
+    from export.targets import plan
 
     r = ctx.recipe
-    targets = targets or list(r.export.targets)
-    formats = formats or (list(r.export.formats) if r.export.formats else None)
+    jobs = plan(targets or list(r.export.targets), formats or (list(r.export.formats) if r.export.formats else None),
+                r.export.int8)  # an unknown target or format fails here, before any model is loaded
     student = ctx.load("student_kd")
-    quantized = Quantized()
-    static_onnx = ctx.run.stage("quantized", "static", "onnx")
+    quantized, sources = _quantized_inputs(ctx)
+    folder = ctx.run.stage("export")
+    index = _read_index(folder)
+    hashes = {job.folder: artifact_hash(ctx, job, sources) for job in jobs}
+    reused, todo = _sort_jobs(jobs, hashes, index, folder, force)
+    artifacts = []
+    if todo:
+        inputs = _example_inputs(ctx, student, r.export.parity_samples)
+        export_ctx = ExportContext(name="student_kd", task=ctx.task.kind, preprocess=student.preprocess.to_dict(),
+                                   labels=tuple(r.task.labels) if r.task.labels else None,
+                                   output_names=("output",), opset=r.export.opset,
+                                   metadata={"kdtool.recipe": r.name},
+                                   output_meaning=_output_meaning(ctx.task))
+        artifacts = export_jobs(todo, student.module, inputs[:EXPORT_BATCH], folder, quantized=quantized,
+                                ctx=export_ctx, inputs=inputs, threads=r.benchmark.threads)
+    made = {job.folder: a for job, a in zip(todo, artifacts, strict=True)}
+    for key, a in made.items():
+        index[key] = {**a.model_dump(mode="json"), "job": key, "inputs_hash": hashes[key]}
+    if reused:
+        console.print(f"[dim]export: reused {len(reused)} artifact(s) made from the same inputs[/]")
+    from export.artifact import Artifact
+
+    result = [made.get(job.folder) or Artifact.model_validate(index[reused[job.folder]]) for job in jobs]
+    _print_export_table(summary_table(result))
+    failed = [a for a in made.values() if a.status == "failed"]
+    finish_stage(folder, sha256_json(sorted(e.get("inputs_hash") or "" for e in index.values())),
+                 {"artifacts": _ordered(index)}, complete=not failed)  # a failed artifact is redone next time
+    if failed:
+        raise ExportError(f"{len(failed)} artifact(s) failed: " + "; ".join(f"{a.name}: {a.reason}" for a in failed),
+                          "see the table above; failed files were renamed *.failed.*, the other artifacts "
+                          "were written")
+    return result
+
+
+def _quantized_inputs(ctx) -> tuple[Any, dict[str, str | None]]:
+    """The quantization stage's int8 models that exporters adopt, and each one's inputs hash.
+
+    ExecuTorch int8 takes the better of the static and QAT PT2E models; ONNX int8 the static ONNX
+    Runtime model, else the dynamic one (a recipe with `quantize.modes: [dynamic]` promises it).
+    """
+    from export.run import Quantized
+
+    quantized = Quantized(command=ctx.command("quantize"))
+    sources: dict[str, str | None] = {"executorch": None, "onnx": None}
     et_folder, et_mode = best_quantized(ctx, "executorch", ("static", "qat"))
     if et_folder is not None:
         from compress.quant.quantize import load_quantized
 
         quantized.pt2e, quantized.pt2e_mode = load_quantized(et_folder).program, et_mode
+        sources["executorch"] = read_json(et_folder / "meta.json").get("inputs_hash")
         console.print(f"[dim]export: ExecuTorch int8 from the {et_mode} quantized model ({et_folder})[/]")
-    if (static_onnx / "meta.json").exists():
-        meta = read_json(static_onnx / "meta.json")
-        quantized.onnx, quantized.onnx_mode = static_onnx / meta["file"], "static"
-    folder = ctx.run.stage("export")
-    expected = inputs_hash(r.export, targets, formats, ctx.output_hash("student_kd"),
-                           [read_json(p / "meta.json").get("inputs_hash") for p in (et_folder, static_onnx)
-                            if p is not None and (p / "meta.json").exists()])
-    if prepare_stage(folder, expected, force, redo_partial=True) == "skip":
-        console.print(f"[dim]export: reused {folder}[/]")
-        return [a for a in read_json(folder / "meta.json")["artifacts"]]
-    inputs = _example_inputs(ctx, student, r.export.parity_samples)
-    export_ctx = ExportContext(name="student_kd", task=ctx.task.kind, preprocess=student.preprocess.to_dict(),
-                               labels=tuple(r.task.labels) if r.task.labels else None,
-                               output_names=("output",), opset=r.export.opset,
-                               metadata={"kdtool.recipe": r.name},
-                               output_meaning=_output_meaning(ctx.task))
-    artifacts = export_model(student.module, inputs[:EXPORT_BATCH], folder, formats=formats, targets=targets,
-                             quantized=quantized, ctx=export_ctx, inputs=inputs, int8=r.export.int8,
-                             threads=r.benchmark.threads)
-    rows = summary_table(artifacts)
-    _print_export_table(rows)
-    failed = [a for a in artifacts if a.status == "failed"]
-    finish_stage(folder, expected, {"artifacts": [a.model_dump(mode="json") for a in artifacts]},
-                 complete=not failed)  # a failed export is redone by the next run
-    if failed:
-        raise ExportError(f"{len(failed)} artifact(s) failed: " + "; ".join(f"{a.name}: {a.reason}" for a in failed),
-                          "see the table above; the other artifacts were written")
-    return artifacts
+    for mode in ("static", "dynamic"):
+        onnx_folder = ctx.run.stage("quantized", mode, "onnx")
+        if (onnx_folder / "meta.json").exists():
+            meta = read_json(onnx_folder / "meta.json")
+            quantized.onnx, quantized.onnx_mode = onnx_folder / meta["file"], mode
+            sources["onnx"] = meta.get("inputs_hash")
+            break
+    return quantized, sources
+
+
+def artifact_hash(ctx, job, sources: dict[str, str | None]) -> str:
+    """Inputs hash of one artifact: the export settings that shape it, its job, the student's weights,
+    and (int8) the quantized model it adopts. The target list and format list are not part of it."""
+    settings = ctx.recipe.export.model_dump(mode="json", exclude={"targets", "formats"})
+    source = None
+    if job.precision == "int8":
+        source = sources.get("executorch" if job.format == "executorch" else "onnx")
+    return inputs_hash(settings, [job.format, job.precision, job.variant], ctx.output_hash("student_kd"),
+                       source, ctx.recipe.benchmark.threads)
+
+
+def _read_index(folder) -> dict[str, dict[str, Any]]:
+    """`{job folder: artifact entry}` of the artifacts recorded in the export folder's meta.json
+    whose folder is still on disk (skipped ones have none and are kept for the report)."""
+    meta = folder / "meta.json"
+    if not meta.exists():
+        return {}
+    index = {}
+    for entry in read_json(meta).get("artifacts", []):
+        key = _job_key(entry, folder)
+        if key is not None and (entry.get("status") == "skipped" or (folder / key).is_dir()):
+            index[key] = entry
+    return index
+
+
+def _job_key(entry: dict[str, Any], folder) -> str | None:
+    """`<target>/<format>/<precision>` of an index entry (its folder relative to the export folder)."""
+    from pathlib import Path
+
+    if entry.get("job"):
+        return entry["job"]
+    try:
+        rel = Path(entry["path"]).relative_to(folder)
+    except ValueError:
+        return None
+    return "/".join(rel.parts[:3]) if len(rel.parts) >= 3 else str(rel)
+
+
+def _sort_jobs(jobs: list, hashes: dict[str, str], index: dict[str, dict[str, Any]], folder, force: bool):
+    """Split the jobs into those reused (`{job folder: index key}`) and those to make.
+
+    An ok artifact of the same inputs is reused, also under another target (android and server
+    share their ONNX fp32 file); with `force` every asked-for artifact is remade. An asked-for
+    artifact on disk made from other inputs is replaced only with `force`.
+    """
+    reused, todo, stale = {}, [], []
+    for job in jobs:
+        same = [k for k, e in index.items() if e.get("inputs_hash") == hashes[job.folder]
+                and e.get("status") == "ok" and k.split("/", 1)[1:] == job.folder.split("/", 1)[1:]]
+        own = index.get(job.folder)
+        if not force and job.folder in same:
+            reused[job.folder] = job.folder
+        elif not force and same:
+            reused[job.folder] = same[0]
+        elif not force and (own is not None and own.get("status") == "ok"
+                            or own is None and (folder / job.folder).is_dir()):  # on disk, not made by this index
+            stale.append(job.folder)
+        else:
+            todo.append(job)
+    if stale:
+        raise KdtoolError(f"{folder}: {', '.join(stale)} were made from a different recipe or upstream model",
+                          "pass --force to replace them (other artifacts are kept) or --out another folder")
+    return reused, todo
+
+
+def _ordered(index: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Index entries by target (android, ios, server, custom), then in the order they were made."""
+    from export.targets import CUSTOM_TARGET, TARGETS
+
+    rank = {t: i for i, t in enumerate((*TARGETS, CUSTOM_TARGET))}
+    return [index[k] for k in sorted(index, key=lambda k: rank.get(k.split("/")[0], len(rank)))]
 
 
 def _output_meaning(task) -> str:

@@ -64,6 +64,10 @@ class DataConfig(Strict):
     root: Path | None = Field(None, description="folder (imagefolder/audiofolder) or CSV file")
     val_root: Path | None = Field(None, description="separate validation folder/CSV; else split from root")
     val_fraction: Probability = 0.2
+    test_root: Path | None = Field(None, description="held-out test folder/CSV: the card's metrics come from it "
+                                   "(the best checkpoint is still chosen on validation)")
+    test_fraction: float | None = Field(None, gt=0.0, lt=1.0, description="hold out this fraction of the training "
+                                        "split as the test split (when there is no test_root)")
     image_size: int = Field(32, ge=1, description="raw image side the loader decodes to")
     channels: Literal[1, 3] = 3
     sample_rate: int = Field(16000, ge=1000)
@@ -80,6 +84,15 @@ class DataConfig(Strict):
     labeled_fraction: float = Field(1.0, gt=0.0, le=1.0, description=(
         "keep the labels of this share of the training split (stratified, fixed seed) and hide the rest: "
         "the hidden samples join the transfer set (teacher and baseline train on the labeled share)"))
+
+    @model_validator(mode="after")
+    def _one_test_split(self) -> DataConfig:
+        if self.test_root is not None and self.test_fraction is not None:
+            raise ValueError("give data.test_root or data.test_fraction, not both")
+        if self.test_root is not None and self.source not in ("imagefolder", "csv", "audiofolder"):
+            raise ValueError(f"data.test_root needs a file source (imagefolder, csv, audiofolder), not "
+                             f"{self.source}: use data.test_fraction")
+        return self
 
 
 class ModelConfig(Strict):

@@ -80,7 +80,8 @@ def test_init_copies_then_refuses_to_overwrite(tmp_path, monkeypatch):
     dest = tmp_path / "mine.yaml"
     copied = dest.read_bytes().split(b"\n", 1)
     assert copied[0] == b"# kdtool run mine.yaml"  # the header names the command for the copy
-    assert copied[1] == shipped.split(b"\n", 1)[1]
+    expected = shipped.split(b"\n", 1)[1].replace(b"\nname: quickstart\n", b"\nname: mine\n")  # its own run folder
+    assert b"\nname: mine\n" in expected and copied[1] == expected
     assert oct(dest.stat().st_mode & 0o777) == oct(0o666 & ~umask())
 
     dest.write_text("# my edits\n")
@@ -92,7 +93,7 @@ def test_init_copies_then_refuses_to_overwrite(tmp_path, monkeypatch):
     assert "Traceback" not in again.stderr
 
     forced = cli("init", "mine", "--from", "quickstart", "--force")
-    assert forced.exit_code == 0 and dest.read_bytes().split(b"\n", 1)[1] == shipped.split(b"\n", 1)[1]
+    assert forced.exit_code == 0 and dest.read_bytes().split(b"\n", 1)[1] == expected
     assert [p.name for p in tmp_path.iterdir()] == ["mine.yaml"], "temporary files left behind"
 
 

@@ -121,6 +121,7 @@ class Report(BaseModel):
     rows: list[ReportRow] = []
     recommendation: dict[str, str] = {}
     notes: list[str] = []
+    scored_split: str = "validation"  # the split every row's metrics come from ("test" with a test split)
 
     def row(self, name: str) -> ReportRow | None:
         """The row called `name`, or None."""
@@ -258,7 +259,7 @@ def flag_int8_slowdowns(rows: list[ReportRow], tolerance: float = INT8_TOLERANCE
 
 def build_report(recipe_name: str, rows: list[ReportRow], primary_metric: str, targets: list[str],
                  min_retention: float, threads: int, recipe_sha256: str | None = None,
-                 notes: list[str] | None = None) -> Report:
+                 notes: list[str] | None = None, scored_split: str = "validation") -> Report:
     """Assemble a report: retention, environment fingerprint, recommendation and INT8 flags.
 
     Args:
@@ -270,6 +271,7 @@ def build_report(recipe_name: str, rows: list[ReportRow], primary_metric: str, t
         threads: the intra-op thread count used for latency.
         recipe_sha256: hash of the resolved recipe.
         notes: extra notes to keep (e.g. skipped stages).
+        scored_split: the data split the rows' metrics come from ("validation" or "test").
     """
     from benchmark.environment import fingerprint
 
@@ -280,7 +282,8 @@ def build_report(recipe_name: str, rows: list[ReportRow], primary_metric: str, t
     return Report(recipe=RecipeRef(name=recipe_name, sha256=recipe_sha256), created=created,
                   primary_metric=primary_metric,
                   min_retention=min_retention, machine=env["machine"], versions=env["versions"], rows=rows,
-                  recommendation=picks, notes=[*(notes or []), *pick_notes, *flag_int8_slowdowns(rows)])
+                  recommendation=picks, notes=[*(notes or []), *pick_notes, *flag_int8_slowdowns(rows)],
+                  scored_split=scored_split)
 
 
 def _num(value: float | None, fmt: str) -> str:

@@ -44,20 +44,54 @@ def digits_source(cfg, task: Task) -> tuple[Dataset, Dataset]:
 
 def build_datasets(cfg, task: Task) -> tuple[Dataset, Dataset]:
     """The recipe's (train, val) datasets, checked for emptiness and label validity; train holds the transfer set."""
+    train, val, _ = build_splits(cfg, task)
+    return train, val
+
+
+def build_splits(cfg, task: Task) -> tuple[Dataset, Dataset, Dataset | None]:
+    """The recipe's (train, val, test) datasets; test is None without `data.test_root`/`test_fraction`.
+
+    `data.test_root` is read like `data.val_root` (same source, same classes); `data.test_fraction`
+    holds out a stratified share of the training split (seed 0), so validation is unchanged. The
+    training split then holds the transfer set (`data.labeled_fraction`, `data.unlabeled_root`).
+    """
+    from compress.data.transfer import transfer_set
+
     import compress.data.files  # noqa: F401  (registers imagefolder/csv/audiofolder)
     import compress.data.synthetic  # noqa: F401  (registers synthetic_images/synthetic_audio)
 
     train, val = DATA_SOURCES.get(cfg.source)(cfg, task)
-    for name, ds in (("training", train), ("validation", val)):
+    test = None
+    if cfg.test_root is not None:  # the source reads it as its validation split
+        _, test = DATA_SOURCES.get(cfg.source)(cfg.model_copy(update={"val_root": cfg.test_root}), task)
+    elif cfg.test_fraction is not None:
+        train, test = _hold_out(train, cfg.test_fraction, task, cfg.root or cfg.source)
+    _check_splits(cfg, task, train, val, test)
+    return transfer_set(train, cfg, task), val, test
+
+
+def _hold_out(train: Dataset, fraction: float, task: Task, where) -> tuple[Dataset, Dataset]:
+    """Split `fraction` of the training samples off as the test split (stratified when labels allow)."""
+    from compress.data.files import split_indices
+    from compress.data.folds import FoldSamples
+
+    targets = getattr(train, "targets", None)
+    labels = targets.numpy() if isinstance(targets, torch.Tensor) else np.zeros(len(train))
+    keep, test = split_indices(labels, task, fraction, seed=0, where=f"data.test_fraction ({where})")
+    return (FoldSamples([train], [(0, int(i)) for i in keep]),
+            FoldSamples([train], [(0, int(i)) for i in test]))
+
+
+def _check_splits(cfg, task: Task, train: Dataset, val: Dataset, test: Dataset | None) -> None:
+    for name, ds in (("training", train), ("validation", val), ("test", test)):
+        if ds is None:
+            continue
         if len(ds) == 0:
             where = cfg.root or cfg.source
             raise KdtoolError(f"data: the {name} split of {where} is empty", "point data.root at a folder with samples")
     targets = getattr(train, "targets", None)
     if isinstance(targets, torch.Tensor):
         task.check_targets(targets, f"data ({cfg.root or cfg.source}) training labels")
-    from compress.data.transfer import transfer_set
-
-    return transfer_set(train, cfg, task), val
 
 
 def seed_worker(worker_id: int) -> None:

@@ -10,18 +10,24 @@ from compress.core.progress import console
 
 
 def dry_run(ctx) -> dict[str, object]:
-    """Validate the recipe, build both models (random weights where no checkpoint exists), probe shapes
-    and KD adapters with a fake batch; no training, no data read."""
+    """Check every path the run will read, build both models (with their checkpoints), probe shapes and
+    KD adapters with a fake batch, and warn on what is wrong before training; nothing is trained.
+
+    Raises:
+        KdtoolError: a checkpoint, data root, label folder or manifest the run needs is missing or
+            unreadable (all such problems are listed in one line).
+    """
+    from compress.core.errors import KdtoolError
     from compress.distill.objective import KDObjective
     from compress.models.build import build_model, check_model_io, count_params
 
     r = ctx.recipe
-    teacher_cfg = r.teacher if (r.teacher.checkpoint and Path(r.teacher.checkpoint).exists()) or \
-        r.teacher.source != "timm" else r.teacher.model_copy(update={"checkpoint": None, "pretrained": False})
-    student_cfg = r.student.model_copy(update={"checkpoint": None, "pretrained": False}) \
-        if r.student.checkpoint and not Path(r.student.checkpoint).exists() else r.student
-    teacher = build_model(teacher_cfg, ctx.task.num_outputs, r.data, "teacher")
-    student = build_model(student_cfg, ctx.task.num_outputs, r.data, "student")
+    problems = missing_inputs(r, ctx.task)
+    if problems:
+        raise KdtoolError(f"dry run: {len(problems)} problem(s): " + "; ".join(problems),
+                          "fix them and run --dry-run again; nothing was trained or written")
+    teacher = build_model(r.teacher, ctx.task.num_outputs, r.data, "teacher")
+    student = build_model(r.student, ctx.task.num_outputs, r.data, "student")
     if student.preprocess.kind == "audio":
         raw = torch.randn(2, student.preprocess.num_samples) * 0.1
     else:
@@ -45,8 +51,76 @@ def dry_run(ctx) -> dict[str, object]:
                "adapters": f"{sum(p.numel() for p in objective.parameters())} params"}
     for k, v in summary.items():
         console.print(f"  {k}: {v}")
-    console.print("[green]dry run ok[/]: recipe valid, models built, shapes and adapters probed")
+    warnings = sanity_warnings(r, count_params(teacher.module), count_params(student.module))
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    summary["warnings"] = warnings
+    console.print("[green]dry run ok[/]: recipe valid, checkpoints and data found, models built, shapes and "
+                  "adapters probed" + (f" ({len(warnings)} warning(s) above)" if warnings else ""))
     return summary
+
+
+FILE_SOURCES = {"imagefolder": "image", "audiofolder": "audio", "csv": None}
+
+
+def missing_inputs(r, task) -> list[str]:
+    """Every checkpoint, data root, label folder and manifest the run reads that is missing or bad."""
+    from compress.core.errors import KdtoolError
+
+    problems = []
+    for role, cfg in (("teacher", r.teacher), ("student", r.student)):
+        if role == "teacher" and cfg.self_distill:
+            continue
+        if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():
+            problems.append(f"{role}.checkpoint {cfg.checkpoint} does not exist")
+        elif cfg.checkpoint is None and cfg.source != "timm":
+            problems.append(f"{role}.checkpoint is required for source {cfg.source}")
+    if r.data.source not in FILE_SOURCES:
+        return problems
+    if r.data.root is None:
+        return [*problems, f"data.source {r.data.source} needs data.root"]
+    classes = None
+    for key in ("root", "val_root", "test_root"):
+        path = getattr(r.data, key)
+        if path is None:
+            continue
+        try:
+            classes = _check_data_path(Path(path), f"data.{key}", r.data.source, task, classes)
+        except KdtoolError as e:
+            problems.append(e.message)
+    return problems
+
+
+def _check_data_path(path: Path, key: str, source: str, task, classes):
+    """A folder of class folders (each non-empty) or a CSV manifest whose files all exist."""
+    from compress.core.errors import KdtoolError
+    from compress.data.files import list_class_folders, read_manifest
+
+    if not path.exists():
+        raise KdtoolError(f"{key} {path} does not exist")
+    if source == "csv":
+        paths, _ = read_manifest(path, task, key)
+        absent = [p for p in paths if not Path(p).is_file()]
+        if absent:
+            raise KdtoolError(f"{key} {path}: {len(absent)} of {len(paths)} listed files do not exist "
+                              f"(first: {absent[0]})")
+        return classes
+    _, _, names = list_class_folders(path, task, FILE_SOURCES[source], key, classes)
+    return classes or names
+
+
+def sanity_warnings(r, teacher_params: int, student_params: int) -> list[str]:
+    """What can be known to be wrong before training (the run would still go ahead)."""
+    warnings = []
+    if not r.teacher.self_distill and student_params >= teacher_params:
+        warnings.append(f"the student ({r.student.arch}, {student_params / 1e6:.2f} M params) is no smaller than "
+                        f"its teacher ({r.teacher.arch}, {teacher_params / 1e6:.2f} M): nothing is compressed")
+    if r.distill.alpha == 1.0 and not r.distill.terms:
+        warnings.append("distill.alpha is 1.0 and there are no distill.terms: stage 2 learns from the labels "
+                        "only, the teacher is not used")
+    if r.teacher.checkpoint is not None and r.teacher.train is not None:
+        warnings.append(f"teacher.train is not used: teacher.checkpoint {r.teacher.checkpoint} is the teacher")
+    return warnings
 
 
 def _fake_targets(task, n: int) -> torch.Tensor:

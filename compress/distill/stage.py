@@ -61,12 +61,15 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
     history: list[dict[str, Any]] = []
     if stage == "teacher":
         model = build_model(r.teacher, ctx.task.num_outputs, r.data, "teacher")
-        cfg = r.teacher.train
+        cfg = None if r.teacher.checkpoint is not None else r.teacher.train  # a given checkpoint wins
+        if r.teacher.checkpoint is not None and r.teacher.train is not None:
+            console.print(f"[yellow]teacher: using teacher.checkpoint {r.teacher.checkpoint} as it is; "
+                          "teacher.train is not used (remove the checkpoint to train the teacher here)[/]")
         if r.teacher.self_distill:  # born-again: the stage-1 student becomes the teacher, as it is
             baseline = ctx.run.stage("student_baseline", "best.safetensors")
             if not baseline.exists():
                 raise KdtoolError(f"teacher.self_distill: {baseline} does not exist yet",
-                                  "run the baseline first (`kdtool distill --stage baseline`)")
+                                  f"run the baseline first (`{ctx.command('distill', '--stage', 'baseline')}`)")
             load_weights(model.module, baseline, "student_baseline")
     elif stage == "student_baseline":
         model = build_model(r.student, ctx.task.num_outputs, r.data, "student")
@@ -111,10 +114,23 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
         "primary_metric": ctx.task.primary_metric, "seconds": round(seconds, 2),
         "outputs_sha256": sha256_file(folder / "best.safetensors"), "preprocess": model.preprocess.to_dict(),
         "torch": torch.__version__, "provenance": determinism.provenance(),
+        **({"origin": teacher_origin(r.teacher)} if stage == "teacher" else {}),
     })
     console.print(f"{stage}: val {ctx.task.primary_metric}={metrics[ctx.task.primary_metric]:.4f} "
                   f"({count_params(model.module) / 1e6:.2f} M params, {seconds:.1f} s)")
     return StageOutcome(stage, "resumed" if action == "resume" else "ran", folder, metrics, seconds)
+
+
+def teacher_origin(cfg) -> str:
+    """Where the teacher came from, in the card's words."""
+    if cfg.self_distill:
+        return "the student baseline's best checkpoint (self-distillation)"
+    if cfg.checkpoint is not None:
+        return f"checkpoint {cfg.checkpoint} (not trained here)"
+    if cfg.train is not None and cfg.train.epochs > 0:
+        epochs = f"{cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}"
+        return f"trained here ({epochs}{', from pretrained weights' if cfg.pretrained else ''})"
+    return "pretrained weights (not trained here)" if cfg.pretrained else "untrained (train.epochs 0)"
 
 
 def _check_fits(built: BuiltModel, ctx: Context, role: str) -> None:

@@ -184,8 +184,8 @@ def _need_file(path: Path | None, role: str) -> Path:
 def read_state_dict(path: str | Path, role: str = "model") -> dict[str, torch.Tensor]:
     """Read a state dict from safetensors or a torch file, never executing code.
 
-    Accepts `.safetensors`, and `.pt/.pth/.tar/.bin` files holding a state dict directly or under
-    `state_dict`, `model`, `model_state_dict`, `net` or `student` keys; strips `module.` prefixes.
+    Accepts `.safetensors`, and `.pt/.pth/.tar/.bin` files holding a state dict directly or in one
+    of the common layouts (`_find_state_dict`); wrapper prefixes are removed (`clean_state_dict`).
     Torch files load with `weights_only=True`: a pickle that tries to run code is refused.
     """
     path = _need_file(Path(path), role)
@@ -207,7 +207,7 @@ def read_state_dict(path: str | Path, role: str = "model") -> dict[str, torch.Te
                               f"({_why_unreadable(e)})",
                               "the file may be truncated or corrupt; re-download or re-save it") from None
         state = _find_state_dict(obj, path, role)
-    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    return clean_state_dict(state)
 
 
 def _refused(path: Path, role: str, reason: str) -> KdtoolError:
@@ -272,34 +272,71 @@ def _why_unreadable(e: BaseException) -> str:
     return text.splitlines()[0][:160] if text else type(e).__name__
 
 
-def _find_state_dict(obj: Any, path: Path, role: str) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "ema", "state_dict", "model", "model_state_dict",
+                   "network", "net", "student", "teacher")
+"""Keys a training script saves its weights under, in the order they are tried. As timm's
+`load_checkpoint` does, EMA weights come first: they are the ones a run with EMA validated."""
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+"""Prefixes DDP/DataParallel (`module.`) and torch.compile (`_orig_mod.`) add, in either order."""
+
+
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove wrapper prefixes from every key, as timm's `clean_state_dict` does.
+
+    `model.` (PyTorch Lightning's and many trainers' attribute name) is removed only when every key
+    has it, since a model may own a submodule named `model`.
+    """
+    cleaned = {}
+    for key, value in state.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = next(key.removeprefix(p) for p in WRAPPER_PREFIXES if key.startswith(p))
+        cleaned[key] = value
+    if cleaned and all(k.startswith("model.") for k in cleaned):
+        cleaned = {k.removeprefix("model."): v for k, v in cleaned.items()}
+    return cleaned
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _find_state_dict(obj: Any, path: Path, role: str, depth: int = 0) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint: the object itself, one of `STATE_DICT_KEYS`, or the one
+    nested dict of tensors it holds (e.g. `{'epoch': 3, 'weights': {...}}`)."""
+    if _is_tensor_dict(obj):
         return obj
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "model_state_dict", "net", "student", "teacher"):
-            if isinstance(obj.get(key), dict):
-                return _find_state_dict(obj[key], path, role)
-    keys = ", ".join(list(obj)[:8]) if isinstance(obj, dict) else type(obj).__name__
-    raise KdtoolError(f"{role}.checkpoint {path} holds no state dict (found: {keys})",
-                      "save model.state_dict(), optionally under a 'state_dict' or 'model' key")
+    if isinstance(obj, dict) and depth < 3:
+        for key in STATE_DICT_KEYS:
+            if isinstance(obj.get(key), dict) and obj[key]:
+                return _find_state_dict(obj[key], path, role, depth + 1)
+        nested = [v for v in obj.values() if _is_tensor_dict(v)]
+        if len(nested) == 1:
+            return nested[0]
+    keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
+    raise KdtoolError(f"{role}.checkpoint {path} holds no state dict (top-level keys: {keys or 'none'}; tried: "
+                      f"a dict of tensors, the keys {', '.join(STATE_DICT_KEYS)}, and a single nested dict "
+                      "of tensors)", "save model.state_dict(), optionally under a 'state_dict' or 'model' key")
 
 
 def load_weights(module: nn.Module, path: str | Path, role: str = "model") -> None:
     """Load a checkpoint into `module`, naming mismatched or missing tensors precisely."""
     state = read_state_dict(path, role)
     own = module.state_dict()
-    bad = sorted((k for k, v in state.items() if k in own and own[k].shape != v.shape),
-                 key=lambda k: -state[k].dim())  # a weight says more than its bias
+    bad = [k for k in own if k in state and own[k].shape != state[k].shape]  # model order: the first layer first
     if bad:
         shown = f"{bad[0]} {tuple(state[bad[0]].shape)} vs model {tuple(own[bad[0]].shape)}"
-        head = list(own)[-len(bad):] == [k for k in own if k in bad] and all(
+        head = list(own)[-len(bad):] == bad and all(
             state[k].shape[1:] == own[k].shape[1:] for k in bad)  # only the last layer, only its outputs
-        what = (f"its head has {state[bad[0]].shape[0]} outputs, the recipe's {own[bad[0]].shape[0]}: "
-                if head else "")
+        if head:
+            what = f"its head has {state[bad[0]].shape[0]} outputs, the recipe's {own[bad[0]].shape[0]}: "
+            hint = "a head of a different size means task.num_classes differs from the checkpoint's; match them"
+        else:
+            what = "the first mismatched layer is "
+            hint = (f"the checkpoint is of another architecture or width: set {role}.arch (and "
+                    f"{role}.kwargs) to the model it was saved from")
         raise KdtoolError(f"{role}.checkpoint {path} does not fit {role}.arch: {what}{shown}"
-                          + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""),
-                          "a head of a different size usually means task.num_classes differs from the "
-                          "checkpoint's; match them")
+                          + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""), hint)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:

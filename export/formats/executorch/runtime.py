@@ -53,10 +53,16 @@ class ExecuTorchRuntime:
             program = runtime.load_program(Path(path))
             method = program.load_method("forward")
         except Exception as e:
-            backends = ", ".join(runtime.backend_registry.registered_backend_names)
-            raise ExportError(f"ExecuTorch cannot load {path}: {str(e).splitlines()[0][:200]}",
-                              f"the file is truncated, or it needs a kernel/delegate this runtime lacks "
-                              f"(registered backends: {backends})") from e
+            registered = list(runtime.backend_registry.registered_backend_names)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            missing = missing_backends(Path(path), registered)
+            if missing:  # the known cause: the program was lowered to a delegate this runtime lacks
+                raise ExportError(f"ExecuTorch cannot load {path}: Backend {missing[0]} is not registered ({first})",
+                                  f"this runtime has {', '.join(registered) or 'no backends'}; run it where "
+                                  f"{missing[0]} is built in") from e
+            raise ExportError(f"ExecuTorch cannot load {path}: {first}",
+                              f"the file is truncated, or it needs a kernel this runtime lacks "
+                              f"(registered backends: {', '.join(registered)})") from e
         if method is None:
             raise ExportError(f"{path} has no 'forward' method", "re-export it with kdtool")
         return ExecuTorchSession(method)
@@ -74,3 +80,15 @@ def backend_registered(name: str) -> bool:
 
     return Runtime.get().backend_registry.is_available(name)
 
+
+KNOWN_BACKENDS = ("CoreMLBackend", "XnnpackBackend", "MPSBackend", "VulkanBackend", "QnnBackend", "VgfBackend")
+"""ExecuTorch delegate ids; a program names the ones it was lowered to (as strings in its flatbuffer)."""
+
+
+def missing_backends(path: Path, registered: list[str]) -> list[str]:
+    """Delegates a `.pte` names that this runtime has not registered (read from the file's bytes)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return []
+    return [b for b in KNOWN_BACKENDS if b not in registered and b.encode() in data]
