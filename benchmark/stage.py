@@ -41,8 +41,9 @@ def _measure_row_latency(session: Any, samples: list, bench) -> list:
     return out
 
 
-def _artifact_metrics(session: Any, ctx, student, batch: int, fixed_batch: bool = False) -> dict[str, float]:
-    """Task metrics of an artifact over the whole validation split in its runtime, `batch` rows at a time."""
+def _artifact_metrics(session: Any, ctx, student, batch: int,
+                      fixed_batch: bool = False) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Task metrics (and notes on undefined ones) of an artifact over the validation split, `batch` rows at a time."""
     import numpy as np
 
     _, val_ds = ctx.datasets
@@ -55,7 +56,13 @@ def _artifact_metrics(session: Any, ctx, student, batch: int, fixed_batch: bool 
         else:
             outs.append(torch.from_numpy(np.asarray(session.run(x))).float())
         targets.append(target)
-    return ctx.task.metrics(torch.cat(outs), torch.cat(targets))
+    return ctx.task.score(torch.cat(outs), torch.cat(targets))
+
+
+def _chance(ctx) -> float | None:
+    """The primary metric of the best constant predictor on the validation split."""
+    targets = [t for _, t, _ in make_loader(ctx.datasets[1], 256, shuffle=False, seed=0)]
+    return ctx.task.chance(ctx.task.primary_metric, torch.cat(targets)) if targets else None
 
 
 def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | None = None,
@@ -98,6 +105,7 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
                 gflops=gflops_per_sample(built.module, x[:1]),
                 peak_mem_mb=peak_memory_mb(lambda s=session, a=x[:1].numpy(): s.run(a)),
                 latency_ms=lat[0], latency_by_batch=lat[1:], metrics=meta["metrics"],
+                metric_notes=meta.get("metric_notes") or {},
                 throughput=1000.0 * lat[-1].batch / lat[-1].p50))
             bar.advance()
         for folder in quant_folders:
@@ -106,8 +114,9 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
         for artifact in artifacts:
             rows.append(_artifact_row(ctx, artifact, samples, bench, student, student_cost, get_runtime))
             bar.advance()
+    teacher_warnings = read_json(ctx.run.stage("teacher", "meta.json")).get("warnings") or []
     report = build_report(r.name, rows, ctx.task.primary_metric, list(r.export.targets), bench.min_retention,
-                          bench.threads, recipe_sha256=ctx.recipe_sha)
+                          bench.threads, recipe_sha256=ctx.recipe_sha, notes=teacher_warnings, chance=_chance(ctx))
     paths = write_report(report, ctx.run.report)
     console.print(render_console(report))
     for note in report.notes:
@@ -179,10 +188,11 @@ def _artifact_row(ctx, artifact, samples: list, bench, student, student_cost: di
                for stats in _measure_row_latency(session, samples, timing)]
         # score in batches the artifact was planned for (ExecuTorch records its memory-planned max_batch)
         batch = fixed_batch or min(64, artifact.info.get("max_batch") or 64)
-        metrics = _artifact_metrics(session, ctx, student, batch, fixed_batch=bool(fixed_batch))
+        metrics, metric_notes = _artifact_metrics(session, ctx, student, batch, fixed_batch=bool(fixed_batch))
         first = make_batches(samples, fixed_batch or 1)[0]
         peak = peak_memory_mb(lambda: session.run(first))
     except Exception as e:  # noqa: BLE001  (one artifact failing does not stop the report)
         return ReportRow(**common, status="failed", reason=f"{type(e).__name__}: {str(e)[:200]}")
-    return ReportRow(**common, latency_ms=lat[0], latency_by_batch=lat[1:], metrics=metrics, peak_mem_mb=peak,
+    return ReportRow(**common, latency_ms=lat[0], latency_by_batch=lat[1:], metrics=metrics,
+                     metric_notes=metric_notes, peak_mem_mb=peak,
                      throughput=1000.0 * lat[-1].batch / lat[-1].p50)

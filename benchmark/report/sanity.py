@@ -1,0 +1,64 @@
+"""Sanity checks written on the report card: numbers that are right but mean less than they seem.
+
+- a teacher at or below chance (a wrong checkpoint or a label order different from the checkpoint's);
+- a model whose primary metric equals a constant predictor's (it learned nothing measurable);
+- a student as large as, or slower than, its teacher;
+- the validation metric that also chose the best checkpoint (no separate test split).
+"""
+
+from __future__ import annotations
+
+from benchmark.report.card import ReportRow
+
+EQUAL = 1e-6
+"""Two metric values this close are the same score."""
+
+MODELS = ("teacher", "student_baseline", "student_kd")
+
+
+def _pytorch_rows(rows: list[ReportRow]) -> dict[str, ReportRow]:
+    return {r.name: r for r in rows if r.name in MODELS and r.format == "pytorch" and r.status == "ok"}
+
+
+def chance_notes(rows: list[ReportRow], metric: str, chance: float | None) -> list[str]:
+    """Notes for the teacher at or below chance and for every model scoring like a constant predictor."""
+    if chance is None:
+        return []
+    notes = []
+    for name, row in _pytorch_rows(rows).items():
+        value = row.metrics.get(metric)
+        if value is None:
+            continue
+        if abs(value - chance) <= EQUAL:
+            notes.append(f"{name}: {metric} {value:.4f} equals that of a constant predictor (always the same "
+                         "answer) on the validation split: it has learned nothing this metric can see.")
+        elif name == "teacher" and value < chance:
+            notes.append(f"teacher: {metric} {value:.4f} is below chance ({chance:.4f}): most likely a wrong "
+                         "checkpoint or task.labels in another order than the checkpoint's; retention is not "
+                         "computed against it.")
+    return notes
+
+
+def size_notes(rows: list[ReportRow]) -> list[str]:
+    """A note when the distilled student is not smaller (params, GFLOPs) or not faster (p50) than the teacher."""
+    models = _pytorch_rows(rows)
+    teacher, student = models.get("teacher"), models.get("student_kd")
+    if teacher is None or student is None:
+        return []
+    worse = []
+    for what, t, s in (("params", teacher.params, student.params), ("GFLOPs", teacher.gflops, student.gflops)):
+        if t is not None and s is not None and s >= 0.9 * t:
+            worse.append(f"{what} {s:.4g} vs teacher {t:.4g}")
+    t_lat, s_lat = teacher.latency_at(1), student.latency_at(1)
+    if t_lat is not None and s_lat is not None and s_lat.p50 >= t_lat.p50:
+        worse.append(f"p50 {s_lat.p50:.2f} ms vs teacher {t_lat.p50:.2f} ms")
+    if not worse:
+        return []
+    return [f"student_kd is not smaller or faster than its teacher ({'; '.join(worse)}): pick a smaller "
+            "student architecture, or distillation buys nothing here."]
+
+
+def selection_note(metric: str, split: str = "validation") -> str:
+    """The card's reminder that the metric shown also picked the best checkpoint."""
+    return (f"No separate test split: the {split} {metric} also chose each model's best checkpoint, so it is "
+            "optimistic; hold out a test split for an unbiased number.")
