@@ -61,7 +61,7 @@ def _metric_regression(metric: str, row: ReportRow, old: ReportRow, bound: float
     if not _finite(ref):
         return None
     if not _finite(new):
-        why = row.metric_notes.get(metric, "not measured")
+        why = row.metric_notes.get(metric, "not measured" if new is None else f"not finite ({new})")
         return f"{metric} is null ({why}); the baseline had {ref:.4f}"
     loss = (ref - new) if higher_is_better(metric) else (new - ref)
     if loss > bound * abs(ref):

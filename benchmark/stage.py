@@ -176,10 +176,12 @@ def _artifact_row(ctx, artifact, samples: list, bench, student, student_cost: di
                   size_mb=artifact.size_mb, parity=artifact.parity, **student_cost)
     if artifact.status != "ok":
         return ReportRow(**common, status=artifact.status, reason=artifact.reason)
+    from export.verify import cannot_run_here, platform_status
+
     runtime = get_runtime(artifact.runtime)
-    reason = runtime.available()
-    if reason is not None:
-        return ReportRow(**common, status="skipped", reason=reason)
+    reason = cannot_run_here(artifact)
+    if reason is not None:  # e.g. CoreML, or ExecuTorch with the CoreML delegate, on Linux
+        return ReportRow(**common, status="skipped", reason=f"{platform_status(reason)}: {reason}")
     try:
         session, load_ms = timed_load(lambda: runtime.load(Path(artifact.path), bench.threads))
         fixed_batch = None if artifact.info.get("dynamic_batch", True) else EXPORT_BATCH

@@ -211,12 +211,10 @@ def verify_artifact(artifact: Artifact, reference: Callable[[torch.Tensor], torc
     """
     from export.formats import get_runtime
 
-    runtime = get_runtime(artifact.runtime)
-    reason = runtime.available() or _delegate_missing(artifact)
+    reason = cannot_run_here(artifact)
     if reason:
-        status = "not verified on this OS" if "macOS" in reason or "Apple" in reason else "not verified"
-        return Parity(status=status, reason=f"{reason} (on {platform.system()})")
-    session = runtime.load(artifact.path, threads)
+        return Parity(status=platform_status(reason), reason=f"{reason} (on {platform.system()})")
+    session = get_runtime(artifact.runtime).load(artifact.path, threads)
     return check_parity(session.run, reference, example, artifact.precision, inputs=inputs, task=task,
                         dynamic_batch=bool(artifact.info.get("dynamic_batch", True)), targets=targets,
                         student=student)
@@ -231,14 +229,21 @@ def require_passed(artifact: Artifact) -> None:
                           "do not ship this artifact; try another format or precision")
 
 
-def _delegate_missing(artifact: Artifact) -> str | None:
-    """ExecuTorch programs lowered to CoreML run only where that delegate is built in (Apple OSes)."""
-    if artifact.runtime == "executorch" and artifact.info.get("backend") == "CoreMLBackend":
-        from export.formats.executorch.runtime import backend_registered
+def cannot_run_here(artifact: Artifact) -> str | None:
+    """Why `artifact` cannot run on this machine (its runtime or its delegate is missing), or None."""
+    from export.formats import get_runtime
 
-        if not backend_registered("CoreMLBackend"):
-            return "the ExecuTorch CoreML delegate runs only on Apple OSes (iOS/macOS)"
-    return None
+    reason = get_runtime(artifact.runtime).available()
+    if reason is None and artifact.runtime == "executorch":
+        from export.formats.executorch.runtime import delegate_unavailable
+
+        reason = delegate_unavailable(artifact.info)
+    return reason
+
+
+def platform_status(reason: str) -> str:
+    """"not verified on this OS" when `reason` names an Apple-only runtime or delegate, else "not verified"."""
+    return "not verified on this OS" if "macOS" in reason or "Apple" in reason else "not verified"
 
 
 def _samples(example: torch.Tensor, inputs: torch.Tensor | None, n_random: int, seed: int) -> torch.Tensor:

@@ -304,12 +304,12 @@ def build_report(recipe_name: str, rows: list[ReportRow], primary_metric: str, t
             says so); None when the card shows a separate test split.
     """
     from benchmark.environment import fingerprint
-    from benchmark.report.sanity import chance_notes, selection_note, size_notes
+    from benchmark.report.sanity import chance_notes, null_notes, selection_note, size_notes
 
     rows = with_retention(rows, primary_metric, chance)
     picks, pick_notes = recommend(rows, targets, min_retention, primary_metric)
     env = fingerprint(threads, rows)
-    sanity = [*chance_notes(rows, primary_metric, chance), *size_notes(rows)]
+    sanity = [*chance_notes(rows, primary_metric, chance), *size_notes(rows), *null_notes(rows)]
     if selection_split:
         sanity.append(selection_note(primary_metric, selection_split))
     created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")

@@ -62,3 +62,16 @@ def selection_note(metric: str, split: str = "validation") -> str:
     """The card's reminder that the metric shown also picked the best checkpoint."""
     return (f"No separate test split: the {split} {metric} also chose each model's best checkpoint, so it is "
             "optimistic; hold out a test split for an unbiased number.")
+
+
+def null_notes(rows: list[ReportRow]) -> list[str]:
+    """Why each null metric or retention on the card is null (one note per reason, naming its rows)."""
+    by_reason: dict[str, list[str]] = {}
+    for r in rows:
+        if r.status != "ok":
+            continue
+        for metric, why in r.metric_notes.items():
+            by_reason.setdefault(f"{metric}: {why}", []).append(r.name)
+        if r.retention is None and r.retention_reason:
+            by_reason.setdefault(f"retention not computed: {r.retention_reason}", []).append(r.name)
+    return [f"{reason} ({', '.join(names)})." for reason, names in by_reason.items()]

@@ -49,3 +49,28 @@ def teacher_warnings(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -
             fix = (f"with the labels swapped ({labels[::-1]}) the teacher scores {metric} {other:.4f}: "
                    "reverse task.labels (and the data's label order) to match the checkpoint")
     return [f"teacher {metric} {value:.4f} is at or below chance ({chance:.4f}) on validation: {fix}."]
+
+
+def gflops(module: torch.nn.Module, x: torch.Tensor) -> float:
+    """GFLOPs of one forward pass per sample (`torch.utils.flop_counter`, a multiply-add counts 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module(x)
+    return counter.get_total_flops() / 1e9 / max(int(x.shape[0]), 1)
+
+
+def size_warning(teacher: tuple[int, float], student: tuple[int, float]) -> str | None:
+    """A warning when the student has at least 90 % of the teacher's params or GFLOPs, else None.
+
+    Args:
+        teacher, student: (params, GFLOPs per sample).
+    """
+    worse = [f"{what} {s:.4g} vs {t:.4g}" for what, t, s in
+             (("params (M)", teacher[0] / 1e6, student[0] / 1e6), ("GFLOPs", teacher[1], student[1]))
+             if s >= 0.9 * t]
+    if not worse:
+        return None
+    return (f"the student is about as large as the teacher ({'; '.join(worse)}): distillation will not make it "
+            "cheaper; choose a smaller student architecture")

@@ -74,3 +74,15 @@ def backend_registered(name: str) -> bool:
 
     return Runtime.get().backend_registry.is_available(name)
 
+
+
+def delegate_unavailable(info: dict) -> str | None:
+    """Why a program lowered to a delegate (artifact `info["backend"]`) cannot run here, or None.
+
+    ExecuTorch programs lowered to CoreML run only where that delegate is built in (Apple OSes): on
+    Linux they are "not verified on this OS", as CoreML files are, not failures.
+    """
+    backend = info.get("backend")
+    if backend == "CoreMLBackend" and not backend_registered(backend):
+        return "the ExecuTorch CoreML delegate runs only on Apple OSes (iOS/macOS)"
+    return None
