@@ -8,7 +8,6 @@ CI summary; `report.html` adds plots (see `benchmark.report.render`).
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import os
 from typing import Any, Literal
 
@@ -94,21 +93,9 @@ class ReportRow(BaseModel):
     @classmethod
     def _no_nan(cls, data: Any) -> Any:
         """A NaN/Inf metric or retention becomes null with a reason: report.json never holds NaN."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        metrics, notes = dict(data.get("metrics") or {}), dict(data.get("metric_notes") or {})
-        for k, v in metrics.items():
-            if v is not None and not math.isfinite(float(v)):
-                metrics[k] = None
-                notes.setdefault(k, f"not finite ({v})")
-        data["metrics"], data["metric_notes"] = metrics, notes
-        for key in ("retention", "retention_vs_student"):
-            v = data.get(key)
-            if v is not None and not math.isfinite(float(v)):
-                data[key] = None
-                data.setdefault("retention_reason", f"{key} not finite ({v})")
-        return data
+        from benchmark.report.sanity import finite_or_null
+
+        return finite_or_null(data)
 
     def latency_at(self, batch: int = 1) -> LatencyMs | None:
         """The latency measured at `batch`, or None."""
@@ -298,10 +285,8 @@ def build_report(recipe_name: str, rows: list[ReportRow], primary_metric: str, t
         threads: the intra-op thread count used for latency.
         recipe_sha256: hash of the resolved recipe.
         notes: extra notes to keep (e.g. skipped stages, the teacher check made before distilling).
-        chance: the primary metric of the best constant predictor on the validation split (None:
-            the metric's textbook chance level, see `compress.core.tasks.retention_with_reason`).
-        selection_split: the split whose metric chose the best checkpoints and is shown (a note
-            says so); None when the card shows a separate test split.
+        chance: the best constant predictor's primary metric on validation (None: textbook chance).
+        selection_split: the split whose metric also chose the checkpoints (noted); None for a test split.
     """
     from benchmark.environment import fingerprint
     from benchmark.report.sanity import chance_notes, null_notes, selection_note, size_notes

@@ -4,11 +4,15 @@
 - a model whose primary metric equals a constant predictor's (it learned nothing measurable);
 - a student as large as, or slower than, its teacher;
 - the validation metric that also chose the best checkpoint (no separate test split).
+
+Rows are `benchmark.report.card.ReportRow`s (typed `Any` here: card imports this module).
 """
 
 from __future__ import annotations
 
-from benchmark.report.card import ReportRow
+import math
+from typing import Any
+
 
 EQUAL = 1e-6
 """Two metric values this close are the same score."""
@@ -16,11 +20,11 @@ EQUAL = 1e-6
 MODELS = ("teacher", "student_baseline", "student_kd")
 
 
-def _pytorch_rows(rows: list[ReportRow]) -> dict[str, ReportRow]:
+def _pytorch_rows(rows: list[Any]) -> dict[str, Any]:
     return {r.name: r for r in rows if r.name in MODELS and r.format == "pytorch" and r.status == "ok"}
 
 
-def chance_notes(rows: list[ReportRow], metric: str, chance: float | None) -> list[str]:
+def chance_notes(rows: list[Any], metric: str, chance: float | None) -> list[str]:
     """Notes for the teacher at or below chance and for every model scoring like a constant predictor."""
     if chance is None:
         return []
@@ -39,7 +43,7 @@ def chance_notes(rows: list[ReportRow], metric: str, chance: float | None) -> li
     return notes
 
 
-def size_notes(rows: list[ReportRow]) -> list[str]:
+def size_notes(rows: list[Any]) -> list[str]:
     """A note when the distilled student is not smaller (params, GFLOPs) or not faster (p50) than the teacher."""
     models = _pytorch_rows(rows)
     teacher, student = models.get("teacher"), models.get("student_kd")
@@ -64,7 +68,7 @@ def selection_note(metric: str, split: str = "validation") -> str:
             "optimistic; hold out a test split for an unbiased number.")
 
 
-def null_notes(rows: list[ReportRow]) -> list[str]:
+def null_notes(rows: list[Any]) -> list[str]:
     """Why each null metric or retention on the card is null (one note per reason, naming its rows)."""
     by_reason: dict[str, list[str]] = {}
     for r in rows:
@@ -75,3 +79,22 @@ def null_notes(rows: list[ReportRow]) -> list[str]:
         if r.retention is None and r.retention_reason:
             by_reason.setdefault(f"retention not computed: {r.retention_reason}", []).append(r.name)
     return [f"{reason} ({', '.join(names)})." for reason, names in by_reason.items()]
+
+
+def finite_or_null(data: Any) -> Any:
+    """A row's raw fields with every NaN/Inf metric or retention made null, the reason recorded."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    metrics, notes = dict(data.get("metrics") or {}), dict(data.get("metric_notes") or {})
+    for k, v in metrics.items():
+        if v is not None and not math.isfinite(float(v)):
+            metrics[k] = None
+            notes.setdefault(k, f"not finite ({v})")
+    data["metrics"], data["metric_notes"] = metrics, notes
+    for key in ("retention", "retention_vs_student"):
+        v = data.get(key)
+        if v is not None and not math.isfinite(float(v)):
+            data[key] = None
+            data.setdefault("retention_reason", f"{key} not finite ({v})")
+    return data

@@ -71,8 +71,8 @@ def test_student_as_large_as_its_teacher_is_noted():
     rows[1] = rows[1].model_copy(update={"params": 17_400_000, "gflops": 14.3, "latency_ms": _lat(12.0)})
     rows[0] = rows[0].model_copy(update={"params": 17_500_000, "gflops": 8.8})
     notes = _report(rows, "accuracy", chance=0.1).notes
-    assert any(n.startswith("student_kd is not smaller or faster than its teacher") and "GFLOPs 14.3 vs teacher 8.8" in n
-               for n in notes)
+    assert any(n.startswith("student_kd is not smaller or faster than its teacher")
+               and "GFLOPs 14.3 vs teacher 8.8" in n for n in notes)
     assert not any("not smaller" in n for n in _report(_rows("accuracy", 0.9, 0.85), "accuracy").notes)
 
 
