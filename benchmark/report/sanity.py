@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-
 EQUAL = 1e-6
 """Two metric values this close are the same score."""
 
