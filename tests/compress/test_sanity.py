@@ -56,3 +56,21 @@ def test_gflops_counts_a_linear_layer():
     layer = torch.nn.Linear(64, 10)
     assert gflops(layer, torch.zeros(4, 64)) == pytest.approx(2 * 64 * 10 / 1e9)
     assert np.isfinite(gflops(layer, torch.zeros(1, 64)))
+
+
+def test_dry_run_says_when_the_student_is_as_large_as_the_teacher(tmp_path):
+    from compress.context import Context
+    from compress.core.runfolder import RunFolder
+    from compress.distill.dryrun import dry_run
+    from recipes.schema import Recipe
+
+    def recipe(student_channels):
+        return Recipe.model_validate({
+            "name": "t", "task": {"kind": "multiclass", "num_classes": 10},
+            "data": {"source": "digits", "image_size": 16, "channels": 1},
+            "teacher": {"arch": "resnet10t", "kwargs": {"channels": [16, 32, 64, 128]}, "train": {"epochs": 1}},
+            "student": {"arch": "resnet10t", "kwargs": {"channels": student_channels}}})
+
+    same = dry_run(Context(recipe([16, 32, 64, 128]), RunFolder(tmp_path)))
+    assert same["warning"].startswith("the student is about as large as the teacher (params (M)")
+    assert "warning" not in dry_run(Context(recipe([4, 8, 16, 32]), RunFolder(tmp_path)))
