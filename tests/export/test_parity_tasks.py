@@ -65,7 +65,7 @@ def test_regression_artifact_returning_a_constant_fails(digits_xy):
     p = _check(model, lambda out: torch.full_like(out, mean), x, torch.as_tensor(target, dtype=torch.float32)[:, None],
                Task("regression", 1))
     assert p.status == "failed" and {"agreement", "metric"} <= set(p.failed)
-    assert p.agreement < 0.5 and p.metric_delta > 0.5  # CCC fell to 0
+    assert p.agreement < 0.5 and p.metric_delta < -0.5  # CCC fell to 0
 
 
 def test_one_logit_binary_shifted_until_f1_halves_fails(digits_xy):
@@ -109,3 +109,20 @@ def test_hundred_classes_with_two_rare_classes_swapped_fails(digits_xy):
     p = _check(model, swap, x, picks, Task("multiclass", 100))
     assert p.status == "failed" and p.failed == ["class_agreement"]
     assert p.agreement >= 0.90 and p.max_rel <= 0.25  # both old criteria were met
+
+
+def test_metric_criterion_is_one_sided_a_qat_artifact_may_score_higher(digits_xy):
+    # the ExecuTorch int8 artifact of a QAT model is compared with its PT2E reference (it matches it)
+    # and, for the metric, with the fp32 student it started from, which QAT trained further
+    x, y = digits_xy
+    target = (y >= 5).astype(int)
+    good = LogisticRegression(max_iter=500).fit(x.numpy(), target)
+    weak = LogisticRegression(max_iter=500).fit(x.numpy()[:, :8], target)  # sees only the top pixel rows
+    qat, student = _linear(good.coef_, good.intercept_), _linear(np.pad(weak.coef_, ((0, 0), (0, 56))), weak.intercept_)
+    task = Task("binary", 1, metric="accuracy")
+    better = check_parity(_artifact(qat, lambda o: o), qat, x[:2], "int8", inputs=x, task=task,
+                          targets=torch.as_tensor(target), student=student)
+    assert better.status == "passed" and better.metric_delta > 0.1
+    worse = check_parity(_artifact(student, lambda o: o), student, x[:2], "int8", inputs=x, task=task,
+                         targets=torch.as_tensor(target), student=qat)
+    assert worse.status == "failed" and worse.failed == ["metric"] and worse.metric_delta < -0.1
