@@ -111,6 +111,55 @@ def machine(threads: int) -> dict[str, Any]:
     return out
 
 
-def fingerprint(threads: int) -> dict[str, Any]:
-    """Machine and versions together: `{"machine": {...}, "versions": {...}}`."""
-    return {"machine": machine(threads), "versions": versions()}
+BUSY_SPREAD = 0.10
+"""A row whose per-call std is above this fraction of its mean is unstable (pyperf's threshold)."""
+
+BUSY_OTHER_CORES = 0.5
+"""Other processes using more than the cores left free (plus this) during a measurement: busy."""
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the OS has none."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return None
+
+
+def load_warnings(rows: list[Any], threads: int, cores: int | None = None) -> list[str]:
+    """Warnings (like pyperf's) for rows timed on a busy machine or with a high run-to-run spread.
+
+    Args:
+        rows: report rows (anything with `name` and `latency_at(1)` giving a `LatencyMs`).
+        threads: the thread count the benchmark used.
+        cores: usable cores (default: this process's).
+    """
+    free = max((cores or usable_cores()) - threads, 0)
+    busy, unstable = [], []
+    for row in rows:
+        lat = row.latency_at(1) if hasattr(row, "latency_at") else None
+        if lat is None:
+            continue
+        if lat.other_cpu is not None and lat.other_cpu > free + BUSY_OTHER_CORES:
+            busy.append(f"{row.name} ({lat.other_cpu:.1f})")
+        if lat.spread is not None and lat.spread > BUSY_SPREAD:
+            unstable.append(f"{row.name} ({lat.spread:.0%})")
+    out = []
+    if busy:
+        out.append(f"Machine busy while timing: other processes used more than the {free} free core(s) "
+                   f"(cores used by others: {', '.join(busy)}); latency is unreliable, rerun on an idle machine.")
+    if unstable:
+        out.append(f"Unstable latency: std above {BUSY_SPREAD:.0%} of the mean for {', '.join(unstable)}; "
+                   "rerun on an idle machine, or raise benchmark.min_time_s.")
+    return out
+
+
+def fingerprint(threads: int, rows: list[Any] | None = None) -> dict[str, Any]:
+    """Machine, versions and load warnings: `{"machine": {...}, "versions": {...}, "warnings": [...]}`.
+
+    `machine` includes the 1-minute load average at report time and `busy` (whether a row was
+    timed on a busy machine or with a high spread, see `load_warnings`).
+    """
+    warnings = load_warnings(rows or [], threads)
+    info = {**machine(threads), "load_average": load_average(), "busy": bool(warnings)}
+    return {"machine": info, "versions": versions(), "warnings": warnings}

@@ -5,15 +5,18 @@ calls `enforce_gates`; a violation raises `GateError` (exit code 5) listing the 
 
 Rules:
 - regression (`max_regression`, a fraction): for every ok row with the same name in the baseline,
-  p50 at batch 1 may not rise by more than the fraction, and the primary metric may not fall
-  (rise, for error metrics such as MAE) by more than the fraction, relative to the baseline;
-  a row ok in the baseline and failed now is a violation.
-- retention floor (`min_retention`): every deliverable row (not the teacher, not the student
-  trained without KD or artifacts made from it: those are references) with a measured retention
-  must keep at least the floor.
+  p50 at batch 1 may not rise by more than the fraction, and the primary metric may not worsen
+  by more than the fraction of the baseline's magnitude, in the metric's direction (`|ref|`, so a
+  CCC going from -0.20 to -0.195 is better, not worse); a row ok in the baseline and failed now,
+  or whose metric was measured in the baseline and is null/NaN now, is a violation.
+- retention floor (`min_retention`): every ok deliverable row (not the teacher, not the student
+  trained without KD or artifacts made from it: those are references) must have a retention of at
+  least the floor; a null or NaN retention fails, with the reason the card gives.
 """
 
 from __future__ import annotations
+
+import math
 
 from benchmark.report.card import Report, ReportRow, higher_is_better
 from compress.core.errors import GateError
@@ -42,13 +45,28 @@ def _regressions(report: Report, baseline: Report, bound: float) -> list[str]:
         if comparable and new_lat.p50 > old_lat.p50 * (1 + bound):
             out.append(f"{row.name}: p50 {new_lat.p50:.3f} ms vs baseline {old_lat.p50:.3f} ms "
                        f"(+{new_lat.p50 / old_lat.p50 - 1:.1%} > {bound:.1%}){where}")
-        if metric and metric in row.metrics and metric in old.metrics:
-            new, ref = row.metrics[metric], old.metrics[metric]
-            worse = new < ref * (1 - bound) if higher_is_better(metric) else new > ref * (1 + bound)
-            if worse:
-                out.append(f"{row.name}: {metric} {new:.4f} vs baseline {ref:.4f} "
-                           f"(worse by more than {bound:.1%})")
+        problem = _metric_regression(metric, row, old, bound) if metric else None
+        if problem:
+            out.append(f"{row.name}: {problem}")
     return out
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _metric_regression(metric: str, row: ReportRow, old: ReportRow, bound: float) -> str | None:
+    """Why `row`'s metric regressed against `old`'s, or None: direction-aware, relative to |baseline|."""
+    ref, new = old.metrics.get(metric), row.metrics.get(metric)
+    if not _finite(ref):
+        return None
+    if not _finite(new):
+        why = row.metric_notes.get(metric, "not measured" if new is None else f"not finite ({new})")
+        return f"{metric} is null ({why}); the baseline had {ref:.4f}"
+    loss = (ref - new) if higher_is_better(metric) else (new - ref)
+    if loss > bound * abs(ref):
+        return f"{metric} {new:.4f} vs baseline {ref:.4f} (worse by more than {bound:.1%})"
+    return None
 
 
 def check_gates(report: Report, baseline: Report | None = None, max_regression: float | None = None,
@@ -66,8 +84,12 @@ def check_gates(report: Report, baseline: Report | None = None, max_regression: 
         violations += _regressions(report, baseline, max_regression)
     if min_retention is not None:
         for row in report.rows:
-            gated = row.status == "ok" and _deliverable(row) and row.retention is not None
-            if gated and row.retention < min_retention:
+            if row.status != "ok" or not _deliverable(row):
+                continue
+            if not _finite(row.retention):
+                violations.append(f"{row.name}: retention is null ({row.retention_reason or 'not measured'}), "
+                                  f"floor {min_retention:.1%}")
+            elif row.retention < min_retention:
                 violations.append(f"{row.name}: retention {row.retention:.1%} < floor {min_retention:.1%}")
     return violations
 

@@ -27,11 +27,18 @@ so each time is the call's full host-to-result latency (trtexec's per-inference 
 what `torch.utils.benchmark.Timer` does, which synchronises around each measured block). The
 warm-up calls also absorb cuDNN autotuning, lazy module loading and the caching allocator's first
 allocations. `blocked_autorange_ms` is the independent cross-check of the median.
+
+A busy machine ruins latency (a 2-thread OpenMP pool spins when another process holds a core), so
+each measurement records the CPU time other processes used during the timed loop (`other_cpu`,
+in cores, from /proc/stat minus this process's own CPU time; Linux only) and the run-to-run
+spread (`spread` = std / mean, as pyperf's "unstable" warning). `benchmark.environment.load_warnings`
+turns them into warnings on the card and in report.json.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -66,6 +73,8 @@ class LatencyStats(BaseModel):
     total_s: float
     overhead_ms: float
     device: str = "cpu"
+    spread: float | None = None  # std / mean of the per-call times
+    other_cpu: float | None = None  # cores other processes kept busy during the timed loop (Linux)
 
     @property
     def throughput(self) -> float:
@@ -213,17 +222,23 @@ def measure(target: Any, inputs: Sequence[np.ndarray], warmup: int = 10, min_run
     try:
         for i in range(warmup):
             fn(batches[i % len(batches)])
+        busy0, own0, wall0 = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
         ns, total_s = _timed_loop(fn, batches, min_runs, min_time_s)
+        busy1, own1, wall1 = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
         overhead = harness_overhead_ms(batches)
     finally:
         if previous is not None:
             _set_torch_threads(previous)
     ms = ns / 1e6
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    other = None
+    if busy0 is not None and busy1 is not None and wall1 > wall0:
+        other = max(0.0, ((busy1 - busy0) - (own1 - own0)) / (wall1 - wall0))
     return LatencyStats(p50=float(p50), p90=float(p90), p99=float(p99), mean=float(ms.mean()),
                         std=float(ms.std()), min=float(ms.min()), max=float(ms.max()), runs=int(ms.size),
                         batch=batch, threads=threads, load_ms=load_ms, warmup=warmup, total_s=total_s,
-                        overhead_ms=overhead, device=device)
+                        overhead_ms=overhead, device=device,
+                        spread=float(ms.std() / ms.mean()) if ms.mean() > 0 else None, other_cpu=other)
 
 
 def blocked_autorange_ms(fn: Callable[[], Any], min_run_time_s: float = 0.5) -> float:
@@ -236,6 +251,21 @@ def blocked_autorange_ms(fn: Callable[[], Any], min_run_time_s: float = 0.5) -> 
 
     timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn})
     return float(timer.blocked_autorange(min_run_time=min_run_time_s).median * 1e3)
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (/proc/stat), or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal ...: all but idle and iowait are busy
+    jiffies = [int(v) for v in fields[1:9]]
+    busy = sum(jiffies) - jiffies[3] - jiffies[4]
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def timed_load(load_fn: Callable[[], T]) -> tuple[T, float]:

@@ -64,8 +64,9 @@ def _measure_row_latency(session: Any, samples: list, bench) -> list:
     return out
 
 
-def _artifact_metrics(session: Any, ctx, student, batch: int, fixed_batch: bool = False) -> dict[str, float]:
-    """Task metrics of an artifact over the whole scored split in its runtime, `batch` rows at a time."""
+def _artifact_metrics(session: Any, ctx, student, batch: int,
+                      fixed_batch: bool = False) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Task metrics (and notes on undefined ones) of an artifact over the scored split, `batch` rows at a time."""
     import numpy as np
 
     _, scored = ctx.scored_split
@@ -78,7 +79,13 @@ def _artifact_metrics(session: Any, ctx, student, batch: int, fixed_batch: bool 
         else:
             outs.append(torch.from_numpy(np.asarray(session.run(x))).float())
         targets.append(target)
-    return ctx.task.metrics(torch.cat(outs), torch.cat(targets))
+    return ctx.task.score(torch.cat(outs), torch.cat(targets))
+
+
+def _chance(ctx) -> float | None:
+    """The primary metric of the best constant predictor on the scored split."""
+    targets = [t for _, t, _ in make_loader(ctx.scored_split[1], 256, shuffle=False, seed=0)]
+    return ctx.task.chance(ctx.task.primary_metric, torch.cat(targets)) if targets else None
 
 
 def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | None = None,
@@ -116,15 +123,17 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
             x = built.preprocess(example_batch(ctx.datasets[1], 32))
             session = TorchSession(built.module)
             lat = _measure_row_latency(session, [s.unsqueeze(0).numpy() for s in x], bench)
-            metrics = meta["metrics"] if split == "validation" else evaluate(built.module, built.preprocess,
-                                                                              scored, ctx.task)[0]
+            if split == "validation":
+                metrics, metric_notes = meta["metrics"], meta.get("metric_notes") or {}
+            else:
+                metrics, metric_notes = evaluate(built.module, built.preprocess, scored, ctx.task)[0], {}
             rows.append(ReportRow(
                 name=stage, stage=stage, format="pytorch", precision="fp32", runtime="torch", source=stage,
                 path=relative(ctx.run.stage(stage, "best.safetensors"), ctx.run.root),
                 params=count_params(built.module), size_mb=artifact_size_mb([ctx.run.stage(stage, "best.safetensors")]),
                 gflops=gflops_per_sample(built.module, x[:1]),
                 peak_mem_mb=peak_memory_mb(lambda s=session, a=x[:1].numpy(): s.run(a)),
-                latency_ms=lat[0], latency_by_batch=lat[1:], metrics=metrics,
+                latency_ms=lat[0], latency_by_batch=lat[1:], metrics=metrics, metric_notes=metric_notes,
                 throughput=1000.0 * lat[-1].batch / lat[-1].p50))
             bar.advance()
         for folder in quant_folders:
@@ -135,9 +144,11 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
             bar.advance()
     targets = list(r.export.targets)  # and every target exported on its own (`kdtool export --target ios`)
     targets += sorted({a.target for a in artifacts if a.status == "ok" and a.target in TARGETS} - set(targets))
-    report = build_report(r.name, rows, ctx.task.primary_metric, targets, bench.min_retention,
-                          bench.threads, recipe_sha256=ctx.recipe_sha, notes=[*_split_notes(ctx), *teacher_notes(ctx)],
-                          scored_split=split)
+    teacher_warnings = read_json(ctx.run.stage("teacher", "meta.json")).get("warnings") or []
+    report = build_report(r.name, rows, ctx.task.primary_metric, targets, bench.min_retention, bench.threads,
+                          recipe_sha256=ctx.recipe_sha, chance=_chance(ctx), scored_split=split,
+                          selection_split=None,  # _split_notes says which split chose the checkpoints
+                          notes=[*_split_notes(ctx), *teacher_notes(ctx), *teacher_warnings])
     report = report.model_copy(update={"versions": {**report.versions, "kdtool": determinism.commit()},
                                        "training": training_provenance(ctx)})
     paths = write_report(report, ctx.run.report)
@@ -224,10 +235,12 @@ def _artifact_row(ctx, artifact, samples: list, bench, student, student_cost: di
                   size_mb=artifact.size_mb, parity=artifact.parity, **student_cost)
     if artifact.status != "ok":
         return ReportRow(**common, status=artifact.status, reason=artifact.reason)
+    from export.verify import cannot_run_here, platform_status
+
     runtime = get_runtime(artifact.runtime)
-    reason = runtime.available()
-    if reason is not None:
-        return ReportRow(**common, status="skipped", reason=reason)
+    reason = cannot_run_here(artifact)
+    if reason is not None:  # e.g. CoreML, or ExecuTorch with the CoreML delegate, on Linux
+        return ReportRow(**common, status="skipped", reason=f"{platform_status(reason)}: {reason}")
     try:
         session, load_ms = timed_load(lambda: runtime.load(Path(artifact.path), bench.threads))
         fixed_batch = None if artifact.info.get("dynamic_batch", True) else EXPORT_BATCH
@@ -236,10 +249,11 @@ def _artifact_row(ctx, artifact, samples: list, bench, student, student_cost: di
                for stats in _measure_row_latency(session, samples, timing)]
         # score in batches the artifact was planned for (ExecuTorch records its memory-planned max_batch)
         batch = fixed_batch or min(64, artifact.info.get("max_batch") or 64)
-        metrics = _artifact_metrics(session, ctx, student, batch, fixed_batch=bool(fixed_batch))
+        metrics, metric_notes = _artifact_metrics(session, ctx, student, batch, fixed_batch=bool(fixed_batch))
         first = make_batches(samples, fixed_batch or 1)[0]
         peak = peak_memory_mb(lambda: session.run(first))
     except Exception as e:  # noqa: BLE001  (one artifact failing does not stop the report)
         return ReportRow(**common, status="failed", reason=failure_reason(e))
-    return ReportRow(**common, latency_ms=lat[0], latency_by_batch=lat[1:], metrics=metrics, peak_mem_mb=peak,
+    return ReportRow(**common, latency_ms=lat[0], latency_by_batch=lat[1:], metrics=metrics,
+                     metric_notes=metric_notes, peak_mem_mb=peak,
                      throughput=1000.0 * lat[-1].batch / lat[-1].p50)

@@ -22,6 +22,8 @@ class Parity(BaseModel):
     atol: float | None = None
     batches: list[int] = []
     samples: int = 0
+    metric_delta: float | None = None  # artifact − fp32 student primary metric on labelled samples (worst batch)
+    failed: list[str] = []  # the criteria that failed (max_abs, agreement, positives, class_agreement, metric)
     reason: str | None = None
 
 

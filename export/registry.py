@@ -45,6 +45,8 @@ class ExportContext:
         quantized_onnx: an ONNX Runtime–quantized (QDQ) `.onnx` file; ONNX/TensorRT int8 adopt it.
         target: deployment target the artifact is made for (android, ios, server), if any.
         variant: format-specific flavour, e.g. "coreml" for ExecuTorch with the CoreML delegate.
+        task_spec: the `compress.core.tasks.Task` (primary metric, decisions) for parity, if known.
+        parity_targets: labels of the real parity inputs: parity then compares the primary metric.
     """
 
     name: str = "model"
@@ -63,6 +65,8 @@ class ExportContext:
     quantized_onnx: Path | None = None
     target: str | None = None
     variant: str | None = None
+    task_spec: Any = None
+    parity_targets: Any = None
 
     def artifact_name(self, fmt: str) -> str:
         """Name used in reports: `<name>.<format>[-<variant>].<precision>`."""

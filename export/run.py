@@ -135,7 +135,8 @@ def _verify(artifact: Artifact, job: Job, model: nn.Module, example: torch.Tenso
     if isinstance(reference, torch.export.ExportedProgram):
         reference = reference.module()
     try:
-        parity = verify_artifact(artifact, reference, example, inputs=inputs, task=ctx.task, threads=threads)
+        parity = verify_artifact(artifact, reference, example, inputs=inputs, task=ctx.task_spec or ctx.task,
+                                 threads=threads, targets=ctx.parity_targets, student=model)
     except ExportError as e:
         parity = Parity(status="failed", reason=str(e))
     info = dict(artifact.info)

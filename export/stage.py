@@ -24,6 +24,12 @@ def _example_inputs(ctx, student, n: int) -> torch.Tensor:
     return student.preprocess(raw)
 
 
+def _example_targets(ctx, n: int) -> torch.Tensor:
+    """Labels of the samples `_example_inputs` returns (parity compares the primary metric on them)."""
+    _, val_ds = ctx.datasets
+    return torch.stack([torch.as_tensor(val_ds[i][1]) for i in range(min(n, len(val_ds)))])
+
+
 def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None = None,
                force: bool = False) -> list:
     """`kdtool export`: artifacts of the distilled student (+ its INT8 versions) for each target.
@@ -57,7 +63,8 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
                                    labels=tuple(r.task.labels) if r.task.labels else None,
                                    output_names=("output",), opset=r.export.opset,
                                    metadata={"kdtool.recipe": r.name},
-                                   output_meaning=_output_meaning(ctx.task))
+                                   output_meaning=_output_meaning(ctx.task), task_spec=ctx.task,
+                                   parity_targets=_example_targets(ctx, len(inputs)))
         artifacts = export_jobs(todo, student.module, inputs[:EXPORT_BATCH], folder, quantized=quantized,
                                 ctx=export_ctx, inputs=inputs, threads=r.benchmark.threads)
     made = {job.folder: a for job, a in zip(todo, artifacts, strict=True)}

@@ -1,21 +1,31 @@
-"""Parity of any artifact against its PyTorch model, shared by every format.
+"""Parity of any artifact against its PyTorch model, shared by every format, task-aware.
 
 Both run on the caller's real inputs plus seeded random inputs, at batch 1 and at a second batch
-size when the batch axis is dynamic. Errors are measured against the reference's output scale
-`s = max |reference output|`, so the same rule holds for logits of 0.01 and of 30:
+size when the batch axis is dynamic. Every criterion below must hold; the `Parity` record lists
+the ones that failed (`failed`) and why (`reason`):
 
-| precision | pass when max_abs <= | and top-1 agreement >= (classifiers) |
-|-----------|----------------------|--------------------------------------|
-| fp32      | 1e-4 · s             | 0.99                                 |
-| fp16      | 2e-2 · s             | 0.95                                 |
-| int8      | 2.5e-1 · s           | 0.90                                 |
+| criterion         | what                                                         | fp32  | fp16  | int8  |
+|-------------------|--------------------------------------------------------------|-------|-------|-------|
+| `max_abs`         | max |artifact − reference| ≤ rel · s, s = max |reference|       | 1e-4  | 2e-2  | 0.25  |
+| `agreement`       | decisions agree (below) on at least this fraction            | 0.99  | 0.95  | 0.90  |
+| `positives`       | sigmoid tasks: Jaccard of the positive decisions ≥           | 0.99  | 0.95  | 0.90  |
+| `class_agreement` | multiclass: every class the reference picks ≥ 3 times is     | 0.5   | 0.5   | 0.5   |
+|                   | picked by the artifact on at least this fraction of them     |       |       |       |
+| `metric`          | primary metric at most this much worse than the fp32         | 0.005 | 0.01  | 0.05  |
+|                   | student's on the labelled validation samples (one-sided)     |       |       |       |
+
+Decisions are the task's: top-1 for multiclass (and two-logit binary), the 0.5-thresholded
+sigmoid per label for multilabel and one-logit binary. Regression "agreement" is
+1 − MAE / spread, the spread being the std of the reference outputs (floored at 1e-3 · s so a
+near-constant reference does not turn kernel-order noise into a failure): a constant artifact
+scores ≈ 0 however close it is to the mean.
 
 fp32 differences come only from kernel order (≈1e-6 · s); fp16 has a 10-bit mantissa; int8 is
 compared with its own PT2E-simulated model where there is one (quantization error then largely
-cancels), else with the fp32 model, so it gets the loosest bound and relies on agreement.
-Regression outputs use `compress.core.tasks.Task.agreement` (1 − normalised MAE) instead of top-1.
-A failure returns a `Parity` with status "failed" and the numbers; `require_passed` turns it into
-an `ExportError` (exit 4) for callers that must stop.
+cancels), else with the fp32 model, so it gets the loosest bound; its metric is still compared with
+the fp32 student's, one-sided: a QAT artifact, trained further than the student, may score higher.
+A failure returns a `Parity` with status "failed" and the numbers;
+`require_passed` turns it into an `ExportError` (exit 4) for callers that must stop.
 """
 
 from __future__ import annotations
@@ -34,6 +44,10 @@ from export.artifact import Artifact, Parity
 SECOND_BATCH = 4
 RANDOM_SAMPLES = 8
 SCALE_FLOOR = 1e-6
+SPREAD_FLOOR = 1e-3
+"""The regression spread is at least this fraction of the output scale."""
+CLASS_MIN_SAMPLES = 3
+"""A class enters `class_agreement` once the reference picks it this often."""
 
 
 @dataclass(frozen=True)
@@ -42,15 +56,19 @@ class Tolerance:
 
     rel: float
     min_agreement: float
+    metric: float = 0.05
+    min_class_agreement: float = 0.5
 
 
-TOLERANCES = {"fp32": Tolerance(1e-4, 0.99), "fp16": Tolerance(2e-2, 0.95), "int8": Tolerance(0.25, 0.90)}
+TOLERANCES = {"fp32": Tolerance(1e-4, 0.99, 0.005), "fp16": Tolerance(2e-2, 0.95, 0.01),
+              "int8": Tolerance(0.25, 0.90, 0.05)}
 
 
 def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[torch.Tensor], torch.Tensor],
                  example: torch.Tensor, precision: str = "fp32", *, inputs: torch.Tensor | None = None,
-                 task: str = "multiclass", dynamic_batch: bool = True, random_samples: int = RANDOM_SAMPLES,
-                 seed: int = 0, tolerance: Tolerance | None = None) -> Parity:
+                 task: str | Task = "multiclass", dynamic_batch: bool = True, random_samples: int = RANDOM_SAMPLES,
+                 seed: int = 0, tolerance: Tolerance | None = None, targets: torch.Tensor | None = None,
+                 student: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Parity:
     """Compare `run` (an artifact's session) with `reference` (the PyTorch model) on the same inputs.
 
     Args:
@@ -59,15 +77,18 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
         example: one input batch; its shape (beyond the batch axis) shapes the random inputs.
         precision: fp32, fp16 or int8: picks the tolerance.
         inputs: real model inputs (preprocessed), checked first; may be None.
-        task: task kind for the agreement rule.
+        task: task kind, or a `Task` (its primary metric is the one compared).
         dynamic_batch: also run at batch `SECOND_BATCH`; else only at the example's batch size.
         random_samples: seeded standard-normal samples added to the real ones (fp32/fp16; int8 with
             real inputs uses those alone).
         seed: seed of the random samples.
         tolerance: override the precision's `TOLERANCES` entry.
+        targets: labels of `inputs`: the primary metric is then compared (criterion `metric`).
+        student: the fp32 model whose metric the artifact's must match (default `reference`).
 
     Returns:
-        Parity with status "passed" or "failed" and max_abs, max_rel (max_abs / s), agreement, atol.
+        Parity with status "passed" or "failed", max_abs, max_rel (max_abs / s), agreement, atol,
+        metric_delta and the failed criteria.
     """
     tol = tolerance or TOLERANCES[precision]
     if precision == "int8" and inputs is not None:
@@ -77,11 +98,7 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
     samples = _samples(example, inputs, random_samples, seed)
     batches = sorted({1, SECOND_BATCH}) if dynamic_batch else [int(example.shape[0])]
     ref_batch = int(example.shape[0])  # PT2E references may be traced at the example's batch only
-    with torch.inference_mode():
-        def ref_run(x: np.ndarray) -> np.ndarray:
-            return _as_tensor(reference(torch.from_numpy(x))).float().numpy()
-
-        ref = torch.from_numpy(_run_batched(ref_run, samples.numpy(), ref_batch))
+    ref = _reference_outputs(reference, samples, ref_batch)
     outs = []
     try:
         for b in batches:
@@ -89,42 +106,126 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
     except ExportError:
         raise
     except Exception as e:
-        return Parity(status="failed", batches=batches, samples=len(samples),
+        return Parity(status="failed", batches=batches, samples=len(samples), failed=["runs"],
                       reason=f"artifact failed to run: {str(e).splitlines()[0][:200]}")
+    outs = [o.reshape(ref.shape) for o in outs]
+    kind = task if isinstance(task, Task) else Task(task, int(ref.shape[-1]) if ref.ndim > 1 else 1)
     scale = max(float(ref.abs().max()), SCALE_FLOOR)
-    max_abs = max(float((o.reshape(ref.shape) - ref).abs().max()) for o in outs)
-    kind_task = Task(task, int(ref.shape[-1]) if ref.ndim > 1 else 1)
-    agreement = min(kind_task.agreement(o.reshape(ref.shape), ref) for o in outs)
+    max_abs = max(float((o - ref).abs().max()) for o in outs)
     atol = tol.rel * scale
-    problems = []
+    problems: dict[str, str] = {}
     if not np.isfinite(max_abs) or max_abs > atol:
-        problems.append(f"max_abs {max_abs:.3g} > atol {atol:.3g} "
-                        f"({precision}: {tol.rel:g} x output scale {scale:.3g})")
-    if agreement < tol.min_agreement:
-        problems.append(f"agreement {agreement:.3f} < {tol.min_agreement}")
+        problems["max_abs"] = (f"max_abs {max_abs:.3g} > atol {atol:.3g} "
+                               f"({precision}: {tol.rel:g} x output scale {scale:.3g})")
+    agreement = min(_decision_agreement(kind, o, ref, scale) for o in outs)
+    if not agreement >= tol.min_agreement:
+        what = "1 - MAE/spread" if kind.kind == "regression" else "decision agreement"
+        problems["agreement"] = f"{what} {agreement:.3f} < {tol.min_agreement}"
+    problems.update(_decision_problems(kind, outs, ref, tol))
+    delta = None
+    if targets is not None and inputs is not None and len(targets) == len(inputs):
+        fp32 = ref if student is None else _reference_outputs(student, samples, ref_batch)
+        delta, problem = _metric_problem(kind, [o[:len(targets)] for o in outs], fp32[:len(targets)], targets, tol)
+        if problem:
+            problems["metric"] = problem
     return Parity(status="failed" if problems else "passed", max_abs=max_abs, max_rel=max_abs / scale,
-                  agreement=agreement, atol=atol, batches=batches, samples=len(samples),
-                  reason="; ".join(problems) or None)
+                  agreement=agreement, atol=atol, batches=batches, samples=len(samples), metric_delta=delta,
+                  failed=list(problems), reason="; ".join(f"{k}: {v}" for k, v in problems.items()) or None)
+
+
+def _reference_outputs(model: Callable[[torch.Tensor], torch.Tensor], samples: torch.Tensor,
+                       batch: int) -> torch.Tensor:
+    with torch.inference_mode():
+        def ref_run(x: np.ndarray) -> np.ndarray:
+            return _as_tensor(model(torch.from_numpy(x))).float().numpy()
+
+        return torch.from_numpy(_run_batched(ref_run, samples.numpy(), batch))
+
+
+def _decision_agreement(task: Task, out: torch.Tensor, ref: torch.Tensor, scale: float) -> float:
+    """Fraction of equal decisions; for regression 1 - MAE / spread (std of the reference outputs)."""
+    if task.kind == "regression":
+        spread = max(float(ref.float().std(unbiased=False)) if ref.numel() > 1 else 0.0, SPREAD_FLOOR * scale)
+        return float(1.0 - ((out.float() - ref.float()).abs().mean() / spread).clamp(max=1.0))
+    return float((task.predictions(out) == task.predictions(ref)).float().mean())
+
+
+def _decision_problems(task: Task, outs: list[torch.Tensor], ref: torch.Tensor, tol: Tolerance) -> dict[str, str]:
+    """Sigmoid tasks: positive decisions kept (Jaccard); multiclass: no frequent class lost to another."""
+    problems: dict[str, str] = {}
+    if task.kind == "regression":
+        return problems
+    want = task.predictions(ref)
+    sigmoid = task.kind == "multilabel" or (task.kind == "binary" and task.num_outputs == 1)
+    for out in outs:
+        got = task.predictions(out)
+        if sigmoid:
+            union = int(((got == 1) | (want == 1)).sum())
+            jaccard = int(((got == 1) & (want == 1)).sum()) / union if union else 1.0
+            if jaccard < tol.min_agreement:
+                problems["positives"] = (f"positive decisions {int(got.sum())} vs reference {int(want.sum())} "
+                                         f"(Jaccard {jaccard:.3f} < {tol.min_agreement})")
+        else:
+            for c in want.unique().tolist():
+                picked = want == c
+                if int(picked.sum()) < CLASS_MIN_SAMPLES:
+                    continue
+                kept = float((got[picked] == c).float().mean())
+                if kept < tol.min_class_agreement:
+                    problems["class_agreement"] = (f"class {c}: the artifact agrees on {kept:.0%} of the "
+                                                   f"{int(picked.sum())} samples the reference assigns it "
+                                                   f"(< {tol.min_class_agreement:.0%})")
+                    break
+    return problems
+
+
+def _metric_problem(task: Task, outs: list[torch.Tensor], fp32: torch.Tensor, targets: torch.Tensor,
+                    tol: Tolerance) -> tuple[float | None, str | None]:
+    """How far the artifact's metric falls below the fp32 student's on the labelled samples (signed, worst batch).
+
+    One-sided: an artifact may score higher (a QAT model is trained further than the student it
+    started from); it fails when it loses more than `tol.metric` in the metric's direction.
+    """
+    from compress.core.tasks import lower_is_better
+
+    metric = task.primary_metric
+    want = task.metrics(fp32, targets).get(metric)
+    if want is None:
+        return None, None
+    sign = -1.0 if lower_is_better(metric) else 1.0
+    worst = None
+    for out in outs:
+        got = task.metrics(out, targets).get(metric)
+        if got is None:
+            return None, f"{metric} undefined on the artifact's outputs (fp32 student: {want:.4f})"
+        if worst is None or sign * (got - want) < sign * (worst - want):
+            worst = got
+    if sign * (want - worst) > tol.metric:
+        return worst - want, (f"{metric} {worst:.4f} vs fp32 student {want:.4f} on {len(targets)} validation "
+                              f"samples (worse by {abs(worst - want):.4f} > {tol.metric})")
+    return worst - want, None
 
 
 def verify_artifact(artifact: Artifact, reference: Callable[[torch.Tensor], torch.Tensor],
-                    example: torch.Tensor, *, inputs: torch.Tensor | None = None, task: str = "multiclass",
-                    threads: int = 1) -> Parity:
+                    example: torch.Tensor, *, inputs: torch.Tensor | None = None, task: str | Task = "multiclass",
+                    threads: int = 1, targets: torch.Tensor | None = None,
+                    student: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Parity:
     """Load `artifact` in its runtime and check parity; "not verified on this OS" when it cannot run here.
+
+    `targets` (labels of `inputs`) and `student` (the fp32 model) enable the metric criterion.
 
     Raises:
         ExportError: the runtime exists here but cannot load the file (truncated, missing kernels).
     """
     from export.formats import get_runtime
 
-    runtime = get_runtime(artifact.runtime)
-    reason = runtime.available() or _delegate_missing(artifact)
+    reason = cannot_run_here(artifact)
     if reason:
-        status = "not verified on this OS" if "macOS" in reason or "Apple" in reason else "not verified"
-        return Parity(status=status, reason=f"{reason} (on {platform.system()})")
-    session = runtime.load(artifact.path, threads)
+        return Parity(status=platform_status(reason), reason=f"{reason} (on {platform.system()})")
+    session = get_runtime(artifact.runtime).load(artifact.path, threads)
     return check_parity(session.run, reference, example, artifact.precision, inputs=inputs, task=task,
-                        dynamic_batch=bool(artifact.info.get("dynamic_batch", True)))
+                        dynamic_batch=bool(artifact.info.get("dynamic_batch", True)), targets=targets,
+                        student=student)
 
 
 def require_passed(artifact: Artifact) -> None:
@@ -136,14 +237,21 @@ def require_passed(artifact: Artifact) -> None:
                           "do not ship this artifact; try another format or precision")
 
 
-def _delegate_missing(artifact: Artifact) -> str | None:
-    """ExecuTorch programs lowered to CoreML run only where that delegate is built in (Apple OSes)."""
-    if artifact.runtime == "executorch" and artifact.info.get("backend") == "CoreMLBackend":
-        from export.formats.executorch.runtime import backend_registered
+def cannot_run_here(artifact: Artifact) -> str | None:
+    """Why `artifact` cannot run on this machine (its runtime or its delegate is missing), or None."""
+    from export.formats import get_runtime
 
-        if not backend_registered("CoreMLBackend"):
-            return "the ExecuTorch CoreML delegate runs only on Apple OSes (iOS/macOS)"
-    return None
+    reason = get_runtime(artifact.runtime).available()
+    if reason is None and artifact.runtime == "executorch":
+        from export.formats.executorch.runtime import delegate_unavailable
+
+        reason = delegate_unavailable(artifact.info)
+    return reason
+
+
+def platform_status(reason: str) -> str:
+    """"not verified on this OS" when `reason` names an Apple-only runtime or delegate, else "not verified"."""
+    return "not verified on this OS" if "macOS" in reason or "Apple" in reason else "not verified"
 
 
 def _samples(example: torch.Tensor, inputs: torch.Tensor | None, n_random: int, seed: int) -> torch.Tensor:

@@ -299,6 +299,20 @@ class Recipe(Strict):
     benchmark: BenchmarkConfig = BenchmarkConfig()
 
     @model_validator(mode="after")
+    def _soft_loss_fits_task(self) -> Recipe:
+        """Softmax tasks distil with kl, sigmoid ones with bce_kd: the other trains the wrong objective."""
+        loss, task = self.distill.soft_loss, self.task
+        softmax = task.kind == "multiclass" or (task.kind == "binary" and task.num_classes == 2)
+        sigmoid = task.kind == "multilabel" or (task.kind == "binary" and task.num_classes == 1)
+        if loss == "bce_kd" and softmax:
+            raise ValueError(f"distill.soft_loss: bce_kd treats each logit as an independent sigmoid, but this "
+                             f"{task.kind} task with {task.num_classes} logits is a softmax: use soft_loss: kl")
+        if loss == "kl" and sigmoid:
+            raise ValueError(f"distill.soft_loss: kl is a softmax over the logits, but this {task.kind} task with "
+                             f"{task.num_classes} logit(s) uses independent sigmoids: use soft_loss: bce_kd")
+        return self
+
+    @model_validator(mode="after")
     def _self_distill_teacher(self) -> Recipe:
         """With teacher.self_distill the teacher is built as the student is (architecture and preprocessing)."""
         if not self.teacher.self_distill:

@@ -11,7 +11,7 @@ import datetime as _dt
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from benchmark.latency import LatencyStats
 from compress.core.atomic import read_json
@@ -52,6 +52,8 @@ class LatencyMs(BaseModel):
     runs: int | None = None
     load_ms: float | None = None
     overhead_ms: float | None = None
+    spread: float | None = None  # std / mean of the per-call times
+    other_cpu: float | None = None  # cores other processes used during the measurement
 
     @classmethod
     def from_stats(cls, stats: LatencyStats) -> LatencyMs:
@@ -80,10 +82,20 @@ class ReportRow(BaseModel):
     latency_ms: LatencyMs | None = None  # the smallest batch measured (batch 1 by default)
     latency_by_batch: list[LatencyMs] = []  # the other batch sizes
     throughput: float | None = None  # samples/s at the largest batch measured
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | None] = {}  # None: undefined here, the reason in metric_notes
+    metric_notes: dict[str, str] = {}  # why a metric is null, or how it was averaged
     retention: float | None = None  # primary metric vs the teacher's (fraction)
     retention_vs_student: float | None = None  # vs the FP32 PyTorch model it came from (quantized/export rows)
+    retention_reason: str | None = None  # why retention is null
     parity: Parity | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nan(cls, data: Any) -> Any:
+        """A NaN/Inf metric or retention becomes null with a reason: report.json never holds NaN."""
+        from benchmark.report.sanity import finite_or_null
+
+        return finite_or_null(data)
 
     def latency_at(self, batch: int = 1) -> LatencyMs | None:
         """The latency measured at `batch`, or None."""
@@ -139,15 +151,16 @@ def higher_is_better(metric: str) -> bool:
     return not lower_is_better(metric)
 
 
-def with_retention(rows: list[ReportRow], primary_metric: str) -> list[ReportRow]:
+def with_retention(rows: list[ReportRow], primary_metric: str, chance: float | None = None) -> list[ReportRow]:
     """Fill `retention` (vs the teacher) and `retention_vs_student` (vs the FP32 model it came from).
 
     The teacher reference is the first ok PyTorch row of stage `teacher`; a quantized or exported
     row is also compared with the PyTorch row of its source model (e.g. `student_kd`): what INT8
-    or the export cost. For error metrics (MAE, ...) retention is reference / value
-    (see `compress.core.tasks.retention`).
+    or the export cost. Retention follows `compress.core.tasks.retention_with_reason`: per metric
+    kind, and null with `retention_reason` when the teacher is at or below `chance` (a constant
+    predictor's score on the validation split) or a value is missing.
     """
-    from compress.core.tasks import retention
+    from compress.core.tasks import retention_with_reason
 
     pytorch = {r.name: r.metrics.get(primary_metric) for r in rows
                if r.format == "pytorch" and r.status == "ok" and r.stage != "quantized"}
@@ -157,11 +170,13 @@ def with_retention(rows: list[ReportRow], primary_metric: str) -> list[ReportRow
     for r in rows:
         value = r.metrics.get(primary_metric)
         source = pytorch.get(r.origin) if r.stage in ("quantized", "export") else None
-        out.append(r.model_copy(update={
-            "retention": retention(primary_metric, value, teacher) if value is not None and teacher else None,
-            "retention_vs_student": retention(primary_metric, value, source) if value is not None and source
-            else None,
-        }))
+        kept, why = retention_with_reason(primary_metric, value, teacher, chance)
+        if teacher is None:
+            why = "no teacher row with a measured metric"
+        vs_student = retention_with_reason(primary_metric, value, source, chance)[0] if source is not None else None
+        out.append(r.model_copy(update={"retention": kept, "retention_vs_student": vs_student,
+                                        "retention_reason": None if r.status != "ok" or r.stage == "teacher"
+                                        else why}))
     return out
 
 
@@ -259,8 +274,9 @@ def flag_int8_slowdowns(rows: list[ReportRow], tolerance: float = INT8_TOLERANCE
 
 def build_report(recipe_name: str, rows: list[ReportRow], primary_metric: str, targets: list[str],
                  min_retention: float, threads: int, recipe_sha256: str | None = None,
-                 notes: list[str] | None = None, scored_split: str = "validation") -> Report:
-    """Assemble a report: retention, environment fingerprint, recommendation and INT8 flags.
+                 notes: list[str] | None = None, chance: float | None = None, scored_split: str = "validation",
+                 selection_split: str | None = "validation") -> Report:
+    """Assemble a report: retention, environment fingerprint, recommendation, INT8 flags and sanity notes.
 
     Args:
         recipe_name: the recipe's name.
@@ -270,20 +286,27 @@ def build_report(recipe_name: str, rows: list[ReportRow], primary_metric: str, t
         min_retention: the retention floor for a recommendation.
         threads: the intra-op thread count used for latency.
         recipe_sha256: hash of the resolved recipe.
-        notes: extra notes to keep (e.g. skipped stages).
+        notes: extra notes to keep (e.g. skipped stages, the teacher check made before distilling).
+        chance: the best constant predictor's primary metric on the scored split (None: textbook chance).
         scored_split: the data split the rows' metrics come from ("validation" or "test").
+        selection_split: the split whose metric also chose the checkpoints (noted); None for a test split
+            or when the caller notes it itself.
     """
     from benchmark.environment import fingerprint
+    from benchmark.report.sanity import chance_notes, null_notes, selection_note, size_notes
 
-    rows = with_retention(rows, primary_metric)
+    rows = with_retention(rows, primary_metric, chance)
     picks, pick_notes = recommend(rows, targets, min_retention, primary_metric)
-    env = fingerprint(threads)
+    env = fingerprint(threads, rows)
+    sanity = [*chance_notes(rows, primary_metric, chance), *size_notes(rows), *null_notes(rows)]
+    if selection_split:
+        sanity.append(selection_note(primary_metric, selection_split))
     created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     return Report(recipe=RecipeRef(name=recipe_name, sha256=recipe_sha256), created=created,
                   primary_metric=primary_metric,
                   min_retention=min_retention, machine=env["machine"], versions=env["versions"], rows=rows,
-                  recommendation=picks, notes=[*(notes or []), *pick_notes, *flag_int8_slowdowns(rows)],
-                  scored_split=scored_split)
+                  recommendation=picks, notes=[*(notes or []), *sanity, *pick_notes, *flag_int8_slowdowns(rows),
+                                               *env["warnings"]], scored_split=scored_split)
 
 
 def _num(value: float | None, fmt: str) -> str:

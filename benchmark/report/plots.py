@@ -69,7 +69,7 @@ def _label_points(ax, names: list[str], points: list[tuple[float, float]]) -> No
 def latency_vs_metric_png(report: Report) -> bytes | None:
     """Scatter of p50 latency (batch 1) vs the primary metric, Pareto front drawn; None without data."""
     metric = report.primary_metric
-    rows = [r for r in report.rows if r.status == "ok" and r.latency_at(1) and metric in r.metrics]
+    rows = [r for r in report.rows if r.status == "ok" and r.latency_at(1) and r.metrics.get(metric) is not None]
     if not metric or not rows:
         return None
     points = [(r.latency_at(1).p50, r.metrics[metric]) for r in rows]

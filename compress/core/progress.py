@@ -45,8 +45,9 @@ class EpochBar:
         losses = " ".join(f"{k[5:]}={v:.4f}" for k, v in record.items() if k.startswith("loss_"))
         extra = f" agree={record['teacher_agreement']:.3f}" if "teacher_agreement" in record else ""
         schedule = f" alpha={record['alpha']:.2f} T={record['temperature']:.1f}" if record.get("alpha", 1) < 1 else ""
+        value = record.get("val_" + metric)  # None: undefined on this validation split
         console.print(f"  {self.label} epoch {record['epoch']}/{self.epochs}: {losses} "
-                      f"val_{metric}={record.get('val_' + metric, float('nan')):.4f}{schedule}{extra}")
+                      f"val_{metric}={'null' if value is None else f'{value:.4f}'}{schedule}{extra}")
 
     def log(self, message: str) -> None:
         if not quiet():

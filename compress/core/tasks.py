@@ -6,11 +6,21 @@
 | multiclass | (N, C)             | (N,) long        | CE                | kl         | accuracy (primary), f1   |
 | multilabel | (N, C)             | (N, C) in {0, 1} | BCE               | bce_kd     | f1 (primary), auc        |
 | regression | (N, K)             | (N, K) float     | MSE               | mse        | ccc (primary), mae       |
+
+An undefined metric (AUC with one class in the labels, CCC of two constant series) is `None` with a
+reason from `Task.score`, never NaN. CCC is Lin's (1989) concordance correlation coefficient with
+population (1/N) moments, as AVEC and the affect-computing challenges define it.
+
+Retention (`retention`) depends on the metric's kind: bounded higher-is-better metrics (auc,
+accuracy, f1) and signed ones (ccc) are `value / teacher`, computed only when the teacher scores
+above chance (a constant predictor: AUC 0.5, accuracy 1/C, CCC 0); error metrics (mae) are
+`teacher / value`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +33,15 @@ from torchmetrics.functional.classification import (
     multilabel_auroc,
     multilabel_f1_score,
 )
-from torchmetrics.functional.regression import concordance_corrcoef, mean_absolute_error
+from torchmetrics.functional.regression import mean_absolute_error
 
 from compress.core.errors import KdtoolError
 
 LOWER_IS_BETTER = {"mae", "mse", "loss"}
+SIGNED = ("ccc",)
+"""Metrics that can be negative (anti-correlation): retention needs a teacher above 0."""
+TEXTBOOK_CHANCE = {"auc": 0.5, "ccc": 0.0}
+"""Chance level of metrics whose constant-predictor score does not depend on the data."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,10 @@ class Task:
         return cls(cfg.kind, cfg.num_classes, tuple(cfg.labels) if cfg.labels else None,
                    tuple(cfg.outputs) if cfg.outputs else None, cfg.metric)
 
+    def with_label_smoothing(self, smoothing: float) -> Task:
+        """This task with `smoothing` applied to its hard-label loss (`train.label_smoothing`)."""
+        return replace(self, label_smoothing=float(smoothing))
+
     @property
     def primary_metric(self) -> str:
         """The metric that picks the best checkpoint and defines retention."""
@@ -60,14 +78,20 @@ class Task:
         return "mse" if self.kind == "regression" else "bce_kd"
 
     def hard_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Loss against the ground truth, computed in fp32."""
+        """Loss against the ground truth, computed in fp32.
+
+        With `label_smoothing` s, softmax tasks use cross-entropy's smoothing (Szegedy et al. 2016);
+        sigmoid tasks train each output towards `y·(1 − s) + s/2` (timm's `BinaryCrossEntropy`).
+        """
         outputs = outputs.float()
+        s = self.label_smoothing
         if self.kind == "multiclass" or (self.kind == "binary" and self.num_outputs == 2):
-            return F.cross_entropy(outputs, targets.long(), label_smoothing=self.label_smoothing)
+            return F.cross_entropy(outputs, targets.long(), label_smoothing=s)
         if self.kind == "binary":
-            return F.binary_cross_entropy_with_logits(outputs.reshape(-1), targets.float().reshape(-1))
+            soft = targets.float().reshape(-1) * (1 - s) + s / 2
+            return F.binary_cross_entropy_with_logits(outputs.reshape(-1), soft)
         if self.kind == "multilabel":
-            return F.binary_cross_entropy_with_logits(outputs, targets.float())
+            return F.binary_cross_entropy_with_logits(outputs, targets.float() * (1 - s) + s / 2)
         return F.mse_loss(outputs, targets.float().reshape(outputs.shape))
 
     def scores(self, outputs: torch.Tensor) -> torch.Tensor:
@@ -90,13 +114,24 @@ class Task:
             return (s >= 0.5).long()
         return s
 
-    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        """All metrics of this task kind (torchmetrics), as plain floats."""
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float | None]:
+        """All metrics of this task kind (torchmetrics), as plain floats; None where undefined."""
+        return self.score(outputs, targets)[0]
+
+    def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[dict[str, float | None], dict[str, str]]:
+        """Metrics and, per metric that is undefined or partial, the reason (never NaN).
+
+        Returns:
+            `{metric: value or None}` and `{metric: reason}` for each None value or partial average.
+        """
         s = self.scores(outputs)
+        notes: dict[str, str] = {}
         if self.kind == "binary":
             t = targets.long().reshape(-1)
             out = {"accuracy": binary_accuracy(s, t), "f1": binary_f1_score(s, t)}
-            out["auc"] = binary_auroc(s, t) if t.min() != t.max() else torch.tensor(float("nan"))
+            out["auc"] = binary_auroc(s, t) if t.min() != t.max() else None
+            if out["auc"] is None:
+                notes["auc"] = f"undefined: every validation label is {int(t[0])}"
         elif self.kind == "multiclass":
             t = targets.long()
             out = {"accuracy": multiclass_accuracy(s, t, self.num_outputs, average="micro"),
@@ -104,16 +139,59 @@ class Task:
         elif self.kind == "multilabel":
             t = targets.long()
             out = {"f1": multilabel_f1_score(s, t, self.num_outputs, average="macro"),
-                   "auc": multilabel_auroc(s, t, self.num_outputs, average="macro")}
+                   "auc": _multilabel_auc(s, t, notes)}
         else:
-            t = targets.float().reshape(s.shape)
-            names = self.outputs or tuple(f"y{i}" for i in range(s.shape[1]))
-            ccc = concordance_corrcoef(s, t).reshape(-1) if len(s) > 1 else torch.full((s.shape[1],), float("nan"))
-            out = {"ccc": ccc.mean(), "mae": mean_absolute_error(s, t)}
-            for i, name in enumerate(names):
-                out[f"ccc_{name}"] = ccc[i]
-                out[f"mae_{name}"] = mean_absolute_error(s[:, i], t[:, i])
-        return {k: float(v) for k, v in out.items()}
+            out = self._regression_metrics(s, targets, notes)
+        return {k: None if v is None else float(v) for k, v in out.items()}, notes
+
+    def _regression_metrics(self, s: torch.Tensor, targets: torch.Tensor, notes: dict[str, str]) -> dict:
+        t = targets.float().reshape(s.shape)
+        names = self.outputs or tuple(f"y{i}" for i in range(s.shape[1]))
+        ccc = [lin_ccc(s[:, i], t[:, i]) for i in range(s.shape[1])]
+        out: dict[str, torch.Tensor | float | None] = {}
+        defined = [c for c in ccc if c is not None]
+        out["ccc"] = sum(defined) / len(defined) if defined else None
+        out["mae"] = mean_absolute_error(s, t)
+        if not defined:
+            notes["ccc"] = "undefined: predictions and targets are both constant"
+        elif len(defined) < len(ccc):
+            notes["ccc"] = f"mean over {len(defined)} of {len(ccc)} outputs (the others are constant on both sides)"
+        for i, name in enumerate(names):
+            out[f"ccc_{name}"] = ccc[i]
+            if ccc[i] is None:
+                notes[f"ccc_{name}"] = "undefined: predictions and targets are both constant"
+            out[f"mae_{name}"] = mean_absolute_error(s[:, i], t[:, i])
+        return out
+
+    def chance(self, metric: str, targets: torch.Tensor | None = None) -> float | None:
+        """The best score of a constant predictor: what "above chance" means for this metric.
+
+        With `targets`, every constant output (each class; all-0 and all-1 for sigmoid tasks; the
+        target mean for regression) is scored and the best kept (e.g. accuracy of always predicting
+        the majority class, F1 of "always positive"); without, the textbook value (AUC 0.5,
+        accuracy 1/C, CCC 0) or None where it depends on the data (F1). Error metrics: None.
+        """
+        if lower_is_better(metric):
+            return None
+        if targets is None or len(targets) == 0:
+            classes = 2 if self.kind == "binary" else self.num_outputs
+            return {"auc": 0.5, "accuracy": 1.0 / max(classes, 1)}.get(metric, 0.0 if metric.startswith("ccc")
+                                                                        else None)
+        values = [m.get(metric) for m in (self.metrics(o, targets) for o in self._constant_outputs(targets))]
+        values = [v for v in values if v is not None]
+        return max(values) if values else None
+
+    def _constant_outputs(self, targets: torch.Tensor) -> list[torch.Tensor]:
+        """Raw outputs of every constant predictor worth trying on `targets`."""
+        n = len(targets)
+        if self.kind == "regression":
+            t = targets.float().reshape(n, -1)
+            return [t.mean(0, keepdim=True).expand(n, -1).clone()]
+        if self.kind == "multiclass" or (self.kind == "binary" and self.num_outputs == 2):
+            eye = torch.eye(self.num_outputs) * 10.0
+            return [eye[c].expand(n, -1).clone() for c in range(self.num_outputs)]
+        width = self.num_outputs if self.kind == "multilabel" else 1
+        return [torch.full((n, width), v) for v in (-10.0, 10.0)]
 
     def agreement(self, outputs: torch.Tensor, reference: torch.Tensor) -> float:
         """Top-1 agreement with a reference model (classification), or 1 - normalised MAE (regression)."""
@@ -142,10 +220,64 @@ def lower_is_better(metric: str) -> bool:
     return metric in LOWER_IS_BETTER or metric.startswith("mae")
 
 
-def retention(metric: str, value: float, reference: float) -> float | None:
-    """Fraction of the reference's metric kept (reference / value for error metrics such as MAE)."""
-    if value is None or reference is None or reference != reference or value != value:
-        return None
+def retention(metric: str, value: float | None, reference: float | None,
+              chance: float | None = None) -> float | None:
+    """Fraction of the reference's metric kept, or None (see `retention_with_reason`)."""
+    return retention_with_reason(metric, value, reference, chance)[0]
+
+
+def retention_with_reason(metric: str, value: float | None, reference: float | None,
+                          chance: float | None = None) -> tuple[float | None, str | None]:
+    """Fraction of the reference's metric kept, or None with the reason.
+
+    - error metrics (MAE, ...): `reference / value` (needs value > 0);
+    - higher-is-better metrics, bounded (AUC, accuracy, F1) or signed (CCC): `value / reference`,
+      only when the reference scores above `chance` (a constant predictor's score; 0 for signed
+      metrics when not given). Against a reference at or below chance the ratio says nothing.
+
+    Returns:
+        `(retention, None)` or `(None, reason)`.
+    """
+    if value is None or reference is None or not math.isfinite(value) or not math.isfinite(reference):
+        return None, f"{metric} not measured for {'this model' if value is None else 'the reference'}"
     if lower_is_better(metric):
-        return reference / value if value > 0 else None
-    return value / reference if reference != 0 else None
+        return (reference / value, None) if value > 0 else (None, f"{metric} is 0: the ratio is undefined")
+    if chance is None:
+        chance = TEXTBOOK_CHANCE.get(metric.split("_")[0])
+    if chance is not None and reference <= chance:
+        return None, (f"reference {metric} {reference:.4g} is at or below chance ({chance:.4g}): "
+                      "retention is meaningless")
+    if reference <= 0:
+        return None, f"reference {metric} {reference:.4g} is not positive"
+    return value / reference, None
+
+
+def lin_ccc(x: torch.Tensor, y: torch.Tensor) -> float | None:
+    """Lin's concordance correlation coefficient with population moments (Lin 1989; AVEC).
+
+    `ccc = 2·cov(x, y) / (var(x) + var(y) + (mean(x) − mean(y))²)`, with 1/N (population)
+    variances and covariance. A constant prediction against varying targets scores 0; None only
+    when both series are constant (and equal), where the ratio is 0/0.
+    """
+    x, y = x.double().reshape(-1), y.double().reshape(-1)
+    if x.numel() == 0:
+        return None
+    mx, my = x.mean(), y.mean()
+    cov = ((x - mx) * (y - my)).mean()
+    denom = x.var(unbiased=False) + y.var(unbiased=False) + (mx - my) ** 2
+    if float(denom) <= 1e-24:
+        return None
+    return float(2 * cov / denom)
+
+
+def _multilabel_auc(s: torch.Tensor, t: torch.Tensor, notes: dict[str, str]) -> float | None:
+    """Macro AUC over the labels where it is defined (both classes present); the note says how many."""
+    defined = [i for i in range(t.shape[1]) if t[:, i].min() != t[:, i].max()]
+    if not defined:
+        notes["auc"] = "undefined: every label has a single class in the validation labels"
+        return None
+    per_label = multilabel_auroc(s[:, defined], t[:, defined], len(defined), average=None).reshape(-1)
+    if len(defined) < t.shape[1]:
+        notes["auc"] = (f"macro over the {len(defined)} of {t.shape[1]} labels where AUC is defined "
+                        "(the others have one class in the validation labels)")
+    return float(per_label.mean())

@@ -55,10 +55,9 @@ def build_splits(cfg, task: Task) -> tuple[Dataset, Dataset, Dataset | None]:
     holds out a stratified share of the training split (seed 0), so validation is unchanged. The
     training split then holds the transfer set (`data.labeled_fraction`, `data.unlabeled_root`).
     """
-    from compress.data.transfer import transfer_set
-
     import compress.data.files  # noqa: F401  (registers imagefolder/csv/audiofolder)
     import compress.data.synthetic  # noqa: F401  (registers synthetic_images/synthetic_audio)
+    from compress.data.transfer import transfer_set
 
     train, val = DATA_SOURCES.get(cfg.source)(cfg, task)
     test = None

@@ -49,6 +49,12 @@ def dry_run(ctx) -> dict[str, object]:
                           f"{tuple(student.preprocess(raw).shape)} → {tuple(s_out.shape)}",
                "loss terms": ", ".join(f"{k}={float(v):.4f}" for k, v in terms.items()),
                "adapters": f"{sum(p.numel() for p in objective.parameters())} params"}
+    from compress.distill.sanity import gflops, size_warning
+
+    cost = [(count_params(m.module), gflops(m.module, m.preprocess(raw[:1]))) for m in (teacher, student)]
+    warning = size_warning(*cost)
+    if warning:
+        summary["warning"] = warning
     for k, v in summary.items():
         console.print(f"  {k}: {v}")
     warnings = sanity_warnings(r, count_params(teacher.module), count_params(student.module))

@@ -22,7 +22,8 @@ from compress.core.runfolder import finish_stage, prepare_stage
 from compress.data.loader import example_batch
 from compress.data.transfer import labeled_part
 from compress.distill import distributed
-from compress.distill.trainer import evaluate, fit
+from compress.distill.sanity import teacher_warnings
+from compress.distill.trainer import fit, predict
 from compress.models.build import BuiltModel, build_model, check_model_io, count_params, load_weights
 
 STAGES = ("teacher", "student_baseline", "student_kd")
@@ -106,17 +107,23 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
         from compress.distill.checkpoint import save_weights
 
         save_weights(model.module, folder / "best.safetensors")
-    metrics, _ = evaluate(model.module, model.preprocess, val_ds, ctx.task)
+    outputs, val_targets = predict(model.module, model.preprocess, val_ds)
+    metrics, metric_notes = ctx.task.score(outputs, val_targets)
+    warnings = teacher_warnings(ctx.task, outputs, val_targets) if stage == "teacher" else []
+    for line in warnings:
+        console.print(f"[yellow]warning: {line}[/]")
     seconds = time.perf_counter() - start
     write_json(folder / "metrics.json", {"metrics": metrics, "history": history})
     finish_stage(folder, expected, {
         "stage": stage, "arch": model.arch, "params": count_params(model.module), "metrics": metrics,
+        "metric_notes": metric_notes, "warnings": warnings,
         "primary_metric": ctx.task.primary_metric, "seconds": round(seconds, 2),
         "outputs_sha256": sha256_file(folder / "best.safetensors"), "preprocess": model.preprocess.to_dict(),
         "torch": torch.__version__, "provenance": determinism.provenance(),
         **({"origin": teacher_origin(r.teacher)} if stage == "teacher" else {}),
     })
-    console.print(f"{stage}: val {ctx.task.primary_metric}={metrics[ctx.task.primary_metric]:.4f} "
+    value = metrics[ctx.task.primary_metric]
+    console.print(f"{stage}: val {ctx.task.primary_metric}={'null' if value is None else f'{value:.4f}'} "
                   f"({count_params(model.module) / 1e6:.2f} M params, {seconds:.1f} s)")
     return StageOutcome(stage, "resumed" if action == "resume" else "ran", folder, metrics, seconds)
 

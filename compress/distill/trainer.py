@@ -103,18 +103,11 @@ def build_optimizer(params: list[nn.Parameter], cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int):
-    """One-cycle, cosine (with optional linear warm-up) or constant, stepped per batch."""
-    base = getattr(optimizer, "base_optimizer", optimizer)
-    total_steps = max(1, total_steps)
-    if cfg.scheduler == "onecycle":
-        # OneCycleLR divides by zero when the warm-up phase is under one step (≤ 4 steps in all): stretch it
-        pct_start = 0.25 if total_steps > 4 else min(0.9, 1.5 / total_steps)
-        return torch.optim.lr_scheduler.OneCycleLR(base, max_lr=cfg.lr, total_steps=total_steps,
-                                                   pct_start=pct_start)
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(base, lambda _: 1.0)
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int, steps_per_epoch: int = 1):
+    """One-cycle, cosine or constant, with `cfg.warmup_epochs` of linear warm-up, stepped per batch."""
+    from compress.distill.schedules import lr_scheduler
+
+    return lr_scheduler(optimizer, cfg, total_steps, steps_per_epoch)
 
 
 @torch.no_grad()
@@ -181,7 +174,8 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
             p.requires_grad_(False)
     bs = batch_size or cfg.batch_size or data_cfg.batch_size
     raw_example = example_batch(train_ds).to(device)
-    objective = KDObjective(task, distill if teacher is not None else None, model, teacher_module,
+    hard_task = task.with_label_smoothing(cfg.label_smoothing)  # train.label_smoothing: on the hard loss only
+    objective = KDObjective(hard_task, distill if teacher is not None else None, model, teacher_module,
                             student.preprocess(raw_example),
                             teacher.preprocess(raw_example) if teacher is not None else None).to(device)
     if teacher_cache is not None and objective.needs_teacher_features:
@@ -190,7 +184,7 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
     params = [p for p in model.parameters() if p.requires_grad] + list(objective.parameters())
     optimizer = build_optimizer(params, cfg)
     steps_per_epoch = math.ceil(math.ceil(len(train_ds) / world) / bs)  # per rank (DistributedSampler pads)
-    scheduler = build_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch)
+    scheduler = build_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch, steps_per_epoch)
     ema = _build_ema(model, cfg)
     train_model: nn.Module = model
     if ddp:
@@ -335,8 +329,9 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
                     record["teacher_agreement"] = task.agreement(outputs, t_outputs)
             record = distributed.broadcast_object(record)
             value = record[f"val_{task.primary_metric}"]
-            improved = state["best_metric"] is None or (value > state["best_metric"] if higher
-                                                        else value < state["best_metric"])
+            # an undefined metric (None) cannot rank epochs: the latest weights are kept until one is defined
+            improved = state["best_metric"] is None or (value is not None and (
+                value > state["best_metric"] if higher else value < state["best_metric"]))
             if improved:
                 state["best_metric"], state["best_epoch"] = value, epoch + 1
                 if rank == 0:

@@ -80,3 +80,38 @@ def test_failed_row_that_was_ok_is_a_violation():
 
 def test_no_bounds_no_violations():
     assert check_gates(_report(kd_p50=10.0, int8_acc=0.1), _report()) == []
+
+
+def test_null_or_nan_retention_of_a_gated_row_fails_with_the_reason():
+    now = _report()
+    now.rows[4] = now.rows[4].model_copy(update={"retention": None, "retention_reason": "reference auc 0.075 "
+                                                  "is at or below chance (0.5): retention is meaningless"})
+    violations = check_gates(now, min_retention=0.97)
+    assert violations == ["student_kd.executorch.int8: retention is null (reference auc 0.075 is at or below "
+                          "chance (0.5): retention is meaningless), floor 97.0%"]  # was: passed
+    nan = ReportRow(name="student_kd.onnx.int8", stage="export", metrics={"accuracy": float("nan")})
+    report = Report(recipe={"name": "q"}, primary_metric="accuracy", rows=with_retention(
+        [*_report().rows[:3], nan], "accuracy"))
+    with pytest.raises(GateError) as err:
+        enforce_gates(report, min_retention=0.97)
+    assert err.value.exit_code == 5 and "student_kd.onnx.int8: retention is null" in err.value.message
+
+
+def test_null_metric_that_the_baseline_had_is_a_regression():
+    now = _report()
+    now.rows[3] = now.rows[3].model_copy(update={"metrics": {"accuracy": float("nan")}})
+    violations = check_gates(now, _report(), max_regression=0.05)
+    assert violations == ["student_kd.onnx.fp32: accuracy is null (not finite (nan)); the baseline had 0.9700"]
+
+
+def _ccc_report(kd_ccc: float) -> Report:
+    rows = [_row("teacher", "teacher", 9.0, 0.0), _row("student_kd", "student_kd", 3.0, 0.0)]
+    rows = [r.model_copy(update={"metrics": {"ccc": v}}) for r, v in zip(rows, (0.5, kd_ccc), strict=True)]
+    return Report(recipe={"name": "emotion"}, primary_metric="ccc", machine={"cpu": "Xeon"}, rows=rows)
+
+
+def test_regression_respects_the_sign_of_the_metric():
+    # a CCC that rose from -0.20 to -0.195 was flagged as worse
+    assert check_gates(_ccc_report(-0.195), _ccc_report(-0.20), max_regression=0.05) == []
+    worse = check_gates(_ccc_report(-0.25), _ccc_report(-0.20), max_regression=0.05)
+    assert worse == ["student_kd: ccc -0.2500 vs baseline -0.2000 (worse by more than 5.0%)"]

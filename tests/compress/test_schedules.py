@@ -40,3 +40,36 @@ def test_step_before_its_first_entry_uses_the_default_and_epochs_are_one_based()
 
 def test_linear_over_one_epoch_is_its_end_value():
     assert value_at(ScheduleConfig(kind="linear", start=1.0, end=3.0, epochs=1), 0.0, 1) == 3.0
+
+
+def _lrs(scheduler: str, warmup_epochs: float, epochs: int = 4, steps_per_epoch: int = 10) -> list[float]:
+    import torch
+
+    from compress.distill.schedules import lr_scheduler
+    from recipes.schema import TrainConfig
+
+    cfg = TrainConfig(epochs=epochs, lr=0.1, scheduler=scheduler, warmup_epochs=warmup_epochs)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = lr_scheduler(opt, cfg, epochs * steps_per_epoch, steps_per_epoch)
+    out = []
+    for _ in range(epochs * steps_per_epoch):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "constant"])
+def test_warmup_epochs_rise_linearly_then_follow_the_schedule(scheduler):
+    warm, plain = _lrs(scheduler, 1.0), _lrs(scheduler, 0.0)
+    assert warm[0] == pytest.approx(0.001)  # WARMUP_START x lr, as timm's warmup_lr_init
+    steps = [b - a for a, b in zip(warm[:9], warm[1:10], strict=True)]
+    assert steps == [pytest.approx(0.0099)] * 9  # linear over the 10 steps of one epoch
+    assert warm[10:] == [pytest.approx(v) for v in plain[10:]]  # then the schedule at the same step
+    assert plain[0] == pytest.approx(0.1)  # no warm-up: unchanged
+
+
+def test_warmup_epochs_set_the_one_cycle_rise():
+    warm, plain = _lrs("onecycle", 2.0), _lrs("onecycle", 0.0)
+    # the peak ends the rise: 2 of 4 epochs with warm-up, one-cycle's default 25 % without
+    assert max(range(40), key=lambda i: warm[i]) == 19 and max(range(40), key=lambda i: plain[i]) == 9

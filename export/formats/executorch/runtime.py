@@ -92,3 +92,15 @@ def missing_backends(path: Path, registered: list[str]) -> list[str]:
     except OSError:
         return []
     return [b for b in KNOWN_BACKENDS if b not in registered and b.encode() in data]
+
+
+def delegate_unavailable(info: dict) -> str | None:
+    """Why a program lowered to a delegate (artifact `info["backend"]`) cannot run here, or None.
+
+    ExecuTorch programs lowered to CoreML run only where that delegate is built in (Apple OSes): on
+    Linux they are "not verified on this OS", as CoreML files are, not failures.
+    """
+    backend = info.get("backend")
+    if backend == "CoreMLBackend" and not backend_registered(backend):
+        return "the ExecuTorch CoreML delegate runs only on Apple OSes (iOS/macOS)"
+    return None
