@@ -40,11 +40,14 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
     if et_folder is not None:
         from compress.quant.quantize import load_quantized
 
-        quantized.pt2e, quantized.pt2e_mode = load_quantized(et_folder).program, et_mode
+        et_quantized = load_quantized(et_folder)
+        quantized.pt2e, quantized.pt2e_mode = et_quantized.program, et_mode
+        quantized.pt2e_floor = et_quantized.meta.get("accuracy_aware")
         console.print(f"[dim]export: ExecuTorch int8 from the {et_mode} quantized model ({et_folder})[/]")
     if (static_onnx / "meta.json").exists():
         meta = read_json(static_onnx / "meta.json")
         quantized.onnx, quantized.onnx_mode = static_onnx / meta["file"], "static"
+        quantized.onnx_floor = meta.get("accuracy_aware")
     folder = ctx.run.stage("export")
     expected = inputs_hash(r.export, targets, formats, ctx.output_hash("student_kd"),
                            [read_json(p / "meta.json").get("inputs_hash") for p in (et_folder, static_onnx)

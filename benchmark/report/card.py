@@ -84,6 +84,7 @@ class ReportRow(BaseModel):
     retention: float | None = None  # primary metric vs the teacher's (fraction)
     retention_vs_student: float | None = None  # vs the FP32 PyTorch model it came from (quantized/export rows)
     parity: Parity | None = None
+    accuracy_aware: dict[str, Any] | None = None  # int8: float layers, int8 compute share, retention before/after
 
     def latency_at(self, batch: int = 1) -> LatencyMs | None:
         """The latency measured at `batch`, or None."""
@@ -279,7 +280,24 @@ def build_report(recipe_name: str, rows: list[ReportRow], primary_metric: str, t
     return Report(recipe=RecipeRef(name=recipe_name, sha256=recipe_sha256), created=created,
                   primary_metric=primary_metric,
                   min_retention=min_retention, machine=env["machine"], versions=env["versions"], rows=rows,
-                  recommendation=picks, notes=[*(notes or []), *pick_notes, *flag_int8_slowdowns(rows)])
+                  recommendation=picks,
+                  notes=[*(notes or []), *pick_notes, *flag_int8_slowdowns(rows), *accuracy_aware_notes(rows)])
+
+
+def accuracy_aware_notes(rows: list[ReportRow]) -> list[str]:
+    """One line per int8 row whose accuracy-aware step kept layers in float or missed its floor."""
+    notes = []
+    for row in rows:
+        facts = row.accuracy_aware or {}
+        floor, status = facts.get("min_retention"), facts.get("status") or ""
+        if not facts.get("float_modules") and not status.startswith("not met"):
+            continue
+        share = facts.get("int8_compute_share")
+        notes.append(f"{row.name}: int8 retention floor {floor} {status}; kept in float: "
+                     f"{', '.join(facts.get('float_modules') or []) or 'none'} (int8 share of conv/linear "
+                     f"compute {'-' if share is None else f'{share:.0%}'}); retention vs fp32 "
+                     f"{_num(facts.get('retention_before'), '.4f')} -> {_num(facts.get('retention_after'), '.4f')}")
+    return notes
 
 
 def _num(value: float | None, fmt: str) -> str:

@@ -5,10 +5,10 @@
 1. Static PTQ of the whole model, scored on validation. At or above `config.min_retention` (a fraction
    of the fp32 student's primary metric) it is kept as it is.
 2. Otherwise each unit (a Conv/Linear layer; a block when the model has more than `MAX_UNITS` of
-   them) is left in float on its own, the rest quantized and calibrated as usual, and the output
-   error against the fp32 student on up to `SCORING_SAMPLES` validation samples is measured
-   (leave-one-out, as AIMET's quant analyzer does per layer). The error removed by keeping a unit
-   in float is its sensitivity.
+   them) is quantized on its own, everything else left in float, and its output error against the
+   fp32 student on up to `SCORING_SAMPLES` validation samples is its sensitivity (AIMET's quant
+   analyzer does this per layer). Quantizing one at a time, not leaving one out: with two ruinous
+   layers, leaving either out removes nothing (the other still ruins the output) and both score 0.
 3. The most sensitive units go back to float in growing sets (1, 2, 3, 4, 6, 8, ... of them, at
    most half of the units) until the validation metric reaches the floor; the smallest set that
    does is the result. When none does, the plain PTQ model is kept and the report names the costliest
@@ -75,7 +75,7 @@ def quantize_with_floor(model: nn.Module, config: Int8StaticConfig, qi: QuantInp
     with tempfile.TemporaryDirectory(prefix="kdtool-sens-") as scratch:
         trial = _trial_factory(model, config, qi, Path(scratch))
         ranked = rank_sensitivity(trial, units, _scoring_inputs(validation, qi.preprocess), model)
-        report["sensitivity"] = [{"module": name, "error_removed": round(score, 6)} for name, score in ranked[:10]]
+        report["sensitivity"] = [{"module": name, "error_alone": round(score, 6)} for name, score in ranked[:10]]
         chosen = _smallest_float_set(trial, [name for name, _ in ranked], validation, qi.preprocess, task,
                                      evaluation, floor)
     if chosen is None:
@@ -109,9 +109,9 @@ def sensitivity_units(model: nn.Module, limit: int = MAX_UNITS) -> list[str]:
     return list(dict.fromkeys(name.split(".")[0] for name in layers))
 
 
-def rank_sensitivity(trial: Callable[[tuple[str, ...]], Runner], units: list[str], inputs: torch.Tensor,
+def rank_sensitivity(trial: Callable[..., Runner], units: list[str], inputs: torch.Tensor,
                      model: nn.Module) -> list[tuple[str, float]]:
-    """Units by the output error they remove when left in float alone (most sensitive first).
+    """Units by the output error each makes when it alone is quantized (most sensitive first).
 
     The error is the mean squared difference from the fp32 outputs over their variance (0: identical).
     """
@@ -123,10 +123,9 @@ def rank_sensitivity(trial: Callable[[tuple[str, ...]], Runner], units: list[str
         with torch.no_grad():
             return float(((run(inputs).float() - reference) ** 2).mean() / spread)
 
-    base = error(trial(()))
     scored = []
     for i, name in enumerate(units):
-        scored.append((name, base - error(trial((name,)))))
+        scored.append((name, error(trial(only=(name,)))))
         console.print(f"[dim]  sensitivity {i + 1}/{len(units)} {name}: {scored[-1][1]:+.4g}[/]")
     return sorted(scored, key=lambda item: -item[1])
 
@@ -153,8 +152,9 @@ def _scoring_inputs(validation: Iterable, preprocess: Callable | None) -> torch.
 
 
 def _trial_factory(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs,
-                   scratch: Path) -> Callable[[tuple[str, ...]], Runner]:
-    """`trial(float_modules)`: a runnable int8 model with those modules (besides the config's) in float."""
+                   scratch: Path) -> Callable[..., Runner]:
+    """`trial(extra_float, only=())`: a runnable int8 model with `extra_float` (besides the config's) in
+    float, or with only the modules `only` quantized."""
     batches = list(input_batches(qi.calibration, qi.preprocess, config.calibration_samples))
     if config.backend == "executorch":
         import copy
@@ -164,9 +164,9 @@ def _trial_factory(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs,
 
         graph = export_graph(copy.deepcopy(model).eval(), qi.example, "static").module()
 
-        def pt2e_trial(extra: tuple[str, ...]) -> Runner:
+        def pt2e_trial(extra: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> Runner:
             trial_config = dataclasses.replace(config, float_modules=(*config.float_modules, *extra))
-            return pt2e_calibrated(graph, trial_config, batches)[0]
+            return pt2e_calibrated(graph, trial_config, batches, only)[0]
 
         return pt2e_trial
     from compress.quant.onnx_ort import export_fp32_onnx, ort_quantize_file, pre_process
@@ -174,10 +174,10 @@ def _trial_factory(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs,
     source = pre_process(export_fp32_onnx(model, qi.example, scratch), scratch, [])
     count = iter(range(1 << 30))
 
-    def ort_trial(extra: tuple[str, ...]) -> Runner:
+    def ort_trial(extra: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> Runner:
         trial_config = dataclasses.replace(config, float_modules=(*config.float_modules, *extra))
         path = scratch / f"trial{next(count)}.onnx"
-        ort_quantize_file(source, path, trial_config, iter(batches))
+        ort_quantize_file(source, path, trial_config, iter(batches), only)
         return QuantizedModel("static", "onnx", path=path)
 
     return ort_trial

@@ -248,10 +248,18 @@ def pre_process(fp32: Path, scratch: Path, notes: list[str]) -> Path:
         return fp32
 
 
-def ort_quantize_file(source: Path, dest: Path, config: Int8StaticConfig, batches) -> int:
-    """`quantize_static` of `source` into `dest` (QDQ), `config.float_modules` left float; samples used."""
+def ort_quantize_file(source: Path, dest: Path, config: Int8StaticConfig, batches,
+                      only_modules: tuple[str, ...] = ()) -> int:
+    """`quantize_static` of `source` into `dest` (QDQ), `config.float_modules` left float; samples used.
+
+    `only_modules`: quantize the nodes of these modules alone (`nodes_to_quantize`).
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    only = nodes_of_modules(source, only_modules)
+    if only_modules and not only:  # none of these modules has an ONNX node: nothing to quantize
+        Path(dest).write_bytes(Path(source).read_bytes())
+        return 0
     reader = type("CalibrationReader", (_Reader, CalibrationDataReader), {})(batches)
     unsigned = config.onnx_activations == "uint8"
     quantize_static(str(source), str(dest), reader, quant_format=QuantFormat.QDQ,
@@ -260,6 +268,7 @@ def ort_quantize_file(source: Path, dest: Path, config: Int8StaticConfig, batche
                     weight_type=QuantType.QInt8, reduce_range=unsigned,
                     calibrate_method=_ort_calibration(config.calibration_method),
                     nodes_to_exclude=nodes_of_modules(source, config.float_modules),
+                    nodes_to_quantize=only or None,
                     extra_options={"QuantizeBias": False})
     return reader.samples
 

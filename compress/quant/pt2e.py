@@ -27,7 +27,8 @@ from compress.quant.configs import Int8DynamicConfig, Int8StaticConfig, QuantInp
 
 
 def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool = False,
-                      float_modules: tuple[str, ...] = (), calibration_method: str | None = None):
+                      float_modules: tuple[str, ...] = (), calibration_method: str | None = None,
+                      only_modules: tuple[str, ...] = ()):
     """The XNNPACK quantizer with ExecuTorch's symmetric int8 config (per-channel weights by default).
 
     The dynamic config is set on `nn.Linear` modules only. Set globally it also quantizes standalone
@@ -38,7 +39,8 @@ def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool 
 
     `float_modules` (module names; a block covers its children) are left unannotated, so they run in
     float: the quantizer's own `set_module_name` takes no "no config" value (executorch 1.5.1), its
-    filter function does. `calibration_method` "minmax" swaps the activation observer for
+    filter function does; `only_modules`, when given, quantizes those modules alone (the sensitivity
+    trials of `compress.quant.accuracy`). `calibration_method` "minmax" swaps the activation observer for
     `MinMaxObserver` (default: XNNPACK's `HistogramObserver`).
     """
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -53,11 +55,13 @@ def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool 
     if calibration_method == "minmax" and not is_qat:
         config = _with_activation_observer(config, "MinMaxObserver")
     quantizer = XNNPACKQuantizer().set_global(config)
-    if float_modules:
+    if float_modules or only_modules:
         from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
 
         in_float = [get_module_name_filter(name) for name in float_modules]
-        quantizer.set_filter_function(lambda node: not any(f(node) for f in in_float))
+        in_only = [get_module_name_filter(name) for name in only_modules]
+        quantizer.set_filter_function(lambda node: not any(f(node) for f in in_float) and (
+            not in_only or any(f(node) for f in in_only)))
     return quantizer
 
 
@@ -72,13 +76,16 @@ def _with_activation_observer(config, observer: str):
     return dataclasses.replace(config, input_activation=act, output_activation=act)
 
 
-def pt2e_calibrated(graph: torch.fx.GraphModule, config: Int8StaticConfig,
-                    batches: Iterable[torch.Tensor]) -> tuple[torch.fx.GraphModule, int]:
-    """Observers on a copy of the exported `graph`, calibrated on `batches`, converted; samples seen."""
+def pt2e_calibrated(graph: torch.fx.GraphModule, config: Int8StaticConfig, batches: Iterable[torch.Tensor],
+                    only_modules: tuple[str, ...] = ()) -> tuple[torch.fx.GraphModule, int]:
+    """Observers on a copy of the exported `graph`, calibrated on `batches`, converted; samples seen.
+
+    `only_modules`: quantize these modules alone (default: the whole graph but `config.float_modules`).
+    """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = xnnpack_quantizer(config.per_channel, float_modules=tuple(config.float_modules),
-                                  calibration_method=config.calibration_method)
+                                  calibration_method=config.calibration_method, only_modules=only_modules)
     prepared = prepare_pt2e(copy.deepcopy(graph), quantizer)
     calibrated = count_calibrated(batches, prepared)
     return convert_pt2e(prepared), calibrated

@@ -15,7 +15,6 @@ from compress.data.loader import digits_source, make_loader
 from compress.models.build import Preprocess
 from compress.quant.accuracy import int8_compute_share, quantize_with_floor, sensitivity_units
 from compress.quant.configs import Int8StaticConfig, QuantInputs
-from compress.quant.quantize import evaluate_quantized, quantize
 
 TASK = Task("multiclass", 10)
 PRE = Preprocess(kind="image", input_size=16, channels=1, mean=(0.5,), std=(0.5,))
@@ -57,14 +56,6 @@ def inputs(digits, out=None) -> QuantInputs:
     return QuantInputs(example=PRE(next(iter(digits[1]))[0][:4]), calibration=digits[0], preprocess=PRE, out=out)
 
 
-def test_sabotage_keeps_fp32_and_breaks_plain_int8(sensitive_student, digits, tmp_path):
-    qm = quantize(sensitive_student, Int8StaticConfig(calibration_samples=128), calibration=digits[0],
-                  preprocess=PRE, out=tmp_path)
-    result = evaluate_quantized(qm, sensitive_student, digits[1], PRE, TASK)
-    assert result["fp32_metrics"]["accuracy"] > 0.9
-    assert result["retention"] < 0.9, result
-
-
 @pytest.mark.parametrize("backend", ["executorch", "onnx"])
 def test_floor_is_recovered_by_keeping_the_sensitive_layer_in_float(sensitive_student, digits, tmp_path, backend):
     config = Int8StaticConfig(backend=backend, calibration_samples=128, min_retention=0.99)
@@ -72,6 +63,7 @@ def test_floor_is_recovered_by_keeping_the_sensitive_layer_in_float(sensitive_st
     report = qm.meta["accuracy_aware"]
     assert report["sensitivity"][0]["module"] == "1", report
     assert report["float_modules"] == ["1"], report
+    assert evaluation["fp32_metrics"]["accuracy"] > 0.9  # the sabotage kept the fp32 function
     assert report["retention_before"] < 0.9 <= 0.99 <= report["retention_after"], report
     assert evaluation["retention"] == report["retention_after"]
     assert report["status"] == "met"
