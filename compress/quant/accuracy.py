@@ -33,7 +33,7 @@ from compress.core.progress import console
 from compress.quant.common import input_batches
 from compress.quant.configs import Int8StaticConfig, QuantInputs, QuantizedModel
 from compress.quant.evaluate import collect_outputs, evaluate_quantized
-from compress.quant.static import quantize_static
+from compress.quant.static import quantize_static, with_kept_float
 
 MAX_UNITS = 48
 """More Conv/Linear layers than this are grouped into blocks (one trial per unit)."""
@@ -59,6 +59,7 @@ def quantize_with_floor(model: nn.Module, config: Int8StaticConfig, qi: QuantInp
     Returns:
         The quantized model (meta `accuracy_aware` filled and written) and its validation evaluation.
     """
+    config = with_kept_float(model, config)
     qm = quantize_static(model, config, qi)
     evaluation = evaluate_quantized(qm, model, validation, qi.preprocess, task)
     before = evaluation.get("retention")
