@@ -122,3 +122,24 @@ def test_minmax_calibration_changes_the_activation_observer(digits, tmp_path):
     default = xnnpack_quantizer(True).global_config
     assert "MinMaxObserver" in repr(minmax.input_activation.observer_or_fake_quant_ctr)
     assert "HistogramObserver" in repr(default.input_activation.observer_or_fake_quant_ctr)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_log_mel_front_end_stays_float(monkeypatch, tmp_path, keep):
+    """int8 on the power spectrum ruins a wake-word model (the log of rounded-to-zero bins); kept float, not."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from compress.data.synthetic import generate_audio
+    from compress.models.audio import LogMelFrontend, tiny_conv
+
+    monkeypatch.setattr(LogMelFrontend, "keep_float_in_int8", keep)
+    wave, y = generate_audio(Task("binary", 2), 64, sample_rate=8000, clip_samples=2000, seed=0)
+    loader = DataLoader(TensorDataset(wave, y.float(), torch.arange(len(y))), batch_size=16)
+    torch.manual_seed(0)
+    model = tiny_conv(1, sample_rate=8000).eval()
+    qi = QuantInputs(example=wave[:2], calibration=loader, out=tmp_path)
+    qm, evaluation = quantize_with_floor(model, Int8StaticConfig(calibration_samples=64), qi, loader,
+                                         Task("binary", 1))
+    assert (list(qm.meta["config"]["float_modules"]) == ["frontend"]) is keep
+    assert qm.meta["int8"]["int8_tensors"] == (2 if keep else 3)  # conv + head weights (+ the DFT kernels)
+    assert (evaluation["cosine"] > 0.95) is keep, evaluation["cosine"]
