@@ -68,7 +68,8 @@ class Int8StaticConfig:
         min_retention: accuracy-aware floor, as a fraction of the fp32 student's primary metric on
             validation. When static PTQ falls below it, the quantization stage measures each layer's
             sensitivity and keeps the most sensitive ones in float until the floor holds
-            (`compress.quant.accuracy`). None: no floor (quantize everything).
+            (`compress.quant.accuracy.quantize_with_floor`, which `kdtool quantize` calls; `quantize`
+            alone has no validation data and does not apply it). None: no floor.
     """
 
     mode: ClassVar[str] = "static"
