@@ -116,19 +116,23 @@ def rank_sensitivity(trial: Callable[..., Runner], units: list[str], inputs: tor
 
     The error is the mean squared difference from the fp32 outputs over their variance (0: identical).
     """
-    with torch.no_grad():
-        reference = model.eval()(inputs).float()
+    reference = _outputs(model.eval(), inputs)
     spread = reference.var().clamp_min(1e-12)
 
     def error(run: Runner) -> float:
-        with torch.no_grad():
-            return float(((run(inputs).float() - reference) ** 2).mean() / spread)
+        return float(((_outputs(run, inputs) - reference) ** 2).mean() / spread)
 
     scored = []
     for i, name in enumerate(units):
         scored.append((name, error(trial(only=(name,)))))
         console.print(f"[dim]  sensitivity {i + 1}/{len(units)} {name}: {scored[-1][1]:+.4g}[/]")
     return sorted(scored, key=lambda item: -item[1])
+
+
+def _outputs(run: Runner, inputs: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """`run` over `inputs` in batches (a real-size model at 256 samples would not fit at once)."""
+    with torch.no_grad():
+        return torch.cat([run(x).float() for x in inputs.split(batch)])
 
 
 def _smallest_float_set(trial, ranked: list[str], validation, preprocess, task, evaluation: dict[str, Any],

@@ -147,8 +147,8 @@ def kdtool_artifacts(model: torch.nn.Module, calib: torch.Tensor, out: Path, thr
     onnx = quantize(model, Int8StaticConfig(backend="onnx", calibration_samples=len(calib)),
                     example=example, calibration=loader, out=out / "q_onnx")
     quantized = Quantized(pt2e=et.program, onnx=onnx.path, pt2e_mode="static", onnx_mode="static")
-    return export_model(model, example, out / "export", targets=["android", "server"], quantized=quantized,
-                        inputs=calib[:16], threads=threads)
+    return export_model(model, example, out / "export", targets=["android", "server"],
+                        formats=["executorch", "onnx"], quantized=quantized, inputs=calib[:16], threads=threads)
 
 
 def bench_model(name: str, size: int, threads: int, runs: int) -> list[tuple[str, str, float | None, str]]:
