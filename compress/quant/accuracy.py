@@ -70,7 +70,8 @@ def quantize_with_floor(model: nn.Module, config: Int8StaticConfig, qi: QuantInp
         report["status"] = "not checked" if floor is None or before is None else (
             "met" if before >= floor else f"not met: backend {config.backend} cannot keep layers in float")
         return _record(qm, report, model, qi), evaluation
-    units = sensitivity_units(model)
+    units = [u for u in sensitivity_units(model)
+             if not any(u == f or u.startswith(f"{f}.") for f in config.float_modules)]  # already float
     console.print(f"quantize static/{config.backend}: retention {before:.4f} < floor {floor}; "
                   f"measuring the sensitivity of {len(units)} units")
     with tempfile.TemporaryDirectory(prefix="kdtool-sens-") as scratch:
@@ -91,7 +92,7 @@ def quantize_with_floor(model: nn.Module, config: Int8StaticConfig, qi: QuantInp
     report.update(retention_after=after, float_modules=list(config.float_modules),
                   status="met" if after is not None and after >= floor else "not met after the final calibration")
     console.print(f"quantize static/{config.backend}: kept {', '.join(chosen)} in float: retention "
-                  f"{before:.4f} -> {after:.4f}")
+                  f"{before:.4f} -> {'n/a' if after is None else f'{after:.4f}'}")
     return _record(qm, report, model, qi), evaluation
 
 
