@@ -35,8 +35,8 @@ from compress.quant.configs import Int8StaticConfig, QuantInputs, QuantizedModel
 from compress.quant.evaluate import collect_outputs, evaluate_quantized
 from compress.quant.static import quantize_static, with_kept_float
 
-MAX_UNITS = 48
-"""More Conv/Linear layers than this are grouped into blocks (one trial per unit)."""
+MAX_UNITS = 24
+"""More Conv/Linear layers than this are grouped into blocks (one calibration trial per unit)."""
 SCORING_SAMPLES = 256
 """Validation samples the leave-one-out sensitivity is scored on."""
 SEARCHABLE = ("executorch", "onnx")
