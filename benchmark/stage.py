@@ -179,6 +179,14 @@ def _split_notes(ctx) -> list[str]:
             "on validation."]
 
 
+def floor_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The card's view of an accuracy-aware report: its facts without the per-layer sensitivity list."""
+    if not report:
+        return None
+    return {k: report.get(k) for k in ("min_retention", "status", "float_modules", "int8_compute_share",
+                                       "retention_before", "retention_after")}
+
+
 def _quantized_row(ctx, folder: Path, samples: list, bench, student_cost: dict[str, Any], student=None):
     """A row for a quantized model: its evaluation, size, and latency where it runs as itself.
 
@@ -203,7 +211,8 @@ def _quantized_row(ctx, folder: Path, samples: list, bench, student_cost: dict[s
     name = f"student_kd.{mode}.{backend}"
     common = dict(name=name, stage="quantized", precision="int8", source="student_kd", **student_cost,
                   path=relative(path, ctx.run.root), size_mb=artifact_size_mb([path]) if path.is_file()
-                  else meta.get("size_mb"), metrics=evaluation.get("metrics") or {})
+                  else meta.get("size_mb"), metrics=evaluation.get("metrics") or {},
+                  accuracy_aware=floor_summary(meta.get("accuracy_aware")))
     if backend == "coreml":
         return ReportRow(**common, format="coreml", runtime="coreml", status="skipped",
                          reason="CoreML prediction needs macOS; weights compressed, not run here")
@@ -232,7 +241,8 @@ def _artifact_row(ctx, artifact, samples: list, bench, student, student_cost: di
 
     common = dict(name=artifact.name, stage="export", format=artifact.format, precision=artifact.precision,
                   runtime=artifact.runtime, source="student_kd", path=relative(artifact.path, ctx.run.root),
-                  size_mb=artifact.size_mb, parity=artifact.parity, **student_cost)
+                  size_mb=artifact.size_mb, parity=artifact.parity, **student_cost,
+                  accuracy_aware=floor_summary(artifact.info.get("accuracy_aware")))
     if artifact.status != "ok":
         return ReportRow(**common, status=artifact.status, reason=artifact.reason)
     from export.verify import cannot_run_here, platform_status

@@ -38,6 +38,10 @@ class Quantized:
         onnx: an ONNX Runtime–quantized QDQ `.onnx` → ONNX (and TensorRT) int8.
         pt2e_mode, onnx_mode: the quantization mode each came from ("static", "qat"...), recorded
             in the int8 artifacts' metadata and manifest as `kdtool.quantization`.
+        pt2e_floor, onnx_floor: the accuracy-aware step's report (`meta.json` `accuracy_aware`): its
+            float layers, int8 compute share and retention before/after go into the int8 artifacts'
+            metadata (`kdtool.float_layers`, `kdtool.int8_compute_share`, `kdtool.retention_before`,
+            `kdtool.retention_after`).
     """
 
     pt2e: Any = None
@@ -45,6 +49,8 @@ class Quantized:
     pt2e_mode: str | None = None
     onnx_mode: str | None = None
     command: str = "kdtool quantize"  # the command skip reasons suggest (the run's recipe and --out added)
+    pt2e_floor: dict[str, Any] | None = None
+    onnx_floor: dict[str, Any] | None = None
 
 
 def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
@@ -101,6 +107,9 @@ def _export_one(job: Job, model: nn.Module, example: torch.Tensor, out_dir: Path
     mode = quantized.pt2e_mode if job.format == "executorch" else quantized.onnx_mode
     if job.precision == "int8" and mode:
         metadata["kdtool.quantization"] = mode
+    floor = quantized.pt2e_floor if job.format == "executorch" else quantized.onnx_floor
+    if job.precision == "int8" and floor:
+        metadata.update(floor_metadata(floor))
     ctx = dataclasses.replace(base, precision=job.precision, target=job.target, variant=job.variant,
                               metadata=metadata, quantized_program=quantized.pt2e,
                               quantized_onnx=quantized.onnx)
@@ -115,6 +124,8 @@ def _export_one(job: Job, model: nn.Module, example: torch.Tensor, out_dir: Path
             artifact = exporter.export(model, example, tmp, ctx)
             seconds = round(time.perf_counter() - t0, 2)
             artifact = _update(artifact, info={**artifact.info, "export_s": seconds})
+            if job.precision == "int8" and floor:
+                artifact = _update(artifact, info={**artifact.info, "accuracy_aware": floor})
             if verify:
                 artifact = _verify(artifact, job, model, example, ctx, quantized, inputs, threads)
             if artifact.status == "failed":  # never shippable by mistake: *.failed.<ext>, the manifest says why
@@ -126,6 +137,17 @@ def _export_one(job: Job, model: nn.Module, example: torch.Tensor, out_dir: Path
         log.debug("exporter %s crashed", job.format, exc_info=True)
         return _placeholder(job, ctx, folder, "failed", f"{type(e).__name__}: {first_line(e)}")
     return _relocate(artifact, tmp, folder)
+
+
+def floor_metadata(floor: dict[str, Any]) -> dict[str, str]:
+    """The accuracy-aware step's facts as artifact metadata (strings: ONNX and CoreML take no other)."""
+    def text(value: Any) -> str:
+        return "" if value is None else str(value)
+
+    return {"kdtool.float_layers": ",".join(floor.get("float_modules") or []),
+            "kdtool.int8_compute_share": text(floor.get("int8_compute_share")),
+            "kdtool.retention_before": text(floor.get("retention_before")),
+            "kdtool.retention_after": text(floor.get("retention_after"))}
 
 
 def _verify(artifact: Artifact, job: Job, model: nn.Module, example: torch.Tensor, ctx: ExportContext,

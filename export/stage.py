@@ -100,7 +100,9 @@ def _quantized_inputs(ctx) -> tuple[Any, dict[str, str | None]]:
     if et_folder is not None:
         from compress.quant.quantize import load_quantized
 
-        quantized.pt2e, quantized.pt2e_mode = load_quantized(et_folder).program, et_mode
+        et_quantized = load_quantized(et_folder)
+        quantized.pt2e, quantized.pt2e_mode = et_quantized.program, et_mode
+        quantized.pt2e_floor = et_quantized.meta.get("accuracy_aware")
         sources["executorch"] = read_json(et_folder / "meta.json").get("inputs_hash")
         console.print(f"[dim]export: ExecuTorch int8 from the {et_mode} quantized model ({et_folder})[/]")
     for mode in ("static", "dynamic"):
@@ -108,6 +110,7 @@ def _quantized_inputs(ctx) -> tuple[Any, dict[str, str | None]]:
         if (onnx_folder / "meta.json").exists():
             meta = read_json(onnx_folder / "meta.json")
             quantized.onnx, quantized.onnx_mode = onnx_folder / meta["file"], mode
+            quantized.onnx_floor = meta.get("accuracy_aware")
             sources["onnx"] = meta.get("inputs_hash")
             break
     return quantized, sources

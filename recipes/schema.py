@@ -257,6 +257,12 @@ class QuantizeConfig(Strict):
     calibration_samples: int = Field(256, ge=1)
     onnx_activations: Literal["uint8", "int8"] | None = Field(
         None, description="static ONNX: uint8 (default; U8S8, fast on x86) or int8 (S8S8, for TensorRT int8)")
+    min_retention: Probability | None = Field(
+        0.99, description="static: floor on the int8 model's primary metric as a fraction of the fp32 student's "
+        "(validation); below it the most sensitive layers are kept in float until it holds (null: off)")
+    calibration_method: Literal["histogram", "minmax"] | None = Field(
+        None, description="static: activation ranges from a histogram (PT2E L2 search, ORT 99.999th percentile) "
+        "or the min-max; default: the backend's (PT2E histogram, ONNX Runtime min-max)")
     qat: TrainConfig = TrainConfig(epochs=2, lr=1e-4, scheduler="cosine", init="baseline")
 
 

@@ -67,4 +67,20 @@ def test_a_mode_hashes_only_its_own_settings():
     signed = base.model_copy(update={"onnx_activations": "int8"})
     assert h(signed, "static", "onnx") != h(base, "static", "onnx")
     assert h(signed, "static", "executorch") == h(base, "static", "executorch")
-    assert h(base, "static", "onnx") == inputs_hash({"calibration_samples": 256}, "static")
+    # the accuracy-aware floor (on by default: 0.99) may change the static model, so it is in the hash
+    assert h(base, "static", "onnx") == inputs_hash({"calibration_samples": 256, "min_retention": 0.99}, "static")
+    for change in ({"min_retention": 0.95}, {"min_retention": None}, {"calibration_method": "minmax"}):
+        changed = base.model_copy(update=change)
+        assert h(changed, "static") != h(base, "static") and h(changed, "qat") == h(base, "qat"), change
+
+
+def test_recipe_floor_and_calibration_reach_the_static_config():
+    from compress.quant.quantize import make_config
+    from compress.quant.stage import _mode_settings
+    from recipes.schema import QuantizeConfig
+
+    default = make_config("static", backend="executorch", **_mode_settings(QuantizeConfig(), "static", "executorch"))
+    assert default.min_retention == 0.99 and default.calibration_method is None
+    chosen = QuantizeConfig(min_retention=0.9, calibration_method="minmax")
+    config = make_config("static", backend="onnx", **_mode_settings(chosen, "static", "onnx"))
+    assert config.min_retention == 0.9 and config.calibration_method == "minmax"

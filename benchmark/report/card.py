@@ -88,6 +88,7 @@ class ReportRow(BaseModel):
     retention_vs_student: float | None = None  # vs the FP32 PyTorch model it came from (quantized/export rows)
     retention_reason: str | None = None  # why retention is null
     parity: Parity | None = None
+    accuracy_aware: dict[str, Any] | None = None  # int8: float layers, int8 compute share, retention before/after
 
     @model_validator(mode="before")
     @classmethod
@@ -306,7 +307,24 @@ def build_report(recipe_name: str, rows: list[ReportRow], primary_metric: str, t
                   primary_metric=primary_metric,
                   min_retention=min_retention, machine=env["machine"], versions=env["versions"], rows=rows,
                   recommendation=picks, notes=[*(notes or []), *sanity, *pick_notes, *flag_int8_slowdowns(rows),
-                                               *env["warnings"]], scored_split=scored_split)
+                                               *accuracy_aware_notes(rows), *env["warnings"]],
+                  scored_split=scored_split)
+
+
+def accuracy_aware_notes(rows: list[ReportRow]) -> list[str]:
+    """One line per int8 row whose accuracy-aware step kept layers in float or missed its floor."""
+    notes = []
+    for row in rows:
+        facts = row.accuracy_aware or {}
+        floor, status = facts.get("min_retention"), facts.get("status") or ""
+        if not facts.get("float_modules") and not status.startswith("not met"):
+            continue
+        share = facts.get("int8_compute_share")
+        notes.append(f"{row.name}: int8 retention floor {floor} {status}; kept in float: "
+                     f"{', '.join(facts.get('float_modules') or []) or 'none'} (int8 share of conv/linear "
+                     f"compute {'-' if share is None else f'{share:.0%}'}); retention vs fp32 "
+                     f"{_num(facts.get('retention_before'), '.4f')} -> {_num(facts.get('retention_after'), '.4f')}")
+    return notes
 
 
 def _num(value: float | None, fmt: str) -> str:

@@ -49,7 +49,12 @@ class LogMelFrontend(nn.Module):
 
     Frames are centred like `torch.stft(center=True, pad_mode="constant")` (zero padding of n_fft/2
     on both sides, so frames = 1 + samples // hop), with a periodic Hann window and power spectrum.
+
+    Static INT8 leaves it float (`keep_float_in_int8`, read by `compress.quant.static`): int8 on the
+    power spectrum (a > 60 dB range) rounds quiet bins to 0 before the log.
     """
+
+    keep_float_in_int8 = True
 
     def __init__(self, sample_rate: int = 16000, n_fft: int = 512, hop: int = 160, n_mels: int = 40,
                  f_min: float = 20.0, f_max: float | None = None, eps: float = 1e-6) -> None:

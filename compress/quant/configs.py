@@ -59,6 +59,17 @@ class Int8StaticConfig:
             CPUs from saturating) or `int8` (symmetric S8S8, what TensorRT's Q/DQ import takes).
             Measured on this VNNI x86 CPU (quickstart student, batch 1): U8S8 0.097 ms, S8S8
             0.191 ms, fp32 0.158 ms, the same accuracy (0.9956).
+        calibration_method: how activation ranges are read from the calibration samples: `histogram`
+            (PT2E: `HistogramObserver`, the range minimising the L2 rounding+clipping error; ONNX
+            Runtime: `CalibrationMethod.Percentile` at 99.999 %) or `minmax` (the observed extremes).
+            None: each backend's own default (PT2E histogram, ONNX Runtime min-max).
+        float_modules: module names (as in `model.named_modules()`, a block name covers its
+            children) left in float: the layers the accuracy-aware step found most sensitive.
+        min_retention: accuracy-aware floor, as a fraction of the fp32 student's primary metric on
+            validation. When static PTQ falls below it, the quantization stage measures each layer's
+            sensitivity and keeps the most sensitive ones in float until the floor holds
+            (`compress.quant.accuracy.quantize_with_floor`, which `kdtool quantize` calls; `quantize`
+            alone has no validation data and does not apply it). None: no floor.
     """
 
     mode: ClassVar[str] = "static"
@@ -68,6 +79,9 @@ class Int8StaticConfig:
     per_channel: bool = True
     palettize_bits: int | None = None
     onnx_activations: Literal["uint8", "int8"] = "uint8"
+    calibration_method: Literal["histogram", "minmax"] | None = None
+    float_modules: tuple[str, ...] = ()
+    min_retention: float | None = None
 
 
 @dataclass(frozen=True)

@@ -213,9 +213,6 @@ def ort_static(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs) -> Q
     bias itself at load; measured: same fused graph, same latency). PT2E's XNNPACK config keeps
     biases float too.
     """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     if qi.calibration is None:
         raise KdtoolError("quantize static (onnx): no calibration data given",
                           "pass calibration=<training loader>")
@@ -223,27 +220,89 @@ def ort_static(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs) -> Q
     fp32 = export_fp32_onnx(model, qi.example, out)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(dir=out, prefix=".prep.") as scratch:
-        prep = Path(scratch) / "model.prep.onnx"
-        try:
-            quant_pre_process(str(fp32), str(prep))
-            source = prep
-        except Exception as e:  # symbolic shape inference fails on some graphs; quantizing still works
-            notes.append(f"quant_pre_process skipped ({type(e).__name__}); quantized the raw export")
-            source = fp32
-        reader = type("CalibrationReader", (_Reader, CalibrationDataReader), {})(
-            input_batches(qi.calibration, qi.preprocess, config.calibration_samples))
+        source = pre_process(fp32, Path(scratch), notes)
         int8 = out / "model.int8.onnx"
+        if config.float_modules:
+            notes.append(f"kept in float: {', '.join(config.float_modules)}")
         with atomic_path(int8) as tmp:
-            unsigned = config.onnx_activations == "uint8"
-            quantize_static(str(source), str(tmp), reader, quant_format=QuantFormat.QDQ,
-                            per_channel=config.per_channel,
-                            activation_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
-                            weight_type=QuantType.QInt8, reduce_range=unsigned,
-                            # int8 activations symmetric (zero point 0): TensorRT's Q/DQ import takes no other
-                            extra_options={"QuantizeBias": False, "ActivationSymmetric": not unsigned})
+            samples = ort_quantize_file(source, tmp, config,
+                                        input_batches(qi.calibration, qi.preprocess, config.calibration_samples))
             compact_file(tmp)
-    if reader.samples < config.calibration_samples:
-        notes.append(f"only {reader.samples} calibration samples (asked {config.calibration_samples})")
+    if samples < config.calibration_samples:
+        notes.append(f"only {samples} calibration samples (asked {config.calibration_samples})")
     activations = ("uint8 asymmetric static (QDQ, U8S8; weights 7-bit)" if config.onnx_activations == "uint8"
                    else "int8 symmetric static (QDQ, S8S8)")
-    return _finish(config, qi, fp32, int8, reader.samples, notes, activations)
+    return _finish(config, qi, fp32, int8, samples, notes, activations)
+
+
+def pre_process(fp32: Path, scratch: Path, notes: list[str]) -> Path:
+    """`quant_pre_process` (shape inference, graph optimisation) into `scratch`; the raw export if it fails."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prep = scratch / "model.prep.onnx"
+    try:
+        quant_pre_process(str(fp32), str(prep))
+        return prep
+    except Exception as e:  # symbolic shape inference fails on some graphs; quantizing still works
+        notes.append(f"quant_pre_process skipped ({type(e).__name__}); quantized the raw export")
+        return fp32
+
+
+def ort_quantize_file(source: Path, dest: Path, config: Int8StaticConfig, batches,
+                      only_modules: tuple[str, ...] = ()) -> int:
+    """`quantize_static` of `source` into `dest` (QDQ), `config.float_modules` left float; samples used.
+
+    `only_modules`: quantize the nodes of these modules alone (`nodes_to_quantize`).
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    only = nodes_of_modules(source, only_modules)
+    if only_modules and not only:  # none of these modules has an ONNX node: nothing to quantize
+        Path(dest).write_bytes(Path(source).read_bytes())
+        return 0
+    reader = type("CalibrationReader", (_Reader, CalibrationDataReader), {})(batches)
+    unsigned = config.onnx_activations == "uint8"
+    quantize_static(str(source), str(dest), reader, quant_format=QuantFormat.QDQ,
+                    per_channel=config.per_channel,
+                    activation_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
+                    weight_type=QuantType.QInt8, reduce_range=unsigned,
+                    calibrate_method=_ort_calibration(config.calibration_method),
+                    nodes_to_exclude=nodes_of_modules(source, config.float_modules),
+                    nodes_to_quantize=only or None,
+                    # int8 activations symmetric (zero point 0): TensorRT's Q/DQ import takes no other
+                    extra_options={"QuantizeBias": False, "ActivationSymmetric": not unsigned})
+    return reader.samples
+
+
+def _ort_calibration(method: str | None):
+    """ONNX Runtime's calibration method for `Int8StaticConfig.calibration_method` (None: min-max)."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    return CalibrationMethod.Percentile if method == "histogram" else CalibrationMethod.MinMax
+
+
+def nodes_of_modules(path: Path, modules: tuple[str, ...] | list[str]) -> list[str]:
+    """Names of the ONNX nodes that read a weight of one of `modules` (a block covers its children).
+
+    The dynamo exporter keeps each parameter's name (`features.3.conv.weight`) on its initializer,
+    so a module's nodes are those fed by an initializer under its name. Nodes without a name are
+    named here (ORT's `nodes_to_exclude` matches names); the file is rewritten only then.
+    """
+    if not modules:
+        return []
+    import onnx
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    prefixes = tuple(f"{m}." for m in modules)
+    owned = {t.name for t in graph.initializer if t.name.startswith(prefixes)}
+    renamed, names = False, []
+    for i, node in enumerate(graph.node):
+        if not any(name in owned for name in node.input):
+            continue
+        if not node.name:
+            node.name, renamed = f"kdtool_float_{i}", True
+        names.append(node.name)
+    if renamed:
+        onnx.save(proto, str(path))
+    return names

@@ -7,8 +7,10 @@ Dynamic: the same quantizer's dynamic config (linear layers; activation scales c
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import nn
 
 from compress.quant.common import (
@@ -24,7 +26,9 @@ from compress.quant.common import (
 from compress.quant.configs import Int8DynamicConfig, Int8StaticConfig, QuantInputs, QuantizedModel
 
 
-def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool = False):
+def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool = False,
+                      float_modules: tuple[str, ...] = (), calibration_method: str | None = None,
+                      only_modules: tuple[str, ...] = ()):
     """The XNNPACK quantizer with ExecuTorch's symmetric int8 config (per-channel weights by default).
 
     The dynamic config is set on `nn.Linear` modules only. Set globally it also quantizes standalone
@@ -32,8 +36,13 @@ def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool 
     (MobileViTv2's 1x1 convs fed by a broadcast multiply or F.fold: "Propagating input shapes failed:
     xnn_status_invalid_parameter", error 0x1, measured here); the program lowers but cannot run.
     Convolutions are what static PTQ is for.
+
+    `float_modules` (module names; a block covers its children) are left unannotated, so they run in
+    float: the quantizer's own `set_module_name` takes no "no config" value (executorch 1.5.1), its
+    filter function does; `only_modules`, when given, quantizes those modules alone (the sensitivity
+    trials of `compress.quant.accuracy`). `calibration_method` "minmax" swaps the activation observer for
+    `MinMaxObserver` (default: XNNPACK's `HistogramObserver`).
     """
-    import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -43,7 +52,43 @@ def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool 
                                                is_qat=is_qat)
     if is_dynamic:
         return XNNPACKQuantizer().set_module_type(torch.nn.Linear, config)
-    return XNNPACKQuantizer().set_global(config)
+    if calibration_method == "minmax" and not is_qat:
+        config = _with_activation_observer(config, "MinMaxObserver")
+    quantizer = XNNPACKQuantizer().set_global(config)
+    if float_modules or only_modules:
+        from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
+
+        in_float = [get_module_name_filter(name) for name in float_modules]
+        in_only = [get_module_name_filter(name) for name in only_modules]
+        quantizer.set_filter_function(lambda node: not any(f(node) for f in in_float) and (
+            not in_only or any(f(node) for f in in_only)))
+    return quantizer
+
+
+def _with_activation_observer(config, observer: str):
+    """The quantization config with another observer class for its (static) activations."""
+    import dataclasses
+
+    from torchao.quantization.pt2e import observer as observers
+
+    ctr = getattr(observers, observer).with_args(eps=2**-12)
+    act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctr)
+    return dataclasses.replace(config, input_activation=act, output_activation=act)
+
+
+def pt2e_calibrated(graph: torch.fx.GraphModule, config: Int8StaticConfig, batches: Iterable[torch.Tensor],
+                    only_modules: tuple[str, ...] = ()) -> tuple[torch.fx.GraphModule, int]:
+    """Observers on a copy of the exported `graph`, calibrated on `batches`, converted; samples seen.
+
+    `only_modules`: quantize these modules alone (default: the whole graph but `config.float_modules`).
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = xnnpack_quantizer(config.per_channel, float_modules=tuple(config.float_modules),
+                                  calibration_method=config.calibration_method, only_modules=only_modules)
+    prepared = prepare_pt2e(copy.deepcopy(graph), quantizer)
+    calibrated = count_calibrated(batches, prepared)
+    return convert_pt2e(prepared), calibrated
 
 
 def finish_pt2e(converted, qi: QuantInputs, config, calibrated: int | None, instead: str,
@@ -68,20 +113,18 @@ def finish_pt2e(converted, qi: QuantInputs, config, calibrated: int | None, inst
 def pt2e_static(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs,
                 fp32_mb: float) -> QuantizedModel:
     """Static PTQ: observers calibrated on `config.calibration_samples` training samples, then convert."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
     if qi.calibration is None:
         from compress.core.errors import KdtoolError
 
         raise KdtoolError("quantize static: no calibration data given", "pass calibration=<training loader>")
     graph = export_graph(copy.deepcopy(model).eval(), qi.example, "static").module()
-    prepared = prepare_pt2e(graph, xnnpack_quantizer(config.per_channel))
     batches = input_batches(qi.calibration, qi.preprocess, config.calibration_samples)
-    calibrated = count_calibrated(batches, prepared)
+    converted, calibrated = pt2e_calibrated(graph, config, batches)
     notes = [] if calibrated >= config.calibration_samples else [
         f"only {calibrated} calibration samples available (asked {config.calibration_samples})"]
-    return finish_pt2e(convert_pt2e(prepared), qi, config, calibrated,
-                       "mode dynamic with backend onnx", fp32_mb, notes)
+    if config.float_modules:
+        notes.append(f"kept in float: {', '.join(config.float_modules)}")
+    return finish_pt2e(converted, qi, config, calibrated, "mode dynamic with backend onnx", fp32_mb, notes)
 
 
 def pt2e_dynamic(model: nn.Module, config: Int8DynamicConfig, qi: QuantInputs,

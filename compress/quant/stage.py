@@ -57,13 +57,17 @@ def run_quantize(ctx, modes: list[str] | None = None, force: bool = False) -> li
                 teacher = ctx.load("teacher")
                 objective = _qat_objective(ctx, student, teacher)
             loader = make_loader(train_ds, r.data.batch_size, shuffle=mode == "qat", seed=r.quantize.qat.seed)
-            qm = quantize(student.module, make_config(mode, **settings), calibration=loader,
-                          preprocess=student.preprocess, out=folder, seed=r.quantize.qat.seed,
-                          teacher=teacher.module if teacher else None,
-                          teacher_preprocess=teacher.preprocess if teacher else None, task=ctx.task,
-                          objective=objective)
             val_loader = make_loader(val_ds, 256, shuffle=False, seed=0)
-            evaluation = evaluate_quantized(qm, student.module, val_loader, student.preprocess, ctx.task)
+            if mode == "static":  # accuracy-aware: keeps the most sensitive layers float below the floor
+                qm, evaluation = _static_with_floor(student, make_config(mode, **settings), loader, val_loader,
+                                                    folder, r.quantize.qat.seed, ctx.task)
+            else:
+                qm = quantize(student.module, make_config(mode, **settings), calibration=loader,
+                              preprocess=student.preprocess, out=folder, seed=r.quantize.qat.seed,
+                              teacher=teacher.module if teacher else None,
+                              teacher_preprocess=teacher.preprocess if teacher else None, task=ctx.task,
+                              objective=objective)
+                evaluation = evaluate_quantized(qm, student.module, val_loader, student.preprocess, ctx.task)
             seconds = time.perf_counter() - start
             finish_stage(folder, expected, {"evaluation": evaluation, "seconds": round(seconds, 2)})
             metric = ctx.task.primary_metric
@@ -73,6 +77,17 @@ def run_quantize(ctx, modes: list[str] | None = None, force: bool = False) -> li
                           f"size {evaluation.get('size_mb') or 0:.2f} MB ({seconds:.1f} s)")
             results.append(read_json(folder / "meta.json"))
     return results
+
+
+def _static_with_floor(student, config, calibration, validation, folder: Path, seed: int, task):
+    """Static PTQ through `quantize_with_floor` (same inputs `quantize` would build)."""
+    from compress.quant.accuracy import quantize_with_floor
+    from compress.quant.configs import QuantInputs
+
+    raw = next(iter(calibration))[0]
+    qi = QuantInputs(example=student.preprocess(raw[:2]), calibration=calibration, preprocess=student.preprocess,
+                     out=folder, seed=seed)
+    return quantize_with_floor(student.module, config, qi, validation, task)
 
 
 def _qat_objective(ctx, student, teacher):
@@ -103,9 +118,12 @@ def _qat_objective(ctx, student, teacher):
 def _mode_settings(quantize_cfg, mode: str, backend: str) -> dict[str, Any]:
     """The settings one quantization mode depends on: changing QAT's lr does not redo static PTQ."""
     if mode == "static":
-        settings = {"calibration_samples": quantize_cfg.calibration_samples}
+        settings = {"calibration_samples": quantize_cfg.calibration_samples,
+                    "min_retention": quantize_cfg.min_retention}
         if backend == "onnx" and quantize_cfg.onnx_activations:  # left out unset: older runs keep their hash
             settings["onnx_activations"] = quantize_cfg.onnx_activations
+        if quantize_cfg.calibration_method:
+            settings["calibration_method"] = quantize_cfg.calibration_method
         return settings
     if mode == "qat":
         return quantize_cfg.qat.model_dump(mode="json", exclude_none=True)

@@ -6,10 +6,27 @@ Backends: `executorch` (PT2E + XNNPACK quantizer), `onnx` (ORT QDQ `quantize_sta
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 
 from compress.quant.common import program_size_mb
 from compress.quant.configs import Int8StaticConfig, QuantInputs, QuantizedModel
+
+KEEP_FLOAT = "keep_float_in_int8"
+"""A module class attribute: True keeps the module in float in static INT8 (e.g. the log-mel front end)."""
+
+
+def with_kept_float(model: nn.Module, config: Int8StaticConfig) -> Int8StaticConfig:
+    """`config` with the modules that declare `keep_float_in_int8 = True` added to its `float_modules`.
+
+    A signal-processing front end (`LogMelFrontend`: DFT, power, log) has a dynamic range int8 cannot
+    hold: per-tensor int8 on a power spectrum rounds the quiet bins to 0 and the log turns them into
+    the largest errors of the model. Its class says so, and static INT8 leaves it float.
+    """
+    marked = tuple(name for name, m in model.named_modules()
+                   if name and getattr(m, KEEP_FLOAT, False) and name not in config.float_modules)
+    return dataclasses.replace(config, float_modules=(*config.float_modules, *marked)) if marked else config
 
 
 def quantize_static(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs) -> QuantizedModel:
@@ -23,6 +40,7 @@ def quantize_static(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs)
     Returns:
         The quantized model with its provenance (saved under `qi.out` when given).
     """
+    config = with_kept_float(model, config)
     if config.backend == "onnx":
         from compress.quant.onnx_ort import ort_static
 

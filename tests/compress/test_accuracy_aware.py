@@ -1,0 +1,153 @@
+"""Accuracy-aware static INT8 on digits: a layer made int8-sensitive on purpose is found and kept in float."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from kd_fixtures import train_on_labels
+from torch import nn
+
+from compress.core.tasks import Task
+from compress.data.loader import digits_source, make_loader
+from compress.models.build import Preprocess
+from compress.quant.accuracy import int8_compute_share, quantize_with_floor, sensitivity_units
+from compress.quant.configs import Int8StaticConfig, QuantInputs
+
+TASK = Task("multiclass", 10)
+PRE = Preprocess(kind="image", input_size=16, channels=1, mean=(0.5,), std=(0.5,))
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                         nn.Linear(64, 10))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    cfg = SimpleNamespace(image_size=16, channels=1, val_fraction=0.2, limit=None)
+    train, val = digits_source(cfg, TASK)
+    return make_loader(train, 64, True, seed=0), make_loader(val, 128, False, seed=0)
+
+
+@pytest.fixture(scope="module")
+def sensitive_student(digits):
+    """A trained MLP whose first layer int8 rounding ruins, with the fp32 function unchanged.
+
+    Every row of layer `1` gets a weight of 300x its largest one on input pixel 0: the digits' corner
+    pixel is always 0, i.e. -1 after normalisation, so the bias absorbs it exactly in fp32. A
+    per-channel int8 scale set by that outlier rounds the row's real weights to zero.
+    """
+    torch.manual_seed(0)
+    model = train_on_labels(mlp(), digits[0], epochs=4, lr=3e-3, preprocess=PRE, task=TASK)
+    corner = PRE(next(iter(digits[0]))[0])[:, 0, 0, 0]
+    assert torch.all(corner == corner[0]), "the corner pixel must be constant for the sabotage to be exact"
+    layer = model[1]
+    with torch.no_grad():
+        big = 300 * layer.weight.abs().max(dim=1).values
+        layer.weight[:, 0] += big
+        layer.bias -= big * corner[0]
+    return model
+
+
+def inputs(digits, out=None) -> QuantInputs:
+    return QuantInputs(example=PRE(next(iter(digits[1]))[0][:4]), calibration=digits[0], preprocess=PRE, out=out)
+
+
+@pytest.mark.parametrize("backend", ["executorch", "onnx"])
+def test_floor_is_recovered_by_keeping_the_sensitive_layer_in_float(sensitive_student, digits, tmp_path, backend):
+    config = Int8StaticConfig(backend=backend, calibration_samples=128, min_retention=0.99)
+    qm, evaluation = quantize_with_floor(sensitive_student, config, inputs(digits, tmp_path), digits[1], TASK)
+    report = qm.meta["accuracy_aware"]
+    assert report["sensitivity"][0]["module"] == "1", report
+    assert report["float_modules"] == ["1"], report
+    assert evaluation["fp32_metrics"]["accuracy"] > 0.9  # the sabotage kept the fp32 function
+    assert report["retention_before"] < 0.9 <= 0.99 <= report["retention_after"], report
+    assert evaluation["retention"] == report["retention_after"]
+    assert report["status"] == "met"
+    assert 0.0 < report["int8_compute_share"] < 1.0
+    saved = json.loads((tmp_path / "meta.json").read_text())
+    assert saved["accuracy_aware"]["float_modules"] == ["1"]
+    assert saved["config"]["float_modules"] == ["1"]
+    assert qm.meta["int8"]["int8_tensors"] >= 2  # the other layers are still int8
+
+
+def test_model_above_the_floor_is_left_whole(digits, tmp_path):
+    """Through the stage's glue: the recipe's floor reaches the config, the report lands in meta.json."""
+    from compress.quant.quantize import make_config
+    from compress.quant.stage import _mode_settings, _static_with_floor
+    from recipes.schema import QuantizeConfig
+
+    torch.manual_seed(0)
+    model = train_on_labels(mlp(), digits[0], epochs=2, lr=3e-3, preprocess=PRE, task=TASK)
+    recipe = QuantizeConfig(min_retention=0.9, calibration_samples=128)
+    config = make_config("static", backend="executorch", **_mode_settings(recipe, "static", "executorch"))
+    student = SimpleNamespace(module=model, preprocess=PRE)
+    qm, _ = _static_with_floor(student, config, digits[0], digits[1], tmp_path, 0, TASK)
+    assert json.loads((tmp_path / "meta.json").read_text())["accuracy_aware"]["min_retention"] == 0.9
+    report = qm.meta["accuracy_aware"]
+    assert report["status"] == "met" and report["float_modules"] == [] and report["sensitivity"] == []
+    assert report["int8_compute_share"] == 1.0
+
+
+def test_unreachable_floor_names_the_costliest_layers(sensitive_student, digits, tmp_path):
+    """Layer `5` is made sensitive too (an outlier weight on a unit `3` never fires): with 3 units at
+    most 1 may go float, so no set reaches the floor and both sabotaged layers are named."""
+    import copy
+
+    model = copy.deepcopy(sensitive_student)
+    with torch.no_grad():
+        model[3].weight[0] = 0.0
+        model[3].bias[0] = -1.0  # unit 0 of layer 3 is always 0 after the ReLU
+        model[5].weight[:, 0] = 300 * model[5].weight.abs().max()
+    config = Int8StaticConfig(backend="onnx", calibration_samples=128, min_retention=0.99)  # ORT: the faster trials
+    qm, evaluation = quantize_with_floor(model, config, inputs(digits, tmp_path), digits[1], TASK)
+    report = qm.meta["accuracy_aware"]
+    assert report["status"].startswith("not met: "), report
+    assert {"1", "5"} <= set(report["status"].removeprefix("not met: ").split(" cost")[0].split(", ")), report
+    assert report["float_modules"] == [] and report["retention_after"] == report["retention_before"]
+    assert evaluation["retention"] < 0.99
+
+
+def test_units_group_into_blocks_past_the_limit():
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)) for _ in range(3)])
+    assert sensitivity_units(model) == [f"{i}.{j}" for i in range(3) for j in range(2)]
+    assert sensitivity_units(model, limit=3) == ["0", "1", "2"]
+
+
+def test_int8_compute_share_counts_macs():
+    model = nn.Sequential(nn.Linear(10, 30), nn.Linear(30, 10))  # 300 + 300 MACs
+    assert int8_compute_share(model, torch.randn(1, 10), ("0",)) == 0.5
+    assert int8_compute_share(model, torch.randn(1, 10), ()) == 1.0
+
+
+def test_minmax_calibration_changes_the_activation_observer(digits, tmp_path):
+    from compress.quant.pt2e import xnnpack_quantizer
+
+    minmax = xnnpack_quantizer(True, calibration_method="minmax").global_config
+    default = xnnpack_quantizer(True).global_config
+    assert "MinMaxObserver" in repr(minmax.input_activation.observer_or_fake_quant_ctr)
+    assert "HistogramObserver" in repr(default.input_activation.observer_or_fake_quant_ctr)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_log_mel_front_end_stays_float(monkeypatch, tmp_path, keep):
+    """int8 on the power spectrum ruins a wake-word model (the log of rounded-to-zero bins); kept float, not."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from compress.data.synthetic import generate_audio
+    from compress.models.audio import LogMelFrontend, tiny_conv
+
+    monkeypatch.setattr(LogMelFrontend, "keep_float_in_int8", keep)
+    wave, y = generate_audio(Task("binary", 2), 32, sample_rate=8000, clip_samples=1000, seed=0)
+    loader = DataLoader(TensorDataset(wave, y.float(), torch.arange(len(y))), batch_size=16)
+    torch.manual_seed(0)
+    model = tiny_conv(1, sample_rate=8000).eval()
+    qi = QuantInputs(example=wave[:2], calibration=loader, out=tmp_path)
+    qm, evaluation = quantize_with_floor(model, Int8StaticConfig(calibration_samples=32), qi, loader,
+                                         Task("binary", 1))
+    assert (list(qm.meta["config"]["float_modules"]) == ["frontend"]) is keep
+    assert qm.meta["int8"]["int8_tensors"] == (2 if keep else 3)  # conv + head weights (+ the DFT kernels)
+    assert (evaluation["cosine"] > 0.95) is keep, evaluation["cosine"]

@@ -1,0 +1,47 @@
+"""Int8 parity failures on near-flat logits (random-initialised weights) say so in the reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.verify import check_parity
+
+
+class Logits(nn.Module):
+    """Fixed class logits per sample: `margin` between the top class and the rest."""
+
+    def __init__(self, margin: float) -> None:
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 4) -> (N, 4)
+        return self.margin * torch.nn.functional.one_hot(x.argmax(dim=1), 4).float() + 1.0
+
+
+def _noisy(model: nn.Module, noise: float):
+    gen = torch.Generator().manual_seed(0)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        y = model(torch.from_numpy(x))
+        return (y + noise * torch.randn(y.shape, generator=gen)).numpy()
+    return run
+
+
+def test_flat_logits_failure_names_untrained_weights():
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
+    model = Logits(margin=0.01)  # decisions 0.01 apart, int8-sized noise 0.3
+    p = check_parity(_noisy(model, 0.3), model, x[:2], "int8", inputs=x)
+    assert p.status == "failed"
+    assert "median decision margin 0.01 is below the int8 error" in p.reason
+    assert "random-initialised" in p.reason
+
+
+def test_trained_logits_failure_does_not_blame_the_weights():
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
+    model = Logits(margin=10.0)
+    p = check_parity(lambda a: -_noisy(model, 0.0)(a), model, x[:2], "int8", inputs=x)  # reversed ranking
+    assert p.status == "failed" and "random-initialised" not in p.reason
+    fp32 = Logits(margin=0.01)
+    assert "random-initialised" not in (check_parity(_noisy(fp32, 0.3), fp32, x[:2], "fp32").reason or "")

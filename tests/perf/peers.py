@@ -1,0 +1,220 @@
+"""kdtool's artifacts against plain-loop peers on real-size students, in one run, as a table.
+
+    python -m tests.perf.peers              # resnet18, mobilenetv3_large_100 @224, mobilevitv2_050 @256
+    python -m tests.perf.peers --models resnet18 --threads 2 --runs 30
+
+For each model (timm, random weights under a fixed seed, BatchNorm statistics re-estimated on the
+calibration images so activations keep a realistic scale; weights are not trained, which does not
+change latency), batch-1 latency of:
+
+- peers, written here as a user would without kdtool: eager PyTorch; ONNX Runtime fp32 of a
+  static-shape `torch.onnx.export(dynamo=True)`; ONNX Runtime static int8 QDQ, S8S8 and U8S8
+  (`quantize_static`, per-channel, min-max); ExecuTorch XNNPACK fp32 and PT2E int8 of a static
+  batch-1 `torch.export` (`to_edge_transform_and_lower` + `XnnpackPartitioner`);
+- kdtool: `quantize` (static, executorch and onnx backends) and `export_model` for the android and
+  server targets, every artifact as kdtool writes it (dynamic batch where it can), run in the same
+  loop.
+
+Every latency is the median of `--runs` timed calls after `WARMUP` discarded ones, the same input,
+intra-op threads fixed. The last column of the summary is kdtool's recommended artifact (the fastest
+kdtool artifact whose parity passed) over the fastest peer: <= 1.0 means kdtool is not slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MODELS = {"resnet18": 224, "mobilenetv3_large_100": 224, "mobilevitv2_050": 256}
+CALIBRATION = 32
+WARMUP = 10
+
+Runner = Callable[[np.ndarray], object]
+
+
+def build(name: str, size: int, calibration: torch.Tensor) -> torch.nn.Module:
+    """A timm model with seeded random weights; BatchNorm statistics re-estimated on `calibration`."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for x in calibration.split(8):
+            model(x)
+    return model.eval()
+
+
+def images(n: int, size: int) -> torch.Tensor:
+    """Class-structured synthetic RGB images, ImageNet-normalised."""
+    from tests.perf.export_matrix import images as matrix_images
+
+    return matrix_images(n, size, seed=0)
+
+
+def median_ms(run: Runner, x: np.ndarray, runs: int) -> float:
+    """Median wall time of `run(x)` over `runs` calls after WARMUP discarded ones."""
+    for _ in range(WARMUP):
+        run(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        run(x)
+        times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
+
+
+def ort_runner(path: Path, threads: int) -> Runner:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})
+
+
+def pte_runner(path: Path, threads: int) -> Runner:
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+    from executorch.runtime import Runtime
+
+    _unsafe_reset_threadpool(threads)
+    method = Runtime.get().load_program(path).load_method("forward")
+    return lambda x: method.execute([torch.from_numpy(x)])
+
+
+def peer_files(model: torch.nn.Module, x1: torch.Tensor, calib: torch.Tensor, out: Path) -> dict[str, Path]:
+    """The plain peers' files: static-shape ONNX fp32/int8 and ExecuTorch XNNPACK fp32/int8."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    files = {"ORT fp32": out / "peer.fp32.onnx"}
+    torch.onnx.export(copy.deepcopy(model), (x1,), dynamo=True, input_names=["input"]).save(
+        str(files["ORT fp32"]), external_data=False)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calib.split(1))
+
+        def get_next(self):
+            x = next(self.batches, None)
+            return None if x is None else {"input": x.numpy()}
+
+    for name, act, reduce in (("ORT int8 S8S8", QuantType.QInt8, False), ("ORT int8 U8S8", QuantType.QUInt8, True)):
+        files[name] = out / f"peer.{name[-4:].lower()}.onnx"
+        quantize_static(str(files["ORT fp32"]), str(files[name]), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=act, weight_type=QuantType.QInt8, reduce_range=reduce)
+    graph = torch.export.export(model, (x1,)).module()
+    prepared = prepare_pt2e(graph, XNNPACKQuantizer().set_global(get_symmetric_quantization_config(True)))
+    with torch.no_grad():
+        for x in calib.split(1):  # the peer's graph is static at batch 1
+            prepared(x)
+    for name, module in (("ExecuTorch fp32", model), ("ExecuTorch int8", convert_pt2e(prepared))):
+        program = to_edge_transform_and_lower(torch.export.export(module, (x1,)),
+                                              partitioner=[XnnpackPartitioner()]).to_executorch()
+        files[name] = out / f"peer.{name.split()[1]}.pte"
+        files[name].write_bytes(program.buffer)
+    return files
+
+
+def kdtool_artifacts(model: torch.nn.Module, calib: torch.Tensor, out: Path, threads: int) -> list:
+    """kdtool's static int8 (executorch, onnx) and its android + server artifacts, as the pipeline makes them."""
+    from compress.quant.quantize import Int8StaticConfig, quantize
+    from export.run import Quantized, export_model
+
+    loader = [(calib[i:i + 8], torch.zeros(len(calib[i:i + 8]), dtype=torch.long)) for i in range(0, len(calib), 8)]
+    example = calib[:2]
+    et = quantize(model, Int8StaticConfig(backend="executorch", calibration_samples=len(calib)),
+                  example=example, calibration=loader, out=out / "q_et")
+    onnx = quantize(model, Int8StaticConfig(backend="onnx", calibration_samples=len(calib)),
+                    example=example, calibration=loader, out=out / "q_onnx")
+    quantized = Quantized(pt2e=et.program, onnx=onnx.path, pt2e_mode="static", onnx_mode="static")
+    return export_model(model, example, out / "export", targets=["android", "server"],
+                        formats=["executorch", "onnx"], quantized=quantized, inputs=calib[:16], threads=threads)
+
+
+def bench_model(name: str, size: int, threads: int, runs: int) -> list[tuple[str, str, float | None, str]]:
+    """Rows (who, artifact, median ms, note) for one model."""
+    torch.set_num_threads(threads)
+    calib = images(CALIBRATION, size)
+    model = build(name, size, calib)
+    x1 = calib[:1]
+    x = x1.numpy()
+    rows = []
+    with torch.no_grad():
+        rows.append(("peer", "eager", median_ms(lambda a: model(torch.from_numpy(a)), x, runs), ""))
+    with tempfile.TemporaryDirectory(prefix="kdtool-peers-") as tmp:
+        for label, path in peer_files(model, x1, calib, Path(tmp)).items():
+            run = pte_runner(path, threads) if path.suffix == ".pte" else ort_runner(path, threads)
+            rows.append(("peer", label, median_ms(run, x, runs), f"{path.stat().st_size / 1e6:.1f} MB"))
+        for artifact in kdtool_artifacts(model, calib, Path(tmp), threads):
+            if artifact.status != "ok" or artifact.runtime not in ("onnxruntime", "executorch"):
+                label = f"{artifact.name} [{artifact.target}]"
+                rows.append(("kdtool", label, None, artifact.reason or artifact.status))
+                continue
+            run = pte_runner(artifact.path, threads) if artifact.runtime == "executorch" else ort_runner(
+                artifact.path, threads)
+            parity = artifact.parity.status if artifact.parity else "n/a"
+            note = (f"parity {parity}, max_batch {artifact.info.get('max_batch')}, "
+                    f"delegate subgraphs {artifact.info.get('delegation', {}).get('subgraphs', '-')}")
+            rows.append(("kdtool", f"{artifact.name} [{artifact.target}]", median_ms(run, x, runs), note))
+    return rows
+
+
+def main() -> None:
+    """Parse arguments, benchmark each model, print one table per model and the summary ratios."""
+    from rich.console import Console
+    from rich.table import Table
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args()
+    console = Console()
+    console.print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
+                  f"torch {torch.__version__}; batch 1, median of {args.runs} after {WARMUP} warm-up")
+    summary = Table(title="kdtool recommended / fastest peer")
+    for col in ("model", "fastest peer", "ms", "kdtool pick", "ms", "ratio"):
+        summary.add_column(col)
+    for name in args.models.split(","):
+        size = MODELS.get(name, 224)
+        rows = bench_model(name, size, args.threads, args.runs)
+        table = Table(title=f"{name} @ {size}")
+        for col in ("who", "artifact", "median ms", "note"):
+            table.add_column(col)
+        for who, label, ms, note in rows:
+            table.add_row(who, label, "-" if ms is None else f"{ms:.2f}", note)
+        console.print(table)
+        peers = [r for r in rows if r[0] == "peer" and r[2] is not None]
+        ours = [r for r in rows if r[0] == "kdtool" and r[2] is not None and "parity passed" in r[3]]
+        best_peer = min(peers, key=lambda r: r[2])
+        if ours:
+            pick = min(ours, key=lambda r: r[2])
+            summary.add_row(name, best_peer[1], f"{best_peer[2]:.2f}", pick[1], f"{pick[2]:.2f}",
+                            f"{pick[2] / best_peer[2]:.2f}")
+        else:
+            summary.add_row(name, best_peer[1], f"{best_peer[2]:.2f}", "none passed parity", "-", "-")
+    console.print(summary)
+
+
+if __name__ == "__main__":
+    main()
