@@ -64,14 +64,16 @@ def _fail(exc: BaseException, debug: bool) -> None:
 
 
 def _context(recipe: str | None, overrides: list[str] | None, out: Path):
-    from compress.context import Context
-    from compress.core.atomic import sha256_json
-    from compress.core.runfolder import RunFolder, check_writable
+    """Validate the recipe and the runs folder first (light imports: errors in < 1.5 s), then build the Context."""
+    from compress.core.runfolder import check_writable
     from recipes.load import load_recipe
 
     r, path, raw = load_recipe(recipe, overrides)
     check_writable(out)
+    from compress.context import Context
+    from compress.core.atomic import sha256_json
     from compress.core.progress import console
+    from compress.core.runfolder import RunFolder
 
     console.print(f"[bold]{r.name}[/] from {path}")
     return Context(r, RunFolder.for_recipe(out, r.name), recipe_sha=sha256_json(raw))
@@ -184,7 +186,6 @@ def distill(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("r
             force: ForceOpt = False, deterministic: DeterministicOpt = False,
             debug: DebugOpt = False) -> None:
     """Train the teacher (if needed), the student baseline, and the distilled student."""
-    from compress.distill.stage import run_distill
 
     def go():
         if deterministic:
@@ -199,6 +200,8 @@ def distill(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("r
             from compress.distill.ablation import run_ablation
 
             return run_ablation(ctx, seeds=ablate, force=force, folds=folds)
+        from compress.distill.stage import run_distill
+
         return run_distill(ctx, stage.value, force=force, resume=resume)
 
     _guard(debug, go, out=out)
@@ -209,10 +212,14 @@ def quantize(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("
              mode: Annotated[list[QuantMode] | None, typer.Option(help="dynamic, static, qat (repeatable)")] = None,
              force: ForceOpt = False, debug: DebugOpt = False) -> None:
     """Quantize the distilled student to INT8 (dynamic, static PTQ, or QAT with the teacher)."""
-    from compress.quant.stage import run_quantize
 
-    _guard(debug, lambda: run_quantize(_context(recipe, set_, out), [m.value for m in mode] if mode else None,
-                                       force=force), out=out)
+    def go():
+        ctx = _context(recipe, set_, out)
+        from compress.quant.stage import run_quantize
+
+        return run_quantize(ctx, [m.value for m in mode] if mode else None, force=force)
+
+    _guard(debug, go, out=out)
 
 
 @app.command()
@@ -221,11 +228,18 @@ def export(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("ru
            format_: Annotated[str | None, typer.Option("--format", help="comma-separated formats; overrides presets")]
            = None, force: ForceOpt = False, debug: DebugOpt = False) -> None:
     """Export the student (and its INT8 versions) for the target devices, verified by parity."""
-    from export.stage import run_export
-
     formats = [f.strip() for f in format_.split(",")] if format_ else None
-    _guard(debug, lambda: run_export(_context(recipe, set_, out), targets=target, formats=formats,
-                                     force=force), out=out)
+
+    def go():
+        from export.targets import check_names
+
+        check_names(target, formats)  # before the recipe, the run folder or torch
+        ctx = _context(recipe, set_, out)
+        from export.stage import run_export
+
+        return run_export(ctx, targets=target, formats=formats, force=force)
+
+    _guard(debug, go, out=out)
 
 
 @app.command()
@@ -237,11 +251,35 @@ def benchmark(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path(
                                                                           "of the teacher's metric")] = None,
               force: ForceOpt = False, debug: DebugOpt = False) -> None:
     """Measure every model and artifact; write the report card (json, md, html); apply CI gates."""
-    from benchmark.stage import run_benchmark
 
-    _guard(debug, lambda: run_benchmark(_context(recipe, set_, out), baseline=baseline,
-                                        max_regression=max_regression, min_retention=min_retention, force=force),
-           out=out)
+    def go():
+        _check_gate_args(baseline, max_regression, min_retention)  # before the recipe, the run folder or torch
+        ctx = _context(recipe, set_, out)
+        from benchmark.stage import run_benchmark
+
+        return run_benchmark(ctx, baseline=baseline, max_regression=max_regression, min_retention=min_retention,
+                             force=force)
+
+    _guard(debug, go, out=out)
+
+
+def _check_gate_args(baseline: Path | None, max_regression: float | None, min_retention: float | None) -> None:
+    """Refuse a bad `--baseline` (missing, a folder, not JSON, another schema) or gate value by name."""
+    from compress.core.errors import KdtoolError
+
+    if min_retention is not None and not 0 < min_retention <= 1.5:
+        raise KdtoolError(f"--min-retention {min_retention}: not a fraction of the teacher's metric",
+                          "e.g. 0.97 for 97 %")
+    if max_regression is not None and max_regression < 0:
+        raise KdtoolError(f"--max-regression {max_regression}: negative", "e.g. 0.05 for 5 % worse at most")
+    if baseline is not None:
+        from benchmark.report.card import load_report
+
+        if baseline.is_dir():
+            raise KdtoolError(f"--baseline {baseline} is a folder", "pass the report.json file inside it")
+        if not baseline.is_file():
+            raise KdtoolError(f"--baseline {baseline} does not exist", "pass an earlier run's report/report.json")
+        load_report(baseline)
 
 
 @app.command(name="ls")

@@ -174,6 +174,8 @@ def _need_file(path: Path | None, role: str) -> Path:
     if path is None:
         raise KdtoolError(f"{role}.checkpoint is required for this source", "name the model file")
     path = Path(path)
+    if path.is_dir():
+        raise KdtoolError(f"{role}.checkpoint {path} is a folder", "name the weights file inside it")
     if not path.is_file():
         raise KdtoolError(f"{role}.checkpoint {path} does not exist", "check the path")
     if path.stat().st_size == 0:
