@@ -53,7 +53,8 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
         console.print(f"[dim]export: reused {folder}[/]")
         return [a for a in read_json(folder / "meta.json")["artifacts"]]
     inputs = _example_inputs(ctx, student, r.export.parity_samples)
-    export_ctx = ExportContext(name="student_kd", task=ctx.task.kind, preprocess=student.preprocess.to_dict(),
+    preprocess = {**student.preprocess.to_dict(), "decode": _decode_facts(r.data, student)}
+    export_ctx = ExportContext(name="student_kd", task=ctx.task.kind, preprocess=preprocess,
                                labels=tuple(r.task.labels) if r.task.labels else None,
                                output_names=("output",), opset=r.export.opset,
                                metadata={"kdtool.recipe": r.name},
@@ -70,6 +71,15 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
         raise ExportError(f"{len(failed)} artifact(s) failed: " + "; ".join(f"{a.name}: {a.reason}" for a in failed),
                           "see the table above; the other artifacts were written")
     return artifacts
+
+
+def _decode_facts(data, student) -> dict[str, Any]:
+    """How a file becomes a raw sample (`compress.data.files.Decoder`): what `kdtool predict` repeats."""
+    from dataclasses import asdict
+
+    from compress.data.files import Decoder
+
+    return asdict(Decoder.for_config("audio" if student.preprocess.kind == "audio" else "image", data))
 
 
 def _output_meaning(task) -> str:

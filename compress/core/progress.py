@@ -10,8 +10,21 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
 
-console = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+PIPED_WIDTH = 120
+"""Width of output to a pipe or file (CI logs) when `COLUMNS` does not say."""
+
+
+def _width() -> int | None:
+    """None lets rich use the terminal's width; `COLUMNS` wins when set, even when piped."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if sys.stderr.isatty() else PIPED_WIDTH
+
+
+console = Console(stderr=True, highlight=False, soft_wrap=True, width=_width())
 
 
 def quiet() -> bool:
@@ -59,8 +72,10 @@ def epoch_progress(label: str, epochs: int, steps: int, enabled: bool = True) ->
     if not enabled or quiet():
         yield EpochBar(None, label, epochs, steps)
         return
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[terms]}"),
+    # the bar, count and times first and fixed; the loss terms last, cut with … at the terminal's edge
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[terms]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
                         console=console, transient=True)
     with progress:
         yield EpochBar(progress, label, epochs, steps)
