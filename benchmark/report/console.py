@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from benchmark.report.card import Report, ReportRow, table
+from compress.core.progress import count_text
 
 COMPACT_BELOW = 100
 """Below this many columns only the essential columns are shown."""
@@ -54,15 +55,6 @@ def parity_mark(r: ReportRow) -> str:
     return {"passed": "✓", "failed": "✗"}.get(r.parity.status, "n/v")
 
 
-def params_text(n: int | None) -> str:
-    """48.0K, 1.23M, 900: never '0.00M' for a small model."""
-    if n is None:
-        return "-"
-    if n >= 1e6:
-        return f"{n / 1e6:.2f}M"
-    return f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
-
-
 SECONDARY = ("Format", "Runtime", "vs FP32 %", "Params", "GFLOPs", "p99 ms")
 """Secondary columns, added in this order while they fit (from `COMPACT_BELOW` columns on)."""
 
@@ -74,7 +66,7 @@ def _columns(report: Report, notes: dict[str, int]) -> list[Column]:
         Column("Name", lambda r: r.name, right=False),
         Column("Format", lambda r: f"{r.format} {r.precision}", right=False),
         Column("Runtime", lambda r: r.runtime, right=False),
-        Column("Params", lambda r: params_text(r.params)),
+        Column("Params", lambda r: "-" if r.params is None else count_text(r.params)),
         Column("GFLOPs", lambda r: _num(r.gflops, ".3f")),
         Column("MB", lambda r: _num(r.size_mb, ".2f")),
         Column("p50 ms", lambda r: _num(_p50(r), ".2f")),
@@ -98,13 +90,17 @@ def _table(report: Report, columns: list[Column], picks: set[str]) -> Table:
     return t
 
 
-def _wide_table(report: Report) -> Table:
+def _wide_table(report: Report, notes: dict[str, int]) -> Table:
+    """Every column of the Markdown/HTML card; reasons stay footnotes so no cell is a paragraph."""
     headers, cells = table(report)
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1), collapse_padding=True)
     for h in headers:
         t.add_column(escape(h), no_wrap=True,
-                      justify="left" if h in ("Name", "Format", "Precision", "Runtime", "Status") else "right")
-    for row in cells:
+                      justify="right" if h not in ("Name", "Format", "Precision", "Runtime", "Status", "Parity")
+                      else "left")
+    status = headers.index("Status")
+    for row, r in zip(cells, report.rows, strict=True):
+        row = [*row[:status], r.status + (f" [{notes[r.name]}]" if r.name in notes else ""), *row[status + 1:]]
         t.add_row(*(escape(c) for c in row))
     return t
 
@@ -143,19 +139,30 @@ def render_console(report: Report, width: int = 80, wide: bool = False) -> Rende
         Text(f"kdtool report: {report.recipe.name}", style="bold"),
         Text(f"primary metric {report.primary_metric or '-'} · p50 at batch 1 · {m.get('threads', '?')} threads "
              f"· {m.get('cpu', '?')}", style="dim", overflow="ellipsis", no_wrap=True),
-        _wide_table(report) if wide else fitted_table(report, width, footnotes),
+        _wide_table(report, footnotes) if wide else fitted_table(report, width, footnotes),
     ]
     parts += [Text(f"{'Recommended:' if i == 0 else '':<12} {t} → {n}", style="green")
               for i, (t, n) in enumerate(report.recommendation.items())]
-    if not wide:
-        parts += [Text(f"[{footnotes[name]}] {name}: {why}", style="dim") for name, why in reasons]
+    parts += [Text(f"[{footnotes[name]}] {name}: {why}", style="dim") for name, why in reasons]
     parts += [Text(f"note: {n}", style="yellow") for n in report.notes]
     return Group(*parts)
 
 
 def print_card(report: Report, console: Console, wide: bool = False) -> None:
-    """Print the card sized to `console`'s width (notes wrap at that width, also when piped)."""
-    console.print(render_console(report, console.width, wide=wide), soft_wrap=False)
+    """Print the card sized to `console`'s width (notes wrap at that width, also when piped).
+
+    `wide` prints every column unshrunk, wider than the terminal when it must (the terminal wraps)."""
+    width = console.width
+    if not wide:
+        console.print(render_console(report, width), soft_wrap=False)
+        return
+    measure = Console(width=10_000, file=_Null(), color_system=None)
+    needed = measure.measure(_wide_table(report, {r.name: 0 for r in report.rows})).maximum
+    console.width = max(width, needed)  # rich never prints wider than the console's width
+    try:
+        console.print(render_console(report, console.width, wide=True), soft_wrap=False)
+    finally:
+        console.width = width
 
 
 class _Null:

@@ -27,6 +27,13 @@ def _width() -> int | None:
 console = Console(stderr=True, highlight=False, soft_wrap=True, width=_width())
 
 
+def count_text(n: int) -> str:
+    """A parameter count for people: 900, 48.0K, 0.34M, 1.23M (never '0.00M' for a small model)."""
+    if n >= 1e5:
+        return f"{n / 1e6:.2f}M"
+    return f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
+
+
 def quiet() -> bool:
     """True when progress bars should be off (KDTOOL_QUIET=1, e.g. in tests)."""
     return os.environ.get("KDTOOL_QUIET", "") == "1"

@@ -16,7 +16,7 @@ import torch
 from compress.context import Context
 from compress.core.atomic import read_json, sha256_file, write_json
 from compress.core.errors import KdtoolError
-from compress.core.progress import console
+from compress.core.progress import console, count_text
 from compress.core.runfolder import finish_stage, prepare_stage
 from compress.data.loader import example_batch
 from compress.distill import distributed
@@ -108,7 +108,7 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
         "torch": torch.__version__,
     })
     console.print(f"{stage}: val {ctx.task.primary_metric}={metrics[ctx.task.primary_metric]:.4f} "
-                  f"({count_params(model.module) / 1e6:.2f} M params, {seconds:.1f} s)")
+                  f"({count_text(count_params(model.module))} params, {seconds:.1f} s)")
     return StageOutcome(stage, "resumed" if action == "resume" else "ran", folder, metrics, seconds)
 
 
