@@ -9,7 +9,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Column
 
 PIPED_WIDTH = 120
@@ -86,6 +94,25 @@ def epoch_progress(label: str, epochs: int, steps: int, enabled: bool = True) ->
                         console=console, transient=True)
     with progress:
         yield EpochBar(progress, label, epochs, steps)
+
+
+@contextlib.contextmanager
+def format_status(message: str) -> Iterator[None]:
+    """A transient spinner with elapsed time while one step runs (a terminal only; nothing when quiet)."""
+    if quiet() or not console.is_terminal:
+        yield
+        return
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                        transient=True)
+    with progress:
+        progress.add_task(message, total=None)
+        yield
+
+
+def progress_line(message: str) -> None:
+    """One dim line of progress (e.g. an artifact done and its time); nothing when quiet."""
+    if not quiet():
+        console.print(f"[dim]{message}[/]", highlight=False)
 
 
 @contextlib.contextmanager

@@ -124,3 +124,21 @@ def test_progress_console_honours_columns_when_piped():
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
                              stdin=subprocess.DEVNULL, cwd=os.fspath(REPO))
         assert out.stdout.strip() == expected, out.stderr
+
+
+def test_export_table_fits_80_columns(monkeypatch):
+    import export.stage
+
+    console = Console(width=80, file=io.StringIO(), color_system=None, record=True)
+    monkeypatch.setattr(export.stage, "console", console)
+    rows = [{"name": "student_kd.executorch-coreml.fp16", "target": "ios", "status": "ok", "reason": None,
+             "size_mb": 0.21, "parity": "not verified on this OS", "max_abs": None, "agreement": None,
+             "delegated": 1.0, "quantized_ops": None},
+            {"name": "student_kd.tensorrt.fp16", "target": "server", "status": "skipped", "reason": LONG_REASON,
+             "size_mb": None, "parity": None, "max_abs": None, "agreement": None, "delegated": None,
+             "quantized_ops": None}]
+    export.stage._print_export_table(rows)
+    lines = console.export_text().splitlines()
+    assert max(len(ln) for ln in lines) <= 80 and "…" not in "\n".join(lines)
+    assert any(ln.startswith("student_kd.executorch-coreml.fp16 ") and " n/v " in ln for ln in lines)
+    assert any(ln.startswith("[1] student_kd.tensorrt.fp16: TensorRT needs") for ln in lines)
