@@ -78,3 +78,29 @@ def test_format_names_match_the_registered_exporters():
     from recipes.schema import Format
 
     assert set(get_args(Format)) == set(EXPORTERS.describe())
+
+
+def test_help_reads_like_a_persons_cli():
+    """Flags show no `<bool>`, options name their value (`--target TARGET`), never `<list[str]>`."""
+    import typer
+    from reliability_fixtures import cli
+
+    import kdtool
+
+    for command in sorted(typer.main.get_command(kdtool.app).commands):
+        text = cli(command, "--help").stdout
+        assert "<bool>" not in text and "<list[str]>" not in text, command
+    export_help = cli("export", "--help").stdout
+    assert "--target TARGET" in export_help and "--format FORMATS" in export_help
+    assert "--wide" in cli("report", "--help").stdout
+
+
+@pytest.mark.parametrize(("flag", "level"), [(None, "ERROR"), ("-v", "INFO"), ("--debug", "WARNING")])
+def test_verbose_shows_library_logs(tmp_path, flag, level):
+    code = ("import logging, sys, kdtool\n"
+            f"sys.argv = ['kdtool', 'run'{', ' + repr(flag) if flag else ''}]\n"
+            "kdtool._quiet_libraries()\n"
+            "print(logging.getLevelName(logging.getLogger('executorch').getEffectiveLevel()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.strip() == level, out.stderr
