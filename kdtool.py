@@ -267,7 +267,9 @@ def benchmark(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path(
     """Measure every model and artifact; write the report card (json, md, html); apply CI gates."""
 
     def go():
-        _check_gate_args(baseline, max_regression, min_retention)  # before the recipe, the run folder or torch
+        from benchmark.gates import check_gate_args
+
+        check_gate_args(baseline, max_regression, min_retention)  # before the recipe, the run folder or torch
         ctx = _context(recipe, set_, out)
         from benchmark.stage import run_benchmark
 
@@ -275,25 +277,6 @@ def benchmark(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path(
                              force=force, wide=wide)
 
     _guard(debug, go, out=out)
-
-
-def _check_gate_args(baseline: Path | None, max_regression: float | None, min_retention: float | None) -> None:
-    """Refuse a bad `--baseline` (missing, a folder, not JSON, another schema) or gate value by name."""
-    from compress.core.errors import KdtoolError
-
-    if min_retention is not None and not 0 < min_retention <= 1.5:
-        raise KdtoolError(f"--min-retention {min_retention}: not a fraction of the teacher's metric",
-                          "e.g. 0.97 for 97 %")
-    if max_regression is not None and max_regression < 0:
-        raise KdtoolError(f"--max-regression {max_regression}: negative", "e.g. 0.05 for 5 % worse at most")
-    if baseline is not None:
-        from benchmark.report.card import load_report
-
-        if baseline.is_dir():
-            raise KdtoolError(f"--baseline {baseline} is a folder", "pass the report.json file inside it")
-        if not baseline.is_file():
-            raise KdtoolError(f"--baseline {baseline} does not exist", "pass an earlier run's report/report.json")
-        load_report(baseline)
 
 
 @app.command()
@@ -305,6 +288,7 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a ru
     def go():
         from benchmark.report.card import load_report
         from benchmark.report.console import print_card
+        from compress.core.progress import stdout_console
 
         path = run_dir if run_dir.suffix == ".json" else run_dir / "report" / "report.json"
         if not path.is_file() and not run_dir.exists():
@@ -315,7 +299,7 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a ru
             from compress.core.errors import KdtoolError
 
             raise KdtoolError(f"{run_dir} has no report/report.json", "run `kdtool benchmark` (or `kdtool run`) first")
-        print_card(load_report(path), _stdout_console(), wide=wide)
+        print_card(load_report(path), stdout_console(), wide=wide)
 
     _guard(debug, go)
 
@@ -346,17 +330,6 @@ def predict(artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help=".
             print(json.dumps(result) if json_ else line(Path(result["input"]), result))
 
     _guard(debug, go)
-
-
-def _stdout_console():
-    """A rich console on stdout, sized like the progress console (COLUMNS wins, also when piped)."""
-    from rich.console import Console
-
-    from compress.core.progress import PIPED_WIDTH
-
-    columns = os.environ.get("COLUMNS", "")
-    width = int(columns) if columns.isdigit() and int(columns) > 0 else None if sys.stdout.isatty() else PIPED_WIDTH
-    return Console(highlight=False, width=width)
 
 
 @app.command(name="ls")

@@ -35,6 +35,13 @@ def _width() -> int | None:
 console = Console(stderr=True, highlight=False, soft_wrap=True, width=_width())
 
 
+def stdout_console() -> Console:
+    """A console on stdout (what a command prints as its result), sized like `console`."""
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and int(columns) > 0 else None if sys.stdout.isatty() else PIPED_WIDTH
+    return Console(highlight=False, width=width)
+
+
 def count_text(n: int) -> str:
     """A parameter count for people: 900, 48.0K, 0.34M, 1.23M (never '0.00M' for a small model)."""
     if n >= 1e5:
