@@ -20,6 +20,9 @@ from rich.progress import (
 )
 from rich.table import Column
 
+BAR_WIDTH = 20
+"""Width of the training progress bar (fixed, so the loss terms get the rest of the line)."""
+
 PIPED_WIDTH = 120
 """Width of output to a pipe or file (CI logs) when `COLUMNS` does not say."""
 
@@ -72,7 +75,14 @@ class EpochBar:
     def advance(self, terms: dict[str, float]) -> None:
         if self.progress is not None and self.task is not None:
             text = " ".join(f"{k}={v:.3f}" for k, v in terms.items())
-            self.progress.update(self.task, advance=1, terms=text)
+            self.progress.update(self.task, advance=1, terms=self._fit(text))
+
+    def _fit(self, text: str) -> str:
+        """Cut the loss terms (…) so description, bar, count and times stay whole on one line."""
+        desc = self.progress.tasks[self.task].description
+        count = 2 * len(str(self.steps)) + 1
+        room = self.progress.console.width - len(desc) - BAR_WIDTH - count - 2 * len("0:00:00") - 5
+        return text if len(text) <= room else text[: max(0, room - 1)] + "…"
 
     def end_epoch(self, record: dict[str, Any], metric: str) -> None:
         if quiet():
@@ -95,7 +105,7 @@ def epoch_progress(label: str, epochs: int, steps: int, enabled: bool = True) ->
         yield EpochBar(None, label, epochs, steps)
         return
     # the bar, count and times first and fixed; the loss terms last, cut with … at the terminal's edge
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=BAR_WIDTH), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(),
                         TextColumn("{task.fields[terms]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
                         console=console, transient=True)

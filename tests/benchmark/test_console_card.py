@@ -142,3 +142,20 @@ def test_export_table_fits_80_columns(monkeypatch):
     assert max(len(ln) for ln in lines) <= 80 and "…" not in "\n".join(lines)
     assert any(ln.startswith("student_kd.executorch-coreml.fp16 ") and " n/v " in ln for ln in lines)
     assert any(ln.startswith("[1] student_kd.tensorrt.fp16: TensorRT needs") for ln in lines)
+
+
+def test_kd_progress_line_keeps_bar_count_and_eta_at_80_columns(monkeypatch):
+    import compress.core.progress as progress
+
+    monkeypatch.delenv("KDTOOL_QUIET", raising=False)
+    monkeypatch.setattr(progress, "console", Console(width=80, file=io.StringIO(), color_system=None))
+    with progress.epoch_progress("student_kd", 12, 40) as bar:
+        bar.start_epoch(3)
+        for _ in range(7):
+            bar.advance({"hard": 0.123456, "soft": 1.234567, "total": 2.345678, "feature": 0.5, "crd": 0.25})
+        rows = Console(width=80, file=io.StringIO(), color_system=None, record=True)
+        rows.print(bar.progress.make_tasks_table(bar.progress.tasks))
+    line = rows.export_text().rstrip("\n")
+    assert "\n" not in line and len(line) <= 80
+    assert line.startswith("student_kd 3/12") and "7/40" in line and "0:00:0" in line
+    assert "hard=0.123" in line and line.endswith("…")  # the loss terms are cut, not the bar
