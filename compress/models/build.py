@@ -163,6 +163,8 @@ def create_architecture(arch: str, num_outputs: int, in_chans: int, kwargs: dict
         raise KdtoolError(f"{role}.arch: unknown architecture {arch!r}",
                           f"close: {', '.join(close)}" if close else "see `timm.list_models()`")
     if pretrained_file is not None:
+        if not Path(pretrained_file).is_file():
+            raise KdtoolError(f"{role}.pretrained_file {pretrained_file} does not exist", "check the path")
         pretrained, kwargs = True, {**kwargs, "pretrained_cfg_overlay": dict(file=str(pretrained_file))}
     try:
         return timm.create_model(arch, pretrained=pretrained, num_classes=num_outputs, in_chans=in_chans, **kwargs)

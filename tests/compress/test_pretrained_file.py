@@ -51,6 +51,12 @@ def test_weights_of_another_architecture_are_named(weights):
         build_model(cfg, 10, DataConfig(channels=3, image_size=32), "student")
 
 
+def test_a_missing_file_is_named(tmp_path):
+    cfg = StudentConfig(arch="test_resnet", pretrained_file=tmp_path / "gone.safetensors")
+    with pytest.raises(KdtoolError, match=r"student.pretrained_file .*gone.safetensors does not exist"):
+        build_model(cfg, 10, DataConfig(channels=3, image_size=32), "student")
+
+
 def test_schema_refuses_both_sources_and_accepts_a_file_teacher(weights):
     _, folder = weights
     with pytest.raises(ValueError, match="set one"):
