@@ -22,14 +22,20 @@ import typer
 for _package in ("benchmark", "compress", "export", "recipes"):
     importlib.import_module(_package)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+# plain click help: `--wide` and `--target TARGET` read like a person's CLI (typer's rich help prints <bool>)
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Distill a teacher into a small student, quantize, export, benchmark: one command.")
 
-RecipeArg = Annotated[str | None, typer.Argument(help="recipe file or shipped name (default: quickstart)")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a recipe key: key.path=value")]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="runs folder; the run goes to OUT/<recipe name>")]
+RecipeArg = Annotated[str | None, typer.Argument(metavar="RECIPE",
+                                                help="recipe file or shipped name (default: quickstart)")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE",
+                                                  help="override a recipe key, e.g. distill.temperature=4")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", metavar="DIR",
+                                      help="runs folder; the run goes to DIR/<recipe name>")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite outputs made from other inputs")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks and native libraries' output")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="show library logs and warnings (no tracebacks)")]
+WideOpt = Annotated[bool, typer.Option("--wide", help="print every column of the card (the files always have them)")]
 DeterministicOpt = Annotated[bool, typer.Option(
     "--deterministic", help="bit-identical reruns on this machine (deterministic kernels, seeded RNGs)")]
 
@@ -66,14 +72,16 @@ def _fail(exc: BaseException, debug: bool) -> None:
 
 
 def _context(recipe: str | None, overrides: list[str] | None, out: Path):
-    from compress.context import Context
-    from compress.core.atomic import sha256_json
-    from compress.core.runfolder import RunFolder, check_writable
+    """Validate the recipe and the runs folder first (light imports: errors in < 1.5 s), then build the Context."""
+    from compress.core.runfolder import check_writable
     from recipes.load import load_recipe
 
     r, path, raw = load_recipe(recipe, overrides)
     check_writable(out)
+    from compress.context import Context
+    from compress.core.atomic import sha256_json
     from compress.core.progress import console
+    from compress.core.runfolder import RunFolder
 
     console.print(f"[bold]{r.name}[/] from {path}")
     return Context(r, RunFolder.for_recipe(out, r.name), recipe_sha=sha256_json(raw), recipe_arg=recipe)
@@ -125,7 +133,8 @@ def _set_deterministic() -> None:
 def run(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"), force: ForceOpt = False,
         resume: Annotated[bool, typer.Option(help="continue interrupted stages")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="validate, build models, probe shapes; no training")]
-        = False, deterministic: DeterministicOpt = False, debug: DebugOpt = False) -> None:
+        = False, deterministic: DeterministicOpt = False, wide: WideOpt = False, debug: DebugOpt = False,
+        verbose: VerboseOpt = False) -> None:
     """Run every stage of a recipe: distill → quantize → export → benchmark → report card."""
 
     def go():
@@ -136,12 +145,12 @@ def run(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"
             from compress.distill.dryrun import dry_run as probe
 
             return probe(ctx)
-        return _run_all(ctx, force=force, resume=resume)
+        return _run_all(ctx, force=force, resume=resume, wide=wide)
 
     _guard(debug, go, out=out)
 
 
-def _run_all(ctx, force: bool, resume: bool) -> dict[str, float]:
+def _run_all(ctx, force: bool, resume: bool, wide: bool = False) -> dict[str, float]:
     """distill → quantize → export → benchmark, each stage skipped when its inputs did not change."""
     import time
 
@@ -167,7 +176,7 @@ def _run_all(ctx, force: bool, resume: bool) -> dict[str, float]:
         export_failure = e
     timings["export"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    run_benchmark(ctx, force=force)
+    run_benchmark(ctx, force=force, wide=wide)
     timings["benchmark"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
     console.print("stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
@@ -184,9 +193,8 @@ def distill(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("r
             folds: Annotated[int, typer.Option(help="with --ablate: score each seed by K-fold cross-validation "
                                                     "(a teacher per fold; every sample validated once)")] = 1,
             force: ForceOpt = False, deterministic: DeterministicOpt = False,
-            debug: DebugOpt = False) -> None:
+            debug: DebugOpt = False, verbose: VerboseOpt = False) -> None:
     """Train the teacher (if needed), the student baseline, and the distilled student."""
-    from compress.distill.stage import run_distill
 
     def go():
         if deterministic:
@@ -201,6 +209,8 @@ def distill(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("r
             from compress.distill.ablation import run_ablation
 
             return run_ablation(ctx, seeds=ablate, force=force, folds=folds)
+        from compress.distill.stage import run_distill
+
         return run_distill(ctx, stage.value, force=force, resume=resume)
 
     _guard(debug, go, out=out)
@@ -208,42 +218,120 @@ def distill(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("r
 
 @app.command()
 def quantize(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"),
-             mode: Annotated[list[QuantMode] | None, typer.Option(help="dynamic, static, qat (repeatable)")] = None,
-             force: ForceOpt = False, debug: DebugOpt = False) -> None:
+             mode: Annotated[list[QuantMode] | None, typer.Option(metavar="MODE",
+                                                                  help="dynamic, static or qat (repeatable)")] = None,
+             force: ForceOpt = False, debug: DebugOpt = False, verbose: VerboseOpt = False) -> None:
     """Quantize the distilled student to INT8 (dynamic, static PTQ, or QAT with the teacher)."""
-    from compress.quant.stage import run_quantize
 
-    _guard(debug, lambda: run_quantize(_context(recipe, set_, out), [m.value for m in mode] if mode else None,
-                                       force=force), out=out)
+    def go():
+        ctx = _context(recipe, set_, out)
+        from compress.quant.stage import run_quantize
+
+        return run_quantize(ctx, [m.value for m in mode] if mode else None, force=force)
+
+    _guard(debug, go, out=out)
 
 
 @app.command()
 def export(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"),
-           target: Annotated[list[str] | None, typer.Option(help="android, ios, server or all (repeatable)")] = None,
-           format_: Annotated[str | None, typer.Option("--format", help="comma-separated formats; overrides presets")]
-           = None, force: ForceOpt = False, debug: DebugOpt = False) -> None:
+           target: Annotated[list[str] | None, typer.Option(metavar="TARGET",
+                                                            help="android, ios, server or all (repeatable)")] = None,
+           format_: Annotated[str | None, typer.Option("--format", metavar="FORMATS",
+                                                       help="comma-separated formats; overrides presets")]
+           = None, force: ForceOpt = False, debug: DebugOpt = False, verbose: VerboseOpt = False) -> None:
     """Export the student (and its INT8 versions) for the target devices, verified by parity."""
-    from export.stage import run_export
-
     formats = [f.strip() for f in format_.split(",")] if format_ else None
-    _guard(debug, lambda: run_export(_context(recipe, set_, out), targets=target, formats=formats,
-                                     force=force), out=out)
+
+    def go():
+        from export.targets import check_names
+
+        check_names(target, formats)  # before the recipe, the run folder or torch
+        ctx = _context(recipe, set_, out)
+        from export.stage import run_export
+
+        return run_export(ctx, targets=target, formats=formats, force=force)
+
+    _guard(debug, go, out=out)
 
 
 @app.command()
 def benchmark(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"),
-              baseline: Annotated[Path | None, typer.Option(help="an earlier report.json to compare with")] = None,
-              max_regression: Annotated[float | None, typer.Option(help="fail (exit 5) when latency or metric is "
-                                                                           "worse than the baseline by more")] = None,
-              min_retention: Annotated[float | None, typer.Option(help="fail (exit 5) when an artifact keeps less "
-                                                                          "of the teacher's metric")] = None,
-              force: ForceOpt = False, debug: DebugOpt = False) -> None:
+              baseline: Annotated[Path | None, typer.Option(metavar="REPORT_JSON",
+                                                            help="an earlier report.json to compare with")] = None,
+              max_regression: Annotated[float | None, typer.Option(
+                  metavar="FRACTION", help="fail (exit 5) when latency or metric is worse than the baseline by "
+                                           "more, e.g. 0.05")] = None,
+              min_retention: Annotated[float | None, typer.Option(
+                  metavar="FRACTION", help="fail (exit 5) when an artifact keeps less of the teacher's metric, "
+                                           "e.g. 0.97")] = None,
+              force: ForceOpt = False, wide: WideOpt = False, debug: DebugOpt = False,
+              verbose: VerboseOpt = False) -> None:
     """Measure every model and artifact; write the report card (json, md, html); apply CI gates."""
-    from benchmark.stage import run_benchmark
 
-    _guard(debug, lambda: run_benchmark(_context(recipe, set_, out), baseline=baseline,
-                                        max_regression=max_regression, min_retention=min_retention, force=force),
-           out=out)
+    def go():
+        from benchmark.gates import check_gate_args
+
+        check_gate_args(baseline, max_regression, min_retention)  # before the recipe, the run folder or torch
+        ctx = _context(recipe, set_, out)
+        from benchmark.stage import run_benchmark
+
+        return run_benchmark(ctx, baseline=baseline, max_regression=max_regression, min_retention=min_retention,
+                             force=force, wide=wide)
+
+    _guard(debug, go, out=out)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a run folder (runs/<recipe name>) "
+                                                   "or its report.json")],
+           wide: WideOpt = False, debug: DebugOpt = False) -> None:
+    """Print the report card of an earlier run again (compact, sized to the terminal)."""
+
+    def go():
+        from benchmark.report.card import load_report
+        from benchmark.report.console import print_card
+        from compress.core.progress import stdout_console
+
+        path = run_dir if run_dir.suffix == ".json" else run_dir / "report" / "report.json"
+        if not path.is_file() and not run_dir.exists():
+            from compress.core.errors import KdtoolError
+
+            raise KdtoolError(f"{run_dir} does not exist", "pass a run folder, e.g. runs/quickstart")
+        if not path.is_file():
+            from compress.core.errors import KdtoolError
+
+            raise KdtoolError(f"{run_dir} has no report/report.json", "run `kdtool benchmark` (or `kdtool run`) first")
+        print_card(load_report(path), stdout_console(), wide=wide)
+
+    _guard(debug, go)
+
+
+@app.command()
+def predict(artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help=".pte, .onnx, .pt, .pt2, .mlpackage "
+                                                     "(or its folder), or a run's stage folder (checkpoint)")],
+            inputs: Annotated[list[Path], typer.Argument(metavar="INPUT...", help="image or .wav files, folders, "
+                                                         "or a CSV of paths")],
+            top_k: Annotated[int, typer.Option("--top-k", metavar="K", min=1, help="classes shown (multiclass)")] = 3,
+            json_: Annotated[bool, typer.Option("--json", help="print JSON (one object per input)")] = False,
+            threads: Annotated[int, typer.Option(metavar="N", min=1, help="intra-op threads")] = 2,
+            resample: Annotated[bool, typer.Option("--resample/--no-resample", help="resample .wav files of "
+                                                   "another rate (else: error)")] = True,
+            recipe: Annotated[str | None, typer.Option(metavar="RECIPE", help="for a checkpoint: its recipe "
+                                                       "(default: the run folder's name)")] = None,
+            debug: DebugOpt = False, verbose: VerboseOpt = False) -> None:
+    """Run an exported artifact on your own files: one line per input (label and score)."""
+
+    def go():
+        import json
+
+        from export.predict import line
+        from export.predict import predict as run_predict
+
+        results = run_predict(artifact, inputs, top_k=top_k, threads=threads, resample=resample, recipe=recipe)
+        for result in results:
+            print(json.dumps(result) if json_ else line(Path(result["input"]), result))
+
+    _guard(debug, go)
 
 
 @app.command(name="ls")
@@ -313,11 +401,17 @@ def init(name: Annotated[str, typer.Argument(help="file to create, e.g. my_detec
 
 
 def _quiet_libraries() -> None:
-    """Library chatter (coremltools/ExecuTorch logs, tqdm bars, torch.export warnings) hidden unless --debug."""
+    """Library chatter hidden: Python logs and warnings unless -v/--verbose or --debug, native prints
+    (ExecuTorch cpuinfo/threadpool, coremltools; `compress.core.native`) unless --debug."""
     import logging
     import warnings
 
     if "--debug" in sys.argv:
+        os.environ["KDTOOL_DEBUG"] = "1"
+        return
+    os.environ.setdefault("TORCH_LOGS", "-all")  # torch resets its loggers' levels on import: errors only
+    if "-v" in sys.argv or "--verbose" in sys.argv:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         return
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")

@@ -17,9 +17,10 @@ Rules:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
-from benchmark.report.card import Report, ReportRow, higher_is_better
-from compress.core.errors import GateError
+from benchmark.report.card import Report, ReportRow, higher_is_better, load_report
+from compress.core.errors import GateError, KdtoolError
 
 REFERENCE_ORIGINS = ("teacher", "student_baseline")
 
@@ -105,3 +106,24 @@ def enforce_gates(report: Report, baseline: Report | None = None, max_regression
     if violations:
         raise GateError(f"{len(violations)} gate(s) not met:\n  " + "\n  ".join(violations),
                         "fix the regression, or loosen --max-regression / --min-retention on purpose")
+
+
+def check_gate_args(baseline: Path | None, max_regression: float | None, min_retention: float | None) -> None:
+    """Refuse a bad `--baseline` (missing, a folder, not JSON, another schema) or gate value by name.
+
+    Called by the CLI before the recipe, the run folder or torch are touched (answers in < 1 s).
+
+    Raises:
+        KdtoolError: naming the argument and its value (exit 2).
+    """
+    if min_retention is not None and not 0 < min_retention <= 1.5:
+        raise KdtoolError(f"--min-retention {min_retention}: not a fraction of the teacher's metric",
+                          "e.g. 0.97 for 97 %")
+    if max_regression is not None and max_regression < 0:
+        raise KdtoolError(f"--max-regression {max_regression}: negative", "e.g. 0.05 for 5 % worse at most")
+    if baseline is not None:
+        if baseline.is_dir():
+            raise KdtoolError(f"--baseline {baseline} is a folder", "pass the report.json file inside it")
+        if not baseline.is_file():
+            raise KdtoolError(f"--baseline {baseline} does not exist", "pass an earlier run's report/report.json")
+        load_report(baseline)

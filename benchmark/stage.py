@@ -89,13 +89,15 @@ def _chance(ctx) -> float | None:
 
 
 def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | None = None,
-                  min_retention: float | None = None, force: bool = False):
-    """`kdtool benchmark`: measure every model and artifact, write the report card, apply CI gates."""
-    from rich.markup import escape
+                  min_retention: float | None = None, force: bool = False, wide: bool = False):
+    """`kdtool benchmark`: measure every model and artifact, write the report card, apply CI gates.
+
+    The terminal shows the compact card sized to its width (`wide`: every column)."""
 
     from benchmark.cost import artifact_size_mb, gflops_per_sample, peak_memory_mb
     from benchmark.gates import enforce_gates
-    from benchmark.report.card import ReportRow, build_report, load_report, render_console
+    from benchmark.report.card import ReportRow, build_report, load_report
+    from benchmark.report.console import print_card
     from benchmark.report.render import write_report
     from compress.core.progress import task_progress
     from compress.distill.trainer import evaluate
@@ -152,9 +154,7 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     report = report.model_copy(update={"versions": {**report.versions, "kdtool": determinism.commit()},
                                        "training": training_provenance(ctx)})
     paths = write_report(report, ctx.run.report)
-    console.print(render_console(report))
-    for note in report.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}")
+    print_card(report, console, wide=wide)
     console.print(f"report: {paths['md']}  {paths['html']}")
     base = load_report(baseline) if baseline else None
     enforce_gates(report, base, max_regression, min_retention)

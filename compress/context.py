@@ -80,7 +80,7 @@ class Context:
         if cfg.source != "timm":  # a TorchScript/ONNX teacher file is its own weights
             built = build_model(cfg, self.task.num_outputs, r.data, role)
         else:
-            bare = cfg.model_copy(update={"checkpoint": None, "pretrained": False})
+            bare = cfg.model_copy(update={"checkpoint": None, "pretrained": False, "pretrained_file": None})
             built = build_model(bare, self.task.num_outputs, r.data, role)
             weights = self.run.stage(stage, "best.safetensors")
             if not weights.exists():

@@ -20,6 +20,7 @@ from torch import nn
 
 from compress.core.atomic import atomic_path
 from compress.core.errors import ExportError, KdtoolError
+from compress.core.progress import format_status, progress_line
 from export.artifact import Artifact, Parity
 from export.manifest import write_manifest
 from export.registry import EXPORTERS, ExportContext, first_line
@@ -95,9 +96,12 @@ def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_di
     quantized = quantized or Quantized()
     results = []
     for job in jobs:
-        a = _export_one(job, model, example, Path(out_dir), ctx, quantized, inputs, verify, threads)
+        t0 = time.perf_counter()
+        with format_status(f"export {job.format} {job.precision} …"):
+            a = _export_one(job, model, example, Path(out_dir), ctx, quantized, inputs, verify, threads)
         results.append(a)
         log.info("%s: %s%s", a.name, a.status, f" ({a.reason})" if a.reason else "")
+        progress_line(f"  export {a.name}: {a.status} in {time.perf_counter() - t0:.1f} s")
     return results
 
 

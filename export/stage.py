@@ -59,7 +59,8 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
     artifacts = []
     if todo:
         inputs = _example_inputs(ctx, student, r.export.parity_samples)
-        export_ctx = ExportContext(name="student_kd", task=ctx.task.kind, preprocess=student.preprocess.to_dict(),
+        preprocess = {**student.preprocess.to_dict(), "decode": _decode_facts(r.data, student)}
+        export_ctx = ExportContext(name="student_kd", task=ctx.task.kind, preprocess=preprocess,
                                    labels=tuple(r.task.labels) if r.task.labels else None,
                                    output_names=("output",), opset=r.export.opset,
                                    metadata={"kdtool.recipe": r.name},
@@ -189,6 +190,15 @@ def _ordered(index: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return [index[k] for k in sorted(index, key=lambda k: rank.get(k.split("/")[0], len(rank)))]
 
 
+def _decode_facts(data, student) -> dict[str, Any]:
+    """How a file becomes a raw sample (`compress.data.files.Decoder`): what `kdtool predict` repeats."""
+    from dataclasses import asdict
+
+    from compress.data.files import Decoder
+
+    return asdict(Decoder.for_config("audio" if student.preprocess.kind == "audio" else "image", data))
+
+
 def _output_meaning(task) -> str:
     if task.kind == "regression":
         return f"values (N, {task.num_outputs}): {', '.join(task.outputs or [])}"
@@ -200,25 +210,33 @@ def _output_meaning(task) -> str:
 
 
 def _print_export_table(rows: list[dict[str, Any]]) -> None:
-    """Every planned artifact with its status, size, parity and (for failures) the reason."""
+    """Every planned artifact with its status, size, parity; reasons as footnotes (no cell ever wraps)."""
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
-
-    table = Table(title="export", show_lines=False)
-    for col in ("artifact", "target", "status", "MB", "parity", "max abs", "agree", "delegated", "int8 ops"):
-        table.add_column(col, overflow="fold")
 
     def pct(v: float | None) -> str:
         return "" if v is None else f"{100 * v:.0f}%"
 
+    reasons = [(row["name"], row["reason"]) for row in rows if row["status"] != "ok" and row["reason"]]
+    notes = {name: i for i, (name, _) in enumerate(reasons, 1)}
+    cells = {"artifact": lambda row: row["name"], "target": lambda row: row["target"] or "",
+             "status": lambda row: row["status"] + (f" [{notes[row['name']]}]" if row["name"] in notes else ""),
+             "MB": lambda row: "" if row["size_mb"] is None else f"{row['size_mb']:.2f}",
+             "parity": lambda row: {"passed": "✓", "failed": "✗", None: ""}.get(row["parity"], "n/v"),
+             "max abs": lambda row: "" if row["max_abs"] is None else f"{row['max_abs']:.1e}",
+             "agree": lambda row: "" if row["agreement"] is None else f"{row['agreement']:.3f}",
+             "delegated": lambda row: pct(row["delegated"]), "int8 ops": lambda row: pct(row["quantized_ops"])}
+    narrow = console.width < 100  # an 80-column terminal: the essentials, never a wrapped cell
+    columns = [c for c in cells if not narrow or c in ("artifact", "status", "MB", "parity", "int8 ops")]
+    table = Table(title="export", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for col in columns:
+        table.add_column(col, no_wrap=True, overflow="ellipsis")
     for row in rows:
-        status = row["status"] if row["status"] == "ok" else escape(f"{row['status']}: {row['reason']}")
-        table.add_row(row["name"], row["target"] or "", status,
-                      "" if row["size_mb"] is None else f"{row['size_mb']:.2f}", row["parity"] or "",
-                      "" if row["max_abs"] is None else f"{row['max_abs']:.1e}",
-                      "" if row["agreement"] is None else f"{row['agreement']:.3f}",
-                      pct(row["delegated"]), pct(row["quantized_ops"]))
+        table.add_row(*(escape(cells[c](row)) for c in columns))
     console.print(table)
+    for name, reason in reasons:
+        console.print(f"[dim]\\[{notes[name]}] {escape(name)}: {escape(reason)}[/]", soft_wrap=False)
 
 
 def artifacts_of(ctx) -> list[Any]:

@@ -45,6 +45,28 @@ PRESETS: dict[str, tuple[tuple[str, str, str | None], ...]] = {
 }
 
 
+def check_names(targets: list[str] | None, formats: list[str] | None) -> None:
+    """Refuse an unknown `--target` or `--format` by name, before any model, run folder or torch import.
+
+    The format names are the recipe schema's (`recipes.schema.Format`), which a test keeps equal to
+    the registered exporters.
+
+    Raises:
+        KdtoolError: naming the bad argument and the known values.
+    """
+    from typing import get_args
+
+    from recipes.schema import Format
+
+    for t in targets or []:
+        if t not in (*TARGETS, "all"):
+            raise KdtoolError(f"--target {t!r}: unknown target", f"known: {', '.join(TARGETS)}, all")
+    known = get_args(Format)
+    for f in formats or []:
+        if f not in known:
+            raise KdtoolError(f"--format {f!r}: unknown format", f"known: {', '.join(known)}")
+
+
 def plan(targets: list[str] | None = None, formats: list[str] | None = None, int8: bool = True) -> list[Job]:
     """The jobs for `targets` (default server); `formats` keeps only those formats, adding missing ones.
 

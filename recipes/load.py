@@ -90,13 +90,26 @@ def load_recipe(recipe: str | Path | None = None, overrides: list[str] | None = 
         problems = format_validation_errors(e, Recipe)
         raise KdtoolError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems)) from None
     _resolve_paths(recipe_obj, base)
+    _check_model_files(recipe_obj)
     return recipe_obj, path, raw
+
+
+def _check_model_files(recipe: Recipe) -> None:
+    """A weights path that is a folder is refused here, before torch is imported (fast answers).
+
+    A missing file is not: shipped recipes name weights the user brings, and `--dry-run` runs
+    without them (the stage that loads the file names it)."""
+    for role in ("teacher", "student"):
+        for field in ("checkpoint", "pretrained_file"):
+            value = getattr(getattr(recipe, role), field, None)
+            if value is not None and value.is_dir():
+                raise KdtoolError(f"{role}.{field} {value} is a folder", "name the weights file inside it")
 
 
 def _resolve_paths(recipe: Recipe, base: Path) -> None:
     """Relative file paths in a recipe are relative to the current folder, else to the recipe's folder."""
     for section in (recipe.data, recipe.teacher, recipe.student):
-        for field in ("root", "val_root", "unlabeled_root", "checkpoint"):
+        for field in ("root", "val_root", "test_root", "unlabeled_root", "checkpoint", "pretrained_file"):
             value = getattr(section, field, None)
             if value is not None and not value.is_absolute() and not value.exists() and (base / value).exists():
                 setattr(section, field, base / value)

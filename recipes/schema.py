@@ -102,6 +102,8 @@ class ModelConfig(Strict):
     source: Literal["timm", "torchscript", "onnx"] = "timm"
     checkpoint: Path | None = Field(None, description="local weights: safetensors, .pt/.pth/.tar, .ts or .onnx")
     pretrained: bool = Field(False, description="download pretrained weights (needs the hub; off by default)")
+    pretrained_file: Path | None = Field(None, description="timm pretrained weights as a local file (safetensors "
+                                         "or .pth), classifier re-initialised for the task: offline `pretrained`")
     input_size: int | None = Field(None, ge=8, description="square input side; default the data's image_size")
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -109,6 +111,12 @@ class ModelConfig(Strict):
         "none", description="audio: a log-mel front end inside the model, so the exported model takes audio"
     )
     kwargs: dict[str, int | float | str | bool | list[int]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_weights_source(self) -> ModelConfig:
+        if self.pretrained and self.pretrained_file is not None:
+            raise ValueError("pretrained: true downloads the weights that pretrained_file names locally: set one")
+        return self
 
 
 class ScheduleConfig(Strict):
@@ -226,6 +234,7 @@ class TeacherConfig(ModelConfig):
         if self.self_distill:
             extra = [k for k in ("checkpoint", "train") if getattr(self, k) is not None]
             extra += ["pretrained"] if self.pretrained else []
+            extra += ["pretrained_file"] if self.pretrained_file is not None else []
             extra += ["source"] if self.source != "timm" else []
             if extra:
                 raise ValueError("self_distill takes the teacher from the student's baseline: "
@@ -233,7 +242,7 @@ class TeacherConfig(ModelConfig):
             return self
         if self.arch is None:
             raise ValueError("the teacher needs an arch (or self_distill: true to use the student's baseline)")
-        if self.checkpoint is None and self.train is None and not self.pretrained:
+        if self.checkpoint is None and self.train is None and not self.pretrained and self.pretrained_file is None:
             raise ValueError("the teacher needs a checkpoint, pretrained: true, or a train section to train it here")
         return self
 

@@ -2,7 +2,8 @@
 
 Other tools (CI gates, dashboards, the next run's `--baseline`) read `report.json`, so its shape is
 versioned and only ever grows optional fields. `report.md` is a compact table for a terminal or a
-CI summary; `report.html` adds plots (see `benchmark.report.render`).
+CI summary; `report.html` adds plots (see `benchmark.report.render`); the terminal gets a compact
+card sized to its width (`benchmark.report.console`).
 """
 
 from __future__ import annotations
@@ -332,9 +333,9 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def _params(n: int | None) -> str:
-    if n is None:
-        return "-"
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+    from compress.core.progress import count_text
+
+    return "-" if n is None else count_text(n)
 
 
 def _parity(p: Parity | None) -> str:
@@ -353,7 +354,7 @@ def metric_names(report: Report, limit: int = 3) -> list[str]:
 
 def table(report: Report) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted cells of the report table (shared by markdown, console and HTML)."""
-    metrics = metric_names(report)
+    metrics = metric_names(report)  # Peak MB 0 means "under an earlier peak": not measurable, shown as "-"
     headers = ["Name", "Format", "Precision", "Runtime", "Status", "Params", "Size MB", "GFLOPs",
                "p50 ms", "p90 ms", "p99 ms", "Peak MB", *metrics, "Retention %", "vs FP32 %", "Parity"]
     cells = []
@@ -363,7 +364,7 @@ def table(report: Report) -> tuple[list[str], list[list[str]]]:
         cells.append([r.name, r.format, r.precision, r.runtime, status, _params(r.params),
                       _num(r.size_mb, ".2f"), _num(r.gflops, ".3f"), _num(lat.p50 if lat else None, ".2f"),
                       _num(lat.p90 if lat else None, ".2f"), _num(lat.p99 if lat else None, ".2f"),
-                      _num(r.peak_mem_mb, ".1f"), *[_num(r.metrics.get(m), ".4f") for m in metrics],
+                      _num(r.peak_mem_mb or None, ".1f"), *[_num(r.metrics.get(m), ".4f") for m in metrics],
                       _num(None if r.retention is None else 100 * r.retention, ".1f"),
                       _num(None if r.retention_vs_student is None else 100 * r.retention_vs_student, ".1f"),
                       _parity(r.parity)])
@@ -387,22 +388,6 @@ def render_markdown(report: Report) -> str:
     installed = ", ".join(f"{k} {v}" for k, v in report.versions.items() if v != "not installed")
     lines += ["", f"Versions: {installed}"]
     return "\n".join(lines) + "\n"
-
-
-def render_console(report: Report) -> Any:
-    """The report table as a `rich.table.Table` (print it with `rich.console.Console().print`)."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    headers, cells = table(report)
-    t = Table(title=f"kdtool report: {report.recipe.name}", caption=" · ".join(
-        f"{k}: {v}" for k, v in report.recommendation.items()) or None)
-    for h in headers:
-        t.add_column(h, justify="left" if h in ("Name", "Format", "Precision", "Runtime", "Status", "Parity")
-                     else "right", overflow="fold")
-    for row, r in zip(cells, report.rows, strict=True):
-        t.add_row(*(escape(cell) for cell in row), style={"failed": "red", "skipped": "dim"}.get(r.status))
-    return t
 
 
 def load_report(path: str | os.PathLike) -> Report:

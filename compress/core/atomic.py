@@ -160,6 +160,8 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(Path(path).read_text())
     except FileNotFoundError as e:
         raise KdtoolError(f"{path} not found", "run the stage that makes it first") from e
+    except IsADirectoryError as e:
+        raise KdtoolError(f"{path} is a folder, not a JSON file", "name the file inside it") from e
     except json.JSONDecodeError as e:
         raise KdtoolError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})",
                           "delete it and rerun") from e

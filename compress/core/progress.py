@@ -9,9 +9,47 @@ from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Column
 
-console = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+BAR_WIDTH = 20
+"""Width of the training progress bar (fixed, so the loss terms get the rest of the line)."""
+
+PIPED_WIDTH = 120
+"""Width of output to a pipe or file (CI logs) when `COLUMNS` does not say."""
+
+
+def _width() -> int | None:
+    """None lets rich use the terminal's width; `COLUMNS` wins when set, even when piped."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if sys.stderr.isatty() else PIPED_WIDTH
+
+
+console = Console(stderr=True, highlight=False, soft_wrap=True, width=_width())
+
+
+def stdout_console() -> Console:
+    """A console on stdout (what a command prints as its result), sized like `console`."""
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and int(columns) > 0 else None if sys.stdout.isatty() else PIPED_WIDTH
+    return Console(highlight=False, width=width)
+
+
+def count_text(n: int) -> str:
+    """A parameter count for people: 900, 48.0K, 0.34M, 1.23M (never '0.00M' for a small model)."""
+    if n >= 1e5:
+        return f"{n / 1e6:.2f}M"
+    return f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
 
 
 def quiet() -> bool:
@@ -37,7 +75,14 @@ class EpochBar:
     def advance(self, terms: dict[str, float]) -> None:
         if self.progress is not None and self.task is not None:
             text = " ".join(f"{k}={v:.3f}" for k, v in terms.items())
-            self.progress.update(self.task, advance=1, terms=text)
+            self.progress.update(self.task, advance=1, terms=self._fit(text))
+
+    def _fit(self, text: str) -> str:
+        """Cut the loss terms (…) so description, bar, count and times stay whole on one line."""
+        desc = self.progress.tasks[self.task].description
+        count = 2 * len(str(self.steps)) + 1
+        room = self.progress.console.width - len(desc) - BAR_WIDTH - count - 2 * len("0:00:00") - 5
+        return text if len(text) <= room else text[: max(0, room - 1)] + "…"
 
     def end_epoch(self, record: dict[str, Any], metric: str) -> None:
         if quiet():
@@ -60,11 +105,32 @@ def epoch_progress(label: str, epochs: int, steps: int, enabled: bool = True) ->
     if not enabled or quiet():
         yield EpochBar(None, label, epochs, steps)
         return
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[terms]}"),
+    # the bar, count and times first and fixed; the loss terms last, cut with … at the terminal's edge
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=BAR_WIDTH), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[terms]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
                         console=console, transient=True)
     with progress:
         yield EpochBar(progress, label, epochs, steps)
+
+
+@contextlib.contextmanager
+def format_status(message: str) -> Iterator[None]:
+    """A transient spinner with elapsed time while one step runs (a terminal only; nothing when quiet)."""
+    if quiet() or not console.is_terminal:
+        yield
+        return
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                        transient=True)
+    with progress:
+        progress.add_task(message, total=None)
+        yield
+
+
+def progress_line(message: str) -> None:
+    """One dim line of progress (e.g. an artifact done and its time); nothing when quiet."""
+    if not quiet():
+        console.print(f"[dim]{message}[/]", highlight=False)
 
 
 @contextlib.contextmanager

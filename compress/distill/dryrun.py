@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from compress.core.progress import console
+from compress.core.progress import console, count_text
 
 
 def dry_run(ctx) -> dict[str, object]:
@@ -43,9 +43,9 @@ def dry_run(ctx) -> dict[str, object]:
         t_out, t_feats = objective.teacher_forward(teacher.preprocess(raw))
         terms = objective(s_out, s_feats, t_out, t_feats, _fake_targets(ctx.task, 2),
                           alpha=r.distill.alpha, temperature=r.distill.temperature)
-    summary = {"teacher": f"{teacher.arch} {count_params(teacher.module) / 1e6:.2f} M params, input "
+    summary = {"teacher": f"{teacher.arch} {count_text(count_params(teacher.module))} params, input "
                           f"{tuple(teacher.preprocess(raw).shape)} → {tuple(t_out.shape)}",
-               "student": f"{student.arch} {count_params(student.module) / 1e6:.2f} M params, input "
+               "student": f"{student.arch} {count_text(count_params(student.module))} params, input "
                           f"{tuple(student.preprocess(raw).shape)} → {tuple(s_out.shape)}",
                "loss terms": ", ".join(f"{k}={float(v):.4f}" for k, v in terms.items()),
                "adapters": f"{sum(p.numel() for p in objective.parameters())} params"}

@@ -17,7 +17,7 @@ from compress.context import Context
 from compress.core import determinism
 from compress.core.atomic import read_json, sha256_file, write_json
 from compress.core.errors import KdtoolError
-from compress.core.progress import console
+from compress.core.progress import console, count_text
 from compress.core.runfolder import finish_stage, prepare_stage
 from compress.data.loader import example_batch
 from compress.data.transfer import labeled_part
@@ -124,7 +124,7 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
     })
     value = metrics[ctx.task.primary_metric]
     console.print(f"{stage}: val {ctx.task.primary_metric}={'null' if value is None else f'{value:.4f}'} "
-                  f"({count_params(model.module) / 1e6:.2f} M params, {seconds:.1f} s)")
+                  f"({count_text(count_params(model.module))} params, {seconds:.1f} s)")
     return StageOutcome(stage, "resumed" if action == "resume" else "ran", folder, metrics, seconds)
 
 

@@ -119,7 +119,8 @@ def build_model(cfg: Any, num_outputs: int, data: Any, role: str = "model",
         seed = getattr(getattr(cfg, "train", None), "seed", 0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = create_architecture(cfg.arch, num_outputs, in_chans, kwargs, cfg.pretrained, role)
+        module = create_architecture(cfg.arch, num_outputs, in_chans, kwargs, cfg.pretrained, role,
+                                     pretrained_file=getattr(cfg, "pretrained_file", None))
         if getattr(cfg, "frontend", "none") == "logmel":
             from compress.models.audio import LogMelFrontend
 
@@ -141,9 +142,16 @@ def is_audio_data(data: Any) -> bool:
 
 
 def create_architecture(arch: str, num_outputs: int, in_chans: int, kwargs: dict, pretrained: bool,
-                        role: str = "model") -> nn.Module:
-    """A kdtool-local architecture or a timm model, with `num_outputs` outputs."""
+                        role: str = "model", pretrained_file: Path | None = None) -> nn.Module:
+    """A kdtool-local architecture or a timm model, with `num_outputs` outputs.
+
+    `pretrained_file`: timm pretrained weights from a local file (safetensors or .pth), loaded as
+    timm loads hub weights (`pretrained_cfg_overlay=dict(file=...)`): the classifier is
+    re-initialised for `num_outputs` and the stem adapted to `in_chans`."""
     _import_local_models()
+    if arch in LOCAL_MODELS and pretrained_file is not None:
+        raise KdtoolError(f"{role}.pretrained_file: {arch} is a kdtool architecture, not timm's",
+                          f"give its weights as {role}.checkpoint")
     if arch in LOCAL_MODELS:
         return LOCAL_MODELS.get(arch)(num_outputs=num_outputs, in_chans=in_chans, **kwargs)
     import timm
@@ -154,14 +162,24 @@ def create_architecture(arch: str, num_outputs: int, in_chans: int, kwargs: dict
         close = difflib.get_close_matches(arch, timm.list_models() + list(LOCAL_MODELS), n=3)
         raise KdtoolError(f"{role}.arch: unknown architecture {arch!r}",
                           f"close: {', '.join(close)}" if close else "see `timm.list_models()`")
+    if pretrained_file is not None:
+        if not Path(pretrained_file).is_file():
+            raise KdtoolError(f"{role}.pretrained_file {pretrained_file} does not exist", "check the path")
+        pretrained, kwargs = True, {**kwargs, "pretrained_cfg_overlay": dict(file=str(pretrained_file))}
     try:
         return timm.create_model(arch, pretrained=pretrained, num_classes=num_outputs, in_chans=in_chans, **kwargs)
     except TypeError as e:
         raise KdtoolError(f"{role}.kwargs: {e}", "remove the keyword the architecture does not take") from e
-    except (RuntimeError, OSError) as e:
+    except (RuntimeError, OSError, ValueError) as e:
+        if pretrained_file is not None:
+            raise KdtoolError(f"{role}.pretrained_file {pretrained_file} is not {arch}'s timm weights "
+                              f"({str(e).strip().splitlines()[0][:200]})",
+                              f"use a file saved from timm.create_model({arch!r}) (safetensors or .pth)") from e
         if pretrained:
-            raise KdtoolError(f"{role}: pretrained weights for {arch} could not be downloaded ({e})",
-                              f"set {role}.pretrained: false and give {role}.checkpoint a local file") from e
+            raise KdtoolError(f"{role}: pretrained weights for {arch} could not be downloaded "
+                              f"({str(e).strip().splitlines()[0][:200]})",
+                              f"offline, set {role}.pretrained_file to a local timm weights file "
+                              f"(safetensors or .pth) instead of {role}.pretrained") from e
         raise
 
 
@@ -174,6 +192,8 @@ def _need_file(path: Path | None, role: str) -> Path:
     if path is None:
         raise KdtoolError(f"{role}.checkpoint is required for this source", "name the model file")
     path = Path(path)
+    if path.is_dir():
+        raise KdtoolError(f"{role}.checkpoint {path} is a folder", "name the weights file inside it")
     if not path.is_file():
         raise KdtoolError(f"{role}.checkpoint {path} does not exist", "check the path")
     if path.stat().st_size == 0:

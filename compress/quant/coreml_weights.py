@@ -36,11 +36,14 @@ def coreml_weights(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs) 
     if qi.out is None:
         raise KdtoolError("quantize static (coreml): no output folder given", "pass out=<folder>")
     example = qi.example[:1]
+    from compress.core.native import quiet_native
+
     try:
         program = _export(model, example)
-        mlmodel = ct.convert(program, inputs=[ct.TensorType(name="input", shape=tuple(example.shape))],
-                             convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
-                             compute_precision=ct.precision.FLOAT32, skip_model_load=True)
+        with quiet_native():  # the converter's native prints (shown with --debug)
+            mlmodel = ct.convert(program, inputs=[ct.TensorType(name="input", shape=tuple(example.shape))],
+                                 convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+                                 compute_precision=ct.precision.FLOAT32, skip_model_load=True)
     except Exception as e:  # coremltools raises many error types for unsupported ops
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise ExportError(f"quantize static (coreml): coremltools could not convert the model "

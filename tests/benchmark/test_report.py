@@ -20,10 +20,10 @@ from benchmark.report.card import (
     flag_int8_slowdowns,
     load_report,
     recommend,
-    render_console,
     render_markdown,
     with_retention,
 )
+from benchmark.report.console import render_console
 from benchmark.report.plots import latency_vs_metric_png, pareto_front, retention_png, size_png
 from benchmark.report.render import write_report
 from compress.core.atomic import write_json
@@ -274,7 +274,7 @@ def test_console_table(report):
     from rich.console import Console
 
     console = Console(width=250, record=True)
-    console.print(render_console(report))
+    console.print(render_console(report, 250, wide=True))
     text = console.export_text()
     assert "student_kd.executorch.int8" in text and "Retention %" in text
 

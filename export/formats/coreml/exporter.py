@@ -74,13 +74,16 @@ def _convert(model: nn.Module, example: torch.Tensor, ctx: ExportContext, classi
     """torch.export (batch per ctx) → coremltools ML Program; a failure names the torch op at fault."""
     import coremltools as ct
 
+    from compress.core.native import quiet_native
+
     program = export_program(model.eval(), example, ctx).run_decompositions({})
     try:
-        return ct.convert(
-            program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
-            compute_precision=ct.precision.FLOAT16 if ctx.precision == "fp16" else ct.precision.FLOAT32,
-            classifier_config=ct.ClassifierConfig(list(ctx.labels)) if classifier else None,
-            skip_model_load=True)
+        with quiet_native():  # the converter's native prints (shown with --debug)
+            return ct.convert(
+                program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+                compute_precision=ct.precision.FLOAT16 if ctx.precision == "fp16" else ct.precision.FLOAT32,
+                classifier_config=ct.ClassifierConfig(list(ctx.labels)) if classifier else None,
+                skip_model_load=True)
     except Exception as e:
         op = failing_op(e)
         where = f" in the translation of torch op {op!r}" if op else ""

@@ -235,9 +235,12 @@ def delegation_share(graph_module: torch.fx.GraphModule) -> dict[str, Any]:
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The `kdtool_metadata` constant method of a `.pte` written by this exporter."""
-    from executorch.runtime import Runtime
+    from compress.core.native import quiet_native
 
-    program = Runtime.get().load_program(Path(path))
+    with quiet_native():  # the runtime's C++ cpuinfo/threadpool lines (shown with --debug)
+        from executorch.runtime import Runtime
+
+        program = Runtime.get().load_program(Path(path))
     return json.loads(program.load_method(METADATA_METHOD).execute([])[0])
 
 
@@ -307,9 +310,12 @@ def _upper_bound(size: Any) -> int:
 
 def _smoke_test(buffer: bytes, shape: tuple[Any, ...], max_batch: int) -> None:
     """Run the program on zeros at batch 1 and `max_batch`; raise `_DynamicBatchFailed` on an error."""
-    from executorch.runtime import Runtime
+    from compress.core.native import quiet_native
 
-    method = Runtime.get().load_program(buffer).load_method("forward")
+    with quiet_native():  # the runtime's C++ cpuinfo/threadpool lines (shown with --debug)
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(buffer).load_method("forward")
     for batch in sorted({1, max_batch}):
         try:
             method.execute([torch.zeros((batch, *(int(d) for d in shape[1:])))])

@@ -44,14 +44,18 @@ class ExecuTorchRuntime:
 
     def load(self, path: Path, threads: int) -> ExecuTorchSession:
         """Load the program and its `forward` method; sets the (process-wide) XNNPACK threadpool size."""
-        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-        from executorch.runtime import Runtime
+        from compress.core.native import quiet_native
 
-        _unsafe_reset_threadpool(threads)
-        runtime = Runtime.get()
+        with quiet_native():  # cpuinfo and threadpool lines from C++ (shown with --debug)
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+            from executorch.runtime import Runtime
+
+            _unsafe_reset_threadpool(threads)
+            runtime = Runtime.get()
         try:
-            program = runtime.load_program(Path(path))
-            method = program.load_method("forward")
+            with quiet_native():
+                program = runtime.load_program(Path(path))
+                method = program.load_method("forward")
         except Exception as e:
             registered = list(runtime.backend_registry.registered_backend_names)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
