@@ -8,10 +8,10 @@ The deepfake guide's progressive alpha (0.95 → 0.50 over 20 epochs), in a reci
 
 from __future__ import annotations
 
-from typing import Any
+from recipes.schema import DistillConfig, ScheduleConfig
 
 
-def value_at(schedule: Any | None, default: float, epoch: int) -> float:
+def value_at(schedule: ScheduleConfig | None, default: float, epoch: int) -> float:
     """The scheduled value for a 1-based `epoch`.
 
     - None or `constant`: `schedule.start` when set, else `default`.
@@ -19,7 +19,7 @@ def value_at(schedule: Any | None, default: float, epoch: int) -> float:
     - `step`: the value of the largest `first_epoch <= epoch` in `steps`; `default` before the first.
 
     Args:
-        schedule: a `recipes.schema.ScheduleConfig`, or None.
+        schedule: the schedule, or None.
         default: the unscheduled value (e.g. `distill.alpha`).
         epoch: the epoch, counting from 1.
 
@@ -42,3 +42,15 @@ def value_at(schedule: Any | None, default: float, epoch: int) -> float:
         return float(schedule.start + (schedule.end - schedule.start) * frac)
     started = [first for first in schedule.steps if first <= epoch]
     return float(schedule.steps[max(started)]) if started else float(default)
+
+
+def kd_weights(distill: DistillConfig | None, epoch: int) -> tuple[float, float]:
+    """(alpha, temperature) of a 1-based `epoch`: the one place the KD schedules are read.
+
+    Training and QAT both take their weights here; without distillation (teacher training, the
+    baseline, QAT on hard labels) the objective ignores them: (1.0, 1.0).
+    """
+    if distill is None:
+        return 1.0, 1.0
+    return (value_at(distill.alpha_schedule, distill.alpha, epoch),
+            value_at(distill.temperature_schedule, distill.temperature, epoch))
