@@ -211,6 +211,23 @@ class StudentConfig(ModelConfig):
     train: TrainConfig = TrainConfig()
 
 
+class QATTrainConfig(TrainConfig):
+    """`quantize.qat`: fine-tuning through the same training step as distillation, every key read.
+
+    Refused, because QAT cannot honour them: `init` (QAT always starts from the distilled student),
+    `ema_decay` (an average of fake-quantized graphs mixes observer ranges of different shapes) and
+    `amp` (the fake quantizers compute in float32).
+    """
+
+    @model_validator(mode="after")
+    def _refuse_unread(self) -> QATTrainConfig:
+        refused = {"init": self.init != "baseline", "ema_decay": self.ema_decay is not None, "amp": self.amp != "off"}
+        for key, bad in refused.items():
+            if bad:
+                raise ValueError(f"quantize.qat.{key} cannot be honoured by QAT: remove it")
+        return self
+
+
 QuantMode = Literal["dynamic", "static", "qat"]
 
 
@@ -224,7 +241,7 @@ class QuantizeConfig(Strict):
     calibration_samples: int = Field(256, ge=1)
     onnx_activations: Literal["uint8", "int8"] | None = Field(
         None, description="static ONNX: uint8 (default; U8S8, fast on x86) or int8 (S8S8, for TensorRT int8)")
-    qat: TrainConfig = TrainConfig(epochs=2, lr=1e-4, scheduler="cosine", init="baseline")
+    qat: QATTrainConfig = QATTrainConfig(epochs=2, lr=1e-4, scheduler="constant")
 
 
 Format = Literal["torchscript", "onnx", "executorch", "coreml", "tensorrt", "aoti"]

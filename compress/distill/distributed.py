@@ -22,6 +22,13 @@ from torch.utils.data import Dataset, Subset
 from compress.core.errors import KdtoolError
 
 
+def device_for_training() -> torch.device:
+    """CUDA when present (rank-local under torchrun), else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 def world_size() -> int:
     """Number of processes (WORLD_SIZE, 1 when not launched by torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1"))

@@ -69,7 +69,7 @@ class TeacherCache:
             t = load_file(str(tensor_path))
             return cls(t["params"], t["outputs"], t.get("indices"), t.get("rest_lse"),
                        read_json(meta_path)["num_outputs"], data_cfg)
-        from compress.distill.trainer import device_for_training
+        from compress.distill.distributed import device_for_training
 
         device = device_for_training()
         teacher.module.to(device).eval()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -81,13 +80,6 @@ class _Interrupt:
     def __exit__(self, *_: Any) -> None:
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
-
-
-def device_for_training() -> torch.device:
-    """CUDA when present (rank-local under torchrun), else CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -334,7 +326,7 @@ class _FitRun:
         from compress.distill.objective import KDObjective
 
         torch.manual_seed(cfg.seed)
-        device = device_for_training()
+        device = distributed.device_for_training()
         ddp = distributed.setup()  # torchrun: join the process group (Gloo on CPU, NCCL on CUDA)
         rank, world = distributed.rank(), distributed.world_size()
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -503,6 +495,8 @@ def _buffers(*modules: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
     with torch.no_grad():
         for buffer, copy in saved or []:
+            if buffer.shape != copy.shape:  # QAT's observers size their ranges on the first forward
+                buffer.resize_(copy.shape)
             buffer.copy_(copy)
 
 

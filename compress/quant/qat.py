@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from compress.core.errors import KdtoolError, NonFiniteLossError
+from compress.core.errors import KdtoolError
 from compress.core.progress import epoch_progress
 from compress.distill.hooks import capture
+from compress.distill.schedules import kd_weights
+from compress.distill.trainer import LossSums, TrainStep
 from compress.quant.common import export_graph, program_size_mb
 from compress.quant.configs import Int8QATConfig, LossFn, QuantInputs, QuantizedModel
+from recipes.schema import TrainConfig
 
 if TYPE_CHECKING:
     from compress.distill.objective import KDObjective
@@ -90,7 +93,7 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
         teacher_preprocess: raw batch → teacher input (None: the student's).
         task: a `compress.core.tasks.Task` (its hard loss is used without `loss_fn` and `objective`).
         epochs: QAT epochs (overrides `config.epochs`).
-        lr: AdamW learning rate (overrides `config.lr`).
+        lr: learning rate (overrides `config.lr`; the optimizer is `config.train.optimizer`, default AdamW).
         loss_fn: `loss_fn(student_out, teacher_out, targets) -> scalar` (teacher_out None without teacher).
         example: one preprocessed input batch (N >= 2) to export with; default: the first training batch.
         config: the rest of the QAT settings (per-channel, weight decay, batch-norm freeze epoch).
@@ -136,21 +139,25 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
     prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(config.per_channel, is_qat=True))
     if teacher is not None:
         teacher.eval()
-    params = list(prepared.parameters())
     if objective is not None:
         objective.train()  # adapter batch norms learn; the teacher stays in eval (teacher_forward)
-        params += list(objective.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    train = qat_train_config(config, epochs, lr)
+    per_epoch = _length(train_loader)
+    if per_epoch is None and train.scheduler != "constant":
+        raise KdtoolError(f"quantize.qat.scheduler is {train.scheduler!r} but the QAT loader has no length",
+                          "pass a loader with len(), or set scheduler: constant")
+    step = TrainStep(prepared, objective, train, epochs * (per_epoch or 1), torch.device("cpu"),
+                     "lower quantize.qat.lr, or set quantize.qat.nan_policy: skip")
+    alpha, temperature = kd_weights(objective.distill if objective is not None else None, 1)
 
     def loss_terms(raw: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        outputs = prepared(pre_s(raw))
+        with step.autocast():
+            outputs = prepared(pre_s(raw))
         s_out, *feats = outputs if layers else (outputs,)
         if objective is not None:
             t_out, t_feats = objective.teacher_forward(pre_t(raw)) if teacher is not None else (None, {})
-            d = objective.distill
             return objective(s_out, dict(zip(layers, feats, strict=True)), t_out, t_feats, targets,
-                             alpha=d.alpha if d is not None else 1.0,
-                             temperature=d.temperature if d is not None else 1.0)
+                             alpha=alpha, temperature=temperature)
         if loss_fn is None:
             return {"total": task.hard_loss(s_out, targets)}
         with torch.no_grad():
@@ -158,34 +165,29 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
         return {"total": loss_fn(s_out, t_out, targets)}
 
     steps, history = 0, []
-    with epoch_progress("qat", epochs, _length(train_loader)) as bar:
+    with epoch_progress("qat", epochs, per_epoch) as bar:
         for epoch in range(epochs):
             move_exported_model_to_train(prepared)
             if config.freeze_bn_epoch is not None and epoch >= config.freeze_bn_epoch:
                 move_exported_model_to_eval(prepared)  # frozen BN statistics; fake-quant still trains
             bar.start_epoch(epoch + 1)
-            sums: dict[str, float] = {}
-            seen = 0
+            sums = LossSums()
             for raw, targets, *_ in train_loader:
                 if len(raw) < 2:  # batch norm in training mode needs two samples
                     continue
-                terms = loss_terms(raw, targets)
-                loss = terms["total"]
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"quantize qat: loss became {loss.item()} at epoch {epoch} "
-                                             f"step {steps}", "lower quantize.qat.lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                terms = step(lambda raw=raw, targets=targets: loss_terms(raw, targets),
+                             f"quantize qat: non-finite loss at epoch {epoch + 1} step {steps + 1}", "", steps + 1)
+                if terms is None:
+                    continue
                 steps += 1
-                seen += len(raw)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(raw)
-                bar.advance({k: v / seen for k, v in sums.items()})
-            record = {"epoch": epoch + 1, **{f"loss_{k}": round(v / max(seen, 1), 6) for k, v in sums.items()}}
+                sums.add(terms, len(raw))
+                bar.advance(sums.means())
+            record = {"epoch": epoch + 1,
+                      **{f"loss_{k}": round(v / max(sums.seen, 1), 6) for k, v in sums.sums.items()}}
             history.append(record)
             bar.log(f"  qat epoch {epoch + 1}/{epochs}: "
                     + " ".join(f"{k[5:]}={v:.4f}" for k, v in record.items() if k.startswith("loss_")))
+    prepared = step.scored  # with train.ema_decay, the averaged fake-quantized weights are converted
     move_exported_model_to_eval(prepared)
     qi = QuantInputs(example=example, out=out, seed=seed)
     notes = [f"{steps} QAT steps over {epochs} epoch(s)",
@@ -199,6 +201,13 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
         converted = first_output_only(converted)
     return finish_pt2e(converted, qi, config, None, "mode static (post-training)", fp32_mb, notes,
                        qat_history=history)
+
+
+def qat_train_config(config: Int8QATConfig, epochs: int, lr: float) -> TrainConfig:
+    """The training settings QAT runs with: `config.train` (default AdamW at a constant lr, no clipping)
+    with `epochs`, `lr` and `config.weight_decay` in place of its own."""
+    base = config.train or TrainConfig(scheduler="constant")
+    return base.model_copy(update={"epochs": epochs, "lr": lr, "weight_decay": config.weight_decay})
 
 
 def _length(loader: Iterable) -> int | None:

@@ -51,12 +51,13 @@ def run_quantize(ctx, modes: list[str] | None = None, force: bool = False) -> li
                 settings.update(_mode_settings(r.quantize, mode, backend))
             if mode == "qat":
                 settings.update(epochs=r.quantize.qat.epochs, lr=r.quantize.qat.lr,
-                                weight_decay=r.quantize.qat.weight_decay)
+                                weight_decay=r.quantize.qat.weight_decay, train=r.quantize.qat)
             teacher = objective = None
             if mode == "qat":
                 teacher = ctx.load("teacher")
                 objective = _qat_objective(ctx, student, teacher)
-            loader = make_loader(train_ds, r.data.batch_size, shuffle=mode == "qat", seed=r.quantize.qat.seed)
+            batch = (r.quantize.qat.batch_size if mode == "qat" else None) or r.data.batch_size
+            loader = make_loader(train_ds, batch, shuffle=mode == "qat", seed=r.quantize.qat.seed)
             qm = quantize(student.module, make_config(mode, **settings), calibration=loader,
                           preprocess=student.preprocess, out=folder, seed=r.quantize.qat.seed,
                           teacher=teacher.module if teacher else None,
