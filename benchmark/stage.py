@@ -7,11 +7,13 @@ from typing import Any
 
 import torch
 
+from compress.context import Context
 from compress.core.atomic import read_json
 from compress.core.errors import KdtoolError
 from compress.core.progress import console
 from compress.data.loader import example_batch, make_loader
 from export.stage import EXPORT_BATCH, _example_inputs, artifacts_of
+from recipes.schema import BenchmarkConfig
 
 
 def ensure_ready(ctx) -> None:
@@ -28,7 +30,7 @@ def relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _measure_row_latency(session: Any, samples: list, bench) -> list:
+def _measure_row_latency(session: Any, samples: list, bench: BenchmarkConfig) -> list:
     """Latency at every recipe batch size (LatencyMs list, smallest batch first)."""
     from benchmark.latency import measure
     from benchmark.report.card import LatencyMs
@@ -118,7 +120,7 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     return report
 
 
-def _quantized_row(ctx, folder: Path, samples: list, bench, student_cost: dict[str, Any]):
+def _quantized_row(ctx: Context, folder: Path, samples: list, bench: BenchmarkConfig, student_cost: dict[str, Any]):
     """A row for a quantized model: its evaluation, size, and latency where it runs as itself.
 
     Params and GFLOPs are the FP32 student's: quantization changes the storage, not the graph."""
@@ -156,7 +158,8 @@ def _quantized_row(ctx, folder: Path, samples: list, bench, student_cost: dict[s
                      throughput=1000.0 * lat[-1].batch / lat[-1].p50)
 
 
-def _artifact_row(ctx, artifact, samples: list, bench, student, student_cost: dict[str, Any], get_runtime):
+def _artifact_row(ctx: Context, artifact, samples: list, bench: BenchmarkConfig, student,
+                  student_cost: dict[str, Any], get_runtime):
     """A row for an exported artifact: loaded in its runtime, timed, and scored on validation."""
     from benchmark.cost import peak_memory_mb
     from benchmark.latency import make_batches, timed_load

@@ -10,12 +10,13 @@ from compress.core.runfolder import RunFolder, inputs_hash
 from compress.core.tasks import Task
 from compress.data.loader import build_datasets
 from compress.models.build import BuiltModel, build_model, load_weights
+from recipes.schema import Recipe
 
 
 class Context:
     """Everything the stages of one run share: recipe, task, datasets (built once), run folder."""
 
-    def __init__(self, recipe, run: RunFolder, recipe_sha: str = "") -> None:
+    def __init__(self, recipe: Recipe, run: RunFolder, recipe_sha: str = "") -> None:
         self.recipe, self.run, self.recipe_sha = recipe, run, recipe_sha
         self.task = Task.from_config(recipe.task)
         self._data = None

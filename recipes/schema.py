@@ -60,7 +60,8 @@ class AugmentConfig(Strict):
 class DataConfig(Strict):
     """Where samples come from. `digits` and `synthetic_audio` ship offline."""
 
-    source: Literal["digits", "imagefolder", "csv", "audiofolder", "synthetic_audio", "synthetic_images"] = "digits"
+    source: str = Field("digits", description="a registered data source (checked after loading: "
+                        "digits, imagefolder, csv, audiofolder, synthetic_audio, synthetic_images, ...)")
     root: Path | None = Field(None, description="folder (imagefolder/audiofolder) or CSV file")
     val_root: Path | None = Field(None, description="separate validation folder/CSV; else split from root")
     val_fraction: Probability = 0.2
@@ -244,7 +245,6 @@ class QuantizeConfig(Strict):
     qat: QATTrainConfig = QATTrainConfig(epochs=2, lr=1e-4, scheduler="constant")
 
 
-Format = Literal["torchscript", "onnx", "executorch", "coreml", "tensorrt", "aoti"]
 Target = Literal["android", "ios", "server"]
 
 
@@ -252,7 +252,8 @@ class ExportConfig(Strict):
     """Which artifacts to make: presets per target, or an explicit format list."""
 
     targets: list[Target] = Field(default_factory=lambda: ["server"])
-    formats: list[Format] | None = Field(None, description="overrides the targets' presets")
+    formats: list[str] | None = Field(None, description="registered export formats (checked after loading); "
+                                      "overrides the targets' presets")
     opset: int = Field(18, ge=13)
     int8: bool = Field(True, description="also export the quantized students where the format takes them")
     parity_samples: int = Field(64, ge=1)

@@ -19,10 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 from compress.core.errors import KdtoolError
 from compress.core.tasks import Task
 from compress.data.registry import DATA_SOURCES, TensorSamples
+from recipes.schema import DataConfig
 
 
 @DATA_SOURCES.register("digits")
-def digits_source(cfg, task: Task) -> tuple[Dataset, Dataset]:
+def digits_source(cfg: DataConfig, task: Task) -> tuple[Dataset, Dataset]:
     """scikit-learn's 1,797 real 8×8 handwritten digits, resized to `data.image_size`; stratified split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -42,7 +43,7 @@ def digits_source(cfg, task: Task) -> tuple[Dataset, Dataset]:
     return TensorSamples(x[idx_train], y[idx_train]), TensorSamples(x[idx_val], y[idx_val])
 
 
-def build_datasets(cfg, task: Task) -> tuple[Dataset, Dataset]:
+def build_datasets(cfg: DataConfig, task: Task) -> tuple[Dataset, Dataset]:
     """The recipe's (train, val) datasets, checked for emptiness and label validity."""
     import compress.data.files  # noqa: F401  (registers imagefolder/csv/audiofolder)
     import compress.data.synthetic  # noqa: F401  (registers synthetic_images/synthetic_audio)
@@ -80,7 +81,7 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, epoch: i
                       persistent_workers=False)
 
 
-def augment_batch(raw: torch.Tensor, cfg, generator: torch.Generator,
+def augment_batch(raw: torch.Tensor, cfg: DataConfig, generator: torch.Generator,
                   shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flip / pad-crop (images) or roll (audio) applied to a raw batch, returning the parameters.
 
@@ -113,7 +114,7 @@ def augment_batch(raw: torch.Tensor, cfg, generator: torch.Generator,
     return apply_augment(raw, params, cfg), params
 
 
-def apply_augment(raw: torch.Tensor, params: torch.Tensor, cfg) -> torch.Tensor:
+def apply_augment(raw: torch.Tensor, params: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
     """Replay recorded augmentation parameters on a raw batch (deterministic).
 
     The per-sample slices are plain memory copies: measured faster on CPU than one advanced-index

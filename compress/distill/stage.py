@@ -22,6 +22,7 @@ from compress.data.loader import example_batch
 from compress.distill import distributed
 from compress.distill.trainer import evaluate, fit
 from compress.models.build import BuiltModel, build_model, check_model_io, count_params, load_weights
+from recipes.schema import CacheConfig, DataConfig
 
 STAGES = ("teacher", "student_baseline", "student_kd")
 
@@ -135,7 +136,7 @@ def run_teacher(ctx: Context, force: bool = False, resume: bool = False) -> list
     return [run_stage(ctx, s, force=force, resume=resume) for s in (*first, "teacher")]
 
 
-def warn_few_views(data_cfg, cache_cfg, epochs: int) -> None:
+def warn_few_views(data_cfg: DataConfig, cache_cfg: CacheConfig, epochs: int) -> None:
     """Say so when a teacher cache gives the student fewer augmented views than online KD would.
 
     With `views` < epochs each sample is seen in at most `views` recorded crops/flips, while the

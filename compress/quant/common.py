@@ -14,7 +14,7 @@ from torch import nn
 
 from compress.core.atomic import atomic_path, write_json
 from compress.core.errors import ExportError, KdtoolError
-from compress.quant.configs import QuantizedModel
+from compress.quant.configs import QuantConfig, QuantizedModel
 
 META_SCHEMA = "kdtool.quantized/1"
 META_FILE = "meta.json"
@@ -152,7 +152,7 @@ def versions(*extra: str) -> dict[str, str]:
     return out
 
 
-def provenance(config: Any, seed: int, calibration_samples: int | None, backend_pkgs: tuple[str, ...] = (),
+def provenance(config: QuantConfig, seed: int, calibration_samples: int | None, backend_pkgs: tuple[str, ...] = (),
                notes: list[str] | None = None, **facts: Any) -> dict[str, Any]:
     """The meta dict every quantized model carries. It never holds a speed: speed comes from the benchmark."""
     from dataclasses import asdict

@@ -21,7 +21,7 @@ from compress.quant.common import (
     save_torch_quantized,
     strip_unused_attributes,
 )
-from compress.quant.configs import Int8DynamicConfig, Int8StaticConfig, QuantInputs, QuantizedModel
+from compress.quant.configs import Int8DynamicConfig, Int8StaticConfig, QuantConfig, QuantInputs, QuantizedModel
 
 
 def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool = False):
@@ -46,7 +46,7 @@ def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool 
     return XNNPACKQuantizer().set_global(config)
 
 
-def finish_pt2e(converted, qi: QuantInputs, config, calibrated: int | None, instead: str,
+def finish_pt2e(converted: nn.Module, qi: QuantInputs, config: QuantConfig, calibrated: int | None, instead: str,
                 fp32_mb: float, notes: list[str] | None = None, **facts: Any) -> QuantizedModel:
     """Strip the float leftovers, check int8 weights are present, re-export, save and record provenance.
 
@@ -57,8 +57,8 @@ def finish_pt2e(converted, qi: QuantInputs, config, calibrated: int | None, inst
     require_quantized(census, config.mode, config.backend, instead)
     program = export_graph(converted, qi.example, config.mode)
     meta = provenance(config, qi.seed, calibrated, ("executorch",), notes,
-                      weights="int8 symmetric " + ("per-channel" if getattr(config, "per_channel", True) else
-                                                   "per-tensor"),
+                      weights="int8 symmetric " + ("per-channel" if isinstance(config, Int8DynamicConfig)
+                                                   or config.per_channel else "per-tensor"),
                       activations="int8 dynamic (per batch)" if config.mode == "dynamic" else "int8 static",
                       int8=census, **facts)
     qm = QuantizedModel(config.mode, config.backend, module=converted, program=program, meta=meta)
