@@ -11,14 +11,15 @@ from compress.context import Context
 from compress.core.atomic import read_json
 from compress.core.errors import KdtoolError
 from compress.core.progress import console
-from compress.data.loader import example_batch, make_loader
+from compress.core.runfolder import KD_STUDENT, TRAINING_STAGES
+from compress.data.loader import collect_outputs, example_batch, make_loader
 from export.stage import EXPORT_BATCH, _example_inputs, artifacts_of
 from recipes.schema import BenchmarkConfig
 
 
 def ensure_ready(ctx) -> None:
     """The benchmark needs the distilled student; name the missing stage otherwise."""
-    if not ctx.run.stage("student_kd", "meta.json").exists():
+    if not ctx.run.stage(KD_STUDENT, "meta.json").exists():
         raise KdtoolError(f"{ctx.run.stage('student_kd')} has no distilled student",
                           "run `kdtool distill` (or `kdtool run`) first")
 
@@ -48,16 +49,16 @@ def _artifact_metrics(session: Any, ctx, student, batch: int, fixed_batch: bool 
     import numpy as np
 
     _, val_ds = ctx.datasets
-    outs, targets = [], []
-    for raw, target, _ in make_loader(val_ds, batch, shuffle=False, seed=0):
-        x = student.preprocess(raw).numpy().astype(np.float32)
+
+    def run(batch_in: torch.Tensor) -> torch.Tensor:
+        x = batch_in.numpy().astype(np.float32)
         if fixed_batch and len(x) < batch:  # a fixed-batch artifact: pad the last batch, keep the real rows
             pad = np.concatenate([x, np.repeat(x[-1:], batch - len(x), axis=0)])
-            outs.append(torch.from_numpy(np.asarray(session.run(pad))[: len(x)]).float())
-        else:
-            outs.append(torch.from_numpy(np.asarray(session.run(x))).float())
-        targets.append(target)
-    return ctx.task.metrics(torch.cat(outs), torch.cat(targets))
+            return torch.from_numpy(np.asarray(session.run(pad))[: len(x)])
+        return torch.from_numpy(np.asarray(session.run(x)))
+
+    outputs, targets = collect_outputs(run, make_loader(val_ds, batch, shuffle=False, seed=0), student.preprocess)
+    return ctx.task.metrics(outputs, targets)
 
 
 def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | None = None,
@@ -78,7 +79,7 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     r = ctx.recipe
     bench = r.benchmark
     torch.set_num_threads(bench.threads)
-    student = ctx.load("student_kd")
+    student = ctx.load(KD_STUDENT)
     inputs = _example_inputs(ctx, student, 32)
     student_cost = {"params": count_params(student.module), "gflops": gflops_per_sample(student.module, inputs[:1])}
     samples = [x.unsqueeze(0).numpy() for x in inputs]
@@ -87,7 +88,7 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     quant_folders = sorted(p.parent for p in ctx.run.stage("quantized").glob("*/*/meta.json"))
     total = 3 + len(quant_folders) + len(artifacts)
     with task_progress("benchmark", total) as bar:
-        for stage in ("teacher", "student_baseline", "student_kd"):
+        for stage in TRAINING_STAGES:
             built = ctx.load(stage)
             meta = read_json(ctx.run.stage(stage, "meta.json"))
             x = built.preprocess(example_batch(ctx.datasets[1], 32))
@@ -135,7 +136,7 @@ def _quantized_row(ctx: Context, folder: Path, samples: list, bench: BenchmarkCo
     evaluation = meta.get("evaluation", {})
     path = folder / meta["file"]
     name = f"student_kd.{mode}.{backend}"
-    common = dict(name=name, stage="quantized", precision="int8", source="student_kd", **student_cost,
+    common = dict(name=name, stage="quantized", precision="int8", source=KD_STUDENT, **student_cost,
                   path=relative(path, ctx.run.root), size_mb=artifact_size_mb([path]) if path.is_file()
                   else meta.get("size_mb"), metrics=evaluation.get("metrics") or {})
     if backend == "coreml":
@@ -166,7 +167,7 @@ def _artifact_row(ctx: Context, artifact, samples: list, bench: BenchmarkConfig,
     from benchmark.report.card import ReportRow
 
     common = dict(name=artifact.name, stage="export", format=artifact.format, precision=artifact.precision,
-                  runtime=artifact.runtime, source="student_kd", path=relative(artifact.path, ctx.run.root),
+                  runtime=artifact.runtime, source=KD_STUDENT, path=relative(artifact.path, ctx.run.root),
                   size_mb=artifact.size_mb, parity=artifact.parity, **student_cost)
     if artifact.status != "ok":
         return ReportRow(**common, status=artifact.status, reason=artifact.reason)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from compress.core.atomic import read_json, sha256_file
 from compress.core.errors import KdtoolError
-from compress.core.runfolder import RunFolder, inputs_hash
+from compress.core.runfolder import KD_STUDENT, RunFolder, inputs_hash
 from compress.core.tasks import Task
 from compress.data.loader import build_datasets
 from compress.models.build import BuiltModel, build_model, load_weights
@@ -37,7 +37,7 @@ class Context:
             return inputs_hash(*common, r.teacher, file_hash(r.teacher.checkpoint))
         if name == "student_baseline":
             return inputs_hash(*common, r.student, file_hash(r.student.checkpoint))
-        if name == "student_kd":
+        if name == KD_STUDENT:
             return inputs_hash(*common, r.student, r.distill, self.output_hash("teacher"),
                                self.output_hash("student_baseline") if self.kd_train.init == "baseline" else None)
         raise KeyError(name)

@@ -9,7 +9,7 @@ import torch
 from compress.core.atomic import read_json
 from compress.core.errors import ExportError
 from compress.core.progress import console
-from compress.core.runfolder import finish_stage, inputs_hash, prepare_stage
+from compress.core.runfolder import KD_STUDENT, finish_stage, inputs_hash, prepare_stage
 from compress.data.loader import example_batch
 from compress.quant.stage import best_quantized
 
@@ -33,7 +33,7 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
     r = ctx.recipe
     targets = targets or list(r.export.targets)
     formats = formats or (list(r.export.formats) if r.export.formats else None)
-    student = ctx.load("student_kd")
+    student = ctx.load(KD_STUDENT)
     quantized = Quantized()
     static_onnx = ctx.run.stage("quantized", "static", "onnx")
     et_folder, et_mode = best_quantized(ctx, "executorch", ("static", "qat"))
@@ -46,14 +46,14 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
         meta = read_json(static_onnx / "meta.json")
         quantized.onnx, quantized.onnx_mode = static_onnx / meta["file"], "static"
     folder = ctx.run.stage("export")
-    expected = inputs_hash(r.export, targets, formats, ctx.output_hash("student_kd"),
+    expected = inputs_hash(r.export, targets, formats, ctx.output_hash(KD_STUDENT),
                            [read_json(p / "meta.json").get("inputs_hash") for p in (et_folder, static_onnx)
                             if p is not None and (p / "meta.json").exists()])
     if prepare_stage(folder, expected, force, redo_partial=True) == "skip":
         console.print(f"[dim]export: reused {folder}[/]")
         return [a for a in read_json(folder / "meta.json")["artifacts"]]
     inputs = _example_inputs(ctx, student, r.export.parity_samples)
-    export_ctx = ExportContext(name="student_kd", task=ctx.task.kind, preprocess=student.preprocess.to_dict(),
+    export_ctx = ExportContext(name=KD_STUDENT, task=ctx.task.kind, preprocess=student.preprocess.to_dict(),
                                labels=tuple(r.task.labels) if r.task.labels else None,
                                output_names=("output",), opset=r.export.opset,
                                metadata={"kdtool.recipe": r.name},

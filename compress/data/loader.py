@@ -10,6 +10,7 @@ Sources register in `DATA_SOURCES`: `fn(data_cfg, task) -> (train, val)`.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -136,3 +137,22 @@ def apply_augment(raw: torch.Tensor, params: torch.Tensor, cfg: DataConfig) -> t
         out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
                            for i, (dy, dx) in enumerate(params[:, 1:].tolist())])
     return out
+
+
+def collect_outputs(run: Callable[[torch.Tensor], torch.Tensor], loader: Iterable,
+                    preprocess: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs and targets of `run` over a loader of (raw, target, index) batches, in order.
+
+    The one output-collection loop: validation during training, quantized-model evaluation and the
+    benchmark's artifact metrics all go through it. An empty loader gives two empty tensors.
+    """
+    outs, targets = [], []
+    with torch.no_grad():
+        for raw, target, *_ in loader:
+            x = preprocess(raw) if preprocess is not None else raw
+            outs.append(run(x).float())
+            targets.append(target)
+    if not outs:  # e.g. an empty slice of a DDP evaluation
+        return torch.empty(0), torch.empty(0)
+    return torch.cat(outs), torch.cat(targets)
+

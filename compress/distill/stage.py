@@ -17,14 +17,14 @@ from compress.context import Context
 from compress.core.atomic import read_json, sha256_file, write_json
 from compress.core.errors import KdtoolError
 from compress.core.progress import console
-from compress.core.runfolder import finish_stage, prepare_stage
+from compress.core.runfolder import KD_STUDENT, TRAINING_STAGES, finish_stage, prepare_stage
 from compress.data.loader import example_batch
 from compress.distill import distributed
 from compress.distill.trainer import evaluate, fit
 from compress.models.build import BuiltModel, build_model, check_model_io, count_params, load_weights
 from recipes.schema import CacheConfig, DataConfig
 
-STAGES = ("teacher", "student_baseline", "student_kd")
+STAGES = TRAINING_STAGES
 
 
 @dataclass
@@ -79,7 +79,7 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
         _check_fits(teacher, ctx, "teacher")
     _check_fits(model, ctx, "teacher" if stage == "teacher" else "student")
     cache = None
-    if stage == "student_kd" and r.distill.cache.enabled:
+    if stage == KD_STUDENT and r.distill.cache.enabled:
         from compress.distill.teacher_cache import TeacherCache
 
         cache = TeacherCache.build(teacher, train_ds, r.data, r.distill.cache, folder / "teacher_cache",
@@ -122,7 +122,7 @@ def _check_fits(built: BuiltModel, ctx: Context, role: str) -> None:
 
 def run_distill(ctx: Context, which: str = "both", force: bool = False, resume: bool = False) -> list[StageOutcome]:
     """`kdtool distill`: teacher (if it must be trained or evaluated), then baseline and/or KD."""
-    stages = {"baseline": ["teacher", "student_baseline"], "kd": ["teacher", "student_kd"],
+    stages = {"baseline": ["teacher", "student_baseline"], "kd": ["teacher", KD_STUDENT],
               "both": list(STAGES)}[which]
     stages = [s for s in stages if s != "teacher"]
     outcomes = run_teacher(ctx, force=force, resume=resume)

@@ -35,7 +35,7 @@ from torch.utils.data.distributed import DistributedSampler
 from compress.core.errors import KdtoolError, NonFiniteLossError
 from compress.core.progress import epoch_progress
 from compress.core.tasks import Task, lower_is_better
-from compress.data.loader import augment_batch, example_batch, make_loader
+from compress.data.loader import augment_batch, collect_outputs, example_batch, make_loader
 from compress.distill import distributed
 from compress.distill.checkpoint import load_training_state, save_training_state, save_weights
 from compress.distill.schedules import kd_weights
@@ -115,15 +115,15 @@ def predict(module: nn.Module, preprocess, ds: Dataset, batch_size: int = 256,
     device = device or torch.device("cpu")
     was_training = module.training
     module.eval()
-    outs, targets = [], []
-    for raw, target, _ in make_loader(ds, batch_size, shuffle=False, seed=0):
-        out = module(preprocess(raw.to(device)))
-        outs.append((out[0] if isinstance(out, tuple) else out).float().cpu())
-        targets.append(target)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = module(x)
+        return (out[0] if isinstance(out, tuple) else out).float().cpu()
+
+    outputs = collect_outputs(run, make_loader(ds, batch_size, shuffle=False, seed=0),
+                              lambda raw: preprocess(raw.to(device)))
     module.train(was_training)
-    if not outs:  # an empty slice of a DDP evaluation
-        return torch.empty(0), torch.empty(0)
-    return torch.cat(outs), torch.cat(targets)
+    return outputs
 
 
 def evaluate(module: nn.Module, preprocess, ds: Dataset, task: Task, batch_size: int = 256,

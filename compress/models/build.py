@@ -363,13 +363,11 @@ class OnnxTeacher(nn.Module):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        import onnxruntime as ort
+        from compress.core.onnxrt import ort_session
 
-        try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise KdtoolError(f"teacher.checkpoint {path} is not a loadable ONNX model ({str(e)[:160]})",
-                              "export it with torch.onnx.export and check it with onnx.checker") from None
+        self.session = ort_session(path, error=KdtoolError,
+                                   message=f"teacher.checkpoint {path} is not a loadable ONNX model",
+                                   hint="export it with torch.onnx.export and check it with onnx.checker")
         self.input_name = self.session.get_inputs()[0].name
         self.path = path
 
