@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from compress.core.errors import KdtoolError
@@ -27,7 +28,7 @@ from compress.distill.schedules import kd_weights
 from compress.distill.trainer import LossSums, TrainStep
 from compress.quant.common import export_graph, program_size_mb
 from compress.quant.configs import Int8QATConfig, LossFn, QuantInputs, QuantizedModel
-from recipes.schema import TrainConfig
+from recipes.schema import QATTrainConfig, TrainConfig
 
 if TYPE_CHECKING:
     from compress.distill.objective import KDObjective
@@ -111,7 +112,7 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
         KdtoolError: epochs < 1, both `loss_fn` and `objective` given, or a teacher that is not the
             objective's. NonFiniteLossError: the loss became NaN/Inf.
     """
-    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     from compress.quant.pt2e import finish_pt2e, xnnpack_quantizer
@@ -119,14 +120,7 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
     config = config or Int8QATConfig()
     if epochs < 1:
         raise KdtoolError(f"quantize.qat.epochs is {epochs}", "set it to 1 or more")
-    if objective is not None:
-        if loss_fn is not None:
-            raise KdtoolError("qat_distill: give loss_fn or objective, not both",
-                              "the objective already is the loss; drop loss_fn")
-        if teacher is not None and teacher is not objective.teacher:
-            raise KdtoolError("qat_distill: `teacher` is not the objective's teacher",
-                              "build the KDObjective with the teacher you distill from, or pass teacher=None")
-        teacher = objective.teacher
+    teacher = _loss_teacher(teacher, loss_fn, objective)  # and sets the teacher to eval, the adapters to train
     torch.manual_seed(seed)
     pre_s = student_preprocess or (lambda x: x)
     pre_t = teacher_preprocess or pre_s
@@ -137,17 +131,9 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
     trainable = copy.deepcopy(student).eval()
     graph = export_graph(FeatureOutputs(trainable, layers) if layers else trainable, example, "qat").module()
     prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(config.per_channel, is_qat=True))
-    if teacher is not None:
-        teacher.eval()
-    if objective is not None:
-        objective.train()  # adapter batch norms learn; the teacher stays in eval (teacher_forward)
-    train = qat_train_config(config, epochs, lr)
     per_epoch = _length(train_loader)
-    if per_epoch is None and train.scheduler != "constant":
-        raise KdtoolError(f"quantize.qat.scheduler is {train.scheduler!r} but the QAT loader has no length",
-                          "pass a loader with len(), or set scheduler: constant")
-    step = TrainStep(prepared, objective, train, epochs * (per_epoch or 1), torch.device("cpu"),
-                     "lower quantize.qat.lr, or set quantize.qat.nan_policy: skip")
+    step = TrainStep(prepared, objective, qat_train_config(config, epochs, lr, per_epoch), epochs * (per_epoch or 1),
+                     torch.device("cpu"), "lower quantize.qat.lr, or set quantize.qat.nan_policy: skip")
     alpha, temperature = kd_weights(objective.distill if objective is not None else None, 1)
 
     def loss_terms(raw: Tensor, targets: Tensor) -> dict[str, Tensor]:
@@ -164,11 +150,60 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
             t_out = teacher(pre_t(raw)) if teacher is not None else None
         return {"total": loss_fn(s_out, t_out, targets)}
 
+    steps, history = _qat_epochs(prepared, step, loss_terms, train_loader, epochs, config.freeze_bn_epoch, per_epoch)
+    move_exported_model_to_eval(prepared)
+    converted = convert_pt2e(prepared)
+    if layers:
+        converted = first_output_only(converted)
+    return finish_pt2e(converted, QuantInputs(example=example, out=out, seed=seed), config, None,
+                       "mode static (post-training)", fp32_mb, _notes(steps, epochs, teacher, objective, layers),
+                       qat_history=history)
+
+
+def _notes(steps: int, epochs: int, teacher: nn.Module | None, objective: KDObjective | None,
+           layers: list[str]) -> list[str]:
+    """The QAT model's provenance notes: steps, what it learned from, the KD weights and feature layers."""
+    notes = [f"{steps} QAT steps over {epochs} epoch(s)",
+             "distilled from the teacher" if teacher is not None else "hard labels only (no teacher)"]
+    if objective is not None and objective.distill is not None:
+        notes.append(f"KD loss at alpha {objective.distill.alpha:g}, temperature {objective.distill.temperature:g}")
+    if layers:
+        notes.append(f"feature KD on student layers {', '.join(layers)} (feature outputs cut after convert)")
+    return notes
+
+
+def _loss_teacher(teacher: nn.Module | None, loss_fn: LossFn | None, objective: KDObjective | None) -> nn.Module | None:
+    """The teacher QAT distills from: the objective's own when one is given (a different one is refused).
+
+    Puts the teacher in eval mode and the objective (its adapters' batch norms) in train mode.
+    """
+    if objective is None:
+        if teacher is not None:
+            teacher.eval()
+        return teacher
+    if loss_fn is not None:
+        raise KdtoolError("qat_distill: give loss_fn or objective, not both",
+                          "the objective already is the loss; drop loss_fn")
+    if teacher is not None and teacher is not objective.teacher:
+        raise KdtoolError("qat_distill: `teacher` is not the objective's teacher",
+                          "build the KDObjective with the teacher you distill from, or pass teacher=None")
+    if objective.teacher is not None:
+        objective.teacher.eval()
+    objective.train()  # adapter batch norms learn; the teacher stays in eval (teacher_forward)
+    return objective.teacher
+
+
+def _qat_epochs(prepared: nn.Module, step: TrainStep, loss_terms: Callable[[Tensor, Tensor], dict[str, Tensor]],
+                train_loader: Iterable, epochs: int, freeze_bn_epoch: int | None,
+                per_epoch: int | None) -> tuple[int, list[dict[str, float]]]:
+    """The QAT epochs through the shared `TrainStep`; returns (optimizer steps, per-epoch mean loss terms)."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
     steps, history = 0, []
     with epoch_progress("qat", epochs, per_epoch) as bar:
         for epoch in range(epochs):
             move_exported_model_to_train(prepared)
-            if config.freeze_bn_epoch is not None and epoch >= config.freeze_bn_epoch:
+            if freeze_bn_epoch is not None and epoch >= freeze_bn_epoch:
                 move_exported_model_to_eval(prepared)  # frozen BN statistics; fake-quant still trains
             bar.start_epoch(epoch + 1)
             sums = LossSums()
@@ -187,26 +222,26 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
             history.append(record)
             bar.log(f"  qat epoch {epoch + 1}/{epochs}: "
                     + " ".join(f"{k[5:]}={v:.4f}" for k, v in record.items() if k.startswith("loss_")))
-    prepared = step.scored  # with train.ema_decay, the averaged fake-quantized weights are converted
-    move_exported_model_to_eval(prepared)
-    qi = QuantInputs(example=example, out=out, seed=seed)
-    notes = [f"{steps} QAT steps over {epochs} epoch(s)",
-             "distilled from the teacher" if teacher is not None else "hard labels only (no teacher)"]
-    if objective is not None and objective.distill is not None:
-        notes.append(f"KD loss at alpha {objective.distill.alpha:g}, temperature {objective.distill.temperature:g}")
-    if layers:
-        notes.append(f"feature KD on student layers {', '.join(layers)} (feature outputs cut after convert)")
-    converted = convert_pt2e(prepared)
-    if layers:
-        converted = first_output_only(converted)
-    return finish_pt2e(converted, qi, config, None, "mode static (post-training)", fp32_mb, notes,
-                       qat_history=history)
+    return steps, history
 
 
-def qat_train_config(config: Int8QATConfig, epochs: int, lr: float) -> TrainConfig:
+def qat_train_config(config: Int8QATConfig, epochs: int, lr: float, per_epoch: int | None = 1) -> TrainConfig:
     """The training settings QAT runs with: `config.train` (default AdamW at a constant lr, no clipping)
-    with `epochs`, `lr` and `config.weight_decay` in place of its own."""
+    with `epochs`, `lr` and `config.weight_decay` in place of its own.
+
+    Raises:
+        KdtoolError: a key QAT cannot honour, or a decaying scheduler over a loader without a length
+            (`per_epoch` None: the number of steps is unknown).
+    """
     base = config.train or TrainConfig(scheduler="constant")
+    try:  # the keys QAT cannot honour (init, ema_decay, amp) are refused here as in a recipe
+        QATTrainConfig.model_validate(base.model_dump())
+    except ValidationError as e:
+        raise KdtoolError(f"Int8QATConfig.train: {e.errors()[0]['msg'].removeprefix('Value error, ')}",
+                          "leave the key out of QAT's training settings") from None
+    if per_epoch is None and base.scheduler != "constant":
+        raise KdtoolError(f"quantize.qat.scheduler is {base.scheduler!r} but the QAT loader has no length",
+                          "pass a loader with len(), or set scheduler: constant")
     return base.model_copy(update={"epochs": epochs, "lr": lr, "weight_decay": config.weight_decay})
 
 

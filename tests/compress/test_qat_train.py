@@ -96,3 +96,11 @@ def test_train_config_replaces_epochs_lr_weight_decay():
 def test_qat_refuses_what_it_cannot_honour(key):
     with pytest.raises(ValueError, match=f"quantize.qat.{next(iter(key))} cannot be honoured"):
         QuantizeConfig(qat=key)
+
+
+def test_api_train_settings_qat_cannot_honour_are_refused():
+    from compress.core.errors import KdtoolError
+    from recipes.schema import TrainConfig
+
+    with pytest.raises(KdtoolError, match="Int8QATConfig.train: quantize.qat.ema_decay cannot be honoured"):
+        qat_train_config(Int8QATConfig(train=TrainConfig(ema_decay=0.9)), 2, 1e-4)
