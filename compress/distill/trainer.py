@@ -1,8 +1,10 @@
-"""ONE training loop for the teacher, the student baseline and distillation (the teacher is optional).
+"""ONE training loop for the teacher, the student baseline and distillation (the teacher is optional),
+and ONE optimisation step (`TrainStep`) that quantization-aware training (`compress.quant.qat`) shares.
 
-Read top to bottom: build the objective and optimizer → (resume) → for each epoch: schedules,
-batches (augment → preprocess per model → forward → named loss terms → NaN guard → backward →
-clip → step) → validate → checkpoint (last every epoch, best by the task's metric).
+Read top to bottom: `fit` → `_FitRun.setup` (objective, `TrainStep`: optimizer, scheduler, AMP,
+EMA) → (resume) → for each epoch: `kd_weights` (alpha/temperature schedules), `train_epoch`
+(augment → preprocess per model → forward → named loss terms → `TrainStep`: NaN guard → backward →
+clip → step) → `validate` → checkpoint (last every epoch, best by the task's metric).
 
 Exact resume: the batch order depends only on (seed, epoch), augmentation on (seed, epoch, step),
 and the checkpoint holds model, adapters, optimizer, scheduler, RNG states and the position
