@@ -77,6 +77,9 @@ def _context(recipe: str | None, overrides: list[str] | None, out: Path):
     from recipes.load import load_recipe
 
     r, path, raw = load_recipe(recipe, overrides)
+    from export.names import check_names
+
+    check_names(r)
     check_writable(out)
     from compress.context import Context
     from compress.core.atomic import sha256_json

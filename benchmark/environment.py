@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from importlib import metadata
 from typing import Any
 
 PACKAGES = ("torch", "torchvision", "timm", "torchao", "onnx", "onnxruntime", "onnxscript", "executorch",
@@ -72,13 +71,9 @@ def usable_cores() -> int:
 
 def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     """Installed versions of `packages` ("not installed" where absent), plus Python's."""
-    out = {"python": platform.python_version()}
-    for name in packages:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    from compress.core.versions import package_versions
+
+    return package_versions(packages)
 
 
 def _accelerator() -> str | None:

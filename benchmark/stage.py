@@ -7,18 +7,21 @@ from typing import Any
 
 import torch
 
+from compress.context import Context
 from compress.core import determinism
 from compress.core.atomic import read_json
 from compress.core.errors import KdtoolError
 from compress.core.progress import console
-from compress.data.loader import example_batch, make_loader
+from compress.core.runfolder import KD_STUDENT, TRAINING_STAGES
+from compress.data.loader import collect_outputs, example_batch, make_loader
 from export.stage import EXPORT_BATCH, _example_inputs, artifacts_of
 from export.targets import TARGETS
+from recipes.schema import BenchmarkConfig
 
 
 def ensure_ready(ctx) -> None:
     """The benchmark needs the distilled student; name the missing stage otherwise."""
-    if not ctx.run.stage("student_kd", "meta.json").exists():
+    if not ctx.run.stage(KD_STUDENT, "meta.json").exists():
         raise KdtoolError(f"{ctx.run.stage('student_kd')} has no distilled student",
                           f"run `{ctx.command('distill')}` (or `{ctx.command('run')}`) first")
 
@@ -51,7 +54,7 @@ def relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _measure_row_latency(session: Any, samples: list, bench) -> list:
+def _measure_row_latency(session: Any, samples: list, bench: BenchmarkConfig) -> list:
     """Latency at every recipe batch size (LatencyMs list, smallest batch first)."""
     from benchmark.latency import measure
     from benchmark.report.card import LatencyMs
@@ -70,19 +73,19 @@ def _artifact_metrics(session: Any, ctx, student, batch: int,
     import numpy as np
 
     _, scored = ctx.scored_split
-    outs, targets = [], []
-    for raw, target, _ in make_loader(scored, batch, shuffle=False, seed=0):
-        x = student.preprocess(raw).numpy().astype(np.float32)
+
+    def run(batch_in: torch.Tensor) -> torch.Tensor:
+        x = batch_in.numpy().astype(np.float32)
         if fixed_batch and len(x) < batch:  # a fixed-batch artifact: pad the last batch, keep the real rows
             pad = np.concatenate([x, np.repeat(x[-1:], batch - len(x), axis=0)])
-            outs.append(torch.from_numpy(np.asarray(session.run(pad))[: len(x)]).float())
-        else:
-            outs.append(torch.from_numpy(np.asarray(session.run(x))).float())
-        targets.append(target)
-    return ctx.task.score(torch.cat(outs), torch.cat(targets))
+            return torch.from_numpy(np.asarray(session.run(pad))[: len(x)])
+        return torch.from_numpy(np.asarray(session.run(x)))
+
+    outputs, targets = collect_outputs(run, make_loader(scored, batch, shuffle=False, seed=0), student.preprocess)
+    return ctx.task.score(outputs.float(), targets)
 
 
-def _chance(ctx) -> float | None:
+def _chance(ctx: Context) -> float | None:
     """The primary metric of the best constant predictor on the scored split."""
     targets = [t for _, t, _ in make_loader(ctx.scored_split[1], 256, shuffle=False, seed=0)]
     return ctx.task.chance(ctx.task.primary_metric, torch.cat(targets)) if targets else None
@@ -110,7 +113,7 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     split, scored = ctx.scored_split  # the checkpoints were chosen on validation; the card scores `split`
     bench = r.benchmark
     torch.set_num_threads(bench.threads)
-    student = ctx.load("student_kd")
+    student = ctx.load(KD_STUDENT)
     inputs = _example_inputs(ctx, student, 32)
     student_cost = {"params": count_params(student.module), "gflops": gflops_per_sample(student.module, inputs[:1])}
     samples = [x.unsqueeze(0).numpy() for x in inputs]
@@ -119,7 +122,7 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     quant_folders = sorted(p.parent for p in ctx.run.stage("quantized").glob("*/*/meta.json"))
     total = 3 + len(quant_folders) + len(artifacts)
     with task_progress("benchmark", total) as bar:
-        for stage in ("teacher", "student_baseline", "student_kd"):
+        for stage in TRAINING_STAGES:
             built = ctx.load(stage)
             meta = read_json(ctx.run.stage(stage, "meta.json"))
             x = built.preprocess(example_batch(ctx.datasets[1], 32))
@@ -164,7 +167,7 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
 def training_provenance(ctx) -> dict[str, Any]:
     """What each trained stage ran with (commit, versions, threads, ...), from its meta.json."""
     return {stage: read_json(ctx.run.stage(stage, "meta.json")).get("provenance")
-            for stage in ("teacher", "student_baseline", "student_kd")}
+            for stage in TRAINING_STAGES}
 
 
 def _split_notes(ctx) -> list[str]:
@@ -187,7 +190,8 @@ def floor_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
                                        "retention_before", "retention_after")}
 
 
-def _quantized_row(ctx, folder: Path, samples: list, bench, student_cost: dict[str, Any], student=None):
+def _quantized_row(ctx: Context, folder: Path, samples: list, bench: BenchmarkConfig, student_cost: dict[str, Any],
+                   student=None):
     """A row for a quantized model: its evaluation, size, and latency where it runs as itself.
 
     Params and GFLOPs are the FP32 student's: quantization changes the storage, not the graph.
@@ -209,7 +213,7 @@ def _quantized_row(ctx, folder: Path, samples: list, bench, student_cost: dict[s
                                         ctx.task, write=False)
     path = folder / meta["file"]
     name = f"student_kd.{mode}.{backend}"
-    common = dict(name=name, stage="quantized", precision="int8", source="student_kd", **student_cost,
+    common = dict(name=name, stage="quantized", precision="int8", source=KD_STUDENT, **student_cost,
                   path=relative(path, ctx.run.root), size_mb=artifact_size_mb([path]) if path.is_file()
                   else meta.get("size_mb"), metrics=evaluation.get("metrics") or {},
                   accuracy_aware=floor_summary(meta.get("accuracy_aware")))
@@ -233,14 +237,15 @@ def _quantized_row(ctx, folder: Path, samples: list, bench, student_cost: dict[s
                      throughput=1000.0 * lat[-1].batch / lat[-1].p50)
 
 
-def _artifact_row(ctx, artifact, samples: list, bench, student, student_cost: dict[str, Any], get_runtime):
+def _artifact_row(ctx: Context, artifact, samples: list, bench: BenchmarkConfig, student,
+                  student_cost: dict[str, Any], get_runtime):
     """A row for an exported artifact: loaded in its runtime, timed, and scored on validation."""
     from benchmark.cost import peak_memory_mb
     from benchmark.latency import make_batches, timed_load
     from benchmark.report.card import ReportRow
 
     common = dict(name=artifact.name, stage="export", format=artifact.format, precision=artifact.precision,
-                  runtime=artifact.runtime, source="student_kd", path=relative(artifact.path, ctx.run.root),
+                  runtime=artifact.runtime, source=KD_STUDENT, path=relative(artifact.path, ctx.run.root),
                   size_mb=artifact.size_mb, parity=artifact.parity, **student_cost,
                   accuracy_aware=floor_summary(artifact.info.get("accuracy_aware")))
     if artifact.status != "ok":

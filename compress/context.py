@@ -6,17 +6,18 @@ from pathlib import Path
 
 from compress.core.atomic import read_json, sha256_file
 from compress.core.errors import KdtoolError
-from compress.core.runfolder import RunFolder, inputs_hash
+from compress.core.runfolder import KD_STUDENT, RunFolder, inputs_hash
 from compress.core.tasks import Task
 from compress.data.loader import build_splits
 from compress.data.transfer import folder_fingerprint
 from compress.models.build import BuiltModel, build_model, load_weights
+from recipes.schema import Recipe
 
 
 class Context:
     """Everything the stages of one run share: recipe, task, datasets (built once), run folder."""
 
-    def __init__(self, recipe, run: RunFolder, recipe_sha: str = "", recipe_arg: str | None = None) -> None:
+    def __init__(self, recipe: Recipe, run: RunFolder, recipe_sha: str = "", recipe_arg: str | None = None) -> None:
         self.recipe, self.run, self.recipe_sha = recipe, run, recipe_sha
         self.recipe_arg = recipe_arg  # the recipe as the user named it, for the commands hints suggest
         self.task = Task.from_config(recipe.task)
@@ -48,7 +49,7 @@ class Context:
             return inputs_hash(*common, teacher, file_hash(r.teacher.checkpoint))
         if name == "student_baseline":
             return inputs_hash(*common, r.student, file_hash(r.student.checkpoint))
-        if name == "student_kd":
+        if name == KD_STUDENT:
             transfer = [folder_fingerprint(r.data.unlabeled_root)] if r.data.unlabeled_root else []  # new files rerun
             return inputs_hash(*common, r.student, r.distill, self.output_hash("teacher"),
                                self.output_hash("student_baseline") if self.kd_train.init == "baseline" else None,

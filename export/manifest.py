@@ -8,14 +8,13 @@ format facts (delegation share, quantized share, ...).
 
 from __future__ import annotations
 
-import platform
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from compress.core.atomic import sha256_file, write_json
+from compress.core.versions import package_versions
 from export.artifact import Artifact
 from export.registry import ExportContext
 
@@ -75,13 +74,8 @@ def write_manifest(artifact: Artifact, ctx: ExportContext, example: torch.Tensor
 
 def versions(fmt: str) -> dict[str, str]:
     """Versions of python, torch, timm and the format's packages (those installed)."""
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for pkg in ["timm", *FORMAT_PACKAGES.get(fmt, [])]:
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            continue
-    return out
+    out = package_versions(("torch", "timm", *FORMAT_PACKAGES.get(fmt, [])), missing=None)
+    return {**out, "torch": torch.__version__}  # the build's own string (with its +cuXXX local tag)
 
 
 def _rel(path: Path, folder: Path) -> str:

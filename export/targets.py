@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from compress.core.errors import KdtoolError
 
-TARGETS = ("android", "ios", "server")
+TARGETS = ("android", "ios", "server")  # the keys of PRESETS and TARGET_FORMATS (tests check it)
 CUSTOM_TARGET = "custom"  # folder used when only --format is given
 DEFAULT_PRECISION = {"coreml": "fp16", "tensorrt": "fp16"}
 
@@ -43,6 +43,18 @@ PRESETS: dict[str, tuple[tuple[str, str, str | None], ...]] = {
     "server": (("onnx", "fp32", None), ("onnx", "int8", None), ("tensorrt", "fp16", None),
                ("torchscript", "fp32", None)),
 }
+"""What `kdtool export --target T` makes by default: (format, precision, variant). Every preset
+artifact ships to its target (`TARGET_FORMATS`; tests/export/test_targets.py checks it)."""
+
+TARGET_FORMATS: dict[str, dict[str, tuple[str, ...] | None]] = {
+    "android": {"executorch": None, "onnx": ("fp32", "fp16")},
+    "ios": {"coreml": None, "executorch": None},
+    "server": {"onnx": None, "torchscript": None, "tensorrt": None, "aoti": None},
+}
+"""The one target → formats table: the formats that can ship to each target, with the precisions
+they ship in (None: any); the report's per-target recommendation picks among these. Android takes
+no ONNX int8: that file is the server's, tuned for x86 (uint8 activations, 7-bit weights for
+VNNI/AVX2); phones get ExecuTorch's XNNPACK int8."""
 
 
 def check_names(targets: list[str] | None, formats: list[str] | None) -> None:

@@ -60,7 +60,8 @@ class AugmentConfig(Strict):
 class DataConfig(Strict):
     """Where samples come from. `digits` and `synthetic_audio` ship offline."""
 
-    source: Literal["digits", "imagefolder", "csv", "audiofolder", "synthetic_audio", "synthetic_images"] = "digits"
+    source: str = Field("digits", description="a registered data source (checked after loading: "
+                        "digits, imagefolder, csv, audiofolder, synthetic_audio, synthetic_images, ...)")
     root: Path | None = Field(None, description="folder (imagefolder/audiofolder) or CSV file")
     val_root: Path | None = Field(None, description="separate validation folder/CSV; else split from root")
     val_fraction: Probability = 0.2
@@ -253,6 +254,23 @@ class StudentConfig(ModelConfig):
     train: TrainConfig = TrainConfig()
 
 
+class QATTrainConfig(TrainConfig):
+    """`quantize.qat`: fine-tuning through the same training step as distillation, every key read.
+
+    Refused, because QAT cannot honour them: `init` (QAT always starts from the distilled student),
+    `ema_decay` (an average of fake-quantized graphs mixes observer ranges of different shapes) and
+    `amp` (the fake quantizers compute in float32).
+    """
+
+    @model_validator(mode="after")
+    def _refuse_unread(self) -> QATTrainConfig:
+        refused = {"init": self.init != "baseline", "ema_decay": self.ema_decay is not None, "amp": self.amp != "off"}
+        for key, bad in refused.items():
+            if bad:
+                raise ValueError(f"quantize.qat.{key} cannot be honoured by QAT: remove it")
+        return self
+
+
 QuantMode = Literal["dynamic", "static", "qat"]
 
 
@@ -272,10 +290,9 @@ class QuantizeConfig(Strict):
     calibration_method: Literal["histogram", "minmax"] | None = Field(
         None, description="static: activation ranges from a histogram (PT2E L2 search, ORT 99.999th percentile) "
         "or the min-max; default: the backend's (PT2E histogram, ONNX Runtime min-max)")
-    qat: TrainConfig = TrainConfig(epochs=2, lr=1e-4, scheduler="cosine", init="baseline")
+    qat: QATTrainConfig = QATTrainConfig(epochs=2, lr=1e-4, scheduler="constant")
 
 
-Format = Literal["torchscript", "onnx", "executorch", "coreml", "tensorrt", "aoti"]
 Target = Literal["android", "ios", "server"]
 
 
@@ -283,7 +300,8 @@ class ExportConfig(Strict):
     """Which artifacts to make: presets per target, or an explicit format list."""
 
     targets: list[Target] = Field(default_factory=lambda: ["server"])
-    formats: list[Format] | None = Field(None, description="overrides the targets' presets")
+    formats: list[str] | None = Field(None, description="registered export formats (checked after loading); "
+                                      "overrides the targets' presets")
     opset: int = Field(18, ge=13)
     int8: bool = Field(True, description="also export the quantized students where the format takes them")
     parity_samples: int = Field(64, ge=1)

@@ -18,21 +18,13 @@ from benchmark.latency import LatencyStats
 from compress.core.atomic import read_json
 from compress.core.errors import KdtoolError
 from export.artifact import Parity
+from export.targets import TARGET_FORMATS
 
 SCHEMA = "kdtool.report/1"
 
 Stage = Literal["teacher", "student_baseline", "student_kd", "quantized", "export"]
 Format = Literal["pytorch", "torchscript", "onnx", "coreml", "executorch", "tensorrt", "aoti"]
 Precision = Literal["fp32", "fp16", "int8"]
-
-TARGET_FORMATS: dict[str, dict[str, tuple[str, ...] | None]] = {
-    "android": {"executorch": None, "onnx": ("fp32", "fp16")},
-    "ios": {"coreml": None, "executorch": None},
-    "server": {"onnx": None, "torchscript": None, "tensorrt": None, "aoti": None},
-}
-"""Formats that can ship to each deployment target, with the precisions they ship in (None: any).
-Android takes no ONNX int8: that file is the server's, tuned for x86 (uint8 activations, 7-bit
-weights for VNNI/AVX2); phones get ExecuTorch's XNNPACK int8."""
 
 INT8_TOLERANCE = 0.03
 """INT8 counts as slower than FP32 when its p50 is more than this fraction above (run-to-run noise)."""

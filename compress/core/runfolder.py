@@ -24,6 +24,11 @@ from typing import Any
 from compress.core.atomic import read_json, sha256_json, write_json
 from compress.core.errors import KdtoolError
 
+TEACHER, BASELINE, KD_STUDENT = "teacher", "student_baseline", "student_kd"
+TRAINING_STAGES = (TEACHER, BASELINE, KD_STUDENT)
+"""The training stages, in order: their run-folder directories and the report rows' `stage`.
+`KD_STUDENT` is the model every later stage (quantize, export, benchmark) starts from."""
+
 
 @dataclass(frozen=True)
 class RunFolder:

@@ -36,6 +36,7 @@ from torchmetrics.functional.classification import (
 from torchmetrics.functional.regression import mean_absolute_error
 
 from compress.core.errors import KdtoolError
+from recipes.schema import TaskConfig
 
 LOWER_IS_BETTER = {"mae", "mse", "loss"}
 SIGNED = ("ccc",)
@@ -56,7 +57,7 @@ class Task:
     label_smoothing: float = 0.0
 
     @classmethod
-    def from_config(cls, cfg) -> Task:
+    def from_config(cls, cfg: TaskConfig) -> Task:
         return cls(cfg.kind, cfg.num_classes, tuple(cfg.labels) if cfg.labels else None,
                    tuple(cfg.outputs) if cfg.outputs else None, cfg.metric)
 

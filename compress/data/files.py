@@ -32,6 +32,7 @@ from compress.core.errors import KdtoolError
 from compress.core.tasks import Task
 from compress.data.registry import DATA_SOURCES
 from compress.data.wav import fit_length, read_wav, resample_linear
+from recipes.schema import DataConfig
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 AUDIO_EXTENSIONS = frozenset({".wav"})
@@ -52,7 +53,7 @@ class Decoder:
     num_samples: int = 16000
 
     @classmethod
-    def for_config(cls, kind: str, cfg) -> Decoder:
+    def for_config(cls, kind: str, cfg: DataConfig) -> Decoder:
         """The decoder for `kind` at the recipe's raw size, channels and sample rate."""
         num_samples = int(round(cfg.sample_rate * cfg.clip_seconds))
         return cls(kind, cfg.image_size, cfg.channels, cfg.sample_rate, num_samples)
@@ -293,7 +294,7 @@ def limit_indices(idx: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarr
     return np.sort(np.random.default_rng(seed).permutation(idx)[:limit])
 
 
-def materialise(cfg, decoder: Decoder, splits: list[tuple[list[Path], np.ndarray]],
+def materialise(cfg: DataConfig, decoder: Decoder, splits: list[tuple[list[Path], np.ndarray]],
                 where: str) -> list[FileSamples]:
     """Check (and, when small, decode) every file of every split; drop and count the bad ones.
 
@@ -334,7 +335,7 @@ def _try(decoder: Decoder, path: Path, full: bool) -> tuple[np.ndarray | None, s
         return None, f"{type(e).__name__}: {str(e)[:120]}"
 
 
-def _build(cfg, task: Task, kind: str, train: tuple[list[Path], np.ndarray],
+def _build(cfg: DataConfig, task: Task, kind: str, train: tuple[list[Path], np.ndarray],
            val: tuple[list[Path], np.ndarray] | None) -> tuple[FileSamples, FileSamples]:
     """Split (unless a validation set is given), apply `data.limit`, then decode/check the files."""
     paths, targets = train
@@ -350,13 +351,13 @@ def _build(cfg, task: Task, kind: str, train: tuple[list[Path], np.ndarray],
     return train_ds, val_ds
 
 
-def _need_root(cfg) -> Path:
+def _need_root(cfg: DataConfig) -> Path:
     if cfg.root is None:
         raise KdtoolError(f"data.source {cfg.source} needs data.root", "set it to the folder or CSV file")
     return Path(cfg.root)
 
 
-def _folder_source(cfg, task: Task, kind: str) -> tuple[FileSamples, FileSamples]:
+def _folder_source(cfg: DataConfig, task: Task, kind: str) -> tuple[FileSamples, FileSamples]:
     paths, targets, classes = list_class_folders(_need_root(cfg), task, kind)
     val = None
     if cfg.val_root is not None:
@@ -366,19 +367,19 @@ def _folder_source(cfg, task: Task, kind: str) -> tuple[FileSamples, FileSamples
 
 
 @DATA_SOURCES.register("imagefolder")
-def imagefolder_source(cfg, task: Task) -> tuple[FileSamples, FileSamples]:
+def imagefolder_source(cfg: DataConfig, task: Task) -> tuple[FileSamples, FileSamples]:
     """Images in root/<class>/ folders (class ids in task.labels order, else sorted folder names)."""
     return _folder_source(cfg, task, "image")
 
 
 @DATA_SOURCES.register("audiofolder")
-def audiofolder_source(cfg, task: Task) -> tuple[FileSamples, FileSamples]:
+def audiofolder_source(cfg: DataConfig, task: Task) -> tuple[FileSamples, FileSamples]:
     """WAV files in root/<class>/ folders, mixed to mono, resampled and padded/cropped to the clip."""
     return _folder_source(cfg, task, "audio")
 
 
 @DATA_SOURCES.register("csv")
-def csv_source(cfg, task: Task) -> tuple[FileSamples, FileSamples]:
+def csv_source(cfg: DataConfig, task: Task) -> tuple[FileSamples, FileSamples]:
     """A CSV manifest: path,label | path,<labels...> | path,<outputs...>; images or WAV files."""
     root = _need_root(cfg)
     paths, targets = read_manifest(root, task)

@@ -10,6 +10,7 @@ Sources register in `DATA_SOURCES`: `fn(data_cfg, task) -> (train, val)`.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -19,10 +20,11 @@ from torch.utils.data import DataLoader, Dataset
 from compress.core.errors import KdtoolError
 from compress.core.tasks import Task
 from compress.data.registry import DATA_SOURCES, TensorSamples
+from recipes.schema import DataConfig
 
 
 @DATA_SOURCES.register("digits")
-def digits_source(cfg, task: Task) -> tuple[Dataset, Dataset]:
+def digits_source(cfg: DataConfig, task: Task) -> tuple[Dataset, Dataset]:
     """scikit-learn's 1,797 real 8×8 handwritten digits, resized to `data.image_size`; stratified split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -42,13 +44,13 @@ def digits_source(cfg, task: Task) -> tuple[Dataset, Dataset]:
     return TensorSamples(x[idx_train], y[idx_train]), TensorSamples(x[idx_val], y[idx_val])
 
 
-def build_datasets(cfg, task: Task) -> tuple[Dataset, Dataset]:
+def build_datasets(cfg: DataConfig, task: Task) -> tuple[Dataset, Dataset]:
     """The recipe's (train, val) datasets, checked for emptiness and label validity; train holds the transfer set."""
     train, val, _ = build_splits(cfg, task)
     return train, val
 
 
-def build_splits(cfg, task: Task) -> tuple[Dataset, Dataset, Dataset | None]:
+def build_splits(cfg: DataConfig, task: Task) -> tuple[Dataset, Dataset, Dataset | None]:
     """The recipe's (train, val, test) datasets; test is None without `data.test_root`/`test_fraction`.
 
     `data.test_root` is read like `data.val_root` (same source, same classes); `data.test_fraction`
@@ -115,7 +117,7 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, epoch: i
                       persistent_workers=False)
 
 
-def augment_batch(raw: torch.Tensor, cfg, generator: torch.Generator,
+def augment_batch(raw: torch.Tensor, cfg: DataConfig, generator: torch.Generator,
                   shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flip / pad-crop (images) or roll (audio) applied to a raw batch, returning the parameters.
 
@@ -148,7 +150,7 @@ def augment_batch(raw: torch.Tensor, cfg, generator: torch.Generator,
     return apply_augment(raw, params, cfg), params
 
 
-def apply_augment(raw: torch.Tensor, params: torch.Tensor, cfg) -> torch.Tensor:
+def apply_augment(raw: torch.Tensor, params: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
     """Replay recorded augmentation parameters on a raw batch (deterministic).
 
     The per-sample slices are plain memory copies: measured faster on CPU than one advanced-index
@@ -170,3 +172,22 @@ def apply_augment(raw: torch.Tensor, params: torch.Tensor, cfg) -> torch.Tensor:
         out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
                            for i, (dy, dx) in enumerate(params[:, 1:].tolist())])
     return out
+
+
+def collect_outputs(run: Callable[[torch.Tensor], torch.Tensor], loader: Iterable,
+                    preprocess: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs and targets of `run` over a loader of (raw, target, index) batches, in order.
+
+    The one output-collection loop: validation during training, quantized-model evaluation and the
+    benchmark's artifact metrics all go through it. An empty loader gives two empty tensors.
+    """
+    outs, targets = [], []
+    with torch.no_grad():
+        for raw, target, *_ in loader:
+            x = preprocess(raw) if preprocess is not None else raw
+            outs.append(run(x).float())
+            targets.append(target)
+    if not outs:  # e.g. an empty slice of a DDP evaluation
+        return torch.empty(0), torch.empty(0)
+    return torch.cat(outs), torch.cat(targets)
+

@@ -29,6 +29,7 @@ from compress.core.errors import KdtoolError
 from compress.core.tasks import Task
 from compress.data.files import limit_indices, split_indices
 from compress.data.registry import DATA_SOURCES, TensorSamples
+from recipes.schema import DataConfig
 
 DEFAULT_NUM_SAMPLES = 400
 
@@ -136,7 +137,7 @@ def generate_audio(task: Task, num_samples: int, sample_rate: int = 16000, clip_
     return torch.from_numpy(x.clip(-1, 1).astype(np.float32)), _targets_tensor(task, y)
 
 
-def _split(cfg, task: Task, x: torch.Tensor, y: torch.Tensor) -> tuple[Dataset, Dataset]:
+def _split(cfg: DataConfig, task: Task, x: torch.Tensor, y: torch.Tensor) -> tuple[Dataset, Dataset]:
     tr, va = split_indices(y.numpy(), task, cfg.val_fraction, where=f"data.source {cfg.source}")
     tr = limit_indices(tr, cfg.limit)
     va = limit_indices(va, max(2, cfg.limit // 4) if cfg.limit else None)
@@ -144,14 +145,14 @@ def _split(cfg, task: Task, x: torch.Tensor, y: torch.Tensor) -> tuple[Dataset, 
 
 
 @DATA_SOURCES.register("synthetic_images")
-def synthetic_images_source(cfg, task: Task) -> tuple[Dataset, Dataset]:
+def synthetic_images_source(cfg: DataConfig, task: Task) -> tuple[Dataset, Dataset]:
     """Generated images (class blobs and gratings, or regression by brightness/contrast); offline."""
     x, y = generate_images(task, cfg.num_samples or DEFAULT_NUM_SAMPLES, cfg.image_size, cfg.channels)
     return _split(cfg, task, x, y)
 
 
 @DATA_SOURCES.register("synthetic_audio")
-def synthetic_audio_source(cfg, task: Task) -> tuple[Dataset, Dataset]:
+def synthetic_audio_source(cfg: DataConfig, task: Task) -> tuple[Dataset, Dataset]:
     """Generated keyword-spotting clips (chirps in noise vs negatives); offline."""
     n = int(round(cfg.sample_rate * cfg.clip_seconds))
     x, y = generate_audio(task, cfg.num_samples or DEFAULT_NUM_SAMPLES, cfg.sample_rate, n)

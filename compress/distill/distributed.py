@@ -22,6 +22,21 @@ from torch.utils.data import Dataset, Subset
 from compress.core.errors import KdtoolError
 
 
+def device_for_training(wanted: str | None = None) -> torch.device:
+    """`wanted` ("cpu"/"cuda"; None: CUDA when present), rank-local under torchrun.
+
+    Raises:
+        KdtoolError: "cuda" asked for where torch sees no CUDA device (exit 2).
+    """
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise KdtoolError(f"train.device: cuda, but torch {torch.__version__} sees no CUDA device "
+                          f"(built for CUDA {torch.version.cuda or 'none'})",
+                          "run on a GPU machine, or remove train.device (CUDA is used when present)")
+    if wanted != "cpu" and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 def world_size() -> int:
     """Number of processes (WORLD_SIZE, 1 when not launched by torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1"))

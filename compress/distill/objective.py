@@ -39,10 +39,12 @@ import torch
 from torch import Tensor, nn
 
 from compress.core.errors import KdtoolError
+from compress.core.tasks import Task
 from compress.data.transfer import labeled_mask
 from compress.distill.adapters import build_adapter, probe
 from compress.distill.hooks import capture, find_layer
 from compress.distill.losses import build_loss
+from recipes.schema import DistillConfig
 
 NO_SOFT_LOSS = "none"
 """`distill.soft_loss` value that switches the response-KD term off."""
@@ -82,7 +84,7 @@ class KDObjective(nn.Module):
 
     needs_teacher_features: bool
 
-    def __init__(self, task: Any, distill: Any | None, student: nn.Module, teacher: nn.Module | None,
+    def __init__(self, task: Task, distill: DistillConfig | None, student: nn.Module, teacher: nn.Module | None,
                  student_example: Tensor | None = None, teacher_example: Tensor | None = None) -> None:
         super().__init__()
         self.task = task

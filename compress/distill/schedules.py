@@ -11,15 +11,16 @@ The deepfake guide's progressive alpha (0.95 → 0.50 over 20 epochs), in a reci
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
+
+from recipes.schema import DistillConfig, ScheduleConfig, TrainConfig
 
 WARMUP_START = 0.01
 """Warm-up starts at this fraction of `train.lr` (timm's `warmup_lr_init` relative to the base lr)."""
 
 
-def value_at(schedule: Any | None, default: float, epoch: int) -> float:
+def value_at(schedule: ScheduleConfig | None, default: float, epoch: int) -> float:
     """The scheduled value for a 1-based `epoch`.
 
     - None or `constant`: `schedule.start` when set, else `default`.
@@ -27,7 +28,7 @@ def value_at(schedule: Any | None, default: float, epoch: int) -> float:
     - `step`: the value of the largest `first_epoch <= epoch` in `steps`; `default` before the first.
 
     Args:
-        schedule: a `recipes.schema.ScheduleConfig`, or None.
+        schedule: the schedule, or None.
         default: the unscheduled value (e.g. `distill.alpha`).
         epoch: the epoch, counting from 1.
 
@@ -52,7 +53,7 @@ def value_at(schedule: Any | None, default: float, epoch: int) -> float:
     return float(schedule.steps[max(started)]) if started else float(default)
 
 
-def lr_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int,
+def lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int,
                  steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LRScheduler:
     """The per-batch learning-rate schedule of a `TrainConfig`: one-cycle, cosine or constant, with warm-up.
 
@@ -89,3 +90,15 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int,
         return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)) if cosine else 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(base, factor)
+
+
+def kd_weights(distill: DistillConfig | None, epoch: int) -> tuple[float, float]:
+    """(alpha, temperature) of a 1-based `epoch`: the one place the KD schedules are read.
+
+    Training and QAT both take their weights here; without distillation (teacher training, the
+    baseline, QAT on hard labels) the objective ignores them: (1.0, 1.0).
+    """
+    if distill is None:
+        return 1.0, 1.0
+    return (value_at(distill.alpha_schedule, distill.alpha, epoch),
+            value_at(distill.temperature_schedule, distill.temperature, epoch))

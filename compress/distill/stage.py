@@ -18,15 +18,16 @@ from compress.core import determinism
 from compress.core.atomic import read_json, sha256_file, write_json
 from compress.core.errors import KdtoolError
 from compress.core.progress import console, count_text
-from compress.core.runfolder import finish_stage, prepare_stage
+from compress.core.runfolder import KD_STUDENT, TRAINING_STAGES, finish_stage, prepare_stage
 from compress.data.loader import example_batch
 from compress.data.transfer import labeled_part
 from compress.distill import distributed
 from compress.distill.sanity import teacher_warnings
 from compress.distill.trainer import fit, predict
 from compress.models.build import BuiltModel, build_model, check_model_io, count_params, load_weights
+from recipes.schema import CacheConfig, DataConfig
 
-STAGES = ("teacher", "student_baseline", "student_kd")
+STAGES = TRAINING_STAGES
 
 
 @dataclass
@@ -83,10 +84,10 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
         teacher = ctx.load("teacher")
         _check_fits(teacher, ctx, "teacher")
     _check_fits(model, ctx, "teacher" if stage == "teacher" else "student")
-    if stage != "student_kd":  # the transfer set (unlabeled samples) is for distillation only
+    if stage != KD_STUDENT:  # the transfer set (unlabeled samples) is for distillation only
         train_ds = labeled_part(train_ds)
     cache = None
-    if stage == "student_kd" and r.distill.cache.enabled:
+    if stage == KD_STUDENT and r.distill.cache.enabled:
         determinism.configure(cfg.threads)  # the teacher's cached outputs too
         from compress.distill.teacher_cache import TeacherCache
 
@@ -149,7 +150,7 @@ def _check_fits(built: BuiltModel, ctx: Context, role: str) -> None:
 
 def run_distill(ctx: Context, which: str = "both", force: bool = False, resume: bool = False) -> list[StageOutcome]:
     """`kdtool distill`: teacher (if it must be trained or evaluated), then baseline and/or KD."""
-    stages = {"baseline": ["teacher", "student_baseline"], "kd": ["teacher", "student_kd"],
+    stages = {"baseline": ["teacher", "student_baseline"], "kd": ["teacher", KD_STUDENT],
               "both": list(STAGES)}[which]
     stages = [s for s in stages if s != "teacher"]
     outcomes = run_teacher(ctx, force=force, resume=resume)
@@ -163,7 +164,7 @@ def run_teacher(ctx: Context, force: bool = False, resume: bool = False) -> list
     return [run_stage(ctx, s, force=force, resume=resume) for s in (*first, "teacher")]
 
 
-def warn_few_views(data_cfg, cache_cfg, epochs: int) -> None:
+def warn_few_views(data_cfg: DataConfig, cache_cfg: CacheConfig, epochs: int) -> None:
     """Say so when a teacher cache gives the student fewer augmented views than online KD would.
 
     With `views` < epochs each sample is seen in at most `views` recorded crops/flips, while the

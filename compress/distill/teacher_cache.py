@@ -18,12 +18,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.data import Dataset
 
 from compress.core.atomic import atomic_path, read_json, sha256_file, sha256_json, write_json
 from compress.core.progress import task_progress
 from compress.data.loader import apply_augment, augment_batch, make_loader
 from compress.distill import distributed
 from compress.models.build import BuiltModel
+from recipes.schema import CacheConfig, DataConfig
 
 
 @dataclass
@@ -35,10 +37,11 @@ class TeacherCache:
     indices: torch.Tensor | None  # (N, V, k) long, top-k only
     rest_lse: torch.Tensor | None  # (N, V) logsumexp of the dropped logits, top-k only
     num_outputs: int
-    data_cfg: object
+    data_cfg: DataConfig
 
     @classmethod
-    def build(cls, teacher: BuiltModel, train_ds, data_cfg, cfg, folder: Path, seed: int = 0,
+    def build(cls, teacher: BuiltModel, train_ds: Dataset, data_cfg: DataConfig, cfg: CacheConfig,
+              folder: Path, seed: int = 0,
               batch_size: int | None = None) -> TeacherCache:
         """Compute (or reuse from `folder`) the teacher outputs for `cfg.views` views of every sample.
 
@@ -62,14 +65,15 @@ class TeacherCache:
         return cache
 
     @classmethod
-    def _load_or_build(cls, teacher: BuiltModel, train_ds, data_cfg, cfg, folder: Path, seed: int,
+    def _load_or_build(cls, teacher: BuiltModel, train_ds: Dataset, data_cfg: DataConfig, cfg: CacheConfig,
+                       folder: Path, seed: int,
                        batch_size: int, key: str) -> TeacherCache:
         meta_path, tensor_path = folder / "cache.json", folder / "cache.safetensors"
         if meta_path.exists() and tensor_path.exists() and read_json(meta_path).get("key") == key:
             t = load_file(str(tensor_path))
             return cls(t["params"], t["outputs"], t.get("indices"), t.get("rest_lse"),
                        read_json(meta_path)["num_outputs"], data_cfg)
-        from compress.distill.trainer import device_for_training
+        from compress.distill.distributed import device_for_training
 
         device = device_for_training()
         teacher.module.to(device).eval()
@@ -150,7 +154,7 @@ def teacher_fingerprint(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(teacher: BuiltModel, train_ds, data_cfg, cfg, seed: int) -> str:
+def cache_key(teacher: BuiltModel, train_ds: Dataset, data_cfg: DataConfig, cfg: CacheConfig, seed: int) -> str:
     """What a cache file's outputs depend on; a stored file with another key is rebuilt."""
     n = len(train_ds)
     probes = sorted({0, n // 2, n - 1})

@@ -1,8 +1,10 @@
-"""ONE training loop for the teacher, the student baseline and distillation (the teacher is optional).
+"""ONE training loop for the teacher, the student baseline and distillation (the teacher is optional),
+and ONE optimisation step (`TrainStep`) that quantization-aware training (`compress.quant.qat`) shares.
 
-Read top to bottom: build the objective and optimizer → (resume) → for each epoch: schedules,
-batches (augment → preprocess per model → forward → named loss terms → NaN guard → backward →
-clip → step) → validate → checkpoint (last every epoch, best by the task's metric).
+Read top to bottom: `fit` → `_FitRun.setup` (objective, `TrainStep`: optimizer, scheduler, AMP,
+EMA) → (resume) → for each epoch: `kd_weights` (alpha/temperature schedules), `train_epoch`
+(augment → preprocess per model → forward → named loss terms → `TrainStep`: NaN guard → backward →
+clip → step) → `validate` → checkpoint (last every epoch, best by the task's metric).
 
 Exact resume: the batch order depends only on (seed, epoch), augmentation on (seed, epoch, step),
 and the checkpoint holds model, adapters, optimizer, scheduler, RNG states and the position
@@ -20,12 +22,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,10 +38,16 @@ from compress.core import determinism
 from compress.core.errors import KdtoolError, NonFiniteLossError
 from compress.core.progress import epoch_progress
 from compress.core.tasks import Task, lower_is_better
-from compress.data.loader import augment_batch, example_batch, make_loader
+from compress.data.loader import augment_batch, collect_outputs, example_batch, make_loader
 from compress.distill import distributed
 from compress.distill.checkpoint import load_training_state, save_training_state, save_weights
+from compress.distill.schedules import kd_weights
 from compress.models.build import BuiltModel
+from recipes.schema import DataConfig, DistillConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from compress.distill.objective import KDObjective
+    from compress.distill.teacher_cache import TeacherCache
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +85,7 @@ class _Interrupt:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def device_for_training(wanted: str | None = None) -> torch.device:
-    """`wanted` ("cpu"/"cuda"; None: CUDA when present), rank-local under torchrun.
-
-    Raises:
-        KdtoolError: "cuda" asked for where torch sees no CUDA device (exit 2).
-    """
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise KdtoolError(f"train.device: cuda, but torch {torch.__version__} sees no CUDA device "
-                          f"(built for CUDA {torch.version.cuda or 'none'})",
-                          "run on a GPU machine, or remove train.device (CUDA is used when present)")
-    if wanted != "cpu" and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def build_optimizer(params: list[nn.Parameter], cfg) -> torch.optim.Optimizer:
+def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW, SGD (nesterov, momentum 0.9), or SAM around AdamW."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
@@ -103,7 +96,8 @@ def build_optimizer(params: list[nn.Parameter], cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int, steps_per_epoch: int = 1):
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int,
+                    steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LRScheduler:
     """One-cycle, cosine or constant, with `cfg.warmup_epochs` of linear warm-up, stepped per batch."""
     from compress.distill.schedules import lr_scheduler
 
@@ -117,15 +111,15 @@ def predict(module: nn.Module, preprocess, ds: Dataset, batch_size: int = 256,
     device = device or torch.device("cpu")
     was_training = module.training
     module.eval()
-    outs, targets = [], []
-    for raw, target, _ in make_loader(ds, batch_size, shuffle=False, seed=0):
-        out = module(preprocess(raw.to(device)))
-        outs.append((out[0] if isinstance(out, tuple) else out).float().cpu())
-        targets.append(target)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = module(x)
+        return (out[0] if isinstance(out, tuple) else out).float().cpu()
+
+    outputs = collect_outputs(run, make_loader(ds, batch_size, shuffle=False, seed=0),
+                              lambda raw: preprocess(raw.to(device)))
     module.train(was_training)
-    if not outs:  # an empty slice of a DDP evaluation
-        return torch.empty(0), torch.empty(0)
-    return torch.cat(outs), torch.cat(targets)
+    return outputs
 
 
 def evaluate(module: nn.Module, preprocess, ds: Dataset, task: Task, batch_size: int = 256,
@@ -135,21 +129,134 @@ def evaluate(module: nn.Module, preprocess, ds: Dataset, task: Task, batch_size:
     return task.metrics(outputs, targets), outputs
 
 
-def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg, out_dir: Path, *,
-        data_cfg, teacher: BuiltModel | None = None, distill=None, teacher_cache=None,
-        resume: bool = False, label: str = "train", batch_size: int | None = None) -> FitResult:
+class TrainStep:
+    """ONE optimisation step, shared by every training in kdtool: teacher, baseline, distillation and QAT.
+
+    Built from a `TrainConfig`: the optimizer (`optimizer`, `lr`, `weight_decay`, `sam_rho`), the
+    per-batch scheduler (`scheduler`), the AMP dtype and scaler (`amp`), the weight EMA (`ema_decay`),
+    clipping (`grad_clip`) and the NaN policy (`nan_policy`, `max_bad_steps`). A call runs the loss
+    closure → NaN guard (stop, or skip and undo the batch's BatchNorm update) → backward → average the
+    extra parameters' gradients over DDP ranks → clip → step (SAM: two passes) → scheduler → EMA.
+
+    Args:
+        model: the trained module (EMA source; its buffers are restored on a skipped step).
+        extra: trained parameters outside `model` (the KD objective's adapters), or None.
+        cfg: the stage's training settings.
+        total_steps: optimizer steps of the whole run (the scheduler's length).
+        device: where training runs (AMP's autocast device).
+        hint: the fix named when a non-finite loss stops training.
+        steps_per_epoch: optimizer steps per epoch (turns `warmup_epochs` into steps).
+    """
+
+    def __init__(self, model: nn.Module, extra: nn.Module | None, cfg: TrainConfig, total_steps: int,
+                 device: torch.device, hint: str, steps_per_epoch: int = 1) -> None:
+        self.cfg, self.model, self.extra, self.device, self.hint = cfg, model, extra, device, hint
+        extra_params = list(extra.parameters()) if extra is not None else []
+        self.params = [p for p in model.parameters() if p.requires_grad] + extra_params
+        self.optimizer = build_optimizer(self.params, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, total_steps, steps_per_epoch)
+        self.ema = _build_ema(model, cfg)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None  # fp16 grads underflow
+        self.bad_steps = 0
+
+    def autocast(self) -> torch.autocast:
+        """The forward pass's autocast context (`train.amp`; disabled when off)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def __call__(self, closure: Callable[[], dict[str, torch.Tensor]], where: str, kept: str,
+                 global_step: int) -> dict[str, torch.Tensor] | None:
+        """One step; returns the loss terms, or None when a non-finite loss was skipped.
+
+        Args:
+            closure: computes this batch's named loss terms (`"total"` is minimised); SAM calls it twice.
+            where: names the step in messages, e.g. "kd: non-finite loss at epoch 2 step 5".
+            kept: appended to the stop message (where the last good state is).
+            global_step: 1-based optimizer step of the run (EMA warm-up).
+
+        Raises:
+            NonFiniteLossError: a NaN/Inf loss under nan_policy=stop, or past `max_bad_steps` skips.
+        """
+        cfg, optimizer = self.cfg, self.optimizer
+        stats = _buffers(self.model, *([self.extra] if self.extra is not None else [])) \
+            if cfg.nan_policy == "skip" else None
+        terms = closure()
+        loss = terms["total"]
+        if distributed.any_true(~torch.isfinite(loss)):  # every rank skips or stops together
+            self.bad_steps += 1
+            where = f"{where} ({_fmt(terms)})"
+            if cfg.nan_policy == "stop" or self.bad_steps > cfg.max_bad_steps:
+                raise NonFiniteLossError(where + kept, self.hint)
+            if distributed.is_main():  # a warning, shown even when progress is quiet
+                log.warning("skipped %s (%d/%d)", where, self.bad_steps, cfg.max_bad_steps)
+            _restore(stats)  # the bad forward already moved BatchNorm's running stats: undo it
+            optimizer.zero_grad(set_to_none=True)
+            return None
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        extra_params = list(self.extra.parameters()) if self.extra is not None else []
+        distributed.average_gradients(extra_params)  # adapters sit outside DDP
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        if cfg.optimizer == "sam":
+            optimizer.first_step(zero_grad=True)
+            closure()["total"].backward()
+            distributed.average_gradients(extra_params)
+            optimizer.second_step(zero_grad=True)
+        elif self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model, step=global_step)
+        return terms
+
+    @property
+    def scored(self) -> nn.Module:
+        """The weights to validate and keep: the EMA's when `ema_decay` is set, else the model's."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+class LossSums:
+    """Sample-weighted running sums of the loss terms over an epoch (means for the bar and the history)."""
+
+    def __init__(self, sums: dict[str, float] | None = None, seen: int = 0) -> None:
+        self.sums: dict[str, float] = dict(sums or {})
+        self.seen = seen
+
+    def add(self, terms: dict[str, torch.Tensor], n: int) -> None:
+        """Adds one batch of `n` samples."""
+        self.seen += n
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v.detach()) * n
+
+    def means(self) -> dict[str, float]:
+        """Mean of each term over the samples seen so far."""
+        return {k: v / self.seen for k, v in self.sums.items()}
+
+
+def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg: TrainConfig, out_dir: Path, *,
+        data_cfg: DataConfig, teacher: BuiltModel | None = None, distill: DistillConfig | None = None,
+        teacher_cache: TeacherCache | None = None, resume: bool = False, label: str = "train",
+        batch_size: int | None = None) -> FitResult:
     """Train `student` (with a teacher: distill), checkpointing into `out_dir`.
 
     Args:
         student: the model being trained, with its preprocessing.
         train_ds, val_ds: datasets yielding (raw, target, index).
         task: the task kind (hard loss, metrics).
-        cfg: a `TrainConfig` (epochs, lr, optimizer, scheduler, clipping, AMP, NaN policy, seed).
+        cfg: the stage's training settings (epochs, lr, optimizer, scheduler, clipping, AMP, NaN policy, seed).
         out_dir: where `last.*` (resumable state) and `best.safetensors` go.
-        data_cfg: the recipe's `DataConfig` (augmentation).
+        data_cfg: the recipe's data section (augmentation, batch size, workers).
         teacher: frozen teacher; None trains on hard labels only (teacher training, baseline).
-        distill: `DistillConfig` with temperature, alpha, schedules and extra KD terms.
-        teacher_cache: a `TeacherCache` serving teacher outputs for recorded views (no teacher forward).
+        distill: temperature, alpha, schedules and extra KD terms.
+        teacher_cache: serves teacher outputs for recorded views (no teacher forward).
         resume: continue from `out_dir/last.*` exactly.
         label: the progress bar's title.
         batch_size: overrides cfg.batch_size / data_cfg.batch_size.
@@ -157,199 +264,222 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
     Raises:
         NonFiniteLossError: a NaN/Inf loss under nan_policy=stop (exit code 3; last good checkpoint kept).
     """
-    from compress.distill.objective import KDObjective
-    from compress.distill.schedules import value_at
-
-    determinism.configure(getattr(cfg, "threads", determinism.DEFAULT_TRAINING_THREADS))  # same weights anywhere
-    torch.manual_seed(cfg.seed)
-    device = device_for_training(getattr(cfg, "device", None))
-    ddp = distributed.setup()  # torchrun: join the process group (Gloo on CPU, NCCL on CUDA)
-    rank, world = distributed.rank(), distributed.world_size()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = student.module.to(device)
-    teacher_module = teacher.module.to(device) if teacher is not None else None
-    if teacher_module is not None:
-        teacher_module.eval()
-        for p in teacher_module.parameters():
-            p.requires_grad_(False)
-    bs = batch_size or cfg.batch_size or data_cfg.batch_size
-    raw_example = example_batch(train_ds).to(device)
-    hard_task = task.with_label_smoothing(cfg.label_smoothing)  # train.label_smoothing: on the hard loss only
-    objective = KDObjective(hard_task, distill if teacher is not None else None, model, teacher_module,
-                            student.preprocess(raw_example),
-                            teacher.preprocess(raw_example) if teacher is not None else None).to(device)
-    if teacher_cache is not None and objective.needs_teacher_features:
-        raise KdtoolError("distill.cache.enabled: feature/attention KD terms need the online teacher",
-                          "set distill.cache.enabled: false, or keep only response KD terms")
-    params = [p for p in model.parameters() if p.requires_grad] + list(objective.parameters())
-    optimizer = build_optimizer(params, cfg)
-    steps_per_epoch = math.ceil(math.ceil(len(train_ds) / world) / bs)  # per rank (DistributedSampler pads)
-    scheduler = build_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch, steps_per_epoch)
-    ema = _build_ema(model, cfg)
-    train_model: nn.Module = model
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": 0, "history": [], "bad_steps": 0,
-             "sums": {}, "seen": 0}
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None  # fp16 gradients underflow unscaled
+    run = _FitRun.setup(student, train_ds, val_ds, task, cfg, out_dir, data_cfg, teacher, distill, teacher_cache,
+                        label, batch_size)
     if resume:
-        loaded = load_training_state(out_dir / "last", model, objective, optimizer, scheduler, scaler=scaler,
-                                     ema=ema.module if ema is not None else None)
-        if loaded is not None:
-            state.update({k: loaded[k] for k in state if k in loaded})
-    higher = not lower_is_better(task.primary_metric)
+        run.resume()
     start = time.perf_counter()
-
-    def save_state(epoch: int, step: int) -> None:
-        if rank == 0:
-            save_training_state(out_dir / "last", model, objective, optimizer, scheduler,
-                                {**state, "epoch": epoch, "step": step, "label": label}, scaler=scaler,
-                                ema=ema.module if ema is not None else None)
-
-    with _Interrupt() as interrupt, epoch_progress(label, cfg.epochs, steps_per_epoch, enabled=rank == 0) as bar:
+    state = run.state
+    with _Interrupt() as interrupt, epoch_progress(label, cfg.epochs, run.steps_per_epoch,
+                                                   enabled=run.rank == 0) as bar:
         for epoch in range(state["epoch"], cfg.epochs):
-            alpha = value_at(getattr(distill, "alpha_schedule", None), getattr(distill, "alpha", 1.0), epoch + 1)
-            temperature = value_at(getattr(distill, "temperature_schedule", None),
-                                   getattr(distill, "temperature", 1.0), epoch + 1)
-            # One permutation per (seed, epoch) for any world size; rank r takes every world-th sample,
-            # so global batch b holds the same samples with 1 or N processes (DDP == one process).
-            sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-            sampler.set_epoch(epoch)
-            loader = make_loader(train_ds, bs, shuffle=True, seed=cfg.seed, epoch=epoch,
-                                 num_workers=data_cfg.num_workers, sampler=sampler)
-            model.train()
-            resuming = state["step"] > 0 and distributed.is_main()  # partial sums are global, kept on rank 0
-            sums: dict[str, float] = dict(state["sums"]) if resuming else {}
-            seen = int(state["seen"]) if resuming else 0
-            bar.start_epoch(epoch + 1)
+            alpha, temperature = kd_weights(distill, epoch + 1)
             epoch_start = time.perf_counter()
-            for step, (raw, targets, index) in enumerate(loader):
-                if step < state["step"]:  # resuming mid-epoch: replay the order, skip done steps
-                    continue
-                gen = torch.Generator().manual_seed(hash((cfg.seed, epoch, step)) % 2**31)
-                raw, targets = raw.to(device), targets.to(device)
-                t_out, t_feats = None, {}
-                if teacher_cache is not None:
-                    raw, t_out = teacher_cache.lookup(raw.cpu(), index, gen, shard=(rank, world))
-                    raw, t_out = raw.to(device), t_out.to(device).float()
-                else:
-                    raw, _ = augment_batch(raw, data_cfg, gen, shard=(rank, world))
-                    if teacher_module is not None:
-                        t_out, t_feats = objective.teacher_forward(teacher.preprocess(raw))
-
-                def closure(raw=raw, t_out=t_out, t_feats=t_feats, targets=targets) -> dict[str, torch.Tensor]:
-                    """This step's named loss terms (run twice per step by SAM)."""
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        s_out, s_feats = objective.student_forward(student.preprocess(raw), runner=train_model)
-                    return objective(s_out, s_feats, t_out, t_feats, targets, alpha=alpha,  # noqa: B023
-                                     temperature=temperature)  # noqa: B023  (epoch constants)
-
-                stats = _buffers(model, objective) if cfg.nan_policy == "skip" else None
-                terms = closure()
-                loss = terms["total"]
-                if distributed.any_true(~torch.isfinite(loss)):  # every rank skips or stops together
-                    state["bad_steps"] += 1
-                    where = f"{label}: non-finite loss at epoch {epoch + 1} step {step + 1} ({_fmt(terms)})"
-                    if cfg.nan_policy == "stop" or state["bad_steps"] > cfg.max_bad_steps:
-                        raise NonFiniteLossError(
-                            where + f"; last good checkpoint kept in {out_dir}",
-                            "pre-train the student first (stage baseline), lower distill.temperature or lr, "
-                            "or set train.nan_policy: skip")
-                    if distributed.is_main():  # a warning, shown even when progress is quiet
-                        log.warning("skipped %s (%d/%d)", where, state["bad_steps"], cfg.max_bad_steps)
-                    _restore(stats)  # the bad forward already moved BatchNorm's running stats: undo it
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                else:
-                    loss.backward()
-                distributed.average_gradients(objective.parameters())  # adapters sit outside DDP
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                if cfg.optimizer == "sam":
-                    optimizer.first_step(zero_grad=True)
-                    closure()["total"].backward()
-                    distributed.average_gradients(objective.parameters())
-                    optimizer.second_step(zero_grad=True)
-                elif scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
-                if ema is not None:
-                    ema.update(model, step=epoch * steps_per_epoch + step + 1)
-                n = len(targets)
-                seen += n
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-                bar.advance({k: v / seen for k, v in sums.items()})
-                if distributed.any_true(interrupt.requested):
-                    totals = distributed.sum_floats({**sums, "_seen": float(seen)})
-                    state["seen"], state["sums"] = int(totals.pop("_seen")), totals
-                    save_state(epoch, step + 1)
-                    distributed.barrier()  # the state is whole before any rank returns
-                    if distributed.is_main():
-                        bar.log(f"SIGTERM: saved {out_dir / 'last.json'} at epoch {epoch + 1} "
-                                f"step {step + 1}; continue with --resume")
-                    best = state["best_metric"]
-                    return FitResult(best if best is not None else float("nan"), state["best_epoch"],
-                                     state["history"], time.perf_counter() - start, interrupted=True)
+            sums = run.train_epoch(epoch, alpha, temperature, bar, interrupt)
+            if sums is None:
+                best = state["best_metric"]
+                return FitResult(best if best is not None else float("nan"), state["best_epoch"],
+                                 state["history"], time.perf_counter() - start, interrupted=True)
             state["step"], state["sums"], state["seen"] = 0, {}, 0
-            train_seconds = time.perf_counter() - epoch_start
-            distributed.broadcast_buffers(model)  # BatchNorm stats: every rank holds rank 0's model
-            totals = distributed.sum_floats({**sums, "_seen": float(seen)})  # losses over all ranks' samples
-            seen_all = max(totals.pop("_seen"), 1)
-            # each rank predicts its slice of the validation set; rank 0 scores the gathered outputs and
-            # sends its record to the others (one metric, one best-checkpoint decision on every rank)
-            val_part = distributed.shard(val_ds)
-            scored = ema.module if ema is not None else model  # with EMA, the averaged weights are the model
-            outputs, val_targets = predict(scored, student.preprocess, val_part, device=device)
-            outputs, val_targets = distributed.gather(outputs), distributed.gather(val_targets)
-            t_outputs = None
-            if teacher_module is not None and teacher_cache is None:
-                t_outputs, _ = predict(teacher_module, teacher.preprocess, val_part, device=device)
-                t_outputs = distributed.gather(t_outputs)
-            record = None
-            if distributed.is_main():
-                metrics = task.metrics(outputs, val_targets)
-                record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "alpha": alpha,
-                          "temperature": temperature,
-                          **{f"loss_{k}": v / seen_all for k, v in totals.items()},
-                          **{f"val_{k}": v for k, v in metrics.items()}, "train_seconds": train_seconds,
-                          "skipped_steps": state["bad_steps"]}
-                if t_outputs is not None:
-                    record["teacher_agreement"] = task.agreement(outputs, t_outputs)
-            record = distributed.broadcast_object(record)
-            value = record[f"val_{task.primary_metric}"]
-            # an undefined metric (None) cannot rank epochs: the latest weights are kept until one is defined
-            improved = state["best_metric"] is None or (value is not None and (
-                value > state["best_metric"] if higher else value < state["best_metric"]))
-            if improved:
-                state["best_metric"], state["best_epoch"] = value, epoch + 1
-                if rank == 0:
-                    save_weights(scored, out_dir / "best.safetensors", {"epoch": str(epoch + 1)})
-            state["history"].append(record)
-            if distributed.is_main():
-                bar.end_epoch(record, task.primary_metric)
-            save_state(epoch + 1, 0)
-    if rank == 0 and not (out_dir / "best.safetensors").exists():  # epochs: 0 → the initial weights are "best"
-        save_weights(model, out_dir / "best.safetensors", {"epoch": "0"})
+            run.validate(epoch, alpha, temperature, sums, time.perf_counter() - epoch_start, bar)
+    if run.rank == 0 and not (out_dir / "best.safetensors").exists():  # epochs: 0 → the initial weights are "best"
+        save_weights(run.model, out_dir / "best.safetensors", {"epoch": "0"})
     distributed.barrier()  # best.safetensors and last.* are whole before any rank reads them
     return FitResult(state["best_metric"] if state["best_metric"] is not None else float("nan"),
                      state["best_epoch"], state["history"], time.perf_counter() - start)
 
 
-def _build_ema(model: nn.Module, cfg) -> Any:
+@dataclass
+class _FitRun:
+    """Everything one `fit` call trains with, and its epoch body (train, then validate and checkpoint)."""
+
+    student: BuiltModel
+    teacher: BuiltModel | None
+    train_ds: Dataset
+    val_ds: Dataset
+    task: Task
+    cfg: TrainConfig
+    data_cfg: DataConfig
+    out_dir: Path
+    label: str
+    teacher_cache: TeacherCache | None
+    device: torch.device
+    model: nn.Module
+    teacher_module: nn.Module | None
+    objective: KDObjective
+    step: TrainStep
+    train_model: nn.Module
+    bs: int
+    steps_per_epoch: int
+    rank: int
+    world: int
+    state: dict[str, Any]
+
+    @classmethod
+    def setup(cls, student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg: TrainConfig,
+              out_dir: Path, data_cfg: DataConfig, teacher: BuiltModel | None, distill: DistillConfig | None,
+              teacher_cache: TeacherCache | None, label: str, batch_size: int | None) -> _FitRun:
+        """Seed, join DDP, move the models, build the objective and the training step."""
+        from compress.distill.objective import KDObjective
+
+        determinism.configure(cfg.threads)  # the same weights on any machine of this kind
+        torch.manual_seed(cfg.seed)
+        device = distributed.device_for_training(cfg.device)
+        ddp = distributed.setup()  # torchrun: join the process group (Gloo on CPU, NCCL on CUDA)
+        rank, world = distributed.rank(), distributed.world_size()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model = student.module.to(device)
+        teacher_module = teacher.module.to(device) if teacher is not None else None
+        if teacher_module is not None:
+            teacher_module.eval()
+            for p in teacher_module.parameters():
+                p.requires_grad_(False)
+        bs = batch_size or cfg.batch_size or data_cfg.batch_size
+        raw_example = example_batch(train_ds).to(device)
+        hard_task = task.with_label_smoothing(cfg.label_smoothing)  # train.label_smoothing: the hard loss only
+        objective = KDObjective(hard_task, distill if teacher is not None else None, model, teacher_module,
+                                student.preprocess(raw_example),
+                                teacher.preprocess(raw_example) if teacher is not None else None).to(device)
+        if teacher_cache is not None and objective.needs_teacher_features:
+            raise KdtoolError("distill.cache.enabled: feature/attention KD terms need the online teacher",
+                              "set distill.cache.enabled: false, or keep only response KD terms")
+        steps_per_epoch = math.ceil(math.ceil(len(train_ds) / world) / bs)  # per rank (DistributedSampler pads)
+        step = TrainStep(model, objective, cfg, cfg.epochs * steps_per_epoch, device,
+                         "pre-train the student first (stage baseline), lower distill.temperature or lr, "
+                         "or set train.nan_policy: skip", steps_per_epoch)
+        train_model: nn.Module = model
+        if ddp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": 0, "history": [], "bad_steps": 0,
+                 "sums": {}, "seen": 0}
+        return cls(student, teacher, train_ds, val_ds, task, cfg, data_cfg, out_dir, label, teacher_cache, device,
+                   model, teacher_module, objective, step, train_model, bs, steps_per_epoch, rank, world, state)
+
+    def resume(self) -> None:
+        """Continue from `out_dir/last.*`: weights, adapters, optimizer, scheduler, scaler, EMA, position."""
+        step = self.step
+        loaded = load_training_state(self.out_dir / "last", self.model, self.objective, step.optimizer,
+                                     step.scheduler, scaler=step.scaler,
+                                     ema=step.ema.module if step.ema is not None else None)
+        if loaded is not None:
+            self.state.update({k: loaded[k] for k in self.state if k in loaded})
+        step.bad_steps = self.state["bad_steps"]
+
+    def save_state(self, epoch: int, step: int) -> None:
+        """Rank 0 writes the resumable state (`last.*`) at this position."""
+        if self.rank == 0:
+            ts = self.step
+            save_training_state(self.out_dir / "last", self.model, self.objective, ts.optimizer, ts.scheduler,
+                                {**self.state, "bad_steps": ts.bad_steps, "epoch": epoch, "step": step,
+                                 "label": self.label}, scaler=ts.scaler,
+                                ema=ts.ema.module if ts.ema is not None else None)
+
+    def train_epoch(self, epoch: int, alpha: float, temperature: float, bar: Any,
+                    interrupt: _Interrupt) -> LossSums | None:
+        """One epoch of steps; returns its loss sums, or None when SIGTERM stopped it (state saved)."""
+        cfg, state, rank, world, device = self.cfg, self.state, self.rank, self.world, self.device
+        # One permutation per (seed, epoch) for any world size; rank r takes every world-th sample,
+        # so global batch b holds the same samples with 1 or N processes (DDP == one process).
+        sampler = DistributedSampler(self.train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+        sampler.set_epoch(epoch)
+        loader = make_loader(self.train_ds, self.bs, shuffle=True, seed=cfg.seed, epoch=epoch,
+                             num_workers=self.data_cfg.num_workers, sampler=sampler)
+        self.model.train()
+        resuming = state["step"] > 0 and distributed.is_main()  # partial sums are global, kept on rank 0
+        sums = LossSums(state["sums"], int(state["seen"])) if resuming else LossSums()
+        bar.start_epoch(epoch + 1)
+        for step, (raw, targets, index) in enumerate(loader):
+            if step < state["step"]:  # resuming mid-epoch: replay the order, skip done steps
+                continue
+            gen = torch.Generator().manual_seed(hash((cfg.seed, epoch, step)) % 2**31)
+            raw, targets = raw.to(device), targets.to(device)
+            closure = self._closure(raw, targets, index, gen, alpha, temperature)
+            terms = self.step(closure, f"{self.label}: non-finite loss at epoch {epoch + 1} step {step + 1}",
+                              f"; last good checkpoint kept in {self.out_dir}",
+                              epoch * self.steps_per_epoch + step + 1)
+            if terms is None:
+                continue
+            sums.add(terms, len(targets))
+            bar.advance(sums.means())
+            if distributed.any_true(interrupt.requested):
+                totals = distributed.sum_floats({**sums.sums, "_seen": float(sums.seen)})
+                state["seen"], state["sums"] = int(totals.pop("_seen")), totals
+                self.save_state(epoch, step + 1)
+                distributed.barrier()  # the state is whole before any rank returns
+                if distributed.is_main():
+                    bar.log(f"SIGTERM: saved {self.out_dir / 'last.json'} at epoch {epoch + 1} "
+                            f"step {step + 1}; continue with --resume")
+                return None
+        return sums
+
+    def _closure(self, raw: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, gen: torch.Generator,
+                 alpha: float, temperature: float) -> Callable[[], dict[str, torch.Tensor]]:
+        """This batch's loss closure: augment (or look up the cache), teacher forward, then student + terms."""
+        device, objective, teacher = self.device, self.objective, self.teacher
+        t_out, t_feats = None, {}
+        if self.teacher_cache is not None:
+            raw, t_out = self.teacher_cache.lookup(raw.cpu(), index, gen, shard=(self.rank, self.world))
+            raw, t_out = raw.to(device), t_out.to(device).float()
+        else:
+            raw, _ = augment_batch(raw, self.data_cfg, gen, shard=(self.rank, self.world))
+            if self.teacher_module is not None:
+                t_out, t_feats = objective.teacher_forward(teacher.preprocess(raw))
+
+        def closure() -> dict[str, torch.Tensor]:
+            """This step's named loss terms (run twice per step by SAM)."""
+            with self.step.autocast():
+                s_out, s_feats = objective.student_forward(self.student.preprocess(raw), runner=self.train_model)
+            return objective(s_out, s_feats, t_out, t_feats, targets, alpha=alpha, temperature=temperature)
+
+        return closure
+
+    def validate(self, epoch: int, alpha: float, temperature: float, sums: LossSums, train_seconds: float,
+                 bar: Any) -> None:
+        """Score the epoch on validation, keep the best weights, record the history, save `last.*`."""
+        state, task = self.state, self.task
+        distributed.broadcast_buffers(self.model)  # BatchNorm stats: every rank holds rank 0's model
+        totals = distributed.sum_floats({**sums.sums, "_seen": float(sums.seen)})  # losses over all ranks
+        seen_all = max(totals.pop("_seen"), 1)
+        # each rank predicts its slice of the validation set; rank 0 scores the gathered outputs and
+        # sends its record to the others (one metric, one best-checkpoint decision on every rank)
+        val_part = distributed.shard(self.val_ds)
+        scored = self.step.scored  # with EMA, the averaged weights are the model
+        outputs, val_targets = predict(scored, self.student.preprocess, val_part, device=self.device)
+        outputs, val_targets = distributed.gather(outputs), distributed.gather(val_targets)
+        t_outputs = None
+        if self.teacher_module is not None and self.teacher_cache is None:
+            t_outputs, _ = predict(self.teacher_module, self.teacher.preprocess, val_part, device=self.device)
+            t_outputs = distributed.gather(t_outputs)
+        record = None
+        if distributed.is_main():
+            metrics = task.metrics(outputs, val_targets)
+            record = {"epoch": epoch + 1, "lr": self.step.scheduler.get_last_lr()[0], "alpha": alpha,
+                      "temperature": temperature,
+                      **{f"loss_{k}": v / seen_all for k, v in totals.items()},
+                      **{f"val_{k}": v for k, v in metrics.items()}, "train_seconds": train_seconds,
+                      "skipped_steps": self.step.bad_steps}
+            if t_outputs is not None:
+                record["teacher_agreement"] = task.agreement(outputs, t_outputs)
+        record = distributed.broadcast_object(record)
+        value = record[f"val_{task.primary_metric}"]
+        higher = not lower_is_better(task.primary_metric)
+        best = state["best_metric"]
+        # an undefined metric (None) cannot rank epochs: the latest weights are kept until one is defined
+        if best is None or (value is not None and (value > best if higher else value < best)):
+            state["best_metric"], state["best_epoch"] = value, epoch + 1
+            if self.rank == 0:
+                save_weights(scored, self.out_dir / "best.safetensors", {"epoch": str(epoch + 1)})
+        state["history"].append(record)
+        if distributed.is_main():
+            bar.end_epoch(record, task.primary_metric)
+        self.save_state(epoch + 1, 0)
+
+
+def _build_ema(model: nn.Module, cfg: TrainConfig) -> Any:
     """timm's `ModelEmaV3` when `train.ema_decay` is set (warm-up on: short runs are not dominated by init)."""
-    decay = getattr(cfg, "ema_decay", None)
+    decay = cfg.ema_decay
     if not decay:
         return None
     from timm.utils import ModelEmaV3
@@ -365,6 +495,8 @@ def _buffers(*modules: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
     with torch.no_grad():
         for buffer, copy in saved or []:
+            if buffer.shape != copy.shape:  # QAT's observers size their ranges on the first forward
+                buffer.resize_(copy.shape)
             buffer.copy_(copy)
 
 

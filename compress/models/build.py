@@ -21,6 +21,7 @@ from torch import nn
 
 from compress.core.errors import KdtoolError
 from compress.models.registry import LOCAL_MODELS
+from recipes.schema import DataConfig, ModelConfig, StudentConfig, TeacherConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,7 +76,7 @@ class BuiltModel:
     source: str = "timm"
 
 
-def build_model(cfg: Any, num_outputs: int, data: Any, role: str = "model",
+def build_model(cfg: ModelConfig, num_outputs: int, data: DataConfig, role: str = "model",
                 seed: int | None = None) -> BuiltModel:
     """Build the model a recipe section describes, loading its checkpoint if one is named.
 
@@ -116,12 +117,13 @@ def build_model(cfg: Any, num_outputs: int, data: Any, role: str = "model",
     if audio and cfg.arch in LOCAL_MODELS:
         kwargs.setdefault("sample_rate", data.sample_rate)
     if seed is None:
-        seed = getattr(getattr(cfg, "train", None), "seed", 0)
+        train = cfg.train if isinstance(cfg, (TeacherConfig, StudentConfig)) else None
+        seed = train.seed if train is not None else 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = create_architecture(cfg.arch, num_outputs, in_chans, kwargs, cfg.pretrained, role,
-                                     pretrained_file=getattr(cfg, "pretrained_file", None))
-        if getattr(cfg, "frontend", "none") == "logmel":
+                                     pretrained_file=cfg.pretrained_file)
+        if cfg.frontend == "logmel":
             from compress.models.audio import LogMelFrontend
 
             module = nn.Sequential(LogMelFrontend(sample_rate=data.sample_rate), module)
@@ -130,7 +132,7 @@ def build_model(cfg: Any, num_outputs: int, data: Any, role: str = "model",
     return BuiltModel(module, pre, cfg.arch, "timm")
 
 
-def is_audio_data(data: Any) -> bool:
+def is_audio_data(data: DataConfig) -> bool:
     """True when the recipe's samples are waveforms (audio folders, generated audio, CSV of WAVs)."""
     if data.source in ("audiofolder", "synthetic_audio"):
         return True
@@ -418,13 +420,11 @@ class OnnxTeacher(nn.Module):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        import onnxruntime as ort
+        from compress.core.onnxrt import ort_session
 
-        try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise KdtoolError(f"teacher.checkpoint {path} is not a loadable ONNX model ({str(e)[:160]})",
-                              "export it with torch.onnx.export and check it with onnx.checker") from None
+        self.session = ort_session(path, error=KdtoolError,
+                                   message=f"teacher.checkpoint {path} is not a loadable ONNX model",
+                                   hint="export it with torch.onnx.export and check it with onnx.checker")
         self.input_name = self.session.get_inputs()[0].name
         self.path = path
 

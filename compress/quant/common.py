@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import platform
 from collections.abc import Callable, Iterable, Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,8 @@ from torch import nn
 
 from compress.core.atomic import atomic_path, write_json
 from compress.core.errors import ExportError, KdtoolError
-from compress.quant.configs import QuantizedModel
+from compress.core.versions import package_versions
+from compress.quant.configs import QuantConfig, QuantizedModel
 
 META_SCHEMA = "kdtool.quantized/1"
 META_FILE = "meta.json"
@@ -142,17 +141,11 @@ def require_quantized(census: dict[str, Any], mode: str, backend: str, instead: 
 
 
 def versions(*extra: str) -> dict[str, str]:
-    """Versions of torch, torchao and the named backend packages (those installed)."""
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "torchao", *extra):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    """Versions of torch, torchao and the named backend packages ("not installed" where absent)."""
+    return package_versions(("torch", "torchao", *extra))
 
 
-def provenance(config: Any, seed: int, calibration_samples: int | None, backend_pkgs: tuple[str, ...] = (),
+def provenance(config: QuantConfig, seed: int, calibration_samples: int | None, backend_pkgs: tuple[str, ...] = (),
                notes: list[str] | None = None, **facts: Any) -> dict[str, Any]:
     """The meta dict every quantized model carries. It never holds a speed: speed comes from the benchmark."""
     from dataclasses import asdict

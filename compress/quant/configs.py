@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from recipes.schema import TrainConfig
+
 if TYPE_CHECKING:
     from compress.distill.objective import KDObjective
 
@@ -94,6 +96,10 @@ class Int8QATConfig:
         lr: AdamW learning rate (small: the student is already trained).
         weight_decay: AdamW weight decay.
         per_channel: one weight scale per output channel.
+        train: the rest of the training settings, read through the same `TrainStep` distillation uses:
+            optimizer (`sam_rho`), `scheduler`, `grad_clip`, `amp`, `ema_decay` (the averaged
+            weights are converted), `nan_policy`/`max_bad_steps`. None: AdamW at a constant lr.
+            Its `epochs`, `lr` and `weight_decay` are replaced by the fields above.
         freeze_bn_epoch: from this epoch on, batch-norm statistics stop updating (None: never). The
             default 0 freezes them from the start: the student is already trained, and letting them
             move under fake quantization cost accuracy here (quickstart QAT 0.9911 vs 0.9933 frozen;
@@ -108,6 +114,7 @@ class Int8QATConfig:
     weight_decay: float = 0.0
     per_channel: bool = True
     freeze_bn_epoch: int | None = 0
+    train: TrainConfig | None = None
 
 
 QuantConfig = Int8DynamicConfig | Int8StaticConfig | Int8QATConfig

@@ -10,19 +10,8 @@ from torch import nn
 
 from compress.core.atomic import write_json
 from compress.core.tasks import Task, retention
+from compress.data.loader import collect_outputs
 from compress.quant.configs import QuantizedModel
-
-
-def collect_outputs(run: Callable[[torch.Tensor], torch.Tensor], loader: Iterable,
-                    preprocess: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Outputs and targets of `run` over a loader of (raw, target, index) batches."""
-    outs, targets = [], []
-    with torch.no_grad():
-        for raw, target, *_ in loader:
-            x = preprocess(raw) if preprocess is not None else raw
-            outs.append(run(x).float())
-            targets.append(target)
-    return torch.cat(outs), torch.cat(targets)
 
 
 def evaluate_quantized(qm: QuantizedModel, fp32_model: nn.Module, val_loader: Iterable,

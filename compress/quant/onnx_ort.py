@@ -20,7 +20,7 @@ from compress.core.atomic import atomic_path, size_on_disk_mb
 from compress.core.errors import ExportError, KdtoolError
 from compress.core.onnxrt import ort_session
 from compress.quant.common import finish_meta, input_batches, provenance, require_quantized
-from compress.quant.configs import Int8DynamicConfig, Int8StaticConfig, QuantInputs, QuantizedModel
+from compress.quant.configs import Int8DynamicConfig, Int8StaticConfig, QuantConfig, QuantInputs, QuantizedModel
 
 INPUT_NAME = "input"
 
@@ -158,7 +158,7 @@ def _need_out(qi: QuantInputs, mode: str) -> Path:
     return Path(qi.out)
 
 
-def _finish(config, qi: QuantInputs, fp32: Path, int8: Path, calibrated: int | None, notes: list[str],
+def _finish(config: QuantConfig, qi: QuantInputs, fp32: Path, int8: Path, calibrated: int | None, notes: list[str],
             activations: str) -> QuantizedModel:
     census = int8_census_onnx(int8)
     require_quantized(census, config.mode, "onnx", "backend executorch (PT2E)")

@@ -23,7 +23,7 @@ from compress.quant.common import (
     save_torch_quantized,
     strip_unused_attributes,
 )
-from compress.quant.configs import Int8DynamicConfig, Int8StaticConfig, QuantInputs, QuantizedModel
+from compress.quant.configs import Int8DynamicConfig, Int8StaticConfig, QuantConfig, QuantInputs, QuantizedModel
 
 
 def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool = False,
@@ -91,7 +91,7 @@ def pt2e_calibrated(graph: torch.fx.GraphModule, config: Int8StaticConfig, batch
     return convert_pt2e(prepared), calibrated
 
 
-def finish_pt2e(converted, qi: QuantInputs, config, calibrated: int | None, instead: str,
+def finish_pt2e(converted: nn.Module, qi: QuantInputs, config: QuantConfig, calibrated: int | None, instead: str,
                 fp32_mb: float, notes: list[str] | None = None, **facts: Any) -> QuantizedModel:
     """Strip the float leftovers, check int8 weights are present, re-export, save and record provenance.
 
@@ -102,8 +102,8 @@ def finish_pt2e(converted, qi: QuantInputs, config, calibrated: int | None, inst
     require_quantized(census, config.mode, config.backend, instead)
     program = export_graph(converted, qi.example, config.mode)
     meta = provenance(config, qi.seed, calibrated, ("executorch",), notes,
-                      weights="int8 symmetric " + ("per-channel" if getattr(config, "per_channel", True) else
-                                                   "per-tensor"),
+                      weights="int8 symmetric " + ("per-channel" if isinstance(config, Int8DynamicConfig)
+                                                   or config.per_channel else "per-tensor"),
                       activations="int8 dynamic (per batch)" if config.mode == "dynamic" else "int8 static",
                       int8=census, **facts)
     qm = QuantizedModel(config.mode, config.backend, module=converted, program=program, meta=meta)

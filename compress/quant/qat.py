@@ -18,13 +18,17 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 
-from compress.core.errors import KdtoolError, NonFiniteLossError
+from compress.core.errors import KdtoolError
 from compress.core.progress import epoch_progress
 from compress.distill.hooks import capture
+from compress.distill.schedules import kd_weights
+from compress.distill.trainer import LossSums, TrainStep
 from compress.quant.common import export_graph, program_size_mb
 from compress.quant.configs import Int8QATConfig, LossFn, QuantInputs, QuantizedModel
+from recipes.schema import QATTrainConfig, TrainConfig
 
 if TYPE_CHECKING:
     from compress.distill.objective import KDObjective
@@ -90,7 +94,7 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
         teacher_preprocess: raw batch → teacher input (None: the student's).
         task: a `compress.core.tasks.Task` (its hard loss is used without `loss_fn` and `objective`).
         epochs: QAT epochs (overrides `config.epochs`).
-        lr: AdamW learning rate (overrides `config.lr`).
+        lr: learning rate (overrides `config.lr`; the optimizer is `config.train.optimizer`, default AdamW).
         loss_fn: `loss_fn(student_out, teacher_out, targets) -> scalar` (teacher_out None without teacher).
         example: one preprocessed input batch (N >= 2) to export with; default: the first training batch.
         config: the rest of the QAT settings (per-channel, weight decay, batch-norm freeze epoch).
@@ -108,7 +112,7 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
         KdtoolError: epochs < 1, both `loss_fn` and `objective` given, or a teacher that is not the
             objective's. NonFiniteLossError: the loss became NaN/Inf.
     """
-    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     from compress.quant.pt2e import finish_pt2e, xnnpack_quantizer
@@ -116,14 +120,7 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
     config = config or Int8QATConfig()
     if epochs < 1:
         raise KdtoolError(f"quantize.qat.epochs is {epochs}", "set it to 1 or more")
-    if objective is not None:
-        if loss_fn is not None:
-            raise KdtoolError("qat_distill: give loss_fn or objective, not both",
-                              "the objective already is the loss; drop loss_fn")
-        if teacher is not None and teacher is not objective.teacher:
-            raise KdtoolError("qat_distill: `teacher` is not the objective's teacher",
-                              "build the KDObjective with the teacher you distill from, or pass teacher=None")
-        teacher = objective.teacher
+    teacher = _loss_teacher(teacher, loss_fn, objective)  # and sets the teacher to eval, the adapters to train
     torch.manual_seed(seed)
     pre_s = student_preprocess or (lambda x: x)
     pre_t = teacher_preprocess or pre_s
@@ -134,71 +131,119 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
     trainable = copy.deepcopy(student).eval()
     graph = export_graph(FeatureOutputs(trainable, layers) if layers else trainable, example, "qat").module()
     prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(config.per_channel, is_qat=True))
-    if teacher is not None:
-        teacher.eval()
-    params = list(prepared.parameters())
-    if objective is not None:
-        objective.train()  # adapter batch norms learn; the teacher stays in eval (teacher_forward)
-        params += list(objective.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    per_epoch = _length(train_loader)
+    step = TrainStep(prepared, objective, qat_train_config(config, epochs, lr, per_epoch), epochs * (per_epoch or 1),
+                     torch.device("cpu"), "lower quantize.qat.lr, or set quantize.qat.nan_policy: skip",
+                     per_epoch or 1)
+    alpha, temperature = kd_weights(objective.distill if objective is not None else None, 1)
 
     def loss_terms(raw: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        outputs = prepared(pre_s(raw))
+        with step.autocast():
+            outputs = prepared(pre_s(raw))
         s_out, *feats = outputs if layers else (outputs,)
         if objective is not None:
             t_out, t_feats = objective.teacher_forward(pre_t(raw)) if teacher is not None else (None, {})
-            d = objective.distill
             return objective(s_out, dict(zip(layers, feats, strict=True)), t_out, t_feats, targets,
-                             alpha=d.alpha if d is not None else 1.0,
-                             temperature=d.temperature if d is not None else 1.0)
+                             alpha=alpha, temperature=temperature)
         if loss_fn is None:
             return {"total": task.hard_loss(s_out, targets)}
         with torch.no_grad():
             t_out = teacher(pre_t(raw)) if teacher is not None else None
         return {"total": loss_fn(s_out, t_out, targets)}
 
-    steps, history = 0, []
-    with epoch_progress("qat", epochs, _length(train_loader)) as bar:
-        for epoch in range(epochs):
-            move_exported_model_to_train(prepared)
-            if config.freeze_bn_epoch is not None and epoch >= config.freeze_bn_epoch:
-                move_exported_model_to_eval(prepared)  # frozen BN statistics; fake-quant still trains
-            bar.start_epoch(epoch + 1)
-            sums: dict[str, float] = {}
-            seen = 0
-            for raw, targets, *_ in train_loader:
-                if len(raw) < 2:  # batch norm in training mode needs two samples
-                    continue
-                terms = loss_terms(raw, targets)
-                loss = terms["total"]
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"quantize qat: loss became {loss.item()} at epoch {epoch} "
-                                             f"step {steps}", "lower quantize.qat.lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                steps += 1
-                seen += len(raw)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(raw)
-                bar.advance({k: v / seen for k, v in sums.items()})
-            record = {"epoch": epoch + 1, **{f"loss_{k}": round(v / max(seen, 1), 6) for k, v in sums.items()}}
-            history.append(record)
-            bar.log(f"  qat epoch {epoch + 1}/{epochs}: "
-                    + " ".join(f"{k[5:]}={v:.4f}" for k, v in record.items() if k.startswith("loss_")))
+    steps, history = _qat_epochs(prepared, step, loss_terms, train_loader, epochs, config.freeze_bn_epoch, per_epoch)
     move_exported_model_to_eval(prepared)
-    qi = QuantInputs(example=example, out=out, seed=seed)
+    converted = convert_pt2e(prepared)
+    if layers:
+        converted = first_output_only(converted)
+    return finish_pt2e(converted, QuantInputs(example=example, out=out, seed=seed), config, None,
+                       "mode static (post-training)", fp32_mb, _notes(steps, epochs, teacher, objective, layers),
+                       qat_history=history)
+
+
+def _notes(steps: int, epochs: int, teacher: nn.Module | None, objective: KDObjective | None,
+           layers: list[str]) -> list[str]:
+    """The QAT model's provenance notes: steps, what it learned from, the KD weights and feature layers."""
     notes = [f"{steps} QAT steps over {epochs} epoch(s)",
              "distilled from the teacher" if teacher is not None else "hard labels only (no teacher)"]
     if objective is not None and objective.distill is not None:
         notes.append(f"KD loss at alpha {objective.distill.alpha:g}, temperature {objective.distill.temperature:g}")
     if layers:
         notes.append(f"feature KD on student layers {', '.join(layers)} (feature outputs cut after convert)")
-    converted = convert_pt2e(prepared)
-    if layers:
-        converted = first_output_only(converted)
-    return finish_pt2e(converted, qi, config, None, "mode static (post-training)", fp32_mb, notes,
-                       qat_history=history)
+    return notes
+
+
+def _loss_teacher(teacher: nn.Module | None, loss_fn: LossFn | None, objective: KDObjective | None) -> nn.Module | None:
+    """The teacher QAT distills from: the objective's own when one is given (a different one is refused).
+
+    Puts the teacher in eval mode and the objective (its adapters' batch norms) in train mode.
+    """
+    if objective is None:
+        if teacher is not None:
+            teacher.eval()
+        return teacher
+    if loss_fn is not None:
+        raise KdtoolError("qat_distill: give loss_fn or objective, not both",
+                          "the objective already is the loss; drop loss_fn")
+    if teacher is not None and teacher is not objective.teacher:
+        raise KdtoolError("qat_distill: `teacher` is not the objective's teacher",
+                          "build the KDObjective with the teacher you distill from, or pass teacher=None")
+    if objective.teacher is not None:
+        objective.teacher.eval()
+    objective.train()  # adapter batch norms learn; the teacher stays in eval (teacher_forward)
+    return objective.teacher
+
+
+def _qat_epochs(prepared: nn.Module, step: TrainStep, loss_terms: Callable[[Tensor, Tensor], dict[str, Tensor]],
+                train_loader: Iterable, epochs: int, freeze_bn_epoch: int | None,
+                per_epoch: int | None) -> tuple[int, list[dict[str, float]]]:
+    """The QAT epochs through the shared `TrainStep`; returns (optimizer steps, per-epoch mean loss terms)."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+    steps, history = 0, []
+    with epoch_progress("qat", epochs, per_epoch) as bar:
+        for epoch in range(epochs):
+            move_exported_model_to_train(prepared)
+            if freeze_bn_epoch is not None and epoch >= freeze_bn_epoch:
+                move_exported_model_to_eval(prepared)  # frozen BN statistics; fake-quant still trains
+            bar.start_epoch(epoch + 1)
+            sums = LossSums()
+            for raw, targets, *_ in train_loader:
+                if len(raw) < 2:  # batch norm in training mode needs two samples
+                    continue
+                terms = step(lambda raw=raw, targets=targets: loss_terms(raw, targets),
+                             f"quantize qat: non-finite loss at epoch {epoch + 1} step {steps + 1}", "", steps + 1)
+                if terms is None:
+                    continue
+                steps += 1
+                sums.add(terms, len(raw))
+                bar.advance(sums.means())
+            record = {"epoch": epoch + 1,
+                      **{f"loss_{k}": round(v / max(sums.seen, 1), 6) for k, v in sums.sums.items()}}
+            history.append(record)
+            bar.log(f"  qat epoch {epoch + 1}/{epochs}: "
+                    + " ".join(f"{k[5:]}={v:.4f}" for k, v in record.items() if k.startswith("loss_")))
+    return steps, history
+
+
+def qat_train_config(config: Int8QATConfig, epochs: int, lr: float, per_epoch: int | None = 1) -> TrainConfig:
+    """The training settings QAT runs with: `config.train` (default AdamW at a constant lr, no clipping)
+    with `epochs`, `lr` and `config.weight_decay` in place of its own.
+
+    Raises:
+        KdtoolError: a key QAT cannot honour, or a decaying scheduler over a loader without a length
+            (`per_epoch` None: the number of steps is unknown).
+    """
+    base = config.train or TrainConfig(scheduler="constant")
+    try:  # the keys QAT cannot honour (init, ema_decay, amp) are refused here as in a recipe
+        QATTrainConfig.model_validate(base.model_dump())
+    except ValidationError as e:
+        raise KdtoolError(f"Int8QATConfig.train: {e.errors()[0]['msg'].removeprefix('Value error, ')}",
+                          "leave the key out of QAT's training settings") from None
+    if per_epoch is None and base.scheduler != "constant":
+        raise KdtoolError(f"quantize.qat.scheduler is {base.scheduler!r} but the QAT loader has no length",
+                          "pass a loader with len(), or set scheduler: constant")
+    return base.model_copy(update={"epochs": epochs, "lr": lr, "weight_decay": config.weight_decay})
 
 
 def _length(loader: Iterable) -> int | None:

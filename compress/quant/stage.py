@@ -6,17 +6,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from compress.context import Context
 from compress.core.atomic import read_json
 from compress.core.progress import console
-from compress.core.runfolder import finish_stage, inputs_hash, prepare_stage
+from compress.core.runfolder import KD_STUDENT, finish_stage, inputs_hash, prepare_stage
 from compress.core.tasks import lower_is_better
 from compress.data.loader import example_batch, make_loader
+from compress.distill.objective import KDObjective
+from compress.models.build import BuiltModel
+from recipes.schema import QuantizeConfig, Recipe
 
 BACKENDS = {"dynamic": ("torch", "onnx"), "static": ("executorch", "onnx"), "qat": ("executorch",)}
 """Quantization backends made per recipe mode (CoreML static is added for the ios target)."""
 
 
-def quant_backends(recipe, mode: str) -> tuple[str, ...]:
+def quant_backends(recipe: Recipe, mode: str) -> tuple[str, ...]:
     """Backends to quantize for, given the recipe's export targets."""
     if recipe.quantize.backends and mode in recipe.quantize.backends:
         return tuple(recipe.quantize.backends[mode])
@@ -26,15 +30,15 @@ def quant_backends(recipe, mode: str) -> tuple[str, ...]:
     return backends
 
 
-def run_quantize(ctx, modes: list[str] | None = None, force: bool = False) -> list[dict[str, Any]]:
+def run_quantize(ctx: Context, modes: list[str] | None = None, force: bool = False) -> list[dict[str, Any]]:
     """`kdtool quantize`: INT8 versions of the distilled student, each evaluated on validation."""
     from compress.quant.quantize import evaluate_quantized, make_config, quantize
 
     r = ctx.recipe
     modes = modes or list(r.quantize.modes)
-    student = ctx.load("student_kd")
+    student = ctx.load(KD_STUDENT)
     train_ds, val_ds = ctx.datasets
-    kd_hash = ctx.output_hash("student_kd")
+    kd_hash = ctx.output_hash(KD_STUDENT)
     results = []
     for mode in modes:
         for backend in quant_backends(r, mode):
@@ -51,12 +55,13 @@ def run_quantize(ctx, modes: list[str] | None = None, force: bool = False) -> li
                 settings.update(_mode_settings(r.quantize, mode, backend))
             if mode == "qat":
                 settings.update(epochs=r.quantize.qat.epochs, lr=r.quantize.qat.lr,
-                                weight_decay=r.quantize.qat.weight_decay)
+                                weight_decay=r.quantize.qat.weight_decay, train=r.quantize.qat)
             teacher = objective = None
             if mode == "qat":
                 teacher = ctx.load("teacher")
                 objective = _qat_objective(ctx, student, teacher)
-            loader = make_loader(train_ds, r.data.batch_size, shuffle=mode == "qat", seed=r.quantize.qat.seed)
+            batch = (r.quantize.qat.batch_size if mode == "qat" else None) or r.data.batch_size
+            loader = make_loader(train_ds, batch, shuffle=mode == "qat", seed=r.quantize.qat.seed)
             val_loader = make_loader(val_ds, 256, shuffle=False, seed=0)
             if mode == "static":  # accuracy-aware: keeps the most sensitive layers float below the floor
                 qm, evaluation = _static_with_floor(student, make_config(mode, **settings), loader, val_loader,
@@ -90,7 +95,7 @@ def _static_with_floor(student, config, calibration, validation, folder: Path, s
     return quantize_with_floor(student.module, config, qi, validation, task)
 
 
-def _qat_objective(ctx, student, teacher):
+def _qat_objective(ctx: Context, student: BuiltModel, teacher: BuiltModel) -> KDObjective:
     """The distillation loss for QAT: every `distill` term, with the adapters student_kd trained.
 
     The adapters come from the student_kd training state (`last.safetensors`, keys `objective.*`);
@@ -100,22 +105,21 @@ def _qat_objective(ctx, student, teacher):
     """
     from compress.distill.checkpoint import load_objective_state
     from compress.distill.objective import KDObjective
-    from compress.distill.schedules import value_at
+    from compress.distill.schedules import kd_weights
 
     train_ds, _ = ctx.datasets
     raw = example_batch(train_ds)
     d = ctx.recipe.distill
-    last = max(ctx.kd_train.epochs, 1)
-    held = d.model_copy(update={"alpha": value_at(d.alpha_schedule, d.alpha, last),
-                                "temperature": value_at(d.temperature_schedule, d.temperature, last),
+    alpha, temperature = kd_weights(d, max(ctx.kd_train.epochs, 1))
+    held = d.model_copy(update={"alpha": alpha, "temperature": temperature,
                                 "alpha_schedule": None, "temperature_schedule": None})
     objective = KDObjective(ctx.task, held, student.module, teacher.module,
                             student.preprocess(raw), teacher.preprocess(raw))
-    load_objective_state(objective, ctx.run.stage("student_kd") / "last.safetensors")
+    load_objective_state(objective, ctx.run.stage(KD_STUDENT) / "last.safetensors")
     return objective
 
 
-def _mode_settings(quantize_cfg, mode: str, backend: str) -> dict[str, Any]:
+def _mode_settings(quantize_cfg: QuantizeConfig, mode: str, backend: str) -> dict[str, Any]:
     """The settings one quantization mode depends on: changing QAT's lr does not redo static PTQ."""
     if mode == "static":
         settings = {"calibration_samples": quantize_cfg.calibration_samples,
@@ -130,7 +134,7 @@ def _mode_settings(quantize_cfg, mode: str, backend: str) -> dict[str, Any]:
     return {}
 
 
-def best_quantized(ctx, backend: str, modes: tuple[str, ...]) -> tuple[Path | None, str | None]:
+def best_quantized(ctx: Context, backend: str, modes: tuple[str, ...]) -> tuple[Path | None, str | None]:
     """The quantized model of `backend` with the best validation metric among `modes` (first wins ties).
 
     QAT exists to recover what static PTQ loses, so when both ran the export takes whichever scored

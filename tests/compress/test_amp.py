@@ -16,8 +16,9 @@ from safetensors import safe_open
 
 from compress.core.errors import KdtoolError
 from compress.distill.checkpoint import STATE_KEY
+from compress.distill.distributed import device_for_training
 from compress.distill.objective import KDObjective
-from compress.distill.trainer import device_for_training, fit
+from compress.distill.trainer import fit
 from recipes.load import load_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")

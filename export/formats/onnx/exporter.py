@@ -19,6 +19,7 @@ from torch import nn
 
 from compress.core.atomic import atomic_path
 from compress.core.errors import ExportError
+from compress.core.onnxrt import ort_session, session_options
 from compress.quant.onnx_ort import compact_file, compact_names, strip_debug_metadata
 from export.artifact import Artifact
 from export.registry import EXPORTERS, ExportContext, build_artifact, check_precision, first_line
@@ -149,16 +150,12 @@ def convert_to_ort(path: Path, threads: int = 1) -> Path:
 
     out = path.with_suffix(".ort")
     with atomic_path(out) as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
+        so = session_options(threads)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         so.optimized_model_filepath = str(tmp)
         so.add_session_config_entry("session.save_model_format", "ORT")
-        try:
-            ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise ExportError(f"ORT-format conversion of {path.name} failed: {first_line(e)}",
-                              "use the .onnx file with full ONNX Runtime") from e
+        ort_session(path, options=so, message=f"ORT-format conversion of {path.name} failed",
+                    hint="use the .onnx file with full ONNX Runtime")
     return out
 
 

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.core.errors import ExportError
+from compress.core.onnxrt import ort_session, session_options
 from export.runtime import RUNTIMES
-
-PROVIDERS = ["CPUExecutionProvider"]
 
 
 class OrtSession:
@@ -45,13 +43,8 @@ class OnnxRuntimeRuntime:
 
     def load(self, path: Path, threads: int) -> OrtSession:
         """Create a session with `threads` intra-op threads and one inter-op thread."""
-        import onnxruntime as ort
-
-        try:
-            return OrtSession(ort.InferenceSession(str(path), session_options(threads), providers=PROVIDERS))
-        except Exception as e:
-            raise ExportError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0][:300]}",
-                              "the file is truncated, or an op is unsupported by this ONNX Runtime") from e
+        return OrtSession(ort_session(path, threads, message=f"ONNX Runtime cannot load {path}",
+                                      hint="the file is truncated, or an op is unsupported by this ONNX Runtime"))
 
     def versions(self) -> dict[str, str]:
         """onnxruntime version."""
@@ -60,29 +53,16 @@ class OnnxRuntimeRuntime:
         return {"onnxruntime": onnxruntime.__version__}
 
 
-def session_options(threads: int) -> object:
-    """SessionOptions with fixed threads (no spinning threads stealing the other cores)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return so
-
-
 def node_placement(path: Path, example: np.ndarray, threads: int = 1) -> dict[str, dict[str, int]]:
     """Nodes per execution provider, and per op type, after ORT's graph optimisations.
 
     Read from one profiled run (ORT writes the provider of every executed node into the trace),
     which is how ORT exposes placement to Python.
     """
-    import onnxruntime as ort
-
     so = session_options(threads)
     so.enable_profiling = True
     so.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="kdtool-ort-"), "profile")
-    session = ort.InferenceSession(str(path), so, providers=PROVIDERS)
+    session = ort_session(path, options=so)
     session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(example, dtype=np.float32)})
     trace = Path(session.end_profiling())
     events = json.loads(trace.read_text())

@@ -6,6 +6,9 @@ the CLI with `--set` overrides that only shrink it: few samples, tiny inputs, on
 architectures of the same family where the real ones are too slow on 2 CPU cores. The checks:
 every stage wrote its outputs, report.json carries the recipe's metrics, and every exported
 artifact passed its parity check.
+
+Each test is a whole `kdtool run` (30-90 s on 2 cores), so the module runs in the slow suite
+(`pytest -m slow`); the fast suite's end-to-end run is tests/e2e/test_pipeline.py's one shared run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from compress.core.tasks import Task
 from compress.data.synthetic import write_audiofolder, write_csv_manifest, write_imagefolder
 from recipes.load import RECIPES_DIR
 from recipes.schema import TaskConfig
+
+pytestmark = pytest.mark.slow
 
 SMALL = ["data.limit=48", "data.batch_size=16", "data.num_workers=0", "student.train.epochs=1",
          "distill.train.epochs=1", "quantize.calibration_samples=16", "export.parity_samples=8",
