@@ -258,13 +258,15 @@ class QATTrainConfig(TrainConfig):
     """`quantize.qat`: fine-tuning through the same training step as distillation, every key read.
 
     Refused, because QAT cannot honour them: `init` (QAT always starts from the distilled student),
-    `ema_decay` (an average of fake-quantized graphs mixes observer ranges of different shapes) and
-    `amp` (the fake quantizers compute in float32).
+    `ema_decay` (an average of fake-quantized graphs mixes observer ranges of different shapes),
+    `amp` (the fake quantizers compute in float32), `device: cuda` (PT2E QAT trains on the CPU) and
+    `label_smoothing` (QAT's hard loss is the distillation objective's, unsmoothed).
     """
 
     @model_validator(mode="after")
     def _refuse_unread(self) -> QATTrainConfig:
-        refused = {"init": self.init != "baseline", "ema_decay": self.ema_decay is not None, "amp": self.amp != "off"}
+        refused = {"init": self.init != "baseline", "ema_decay": self.ema_decay is not None, "amp": self.amp != "off",
+                   "device": self.device == "cuda", "label_smoothing": self.label_smoothing != 0}
         for key, bad in refused.items():
             if bad:
                 raise ValueError(f"quantize.qat.{key} cannot be honoured by QAT: remove it")

@@ -21,6 +21,7 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor, nn
 
+from compress.core import determinism
 from compress.core.errors import KdtoolError
 from compress.core.progress import epoch_progress
 from compress.distill.hooks import capture
@@ -121,6 +122,8 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
     if epochs < 1:
         raise KdtoolError(f"quantize.qat.epochs is {epochs}", "set it to 1 or more")
     teacher = _loss_teacher(teacher, loss_fn, objective)  # and sets the teacher to eval, the adapters to train
+    train_cfg = qat_train_config(config, epochs, lr, _length(train_loader))
+    determinism.configure(train_cfg.threads)  # quantize.qat.threads, as every training: same weights anywhere
     torch.manual_seed(seed)
     pre_s = student_preprocess or (lambda x: x)
     pre_t = teacher_preprocess or pre_s
@@ -132,7 +135,7 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
     graph = export_graph(FeatureOutputs(trainable, layers) if layers else trainable, example, "qat").module()
     prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(config.per_channel, is_qat=True))
     per_epoch = _length(train_loader)
-    step = TrainStep(prepared, objective, qat_train_config(config, epochs, lr, per_epoch), epochs * (per_epoch or 1),
+    step = TrainStep(prepared, objective, train_cfg, epochs * (per_epoch or 1),
                      torch.device("cpu"), "lower quantize.qat.lr, or set quantize.qat.nan_policy: skip",
                      per_epoch or 1)
     alpha, temperature = kd_weights(objective.distill if objective is not None else None, 1)
