@@ -1,9 +1,9 @@
 """Additive per-target export (issue 19.1): each artifact has its own inputs hash; exporting one target
 never touches another's artifacts; `--force` remakes only what was asked for; benchmark sees them all.
 
-The fast tests narrow each target to one quick format (`--format onnx` / `torchscript`) on the tiny
+The CLI tests narrow each target to one quick format (`--format onnx` / `torchscript`) on the tiny
 digits recipe; `test_android_ios_android_force_keeps_other_bytes` (slow) does the same with the real
-android and ios presets (ExecuTorch, CoreML).
+android and ios presets (ExecuTorch, CoreML). The per-artifact decisions and hashes have fast unit tests.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def test_one_target_then_another_then_force_keeps_the_other_bytes(run):
     assert all(e["status"] == "ok" and len(e["inputs_hash"]) == 64 for e in index)
 
 
+@pytest.mark.slow  # two exports (and a benchmark) of the tiny run: ~10 s unloaded, more on a busy CPU
 def test_an_unchanged_artifact_is_reused_without_force(run):
     recipe, runs = run
     export = runs / "additive" / "export"
@@ -84,6 +85,7 @@ def test_an_unchanged_artifact_is_reused_without_force(run):
     assert (export / "ios/torchscript/fp32/manifest.json").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow  # two exports (and a benchmark) of the tiny run: ~10 s unloaded, more on a busy CPU
 def test_a_stale_artifact_needs_force_and_only_it_is_named(run):
     recipe, runs = run
     assert _export(recipe, runs, "--target", "ios", "--format", "torchscript").exit_code == 0
@@ -96,12 +98,15 @@ def test_a_stale_artifact_needs_force_and_only_it_is_named(run):
 
 
 def test_an_unknown_target_is_named(run):
+    """Named as such, not hidden behind "made from a different recipe" when an export exists."""
     recipe, runs = run
+    assert _export(recipe, runs, "--target", "ios", "--format", "torchscript").exit_code == 0
     result = _export(recipe, runs, "--target", "androi")
     assert result.exit_code == 2
     assert "unknown export target 'androi'" in error_lines(result.stderr)[0]
 
 
+@pytest.mark.slow  # two exports (and a benchmark) of the tiny run: ~10 s unloaded, more on a busy CPU
 def test_benchmark_sees_every_exported_target(run):
     recipe, runs = run
     assert _export(recipe, runs, "--target", "ios", "--format", "torchscript").exit_code == 0
@@ -114,15 +119,14 @@ def test_benchmark_sees_every_exported_target(run):
     assert exported == {"student_kd.onnx.fp32", "student_kd.torchscript.fp32"}
 
 
-def test_artifact_hash_is_per_job_and_only_int8_follows_its_quantized_model(distilled):
+def test_artifact_hash_is_per_job_and_only_int8_follows_its_quantized_model(tmp_path):
     from compress.context import Context
     from compress.core.runfolder import RunFolder
     from export.stage import artifact_hash
     from recipes.load import load_recipe
 
-    recipe, runs = distilled
-    r, _, _ = load_recipe(str(recipe), None)
-    ctx = Context(r, RunFolder.for_recipe(runs, r.name))
+    r, _, _ = load_recipe(str(write_recipe(tmp_path, NO_FORMATS)), None)
+    ctx = Context(r, RunFolder.for_recipe(tmp_path / "runs", r.name))
     onnx, ts = Job("android", "onnx"), Job("ios", "torchscript")
     int8 = Job("android", "executorch", "int8")
     sources = {"executorch": "a", "onnx": "b"}
