@@ -57,23 +57,24 @@ no ONNX int8: that file is the server's, tuned for x86 (uint8 activations, 7-bit
 VNNI/AVX2); phones get ExecuTorch's XNNPACK int8."""
 
 
+def format_names() -> tuple[str, ...]:
+    """The export formats, read from disk without importing them: the `export/formats/<name>/`
+    packages that hold an exporter (a test keeps this equal to the registered exporters)."""
+    from pathlib import Path
+
+    return tuple(sorted(p.parent.name for p in (Path(__file__).parent / "formats").glob("*/exporter.py")))
+
+
 def check_names(targets: list[str] | None, formats: list[str] | None) -> None:
     """Refuse an unknown `--target` or `--format` by name, before any model, run folder or torch import.
-
-    The format names are the recipe schema's (`recipes.schema.Format`), which a test keeps equal to
-    the registered exporters.
 
     Raises:
         KdtoolError: naming the bad argument and the known values.
     """
-    from typing import get_args
-
-    from recipes.schema import Format
-
     for t in targets or []:
         if t not in (*TARGETS, "all"):
             raise KdtoolError(f"--target {t!r}: unknown target", f"known: {', '.join(TARGETS)}, all")
-    known = get_args(Format)
+    known = format_names()
     for f in formats or []:
         if f not in known:
             raise KdtoolError(f"--format {f!r}: unknown format", f"known: {', '.join(known)}")

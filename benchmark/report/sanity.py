@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from compress.core.progress import count_text
+
 EQUAL = 1e-6
 """Two metric values this close are the same score."""
 
@@ -49,9 +51,10 @@ def size_notes(rows: list[Any]) -> list[str]:
     if teacher is None or student is None:
         return []
     worse = []
-    for what, t, s in (("params", teacher.params, student.params), ("GFLOPs", teacher.gflops, student.gflops)):
+    for what, t, s, text in (("params", teacher.params, student.params, count_text),
+                             ("GFLOPs", teacher.gflops, student.gflops, lambda v: f"{v:.4g}")):
         if t is not None and s is not None and s >= 0.9 * t:
-            worse.append(f"{what} {s:.4g} vs teacher {t:.4g}")
+            worse.append(f"{what} {text(s)} vs teacher {text(t)}")
     t_lat, s_lat = teacher.latency_at(1), student.latency_at(1)
     if t_lat is not None and s_lat is not None and s_lat.p50 >= t_lat.p50:
         worse.append(f"p50 {s_lat.p50:.2f} ms vs teacher {t_lat.p50:.2f} ms")

@@ -50,7 +50,7 @@ def _train(case: str, out: Path, batch_size: int):
         teacher, distill = tiny_net(seed=7, width=12), distill_cfg(cache=True, views=2)
         cache = TeacherCache.build(teacher, train, data_cfg, distill.cache, out / "cache", seed=0)
     student = tiny_net(seed=1, batchnorm=case == "batchnorm")
-    cfg = train_cfg(EPOCHS, lr=0.05, batch_size=batch_size)
+    cfg = train_cfg(EPOCHS, lr=0.05, batch_size=batch_size, threads=1)  # one thread a process, as the workers
     result = fit(student, train, val, TASK, cfg, out / case, data_cfg=data_cfg, teacher=teacher,
                  distill=distill, teacher_cache=cache)
     return result, student.module

@@ -92,7 +92,8 @@ def test_train_config_replaces_epochs_lr_weight_decay():
     assert qat_train_config(Int8QATConfig(), 2, 1e-4).scheduler == "constant"  # the API default: a fixed lr
 
 
-@pytest.mark.parametrize("key", [{"init": "scratch"}, {"ema_decay": 0.9}, {"amp": "bf16"}], ids=str)
+@pytest.mark.parametrize("key", [{"init": "scratch"}, {"ema_decay": 0.9}, {"amp": "bf16"}, {"device": "cuda"},
+                                 {"label_smoothing": 0.1}], ids=str)
 def test_qat_refuses_what_it_cannot_honour(key):
     with pytest.raises(ValueError, match=f"quantize.qat.{next(iter(key))} cannot be honoured"):
         QuantizeConfig(qat=key)

@@ -1,5 +1,5 @@
 """The shipped recipes' promises hold (issue 19.6): every shipped recipe has an end-to-end smoke run
-(`tests/test_recipe_smoke.py`, the slow ones with their real export targets), and the quickstart runs
+(`tests/e2e/test_recipe_smoke.py`, the slow ones with their real export targets), and the quickstart runs
 end to end at smoke size with every artifact it plans either made or skipped for a reason of this machine."""
 
 from __future__ import annotations
