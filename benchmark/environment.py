@@ -144,7 +144,8 @@ def load_warnings(rows: list[Any], threads: int, cores: int | None = None) -> li
         out.append(f"Machine busy while timing: other processes used more than the {free} free core(s) "
                    f"(cores used by others: {', '.join(busy)}); latency is unreliable, rerun on an idle machine.")
     if unstable:
-        out.append(f"Unstable latency: std above {BUSY_SPREAD:.0%} of the mean for {', '.join(unstable)}; "
+        out.append(f"Unstable latency: robust spread (1.4826·MAD) above {BUSY_SPREAD:.0%} of the median for "
+                   f"{', '.join(unstable)}; "
                    "rerun on an idle machine, or raise benchmark.min_time_s.")
     return out
 

@@ -45,7 +45,7 @@ class LatencyMs(BaseModel):
     runs: int | None = None
     load_ms: float | None = None
     overhead_ms: float | None = None
-    spread: float | None = None  # std / mean of the per-call times
+    spread: float | None = None  # 1.4826 · MAD / median of the per-call times (a robust std / mean)
     other_cpu: float | None = None  # cores other processes used during the measurement
 
     @classmethod

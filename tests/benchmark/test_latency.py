@@ -116,3 +116,18 @@ def test_bad_arguments_are_user_errors():
         measure(lambda x: None, _samples(), threads=0)
     with pytest.raises(KdtoolError):
         measure(object(), _samples())
+
+
+def test_spread_is_robust_to_rare_outliers_but_not_to_a_wide_bulk():
+    """A quiet machine's sub-ms calls have rare OS-jitter outliers (p99 shows them): no "unstable" flag;
+    a busy machine widens the bulk of the times: flagged (spread above 10 %)."""
+    import numpy as np
+
+    from benchmark.latency import robust_spread
+
+    rng = np.random.default_rng(0)
+    quiet = np.concatenate([1.0 + 0.01 * rng.standard_normal(500), [40.0, 60.0]])
+    assert quiet.std() / quiet.mean() > 1.0  # the plain std / mean is ruined by two outliers
+    assert robust_spread(quiet) < 0.03
+    busy = rng.uniform(0.5, 1.5, 500)
+    assert robust_spread(busy) > 0.3
