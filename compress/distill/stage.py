@@ -25,7 +25,7 @@ from compress.distill import distributed
 from compress.distill.sanity import teacher_warnings
 from compress.distill.trainer import fit, predict
 from compress.models.build import BuiltModel, build_model, check_model_io, count_params, load_weights
-from recipes.schema import CacheConfig, DataConfig
+from recipes.schema import CacheConfig, DataConfig, TrainConfig
 
 STAGES = TRAINING_STAGES
 
@@ -59,30 +59,8 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
     start = time.perf_counter()
     r = ctx.recipe
     train_ds, val_ds = ctx.datasets
-    teacher = None
     history: list[dict[str, Any]] = []
-    if stage == "teacher":
-        model = build_model(r.teacher, ctx.task.num_outputs, r.data, "teacher")
-        cfg = None if r.teacher.checkpoint is not None else r.teacher.train  # a given checkpoint wins
-        if r.teacher.checkpoint is not None and r.teacher.train is not None:
-            console.print(f"[yellow]teacher: using teacher.checkpoint {r.teacher.checkpoint} as it is; "
-                          "teacher.train is not used (remove the checkpoint to train the teacher here)[/]")
-        if r.teacher.self_distill:  # born-again: the stage-1 student becomes the teacher, as it is
-            baseline = ctx.run.stage("student_baseline", "best.safetensors")
-            if not baseline.exists():
-                raise KdtoolError(f"teacher.self_distill: {baseline} does not exist yet",
-                                  f"run the baseline first (`{ctx.command('distill', '--stage', 'baseline')}`)")
-            load_weights(model.module, baseline, "student_baseline")
-    elif stage == "student_baseline":
-        model = build_model(r.student, ctx.task.num_outputs, r.data, "student")
-        cfg = r.student.train
-    else:
-        model = build_model(r.student, ctx.task.num_outputs, r.data, "student")
-        cfg = ctx.kd_train
-        if cfg.init == "baseline":
-            load_weights(model.module, ctx.run.stage("student_baseline", "best.safetensors"), "student_baseline")
-        teacher = ctx.load("teacher")
-        _check_fits(teacher, ctx, "teacher")
+    model, cfg, teacher = _stage_models(ctx, stage)
     _check_fits(model, ctx, "teacher" if stage == "teacher" else "student")
     if stage != KD_STUDENT:  # the transfer set (unlabeled samples) is for distillation only
         train_ds = labeled_part(train_ds)
@@ -127,6 +105,36 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
     console.print(f"{stage}: val {ctx.task.primary_metric}={'null' if value is None else f'{value:.4f}'} "
                   f"({count_text(count_params(model.module))} params, {seconds:.1f} s)")
     return StageOutcome(stage, "resumed" if action == "resume" else "ran", folder, metrics, seconds)
+
+
+def _stage_models(ctx: Context, stage: str) -> tuple[BuiltModel, TrainConfig | None, BuiltModel | None]:
+    """The model a stage trains (initialised as the stage wants), its training config (None: not
+    trained here), and the teacher it distills from (student_kd only)."""
+    r = ctx.recipe
+    teacher = None
+    if stage == "teacher":
+        model = build_model(r.teacher, ctx.task.num_outputs, r.data, "teacher")
+        cfg = None if r.teacher.checkpoint is not None else r.teacher.train  # a given checkpoint wins
+        if r.teacher.checkpoint is not None and r.teacher.train is not None:
+            console.print(f"[yellow]teacher: using teacher.checkpoint {r.teacher.checkpoint} as it is; "
+                          "teacher.train is not used (remove the checkpoint to train the teacher here)[/]")
+        if r.teacher.self_distill:  # born-again: the stage-1 student becomes the teacher, as it is
+            baseline = ctx.run.stage("student_baseline", "best.safetensors")
+            if not baseline.exists():
+                raise KdtoolError(f"teacher.self_distill: {baseline} does not exist yet",
+                                  f"run the baseline first (`{ctx.command('distill', '--stage', 'baseline')}`)")
+            load_weights(model.module, baseline, "student_baseline")
+    elif stage == "student_baseline":
+        model = build_model(r.student, ctx.task.num_outputs, r.data, "student")
+        cfg = r.student.train
+    else:
+        model = build_model(r.student, ctx.task.num_outputs, r.data, "student")
+        cfg = ctx.kd_train
+        if cfg.init == "baseline":
+            load_weights(model.module, ctx.run.stage("student_baseline", "best.safetensors"), "student_baseline")
+        teacher = ctx.load("teacher")
+        _check_fits(teacher, ctx, "teacher")
+    return model, cfg, teacher
 
 
 def teacher_origin(cfg) -> str:

@@ -118,26 +118,23 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
 
     from compress.quant.pt2e import finish_pt2e, xnnpack_quantizer
 
-    config = config or Int8QATConfig()
     if epochs < 1:
         raise KdtoolError(f"quantize.qat.epochs is {epochs}", "set it to 1 or more")
     teacher = _loss_teacher(teacher, loss_fn, objective)  # and sets the teacher to eval, the adapters to train
-    train_cfg = qat_train_config(config, epochs, lr, _length(train_loader))
+    per_epoch = _length(train_loader)
+    config = config or Int8QATConfig()
+    train_cfg = qat_train_config(config, epochs, lr, per_epoch)
     determinism.configure(train_cfg.threads)  # quantize.qat.threads, as every training: same weights anywhere
     torch.manual_seed(seed)
     pre_s = student_preprocess or (lambda x: x)
     pre_t = teacher_preprocess or pre_s
-    if example is None:
-        example = pre_s(next(iter(train_loader))[0][:2])
+    example = example if example is not None else pre_s(next(iter(train_loader))[0][:2])
     layers = objective.student_layers if objective is not None else []
-    fp32_mb = program_size_mb(student.eval(), example, "qat")
-    trainable = copy.deepcopy(student).eval()
+    fp32_mb, trainable = program_size_mb(student.eval(), example, "qat"), copy.deepcopy(student).eval()
     graph = export_graph(FeatureOutputs(trainable, layers) if layers else trainable, example, "qat").module()
     prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(config.per_channel, is_qat=True))
-    per_epoch = _length(train_loader)
-    step = TrainStep(prepared, objective, train_cfg, epochs * (per_epoch or 1),
-                     torch.device("cpu"), "lower quantize.qat.lr, or set quantize.qat.nan_policy: skip",
-                     per_epoch or 1)
+    step = TrainStep(prepared, objective, train_cfg, epochs * (per_epoch or 1), torch.device("cpu"),
+                     "lower quantize.qat.lr, or set quantize.qat.nan_policy: skip", per_epoch or 1)
     alpha, temperature = kd_weights(objective.distill if objective is not None else None, 1)
 
     def loss_terms(raw: Tensor, targets: Tensor) -> dict[str, Tensor]:
