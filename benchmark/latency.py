@@ -54,8 +54,8 @@ T = TypeVar("T")
 OVERHEAD_RUNS = 2000
 
 
-class LatencyStats(BaseModel):
-    """Per-call latency of one artifact at one batch size and thread count (milliseconds)."""
+class LatencyMs(BaseModel):
+    """The latency summary a report row keeps (milliseconds); older reports may lack the optional fields."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -64,18 +64,32 @@ class LatencyStats(BaseModel):
     p99: float
     mean: float
     std: float
+    batch: int = 1
+    threads: int
+    runs: int | None = None
+    load_ms: float | None = None
+    overhead_ms: float | None = None
+    spread: float | None = None  # 1.4826 · MAD / median of the per-call times (a robust std / mean)
+    other_cpu: float | None = None  # cores other processes kept busy during the timed loop (Linux)
+
+    @classmethod
+    def from_stats(cls, stats: LatencyMs) -> LatencyMs:
+        """Keep the report's fields of a `LatencyStats`."""
+        return cls(**stats.model_dump(include=set(cls.model_fields)))
+
+
+class LatencyStats(LatencyMs):
+    """Per-call latency of one artifact at one batch size and thread count (milliseconds): the report's
+    summary plus the measurement's own facts."""
+
     min: float
     max: float
     runs: int
     batch: int
-    threads: int
-    load_ms: float | None = None
     warmup: int
     total_s: float
     overhead_ms: float
     device: str = "cpu"
-    spread: float | None = None  # 1.4826 · MAD / median of the per-call times (a robust std / mean)
-    other_cpu: float | None = None  # cores other processes kept busy during the timed loop (Linux)
 
     @property
     def throughput(self) -> float:

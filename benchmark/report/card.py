@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from benchmark.latency import LatencyStats
+from benchmark.latency import LatencyMs
 from compress.core.atomic import read_json
 from compress.core.errors import KdtoolError
 from export.artifact import Parity
@@ -28,30 +28,6 @@ Precision = Literal["fp32", "fp16", "int8"]
 
 INT8_TOLERANCE = 0.03
 """INT8 counts as slower than FP32 when its p50 is more than this fraction above (run-to-run noise)."""
-
-
-class LatencyMs(BaseModel):
-    """The latency summary kept in a report row (milliseconds)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    p50: float
-    p90: float
-    p99: float
-    mean: float
-    std: float
-    batch: int = 1
-    threads: int
-    runs: int | None = None
-    load_ms: float | None = None
-    overhead_ms: float | None = None
-    spread: float | None = None  # 1.4826 · MAD / median of the per-call times (a robust std / mean)
-    other_cpu: float | None = None  # cores other processes used during the measurement
-
-    @classmethod
-    def from_stats(cls, stats: LatencyStats) -> LatencyMs:
-        """Keep the report's fields of a `LatencyStats`."""
-        return cls(**stats.model_dump(include=set(cls.model_fields)))
 
 
 class ReportRow(BaseModel):
