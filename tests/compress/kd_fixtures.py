@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from compress.core.tasks import Task
-from compress.data.loader import digits_source
+from compress.data.loader import digits_source, make_loader
 from compress.models.build import BuiltModel, Preprocess
 from recipes.schema import AugmentConfig, CacheConfig, DataConfig, DistillConfig, TrainConfig
 
@@ -74,3 +74,12 @@ def train_on_labels(model: torch.nn.Module, loader, epochs: int, lr: float, prep
             loss.backward()
             opt.step()
     return model.eval()
+
+
+def digit_loaders(image_size: int = 16):
+    """(train, val) loaders over all 1,797 digits at `image_size`, 1 channel: batch 64 shuffled, 128 in order."""
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(image_size=image_size, channels=1, val_fraction=0.2, limit=None)
+    train, val = digits_source(cfg, TASK)
+    return make_loader(train, 64, True, seed=0), make_loader(val, 128, False, seed=0)

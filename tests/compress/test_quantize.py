@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
-from kd_fixtures import train_on_labels
+from kd_fixtures import digit_loaders, train_on_labels
 from torch import nn
 
 from compress.core.errors import ExportError, KdtoolError
 from compress.core.tasks import Task
-from compress.data.loader import digits_source, make_loader
 from compress.models.build import Preprocess
 from compress.quant.quantize import (
     QUANT_MODES,
@@ -36,9 +34,7 @@ def tiny_net() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def digits():
-    cfg = SimpleNamespace(image_size=16, channels=1, val_fraction=0.2, limit=None)
-    train, val = digits_source(cfg, TASK)
-    return make_loader(train, 64, True, seed=0), make_loader(val, 128, False, seed=0)
+    return digit_loaders()
 
 
 @pytest.fixture(scope="module")
