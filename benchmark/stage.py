@@ -244,7 +244,8 @@ def _artifact_row(ctx: Context, artifact, samples: list, bench: BenchmarkConfig,
     from benchmark.latency import make_batches, timed_load
     from benchmark.report.card import ReportRow
 
-    common = dict(name=artifact.name, stage="export", format=artifact.format, precision=artifact.precision,
+    common = dict(name=artifact.name, stage="export", target=artifact.target, format=artifact.format,
+                  precision=artifact.precision,
                   runtime=artifact.runtime, source=KD_STUDENT, path=relative(artifact.path, ctx.run.root),
                   size_mb=artifact.size_mb, parity=artifact.parity, **student_cost,
                   accuracy_aware=floor_summary(artifact.info.get("accuracy_aware")))
@@ -258,7 +259,7 @@ def _artifact_row(ctx: Context, artifact, samples: list, bench: BenchmarkConfig,
         return ReportRow(**common, status="skipped", reason=f"{platform_status(reason)}: {reason}")
     try:
         session, load_ms = timed_load(lambda: runtime.load(Path(artifact.path), bench.threads))
-        fixed_batch = None if artifact.info.get("dynamic_batch", True) else EXPORT_BATCH
+        fixed_batch = None if artifact.info.get("dynamic_batch", True) else artifact.info.get("batch", EXPORT_BATCH)
         timing = bench if not fixed_batch else bench.model_copy(update={"batch_sizes": [fixed_batch]})
         lat = [stats.model_copy(update={"load_ms": load_ms})
                for stats in _measure_row_latency(session, samples, timing)]

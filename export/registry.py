@@ -44,6 +44,7 @@ class ExportContext:
             quantizer) or an `ExportedProgram` of it; ExecuTorch int8 lowers this.
         quantized_onnx: an ONNX Runtime–quantized (QDQ) `.onnx` file; ONNX/TensorRT int8 adopt it.
         target: deployment target the artifact is made for (android, ios, server), if any.
+        tag: name suffix of a static-batch file that another target makes with another batch (`b1`).
         variant: format-specific flavour, e.g. "coreml" for ExecuTorch with the CoreML delegate.
         task_spec: the `compress.core.tasks.Task` (primary metric, decisions) for parity, if known.
         parity_targets: labels of the real parity inputs: parity then compares the primary metric.
@@ -67,10 +68,11 @@ class ExportContext:
     variant: str | None = None
     task_spec: Any = None
     parity_targets: Any = None
+    tag: str | None = None
 
     def artifact_name(self, fmt: str) -> str:
-        """Name used in reports: `<name>.<format>[-<variant>].<precision>`."""
-        flavour = f"{fmt}-{self.variant}" if self.variant else fmt
+        """Name used in reports: `<name>.<format>[-<variant>][-<tag>].<precision>`."""
+        flavour = "-".join(p for p in (fmt, self.variant, self.tag) if p)
         return f"{self.name}.{flavour}.{self.precision}"
 
     def embedded_metadata(self) -> dict[str, str]:

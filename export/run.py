@@ -4,7 +4,8 @@ One format failing does not stop the others: each artifact comes back with statu
 skipped and the reason (the unsupported op, the missing package, the parity numbers). Each
 artifact is written atomically into `out_dir/<target>/<format>/<precision>/` with its
 `manifest.json`. The returned list feeds the summary table and the report card. The model is
-exported as given: the caller strips KD adapters/hooks and passes the bare student.
+exported in its deployed form (`compress.models.deploy`: re-parameterisable blocks fused); the
+caller strips KD adapters/hooks and passes the bare student.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
                  formats: list[str] | None = None, targets: list[str] | None = None, *,
                  quantized: Quantized | None = None, ctx: ExportContext | None = None,
                  inputs: torch.Tensor | None = None, int8: bool = True, verify: bool = True,
-                 threads: int = 1) -> list[Artifact]:
+                 threads: int = 1, batch: str | int = "auto") -> list[Artifact]:
     """Export `model` for `targets` (presets) or `formats`, verify each artifact, write manifests.
 
     Args:
@@ -73,11 +74,13 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
         int8: make the presets' int8 artifacts.
         verify: load every artifact in its runtime and check parity (turn off only in tests of I/O).
         threads: intra-op threads for the runtimes during verification.
+        batch: the batch axis (`export.batch`): "auto" (static 1 for android/ios, dynamic for
+            server), "dynamic", or a static size.
 
     Returns:
         One `Artifact` per planned job, in plan order, each with status, reason, parity and info.
     """
-    return export_jobs(plan(targets, formats, int8), model, example, out_dir, quantized=quantized, ctx=ctx,
+    return export_jobs(plan(targets, formats, int8, batch), model, example, out_dir, quantized=quantized, ctx=ctx,
                        inputs=inputs, verify=verify, threads=threads)
 
 
@@ -91,14 +94,22 @@ def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_di
     Returns:
         One `Artifact` per job, in order.
     """
-    model = model.eval()
+    from compress.models.deploy import deploy_form
+    from export.verify import ReferenceCache
+
+    model, fused = deploy_form(model.eval())  # re-parameterisable blocks ship fused (MobileOne, RepViT...)
     ctx = ctx or ExportContext()
+    if fused:  # embedded in every artifact and its manifest
+        ctx = dataclasses.replace(ctx, metadata={**ctx.metadata, "kdtool.reparameterized_blocks": str(fused)})
     quantized = quantized or Quantized()
     results = []
+    cache = ReferenceCache()  # every artifact is compared with the same PyTorch outputs
     for job in jobs:
         t0 = time.perf_counter()
         with format_status(f"export {job.format} {job.precision} …"):
-            a = _export_one(job, model, example, Path(out_dir), ctx, quantized, inputs, verify, threads)
+            a = _export_one(job, model, example, Path(out_dir), ctx, quantized, inputs, verify, threads, cache)
+        if fused and a.status != "skipped":
+            a = _update(a, info={**a.info, "reparameterized_blocks": fused})
         results.append(a)
         log.info("%s: %s%s", a.name, a.status, f" ({a.reason})" if a.reason else "")
         progress_line(f"  export {a.name}: {a.status} in {time.perf_counter() - t0:.1f} s")
@@ -106,7 +117,8 @@ def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_di
 
 
 def _export_one(job: Job, model: nn.Module, example: torch.Tensor, out_dir: Path, base: ExportContext,
-                quantized: Quantized, inputs: torch.Tensor | None, verify: bool, threads: int) -> Artifact:
+                quantized: Quantized, inputs: torch.Tensor | None, verify: bool, threads: int,
+                cache: Any = None) -> Artifact:
     metadata = dict(base.metadata)
     mode = quantized.pt2e_mode if job.format == "executorch" else quantized.onnx_mode
     if job.precision == "int8" and mode:
@@ -116,7 +128,8 @@ def _export_one(job: Job, model: nn.Module, example: torch.Tensor, out_dir: Path
         metadata.update(floor_metadata(floor))
     ctx = dataclasses.replace(base, precision=job.precision, target=job.target, variant=job.variant,
                               metadata=metadata, quantized_program=quantized.pt2e,
-                              quantized_onnx=quantized.onnx)
+                              quantized_onnx=quantized.onnx, dynamic_batch=job.batch is None, tag=job.tag)
+    example = job_example(job, example, inputs)
     folder = out_dir / job.folder
     skip = _skip_reason(job, quantized)
     if skip:
@@ -128,10 +141,12 @@ def _export_one(job: Job, model: nn.Module, example: torch.Tensor, out_dir: Path
             artifact = exporter.export(model, example, tmp, ctx)
             seconds = round(time.perf_counter() - t0, 2)
             artifact = _update(artifact, info={**artifact.info, "export_s": seconds})
+            if not artifact.info.get("dynamic_batch", True):  # the one batch size it runs at
+                artifact = _update(artifact, info={**artifact.info, "batch": int(example.shape[0])})
             if job.precision == "int8" and floor:
                 artifact = _update(artifact, info={**artifact.info, "accuracy_aware": floor})
             if verify:
-                artifact = _verify(artifact, job, model, example, ctx, quantized, inputs, threads)
+                artifact = _verify(artifact, job, model, example, ctx, quantized, inputs, threads, cache)
             if artifact.status == "failed":  # never shippable by mistake: *.failed.<ext>, the manifest says why
                 artifact = _mark_failed(artifact)
             write_manifest(artifact, ctx, example)
@@ -141,6 +156,16 @@ def _export_one(job: Job, model: nn.Module, example: torch.Tensor, out_dir: Path
         log.debug("exporter %s crashed", job.format, exc_info=True)
         return _placeholder(job, ctx, folder, "failed", f"{type(e).__name__}: {first_line(e)}")
     return _relocate(artifact, tmp, folder)
+
+
+def job_example(job: Job, example: torch.Tensor, inputs: torch.Tensor | None) -> torch.Tensor:
+    """The example `job` is traced with: `example` for a dynamic batch, else `job.batch` real rows
+    (from `inputs`, then `example`, repeated if there are fewer)."""
+    if job.batch is None:
+        return example
+    pool = example if inputs is None else torch.cat([inputs, example])
+    reps = -(-job.batch // len(pool))
+    return pool.repeat(reps, *([1] * (pool.ndim - 1)))[:job.batch].clone()
 
 
 def floor_metadata(floor: dict[str, Any]) -> dict[str, str]:
@@ -155,14 +180,14 @@ def floor_metadata(floor: dict[str, Any]) -> dict[str, str]:
 
 
 def _verify(artifact: Artifact, job: Job, model: nn.Module, example: torch.Tensor, ctx: ExportContext,
-            quantized: Quantized, inputs: torch.Tensor | None, threads: int) -> Artifact:
+            quantized: Quantized, inputs: torch.Tensor | None, threads: int, cache: Any = None) -> Artifact:
     """Load in the runtime and check parity; int8 ExecuTorch is compared with its PT2E model."""
     reference = quantized.pt2e if (job.precision == "int8" and job.format == "executorch") else model
     if isinstance(reference, torch.export.ExportedProgram):
         reference = reference.module()
     try:
         parity = verify_artifact(artifact, reference, example, inputs=inputs, task=ctx.task_spec or ctx.task,
-                                 threads=threads, targets=ctx.parity_targets, student=model)
+                                 threads=threads, targets=ctx.parity_targets, student=model, cache=cache)
     except ExportError as e:
         parity = Parity(status="failed", reason=str(e))
     info = dict(artifact.info)

@@ -49,7 +49,7 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
 
     r = ctx.recipe
     jobs = plan(targets or list(r.export.targets), formats or (list(r.export.formats) if r.export.formats else None),
-                r.export.int8)  # an unknown target or format fails here, before any model is loaded
+                r.export.int8, r.export.batch)  # an unknown target or format fails here, before any model is loaded
     student = ctx.load(KD_STUDENT)
     quantized, sources = _quantized_inputs(ctx)
     folder = ctx.run.stage("export")
@@ -124,7 +124,7 @@ def artifact_hash(ctx, job, sources: dict[str, str | None]) -> str:
     source = None
     if job.precision == "int8":
         source = sources.get("executorch" if job.format == "executorch" else "onnx")
-    return inputs_hash(settings, [job.format, job.precision, job.variant], ctx.output_hash(KD_STUDENT),
+    return inputs_hash(settings, [job.format, job.precision, job.variant, job.batch], ctx.output_hash(KD_STUDENT),
                        source, ctx.recipe.benchmark.threads)
 
 

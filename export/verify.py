@@ -1,7 +1,7 @@
 """Parity of any artifact against its PyTorch model, shared by every format, task-aware.
 
-Both run on the caller's real inputs plus seeded random inputs, at batch 1 and at a second batch
-size when the batch axis is dynamic. Every criterion below must hold; the `Parity` record lists
+Both run on the caller's real inputs plus seeded random inputs, at batch 1 and, when the batch
+axis is dynamic, a few of them again at a second batch size. Every criterion below must hold; the `Parity` record lists
 the ones that failed (`failed`) and why (`reason`):
 
 | criterion         | what                                                         | fp32  | fp16  | int8  |
@@ -33,6 +33,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,8 @@ from compress.core.tasks import Task
 from export.artifact import Artifact, Parity
 
 SECOND_BATCH = 4
+SECOND_BATCH_SAMPLES = 2 * SECOND_BATCH
+"""Samples re-run at `SECOND_BATCH` (the batch-1 pass covers them all)."""
 RANDOM_SAMPLES = 8
 SCALE_FLOOR = 1e-6
 SPREAD_FLOOR = 1e-3
@@ -68,7 +71,8 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
                  example: torch.Tensor, precision: str = "fp32", *, inputs: torch.Tensor | None = None,
                  task: str | Task = "multiclass", dynamic_batch: bool = True, random_samples: int = RANDOM_SAMPLES,
                  seed: int = 0, tolerance: Tolerance | None = None, targets: torch.Tensor | None = None,
-                 student: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Parity:
+                 student: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 cache: ReferenceCache | None = None) -> Parity:
     """Compare `run` (an artifact's session) with `reference` (the PyTorch model) on the same inputs.
 
     Args:
@@ -78,13 +82,15 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
         precision: fp32, fp16 or int8: picks the tolerance.
         inputs: real model inputs (preprocessed), checked first; may be None.
         task: task kind, or a `Task` (its primary metric is the one compared).
-        dynamic_batch: also run at batch `SECOND_BATCH`; else only at the example's batch size.
+        dynamic_batch: also run the first `SECOND_BATCH_SAMPLES` at batch `SECOND_BATCH` (their
+            max_abs counts); else only at the example's batch size.
         random_samples: seeded standard-normal samples added to the real ones (fp32/fp16; int8 with
             real inputs uses those alone).
         seed: seed of the random samples.
         tolerance: override the precision's `TOLERANCES` entry.
         targets: labels of `inputs`: the primary metric is then compared (criterion `metric`).
         student: the fp32 model whose metric the artifact's must match (default `reference`).
+        cache: reference outputs shared by the artifacts of one export (each model runs once).
 
     Returns:
         Parity with status "passed" or "failed", max_abs, max_rel (max_abs / s), agreement, atol,
@@ -98,11 +104,15 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
     samples = _samples(example, inputs, random_samples, seed)
     batches = sorted({1, SECOND_BATCH}) if dynamic_batch else [int(example.shape[0])]
     ref_batch = int(example.shape[0])  # PT2E references may be traced at the example's batch only
-    ref = _reference_outputs(reference, samples, ref_batch)
-    outs = []
+    cache = cache if cache is not None else ReferenceCache()
+    ref = cache.outputs(reference, samples, ref_batch)
     try:
-        for b in batches:
-            outs.append(torch.from_numpy(np.asarray(_run_batched(run, samples.numpy(), b), dtype=np.float32)))
+        # every sample at the first batch size; the second (dynamic batch) re-runs the first
+        # SECOND_BATCH_SAMPLES only: it checks that the batch axis works and changes nothing
+        outs = [torch.from_numpy(np.asarray(_run_batched(run, samples.numpy(), batches[0]), dtype=np.float32))]
+        if len(batches) > 1:
+            head = samples[:SECOND_BATCH_SAMPLES].numpy()
+            second = np.asarray(_run_batched(run, head, batches[1]), dtype=np.float32)
     except ExportError:
         raise
     except Exception as e:
@@ -111,7 +121,10 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
     outs = [o.reshape(ref.shape) for o in outs]
     kind = task if isinstance(task, Task) else Task(task, int(ref.shape[-1]) if ref.ndim > 1 else 1)
     scale = max(float(ref.abs().max()), SCALE_FLOOR)
-    max_abs = max(float((o - ref).abs().max()) for o in outs)
+    max_abs = float((outs[0] - ref).abs().max())
+    if len(batches) > 1:
+        head_ref = ref[:SECOND_BATCH_SAMPLES]
+        max_abs = max(max_abs, float((torch.from_numpy(second).reshape(head_ref.shape) - head_ref).abs().max()))
     atol = tol.rel * scale
     problems: dict[str, str] = {}
     if not np.isfinite(max_abs) or max_abs > atol:
@@ -124,7 +137,7 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
     problems.update(_decision_problems(kind, outs, ref, tol))
     delta = None
     if targets is not None and inputs is not None and len(targets) == len(inputs):
-        fp32 = ref if student is None else _reference_outputs(student, samples, ref_batch)
+        fp32 = ref if student is None else cache.outputs(student, samples, ref_batch)
         delta, problem = _metric_problem(kind, [o[:len(targets)] for o in outs], fp32[:len(targets)], targets, tol)
         if problem:
             problems["metric"] = problem
@@ -134,6 +147,31 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
     return Parity(status="failed" if problems else "passed", max_abs=max_abs, max_rel=max_abs / scale,
                   agreement=agreement, atol=atol, batches=batches, samples=len(samples), metric_delta=delta,
                   failed=list(problems), reason=reason)
+
+
+class ReferenceCache:
+    """PyTorch outputs on the parity samples, computed once per (model, samples) for all artifacts.
+
+    Every artifact of an export is compared with the same fp32 student (or the same PT2E model) on
+    the same samples; on a real-size student the reference forward passes were the largest share
+    of the parity time. Eager modules give the same outputs at any batch, so their key leaves the
+    batch out; a traced graph (PT2E) may run at its traced batch only, so its key keeps it.
+    The cache holds strong references to the models it keys on: keep it for one export.
+    """
+
+    def __init__(self) -> None:
+        self._outputs: dict[tuple[Any, ...], tuple[Any, torch.Tensor]] = {}
+
+    def outputs(self, model: Callable[[torch.Tensor], torch.Tensor], samples: torch.Tensor,
+                batch: int) -> torch.Tensor:
+        import hashlib
+
+        digest = hashlib.blake2b(samples.numpy().tobytes(), digest_size=16).hexdigest()
+        traced = isinstance(model, torch.fx.GraphModule)
+        key = (id(model), tuple(samples.shape), digest, batch if traced else None)
+        if key not in self._outputs:
+            self._outputs[key] = (model, _reference_outputs(model, samples, batch))  # model kept: ids stay unique
+        return self._outputs[key][1]
 
 
 def _reference_outputs(model: Callable[[torch.Tensor], torch.Tensor], samples: torch.Tensor,
@@ -235,7 +273,8 @@ def _flat_logits(ref: torch.Tensor, error: float, task: str) -> list[str]:
 def verify_artifact(artifact: Artifact, reference: Callable[[torch.Tensor], torch.Tensor],
                     example: torch.Tensor, *, inputs: torch.Tensor | None = None, task: str | Task = "multiclass",
                     threads: int = 1, targets: torch.Tensor | None = None,
-                    student: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Parity:
+                    student: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    cache: ReferenceCache | None = None) -> Parity:
     """Load `artifact` in its runtime and check parity; "not verified on this OS" when it cannot run here.
 
     `targets` (labels of `inputs`) and `student` (the fp32 model) enable the metric criterion.
@@ -251,7 +290,7 @@ def verify_artifact(artifact: Artifact, reference: Callable[[torch.Tensor], torc
     session = get_runtime(artifact.runtime).load(artifact.path, threads)
     return check_parity(session.run, reference, example, artifact.precision, inputs=inputs, task=task,
                         dynamic_batch=bool(artifact.info.get("dynamic_batch", True)), targets=targets,
-                        student=student)
+                        student=student, cache=cache)
 
 
 def require_passed(artifact: Artifact) -> None:

@@ -307,6 +307,9 @@ class ExportConfig(Strict):
     opset: int = Field(18, ge=13)
     int8: bool = Field(True, description="also export the quantized students where the format takes them")
     parity_samples: int = Field(64, ge=1)
+    batch: Literal["auto", "dynamic"] | Annotated[int, Field(ge=1, le=1024)] = Field(
+        "auto", description="the artifacts' batch axis: `auto` (a static batch of 1 for android and ios, "
+        "where a fixed shape lets the runtime fold shapes; dynamic for server), `dynamic`, or a static size N")
 
 
 class BenchmarkConfig(Strict):

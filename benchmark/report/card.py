@@ -43,6 +43,7 @@ class ReportRow(BaseModel):
     status: Literal["ok", "failed", "skipped"] = "ok"
     reason: str | None = None
     source: str | None = None  # the row (model) this artifact was made from, e.g. "student_kd"
+    target: str | None = None  # the export target the artifact was made for (android, ios, server)
     path: str | None = None
     params: int | None = None
     size_mb: float | None = None
@@ -160,6 +161,13 @@ def _effective_retention(row: ReportRow, rows: list[ReportRow]) -> tuple[float |
     return (source.retention, True) if source else (None, False)
 
 
+def _own_files(candidates: list[ReportRow], target: str) -> list[ReportRow]:
+    """Where a format and precision was made for `target` itself (android's batch-1 ONNX), drop the
+    other targets' files of it (the server's dynamic ONNX); a file shared by targets stays for all."""
+    own = {(r.format, r.precision) for r in candidates if r.target == target}
+    return [r for r in candidates if r.target in (None, target) or (r.format, r.precision) not in own]
+
+
 def recommend(rows: list[ReportRow], targets: list[str], min_retention: float,
               primary_metric: str | None = None) -> tuple[dict[str, str], list[str]]:
     """Pick, per target, the fastest artifact (p50 at batch 1) that keeps `min_retention` of the teacher.
@@ -180,9 +188,9 @@ def recommend(rows: list[ReportRow], targets: list[str], min_retention: float,
         formats = TARGET_FORMATS.get(target)
         if formats is None:
             raise KdtoolError(f"unknown target {target!r}", f"known: {', '.join(TARGET_FORMATS)}")
-        candidates = [r for r in rows if r.status == "ok" and r.format in formats
-                      and (formats[r.format] is None or r.precision in formats[r.format])
-                      and r.stage == "export" and r.origin != "teacher"]
+        candidates = _own_files([r for r in rows if r.status == "ok" and r.format in formats
+                                 and (formats[r.format] is None or r.precision in formats[r.format])
+                                 and r.stage == "export" and r.origin != "teacher"], target)
         if not candidates:
             notes.append(f"{target}: no {'/'.join(formats)} artifact was made or ran; nothing to recommend.")
             continue

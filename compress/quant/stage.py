@@ -32,11 +32,13 @@ def quant_backends(recipe: Recipe, mode: str) -> tuple[str, ...]:
 
 def run_quantize(ctx: Context, modes: list[str] | None = None, force: bool = False) -> list[dict[str, Any]]:
     """`kdtool quantize`: INT8 versions of the distilled student, each evaluated on validation."""
+    from compress.models.deploy import deploy_form
     from compress.quant.quantize import evaluate_quantized, make_config, quantize
 
     r = ctx.recipe
     modes = modes or list(r.quantize.modes)
     student = ctx.load(KD_STUDENT)
+    student.module, fused = deploy_form(student.module)  # int8 of the form that ships (re-parameterised)
     train_ds, val_ds = ctx.datasets
     kd_hash = ctx.output_hash(KD_STUDENT)
     results = []
@@ -74,7 +76,8 @@ def run_quantize(ctx: Context, modes: list[str] | None = None, force: bool = Fal
                               objective=objective)
                 evaluation = evaluate_quantized(qm, student.module, val_loader, student.preprocess, ctx.task)
             seconds = time.perf_counter() - start
-            finish_stage(folder, expected, {"evaluation": evaluation, "seconds": round(seconds, 2)})
+            finish_stage(folder, expected, {"evaluation": evaluation, "seconds": round(seconds, 2),
+                                            "reparameterized_blocks": fused})
             metric = ctx.task.primary_metric
             value = (evaluation.get("metrics") or {}).get(metric)
             console.print(f"quantize {mode}/{backend}: {metric}="

@@ -320,3 +320,21 @@ def test_a_measured_eager_row_fits_the_schema():
     )
     assert row.latency_at(1).p50 == stats.p50 and row.latency_ms.runs == stats.runs
     assert row.latency_at(8) is None
+
+
+def test_each_target_is_recommended_its_own_file_of_a_shared_format():
+    """android's batch-1 ONNX and the server's dynamic ONNX: each target picks among its own files,
+    even when the other target's file timed faster here; an untargeted (shared) file stays for all."""
+    def onnx(name, target, ms):
+        return ReportRow(name=name, stage="export", format="onnx", precision="fp32", runtime="onnxruntime",
+                         origin="student_kd", target=target, size_mb=1.0, latency_ms=lat(ms),
+                         metrics={"accuracy": 0.99}, parity=PASSED)
+
+    own = [onnx("student_kd.onnx-b1.fp32", "android", 0.30), onnx("student_kd.onnx.fp32", "server", 0.01)]
+    rows = with_retention([r for r in sample_rows() if r.format != "onnx"] + own, "accuracy")
+    picks, _ = recommend(rows, ["android", "server"], 0.9, "accuracy")
+    assert picks["server"] == "student_kd.onnx.fp32"
+    assert picks["android"] != "student_kd.onnx.fp32"  # the server's file is not android's, however fast
+    shared = with_retention([r for r in sample_rows() if r.format != "executorch"], "accuracy")
+    assert all(r.target is None for r in shared if r.format == "onnx")
+    assert recommend(shared, ["android"], 0.9, "accuracy")[0]["android"].startswith("student_kd.onnx")

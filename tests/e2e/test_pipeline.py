@@ -90,7 +90,12 @@ def test_report_rows_field_by_field(tiny_run):
         assert r["metrics"]["accuracy"] == pytest.approx(rows["student_kd"]["metrics"]["accuracy"], abs=0.01)
     # int8 artifacts are left out here (export.int8: false) to keep parity deterministic on a
     # 3-epoch model; tests/export covers them.
-    assert len({r["name"] for r in exported}) == len(exported)  # android and server share one ONNX file
+    assert len({r["name"] for r in exported}) == len(exported)  # one row per file
+    # `export.batch: auto`: android's ONNX is its own batch-1 file beside the server's dynamic one
+    android_onnx, server_onnx = (next(r for r in exported if r["name"] == n)
+                                 for n in ("student_kd.onnx-b1.fp32", "student_kd.onnx.fp32"))
+    assert (android_onnx["target"], server_onnx["target"]) == ("android", "server")
+    assert android_onnx["latency_ms"]["batch"] == 1 and android_onnx["latency_by_batch"] == []
     tensorrt = [r for r in exported if r["format"] == "tensorrt"]
     assert tensorrt and tensorrt[0]["status"] == "skipped" and "NVIDIA GPU" in tensorrt[0]["reason"]
     quantized = [r for r in report["rows"] if r["stage"] == "quantized"]

@@ -17,7 +17,7 @@ def test_presets_and_format_override():
     assert {j.format for j in plan(["server"], int8=False)} == {"onnx", "tensorrt", "torchscript"}
     assert [j.folder for j in plan(["android"], formats=["onnx", "torchscript"])] == [
         "android/onnx/fp32", "android/torchscript/fp32"]
-    assert len(plan(["all"])) == 8 and plan(None, ["coreml"])[0].folder == "custom/coreml/fp16"
+    assert len(plan(["all"])) == 9 and plan(None, ["coreml"])[0].folder == "custom/coreml/fp16"
 
 
 def test_unknown_names_are_errors():

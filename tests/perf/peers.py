@@ -3,17 +3,17 @@
     python -m tests.perf.peers              # resnet18, mobilenetv3_large_100 @224, mobilevitv2_050 @256
     python -m tests.perf.peers --models resnet18 --threads 2 --runs 30
 
-For each model (timm, random weights under a fixed seed, BatchNorm statistics re-estimated on the
-calibration images so activations keep a realistic scale; weights are not trained, which does not
-change latency), batch-1 latency of:
+For each model (timm, trained briefly at its size on generated images by `tests.perf.trained`, so
+its logits have a realistic spread and int8 parity means something; training does not change
+latency), batch-1 latency of:
 
 - peers, written here as a user would without kdtool: eager PyTorch; ONNX Runtime fp32 of a
   static-shape `torch.onnx.export(dynamo=True)`; ONNX Runtime static int8 QDQ, S8S8 and U8S8
   (`quantize_static`, per-channel, min-max); ExecuTorch XNNPACK fp32 and PT2E int8 of a static
   batch-1 `torch.export` (`to_edge_transform_and_lower` + `XnnpackPartitioner`);
 - kdtool: `quantize` (static, executorch and onnx backends) and `export_model` for the android and
-  server targets, every artifact as kdtool writes it (dynamic batch where it can), run in the same
-  loop.
+  server targets, every artifact as kdtool writes it (`export.batch: auto`: a static batch of 1 for
+  android, a dynamic batch for the server), run in the same loop.
 
 Every latency is the median of `--runs` timed calls after `WARMUP` discarded ones, the same input,
 intra-op threads fixed. The last column of the summary is kdtool's recommended artifact (the fastest
@@ -40,28 +40,21 @@ WARMUP = 10
 Runner = Callable[[np.ndarray], object]
 
 
-def build(name: str, size: int, calibration: torch.Tensor) -> torch.nn.Module:
-    """A timm model with seeded random weights; BatchNorm statistics re-estimated on `calibration`."""
+def build(name: str, size: int, steps: int) -> torch.nn.Module:
+    """A timm model (seeded init) trained `steps` AdamW steps at `size` px (`tests.perf.trained`)."""
     import timm
 
+    from tests.perf.trained import briefly_trained
+
     torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, num_classes=10)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration batches
-    model.train()
-    with torch.no_grad():
-        for x in calibration.split(8):
-            model(x)
-    return model.eval()
+    return briefly_trained(timm.create_model(name, pretrained=False, num_classes=10), size, steps=steps)
 
 
 def images(n: int, size: int) -> torch.Tensor:
-    """Class-structured synthetic RGB images, ImageNet-normalised."""
-    from tests.perf.export_matrix import images as matrix_images
+    """Class-structured synthetic RGB images, ImageNet-normalised (other samples than training's)."""
+    from tests.perf.trained import task_images
 
-    return matrix_images(n, size, seed=0)
+    return task_images(n, size, seed=0)[0]
 
 
 def median_ms(run: Runner, x: np.ndarray, runs: int) -> float:
@@ -151,11 +144,11 @@ def kdtool_artifacts(model: torch.nn.Module, calib: torch.Tensor, out: Path, thr
                         formats=["executorch", "onnx"], quantized=quantized, inputs=calib[:16], threads=threads)
 
 
-def bench_model(name: str, size: int, threads: int, runs: int) -> list[tuple[str, str, float | None, str]]:
+def bench_model(name: str, size: int, threads: int, runs: int, steps: int) -> list[tuple[str, str, float | None, str]]:
     """Rows (who, artifact, median ms, note) for one model."""
     torch.set_num_threads(threads)
     calib = images(CALIBRATION, size)
-    model = build(name, size, calib)
+    model = build(name, size, steps)
     x1 = calib[:1]
     x = x1.numpy()
     rows = []
@@ -173,7 +166,8 @@ def bench_model(name: str, size: int, threads: int, runs: int) -> list[tuple[str
             run = pte_runner(artifact.path, threads) if artifact.runtime == "executorch" else ort_runner(
                 artifact.path, threads)
             parity = artifact.parity.status if artifact.parity else "n/a"
-            note = (f"parity {parity}, max_batch {artifact.info.get('max_batch')}, "
+            batch = "dynamic" if artifact.info.get("dynamic_batch") else f"static {artifact.info.get('batch')}"
+            note = (f"parity {parity}, batch {batch}, "
                     f"delegate subgraphs {artifact.info.get('delegation', {}).get('subgraphs', '-')}")
             rows.append(("kdtool", f"{artifact.name} [{artifact.target}]", median_ms(run, x, runs), note))
     return rows
@@ -188,6 +182,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=30, help="training steps (batch 16) before timing")
     args = parser.parse_args()
     console = Console()
     console.print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
@@ -197,7 +192,7 @@ def main() -> None:
         summary.add_column(col)
     for name in args.models.split(","):
         size = MODELS.get(name, 224)
-        rows = bench_model(name, size, args.threads, args.runs)
+        rows = bench_model(name, size, args.threads, args.runs, args.steps)
         table = Table(title=f"{name} @ {size}")
         for col in ("who", "artifact", "median ms", "note"):
             table.add_column(col)

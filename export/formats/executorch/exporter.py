@@ -161,11 +161,13 @@ class ExecuTorchExporter:
         from export.quant_stats import pt2e_quantized_share
 
         if isinstance(quantized, torch.export.ExportedProgram):
-            ctx.dynamic_batch = any(not isinstance(d, int) for d in user_input_shape(quantized))
             info["quantized"] = pt2e_quantized_share(quantized.module())
+            if not ctx.dynamic_batch:  # a static batch was asked for: re-trace at the example's
+                return export_program(quantized.module(), example, ctx)
+            ctx.dynamic_batch = any(not isinstance(d, int) for d in user_input_shape(quantized))
             return quantized
         info["quantized"] = pt2e_quantized_share(quantized)
-        if not _batch_is_symbolic(quantized):
+        if ctx.dynamic_batch and not _batch_is_symbolic(quantized):
             ctx.dynamic_batch = False  # calibrated on a static export: a dynamic re-export fails at run time
         return export_program(quantized, example, ctx)
 

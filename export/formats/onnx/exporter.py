@@ -40,7 +40,7 @@ class OnnxExporter:
         check_precision(self, ctx)
         path = Path(out_dir) / f"{ctx.name}.{ctx.precision}.onnx"
         if ctx.precision == "int8":
-            extra = adopt_quantized(ctx, path)
+            extra = adopt_quantized(ctx, path, int(example.shape[0]))
         else:
             extra = write_fp32(model, example, path, ctx)
             if ctx.precision == "fp16":
@@ -87,8 +87,9 @@ def write_fp32(model: nn.Module, example: torch.Tensor, path: Path, ctx: ExportC
     return extra
 
 
-def adopt_quantized(ctx: ExportContext, path: Path) -> list[Path]:
-    """Copy the quantization stage's QDQ `.onnx` in, embedding kdtool metadata."""
+def adopt_quantized(ctx: ExportContext, path: Path, batch: int = 1) -> list[Path]:
+    """Copy the quantization stage's QDQ `.onnx` in, embedding kdtool metadata; without a dynamic
+    batch (`ctx.dynamic_batch`) its batch axis is fixed at `batch`."""
     import onnx
 
     src = ctx.quantized_onnx
@@ -96,12 +97,27 @@ def adopt_quantized(ctx: ExportContext, path: Path) -> list[Path]:
         raise ExportError(f"onnx int8 needs a quantized .onnx, got {src}",
                           "run `kdtool quantize --mode static` first (ONNX Runtime QDQ)")
     proto = onnx.load(str(src))
+    if not ctx.dynamic_batch:
+        fix_batch(proto, batch)
     strip_debug_metadata(proto)
     compact_names(proto)  # any QDQ file may be adopted; on one quantize wrote, the ids come out the same
     _set_metadata(proto, ctx.embedded_metadata())
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
     return []
+
+
+def fix_batch(proto: Any, batch: int) -> None:
+    """Fix the first input's batch axis of a dynamic-batch graph at `batch` (ONNX Runtime's own
+    `make_input_shape_fixed` + `fix_output_shapes`, as its mobile tooling does), in place."""
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_shape_fixed
+
+    first = proto.graph.input[0]
+    dims = first.type.tensor_type.shape.dim
+    shape = [batch] + [d.dim_value for d in dims[1:]]
+    if not dims[0].HasField("dim_value") or dims[0].dim_value != batch:
+        make_input_shape_fixed(proto.graph, first.name, shape)
+        fix_output_shapes(proto)
 
 
 def convert_fp16(path: Path) -> None:
