@@ -187,7 +187,8 @@ def _verify(artifact: Artifact, job: Job, model: nn.Module, example: torch.Tenso
         reference = reference.module()
     try:
         parity = verify_artifact(artifact, reference, example, inputs=inputs, task=ctx.task_spec or ctx.task,
-                                 threads=threads, targets=ctx.parity_targets, student=model, cache=cache)
+                                 threads=threads, targets=ctx.parity_targets, student=model, cache=cache,
+                                 int8_reference=reference is not model)
     except ExportError as e:
         parity = Parity(status="failed", reason=str(e))
     info = dict(artifact.info)

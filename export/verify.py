@@ -1,18 +1,18 @@
 """Parity of any artifact against its PyTorch model, shared by every format, task-aware.
 
 Both run on the caller's real inputs plus seeded random inputs, at batch 1 and, when the batch
-axis is dynamic, a few of them again at a second batch size. Every criterion below must hold; the `Parity` record lists
-the ones that failed (`failed`) and why (`reason`):
+axis is dynamic, a few of them again at a second batch size. Every criterion below must hold; the
+`Parity` record lists the ones that failed (`failed`) and why (`reason`):
 
-| criterion         | what                                                         | fp32  | fp16  | int8  |
-|-------------------|--------------------------------------------------------------|-------|-------|-------|
-| `max_abs`         | max |artifact − reference| ≤ rel · s, s = max |reference|       | 1e-4  | 2e-2  | 0.25  |
-| `agreement`       | decisions agree (below) on at least this fraction            | 0.99  | 0.95  | 0.90  |
-| `positives`       | sigmoid tasks: Jaccard of the positive decisions ≥           | 0.99  | 0.95  | 0.90  |
-| `class_agreement` | multiclass: every class the reference picks ≥ 3 times is     | 0.5   | 0.5   | 0.5   |
-|                   | picked by the artifact on at least this fraction of them     |       |       |       |
-| `metric`          | primary metric at most this much worse than the fp32         | 0.005 | 0.01  | 0.05  |
-|                   | student's on the labelled validation samples (one-sided)     |       |       |       |
+| criterion         | what                                                         | fp32  | fp16  | int8  | int8 vs fp32 |
+|-------------------|--------------------------------------------------------------|-------|-------|-------|--------------|
+| `max_abs`         | max |artifact − reference| ≤ rel · s, s = max |reference|       | 1e-3  | 2e-2  | 0.25  | 1.0          |
+| `agreement`       | decisions agree (below) on at least this fraction            | 0.99  | 0.95  | 0.90  | 0.90         |
+| `positives`       | sigmoid tasks: Jaccard of the positive decisions ≥           | 0.99  | 0.95  | 0.90  | 0.90         |
+| `class_agreement` | multiclass: every class the reference picks ≥ 3 times is     | 0.5   | 0.5   | 0.5   | 0.5          |
+|                   | picked by the artifact on at least this fraction of them     |       |       |       |              |
+| `metric`          | primary metric at most this much worse than the fp32         | 0.005 | 0.01  | 0.05  | 0.05         |
+|                   | student's on the labelled validation samples (one-sided)     |       |       |       |              |
 
 Decisions are the task's: top-1 for multiclass (and two-logit binary), the 0.5-thresholded
 sigmoid per label for multilabel and one-logit binary. Regression "agreement" is
@@ -20,10 +20,17 @@ sigmoid per label for multilabel and one-logit binary. Regression "agreement" is
 near-constant reference does not turn kernel-order noise into a failure): a constant artifact
 scores ≈ 0 however close it is to the mean.
 
-fp32 differences come only from kernel order (≈1e-6 · s); fp16 has a 10-bit mantissa; int8 is
-compared with its own PT2E-simulated model where there is one (quantization error then largely
-cancels), else with the fp32 model, so it gets the loosest bound; its metric is still compared with
-the fp32 student's, one-sided: a QAT artifact, trained further than the student, may score higher.
+fp32 differences come from kernel order and the runtimes' own kernels: ONNX Runtime and TorchScript
+stay near 1e-5 · s, XNNPACK's fp32 kernels reach 1.1e-4 · s on a trained MobileViTv2-2.0 at 256 px
+(5.4e-4 · s on random weights), so the bound is ExecuTorch's own test harness's (atol = rtol = 1e-3).
+fp16 has a 10-bit mantissa. int8 is compared with its own PT2E-simulated model where there is one
+(ExecuTorch: quantization error then largely cancels, and max_abs checks the lowering). Where there
+is none (ONNX Runtime's QDQ file) it is compared with the fp32 model, so max_abs measures the
+quantization error itself: a trained MobileViTv2-2.0's ONNX int8 differs from fp32 by 0.61 · s while
+agreeing on every decision and scoring a higher AUC (0.870 vs 0.851). There the decisions and the
+metric judge it, and max_abs only bounds a broken file (an error as large as the outputs). The
+metric is always compared with the fp32 student's, one-sided: a QAT artifact, trained further than
+the student, may score higher.
 A failure returns a `Parity` with status "failed" and the numbers;
 `require_passed` turns it into an `ExportError` (exit 4) for callers that must stop.
 """
@@ -63,8 +70,9 @@ class Tolerance:
     min_class_agreement: float = 0.5
 
 
-TOLERANCES = {"fp32": Tolerance(1e-4, 0.99, 0.005), "fp16": Tolerance(2e-2, 0.95, 0.01),
-              "int8": Tolerance(0.25, 0.90, 0.05)}
+TOLERANCES = {"fp32": Tolerance(1e-3, 0.99, 0.005), "fp16": Tolerance(2e-2, 0.95, 0.01),
+              "int8": Tolerance(0.25, 0.90, 0.05), "int8 vs fp32": Tolerance(1.0, 0.90, 0.05)}
+"""Bounds per precision; "int8 vs fp32" when an int8 artifact has no simulated int8 reference (module doc)."""
 
 
 def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[torch.Tensor], torch.Tensor],
@@ -72,7 +80,7 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
                  task: str | Task = "multiclass", dynamic_batch: bool = True, random_samples: int = RANDOM_SAMPLES,
                  seed: int = 0, tolerance: Tolerance | None = None, targets: torch.Tensor | None = None,
                  student: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 cache: ReferenceCache | None = None) -> Parity:
+                 cache: ReferenceCache | None = None, int8_reference: bool = True) -> Parity:
     """Compare `run` (an artifact's session) with `reference` (the PyTorch model) on the same inputs.
 
     Args:
@@ -91,12 +99,14 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
         targets: labels of `inputs`: the primary metric is then compared (criterion `metric`).
         student: the fp32 model whose metric the artifact's must match (default `reference`).
         cache: reference outputs shared by the artifacts of one export (each model runs once).
+        int8_reference: int8 only: `reference` simulates the int8 model (PT2E); False when it is
+            the fp32 model, which the "int8 vs fp32" bounds apply to.
 
     Returns:
         Parity with status "passed" or "failed", max_abs, max_rel (max_abs / s), agreement, atol,
         metric_delta and the failed criteria.
     """
-    tol = tolerance or TOLERANCES[precision]
+    tol = tolerance or TOLERANCES["int8 vs fp32" if precision == "int8" and not int8_reference else precision]
     if precision == "int8" and inputs is not None:
         # static int8 is calibrated on the data's activation ranges: standard-normal noise lies outside
         # them by design, so int8 parity is judged on real samples only
@@ -274,7 +284,7 @@ def verify_artifact(artifact: Artifact, reference: Callable[[torch.Tensor], torc
                     example: torch.Tensor, *, inputs: torch.Tensor | None = None, task: str | Task = "multiclass",
                     threads: int = 1, targets: torch.Tensor | None = None,
                     student: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    cache: ReferenceCache | None = None) -> Parity:
+                    cache: ReferenceCache | None = None, int8_reference: bool = True) -> Parity:
     """Load `artifact` in its runtime and check parity; "not verified on this OS" when it cannot run here.
 
     `targets` (labels of `inputs`) and `student` (the fp32 model) enable the metric criterion.
@@ -290,7 +300,7 @@ def verify_artifact(artifact: Artifact, reference: Callable[[torch.Tensor], torc
     session = get_runtime(artifact.runtime).load(artifact.path, threads)
     return check_parity(session.run, reference, example, artifact.precision, inputs=inputs, task=task,
                         dynamic_batch=bool(artifact.info.get("dynamic_batch", True)), targets=targets,
-                        student=student, cache=cache)
+                        student=student, cache=cache, int8_reference=int8_reference)
 
 
 def require_passed(artifact: Artifact) -> None:

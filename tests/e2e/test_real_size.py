@@ -6,12 +6,16 @@ Each test runs the shipped recipe (`kdtool run`) with its real student architect
 - wake word: MobileNetV3-Small with the log-mel front end on one second of 16 kHz audio, F1.
 
 The data is generated (`compress.data.synthetic`: images whose class is a blob position, audio
-whose class is a tone pattern), so the students learn a real signal in a few epochs and their
-logits have a realistic spread: random-initialised weights give near-flat logits, on which int8
-rounding decides everything and no int8 check means anything. The teachers are small models of the
-same kind (the real ones take hours on 2 CPU cores and cannot be downloaded here), trained in the run.
-Only sizes, epochs and learning rates are overridden; the students, their input sizes and the
-recipes' methods (SAM, schedules, KD terms) are the shipped ones.
+whose class is a tone pattern), so the students learn a real signal and their logits get a
+realistic spread: random-initialised weights give near-flat logits, on which int8 rounding decides
+everything and no int8 check means anything. Training MobileViTv2-2.0 at 256 px costs about 0.4 s
+per sample and pass on 2 CPU cores, so the image students are first fitted at 64 px in the test
+(`warm_start`: plain AdamW steps, the fully convolutional/attention nets take any size) and handed
+to the run as `student.checkpoint`; the run then trains them at their real size (the recipe's
+baseline and KD stages) before quantizing and exporting. The teachers are small models of the same
+kind (the real ones take hours here and cannot be downloaded), trained in the run. Only sizes,
+epochs and learning rates are overridden; the students, their input sizes and the recipes'
+methods (SAM, schedules, KD terms) are the shipped ones.
 
 What must hold: every artifact of android + ios + server is made; each one that can run here
 passes parity (fp32, fp16 and int8: ExecuTorch XNNPACK int8, ONNX Runtime int8); CoreML runs only
@@ -24,6 +28,7 @@ These are `slow` tests (6-15 min each on 2 cores): `python -m pytest -m slow tes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -66,12 +71,13 @@ def _check_every_target(report: dict, metric: str) -> dict[str, dict]:
             assert r["status"] == "skipped" and "GPU" in r["reason"], r
             continue
         assert r["status"] in ("ok", "skipped"), (name, r["reason"])
-        parity = r["parity"]["status"]
+        parity = (r["parity"] or {}).get("status")
         if r["format"] == "coreml" or "coreml" in name:
             assert parity in NOT_HERE, (name, r["parity"])  # converted and validated; runs on Apple OSes only
             continue
         assert r["status"] == "ok" and parity == "passed", (name, r["parity"])
-    made = {(r["format"], r["precision"]) for r in exports.values() if r["status"] == "ok"}
+    made = {(r["format"], r["precision"]) for r in exports.values()
+            if r["status"] == "ok" or (r["parity"] or {}).get("status") in NOT_HERE}
     assert {("executorch", "fp32"), ("executorch", "int8"), ("onnx", "fp32"), ("onnx", "int8"),
             ("torchscript", "fp32"), ("coreml", "fp16")} <= made, made
     fp32 = rows["student_kd"]["metrics"][metric]
@@ -96,16 +102,47 @@ def _task(**cfg) -> Task:
     return Task.from_config(TaskConfig(**cfg))
 
 
+def warm_start(recipe: str, task: Task, path: Path, size: int = 64, steps: int = 120, batch: int = 16) -> Path:
+    """Fit the recipe's student on generated images at `size` px (its own normalisation); save its weights."""
+    import torch
+
+    from compress.data.synthetic import generate_images
+    from compress.models.build import build_model
+    from recipes.load import load_recipe
+
+    r = load_recipe(RECIPES_DIR / f"{recipe}.yaml", ["teacher.checkpoint=null", "teacher.train={epochs: 1}"])[0]
+    built = build_model(r.student, task.num_outputs, r.data, "student", seed=0)
+    x, y = generate_images(task, 256, image_size=size, channels=3, seed=7)
+    x = dataclasses.replace(built.preprocess, input_size=None)(x)  # the student's normalisation, at `size` px
+    model = built.module.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch,), generator=gen)
+        out = model(x[idx])
+        loss = (torch.nn.functional.mse_loss(out, y[idx]) if task.kind == "regression"
+                else torch.nn.functional.cross_entropy(out, y[idx]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    torch.save(model.state_dict(), path)
+    print(f"warm start of {r.student.arch} at {size} px: last loss {loss.item():.3f}")
+    return path
+
+
 def test_deepfake_mobilevitv2_200_at_256(tmp_path):
     task = _task(kind="binary", num_classes=2, labels=["real", "fake"])
-    write_imagefolder(tmp_path / "data" / "train", task, num_samples=192, image_size=256, seed=1)
+    write_imagefolder(tmp_path / "data" / "train", task, num_samples=96, image_size=256, seed=1)
     write_imagefolder(tmp_path / "data" / "val", task, num_samples=64, image_size=256, seed=2)
+    start = warm_start("deepfake_effb4_mobilevitv2", task, tmp_path / "warm.pth")
     report, seconds = _run("deepfake_effb4_mobilevitv2", tmp_path / "runs", [
         f"data.root={tmp_path / 'data' / 'train'}", f"data.val_root={tmp_path / 'data' / 'val'}",
         "data.image_size=256", "data.batch_size=16", "teacher.arch=test_efficientnet", "teacher.checkpoint=null",
-        "teacher.input_size=64", "teacher.train.epochs=4", "teacher.train.lr=3e-3",
-        "student.train.epochs=4", "student.train.lr=1e-3", "student.train.warmup_epochs=0",
-        "distill.train.epochs=2", "distill.train.lr=3e-4", "distill.alpha_schedule.epochs=2"])
+        "teacher.input_size=64", "teacher.train.epochs=4", "teacher.train.lr=3e-3", f"student.checkpoint={start}",
+        "student.train.epochs=1", "student.train.lr=2e-4", "student.train.warmup_epochs=0",
+        "distill.train.epochs=1", "distill.train.lr=1e-4", "distill.alpha_schedule.epochs=1"])
     assert report["rows"][0]["metrics"]["auc"] >= 0.0
     exports = _check_every_target(report, "auc")
     _static_on_phones(exports, tmp_path / "runs" / "deepfake_effb4_mobilevitv2")
@@ -114,13 +151,14 @@ def test_deepfake_mobilevitv2_200_at_256(tmp_path):
 
 def test_emotion_mobilevit_s_at_256(tmp_path):
     task = _task(kind="regression", num_classes=2, outputs=["valence", "arousal"])
-    train = write_csv_manifest(tmp_path / "train" / "train.csv", task, num_samples=192, image_size=256, seed=1)
+    train = write_csv_manifest(tmp_path / "train" / "train.csv", task, num_samples=128, image_size=256, seed=1)
     val = write_csv_manifest(tmp_path / "val" / "val.csv", task, num_samples=64, image_size=256, seed=2)
+    start = warm_start("emotion_vit_mobilevit", task, tmp_path / "warm.pth")
     report, seconds = _run("emotion_vit_mobilevit", tmp_path / "runs", [
         f"data.root={train}", f"data.val_root={val}", "data.image_size=256", "data.batch_size=16",
         "teacher.arch=test_vit", "teacher.checkpoint=null", "teacher.kwargs={img_size: 64}",
-        "teacher.input_size=64", "teacher.train.epochs=4", "student.train.epochs=4", "student.train.lr=1e-3",
-        "distill.train.epochs=2"])
+        "teacher.input_size=64", "teacher.train.epochs=4", f"student.checkpoint={start}",
+        "student.train.epochs=2", "student.train.lr=3e-4", "distill.train.epochs=1"])
     exports = _check_every_target(report, "ccc")
     _static_on_phones(exports, tmp_path / "runs" / "emotion_vit_mobilevit")
     print(f"emotion real size: {seconds:.0f} s")

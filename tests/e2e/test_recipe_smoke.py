@@ -92,13 +92,7 @@ def _exports(report: dict, int8_parity_may_fail: bool = False) -> list[dict]:
 
 FULL_OR_QUICK = [False, pytest.param(True, marks=pytest.mark.slow)]
 """`full`: the recipe's real export targets (slow); else `QUICK_EXPORT`."""
-MOBILEVITV2_EXPORT_BUG = pytest.mark.xfail(strict=True, reason=(
-    "MobileViTv2 barely trained (2 epochs, 48 images): the XNNPACK int8 .pte differs from its PT2E reference by "
-    "0.073 > 0.041 (0.25 x output scale 0.164; agreement 1.0); remove this mark when int8 parity passes"))
-
-
-@pytest.mark.parametrize("full", [False, pytest.param(True, marks=[pytest.mark.slow, MOBILEVITV2_EXPORT_BUG])],
-                         ids=["onnx", "android_ios"])
+@pytest.mark.parametrize("full", FULL_OR_QUICK, ids=["onnx", "android_ios"])
 def test_deepfake_binary_auc_with_a_module_prefixed_tar_checkpoint(tmp_path, full):
     """Binary AUC; the teacher comes from `{'state_dict': {'module.…': …}}` in a .tar, like FFc23.tar."""
     task = _task(kind="binary", num_classes=2, labels=["real", "fake"])
@@ -111,10 +105,12 @@ def test_deepfake_binary_auc_with_a_module_prefixed_tar_checkpoint(tmp_path, ful
         f"data.root={tmp_path / 'deepfake' / 'train'}", f"data.val_root={tmp_path / 'deepfake' / 'val'}",
         "data.image_size=40", "teacher.arch=test_efficientnet", f"teacher.checkpoint={ckpt}",
         "teacher.input_size=40", "student.arch=mobilevitv2_050", "student.input_size=32",
-        *([] if full else QUICK_EXPORT)])
+        *([] if full else QUICK_EXPORT)], int8_parity_may_fail=full)
+    # a 2-epoch student on 48 images has near-flat logits: its int8 parity may fail, and says why;
+    # int8 at real size on trained weights is tests/e2e/test_real_size.py
     for name in ("teacher", "student_baseline", "student_kd"):
         assert 0.0 <= _row(report, name)["metrics"]["auc"] <= 1.0
-    names = {r["name"] for r in _exports(report)}
+    names = {r["name"] for r in _exports(report, int8_parity_may_fail=full)}
     if full:
         assert any(".executorch." in n for n in names) and any(".coreml." in n for n in names)
     print(f"deepfake smoke: {seconds:.1f} s")
