@@ -6,6 +6,7 @@ import json
 import platform
 
 import pytest
+import torch
 
 pytest.importorskip("coremltools")
 
@@ -43,3 +44,29 @@ def test_group_norm_falls_back_to_fixed_batch(tmp_path):
     assert art.status == "ok" and art.info["dynamic_batch"] is False
     assert "'group_norm'" in art.info["dynamic_batch_reason"] and "Cannot add const" in art.info["dynamic_batch_reason"]
     assert art.info["ml_program_ops"] > 3
+
+
+class _Aliased(torch.nn.Module):
+    """Returns an unchanged tensor through `aten.alias` (GhostNet's identity shortcuts export so)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return torch.ops.aten.alias.default(y) + y
+
+
+def test_alias_nodes_are_dropped_before_conversion(tmp_path):
+    """coremltools 9 has no `alias` translation ("Unsupported fx node alias"): the no-op views go."""
+    pytest.importorskip("coremltools")
+    from export.formats.coreml.exporter import CoreMLExporter, drop_aliases
+    from export.registry import ExportContext, export_program
+
+    model, x = _Aliased().eval(), torch.randn(1, 1, 8, 8)
+    program = export_program(model, x, ExportContext(dynamic_batch=False)).run_decompositions({})
+    assert drop_aliases(program) == 1
+    torch.testing.assert_close(program.module()(x), model(x))
+    art = CoreMLExporter().export(model, x, tmp_path, ExportContext(precision="fp16", dynamic_batch=False))
+    assert art.status == "ok" and art.size_mb > 0

@@ -77,6 +77,7 @@ def _convert(model: nn.Module, example: torch.Tensor, ctx: ExportContext, classi
     from compress.core.native import quiet_native
 
     program = export_program(model.eval(), example, ctx).run_decompositions({})
+    drop_aliases(program)
     try:
         with quiet_native():  # the converter's native prints (shown with --debug)
             return ct.convert(
@@ -89,6 +90,23 @@ def _convert(model: nn.Module, example: torch.Tensor, ctx: ExportContext, classi
         where = f" in the translation of torch op {op!r}" if op else ""
         raise ExportError(f"coremltools conversion failed for {ctx.name}{where}: {first_line(e)}",
                           "an op has no CoreML translation: try --format executorch") from e
+
+
+def drop_aliases(program: torch.export.ExportedProgram) -> int:
+    """Replace `aten.alias` nodes by their input (coremltools 9 has no translation for them).
+
+    `alias` is a view with the same data, shape and strides: a no-op in an inference graph.
+    torch.export keeps it where a module returns a tensor it did not change (GhostNet's
+    `nn.Identity` shortcuts); coremltools then stops with "Unsupported fx node alias".
+    Returns how many were removed."""
+    graph = program.graph_module.graph
+    aliases = [n for n in graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.alias.default]
+    for node in aliases:
+        node.replace_all_uses_with(node.args[0])
+        graph.erase_node(node)
+    if aliases:
+        program.graph_module.recompile()
+    return len(aliases)
 
 
 def failing_op(error: BaseException) -> str | None:
