@@ -119,24 +119,14 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
     cache = cache if cache is not None else ReferenceCache()
     ref = cache.outputs(reference, samples, ref_batch)
     try:
-        # every sample at the first batch size; the second (dynamic batch) re-runs the first
-        # SECOND_BATCH_SAMPLES only: it checks that the batch axis works and changes nothing
-        outs = [torch.from_numpy(np.asarray(_run_batched(run, samples.numpy(), batches[0]), dtype=np.float32))]
-        if len(batches) > 1:
-            head = samples[:SECOND_BATCH_SAMPLES].numpy()
-            second = np.asarray(_run_batched(run, head, batches[1]), dtype=np.float32)
+        outs, max_abs = _artifact_outputs(run, samples, batches, ref)
     except ExportError:
         raise
     except Exception as e:
         return Parity(status="failed", batches=batches, samples=len(samples), failed=["runs"],
                       reason=f"artifact failed to run: {str(e).splitlines()[0][:200]}")
-    outs = [o.reshape(ref.shape) for o in outs]
     kind = task if isinstance(task, Task) else Task(task, int(ref.shape[-1]) if ref.ndim > 1 else 1)
     scale = max(float(ref.abs().max()), SCALE_FLOOR)
-    max_abs = float((outs[0] - ref).abs().max())
-    if len(batches) > 1:
-        head_ref = ref[:SECOND_BATCH_SAMPLES]
-        max_abs = max(max_abs, float((torch.from_numpy(second).reshape(head_ref.shape) - head_ref).abs().max()))
     atol = tol.rel * scale
     problems: dict[str, str] = {}
     if not np.isfinite(max_abs) or max_abs > atol:
@@ -159,6 +149,22 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
     return Parity(status="failed" if problems else "passed", max_abs=max_abs, max_rel=max_abs / scale,
                   agreement=agreement, atol=atol, batches=batches, samples=len(samples), metric_delta=delta,
                   failed=list(problems), reason=reason)
+
+
+def _artifact_outputs(run: Callable[[np.ndarray], np.ndarray], samples: torch.Tensor, batches: list[int],
+                      ref: torch.Tensor) -> tuple[list[torch.Tensor], float]:
+    """The artifact's outputs on every sample at the first batch size, and max |artifact − ref|.
+
+    A second batch size (dynamic batch) re-runs the first `SECOND_BATCH_SAMPLES` only: it checks
+    that the batch axis works and changes nothing; its error counts in max_abs."""
+    out = torch.from_numpy(np.asarray(_run_batched(run, samples.numpy(), batches[0]), dtype=np.float32))
+    out = out.reshape(ref.shape)
+    max_abs = float((out - ref).abs().max())
+    if len(batches) > 1:
+        head = ref[:SECOND_BATCH_SAMPLES]
+        second = np.asarray(_run_batched(run, samples[:SECOND_BATCH_SAMPLES].numpy(), batches[1]), dtype=np.float32)
+        max_abs = max(max_abs, float((torch.from_numpy(second).reshape(head.shape) - head).abs().max()))
+    return [out], max_abs
 
 
 class ReferenceCache:
