@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import pickle
+import random
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,10 @@ def _bad_checkpoint(tmp_path: Path, kind: str) -> Path:
     elif kind.startswith("truncated"):
         path.write_bytes(data[: len(data) // 2])
     elif kind.startswith("random"):
-        path.write_bytes(os.urandom(4096))
+        # seeded: seed 0 fails as UnpicklingError, 2 as IndexError, 20 as KeyError, 195 as UnicodeDecodeError
+        last = kind.split()[-1]
+        seed = int(last) if last.isdigit() else 0
+        path.write_bytes(random.Random(seed).randbytes(4096))
     return path
 
 
@@ -137,6 +141,9 @@ BAD_FILES = {
     "empty .pt": "is empty (0 bytes)",
     "truncated .pt": "is not a readable torch checkpoint (truncated or corrupt archive)",
     "random bytes .pt": "is not a torch checkpoint (neither a torch zip archive nor a readable pickle)",
+    "random bytes .pt 2": "is not a torch checkpoint (neither a torch zip archive nor a readable pickle)",
+    "random bytes .pt 20": "is not a torch checkpoint (neither a torch zip archive nor a readable pickle)",
+    "random bytes .pt 195": "is not a torch checkpoint (neither a torch zip archive nor a readable pickle)",
     "missing safetensors": "does not exist",
     "empty safetensors": "is empty (0 bytes)",
     "truncated safetensors": "is not a valid safetensors file",
