@@ -60,6 +60,18 @@ def cli(*args: str):
     return CliRunner().invoke(kdtool.app, [str(a) for a in args])
 
 
+def run_recipe(recipe: Path, out: Path, sets: list[str]):
+    """`kdtool run RECIPE --out OUT --set S...` in this process; returns (click's Result, seconds)."""
+    import time
+
+    args: list[str] = ["run", str(recipe), "--out", str(out)]
+    for item in sets:
+        args += ["--set", item]
+    start = time.perf_counter()
+    result = cli(*args)
+    return result, time.perf_counter() - start
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment of a subprocess CLI run: quiet, one thread, no warnings, repo on the path."""
     env = dict(os.environ)

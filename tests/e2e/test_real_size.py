@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import pytest
-from reliability_fixtures import cli
+from reliability_fixtures import run_recipe
 
 from compress.core.tasks import Task
 from compress.data.synthetic import write_audiofolder, write_csv_manifest, write_imagefolder
@@ -52,12 +51,7 @@ NOT_HERE = ("not verified on this OS", )
 
 
 def _run(recipe: str, out: Path, sets: list[str]) -> tuple[dict, float]:
-    args = ["run", str(RECIPES_DIR / f"{recipe}.yaml"), "--out", str(out)]
-    for item in [*EVERY_TARGET, *sets]:
-        args += ["--set", item]
-    start = time.perf_counter()
-    result = cli(*args)
-    seconds = time.perf_counter() - start
+    result, seconds = run_recipe(RECIPES_DIR / f"{recipe}.yaml", out, [*EVERY_TARGET, *sets])
     assert result.exit_code == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}\n{result.exception!r}"
     return json.loads((out / recipe / "report" / "report.json").read_text()), seconds
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from reliability_fixtures import cli
+from reliability_fixtures import run_recipe
 
 from compress.core.tasks import Task
 from compress.data.synthetic import write_audiofolder, write_csv_manifest, write_imagefolder
@@ -47,12 +46,7 @@ def _run(recipe: str, out: Path, sets: list[str], int8_parity_may_fail: bool = F
 
     `int8_parity_may_fail`: exit 4 is accepted when every failed artifact is an int8 one that was made
     and failed its parity check (a one-epoch model on 48 samples has almost no output spread)."""
-    args = ["run", str(RECIPES_DIR / f"{recipe}.yaml"), "--out", str(out)]
-    for item in [*SMALL, *sets]:
-        args += ["--set", item]
-    start = time.perf_counter()
-    result = cli(*args)
-    seconds = time.perf_counter() - start
+    result, seconds = run_recipe(RECIPES_DIR / f"{recipe}.yaml", out, [*SMALL, *sets])
     failures = [ln for ln in result.stderr.splitlines() if ln.startswith("kdtool: error:")]
     # "N artifact(s) failed: <name>: <reason>; <name>: <reason>" (a reason may hold "; " itself)
     entries = [e for ln in failures for e in re.findall(r"([\w-]+(?:\.[\w-]+)*\.(?:fp32|fp16|int8)): (\w+ \w+)", ln)]

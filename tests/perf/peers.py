@@ -26,7 +26,6 @@ import argparse
 import copy
 import platform
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,15 +57,10 @@ def images(n: int, size: int) -> torch.Tensor:
 
 
 def median_ms(run: Runner, x: np.ndarray, runs: int) -> float:
-    """Median wall time of `run(x)` over `runs` calls after WARMUP discarded ones."""
-    for _ in range(WARMUP):
-        run(x)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        run(x)
-        times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
+    """Median wall time (ms) of `run(x)` over `runs` calls after WARMUP discarded ones."""
+    from tests.perf.quantize_bench import median_ms as timed
+
+    return timed(run, x, runs=runs, warmup=WARMUP)
 
 
 def ort_runner(path: Path, threads: int) -> Runner:
