@@ -17,6 +17,13 @@ from compress.quant.configs import QuantConfig, QuantizedModel
 
 META_SCHEMA = "kdtool.quantized/1"
 META_FILE = "meta.json"
+KEEP_FLOAT = "keep_float_in_int8"
+"""A module class attribute: True keeps the module in float in INT8 (e.g. the log-mel front end)."""
+
+
+def kept_float_modules(model: nn.Module) -> tuple[str, ...]:
+    """Names of the modules whose class declares `keep_float_in_int8 = True` (see `KEEP_FLOAT`)."""
+    return tuple(name for name, m in model.named_modules() if name and getattr(m, KEEP_FLOAT, False))
 
 
 def export_graph(model: nn.Module, example: torch.Tensor, mode: str) -> torch.export.ExportedProgram:

@@ -19,37 +19,45 @@ from torch import nn
 from compress.core.atomic import atomic_path, size_on_disk_mb
 from compress.core.errors import ExportError, KdtoolError
 from compress.core.onnxrt import ort_session
-from compress.quant.common import finish_meta, input_batches, provenance, require_quantized
+from compress.quant.common import finish_meta, input_batches, kept_float_modules, provenance, require_quantized
 from compress.quant.configs import Int8DynamicConfig, Int8StaticConfig, QuantConfig, QuantInputs, QuantizedModel
 
 INPUT_NAME = "input"
 
 
 DEBUG_METADATA_PREFIXES = ("pkg.torch.onnx.", "namespace")
+SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+"""The dynamo exporter's per-node module path (`['', '0', 'conv1d']`): which module made the node."""
 
 
-def strip_debug_metadata(model: Any) -> int:
+def strip_debug_metadata(model: Any, keep: tuple[str, ...] = ()) -> int:
     """Drop the exporter's per-node debug metadata (an `onnx_ir.Model` or an `onnx.ModelProto`).
 
     torch.onnx's dynamo exporter annotates every node with its FX node, module path, class
     hierarchy and Python stack trace (file paths of the machine that exported it): 19-29 % of the
-    quickstart's .onnx bytes, read by no runtime, and not something to ship. Returns bytes dropped.
+    quickstart's .onnx bytes, read by no runtime, and not something to ship. `keep`: keys left in
+    place (the quantizer's source file keeps `SCOPES_KEY` until the int8 file is made). Returns bytes
+    dropped.
     """
+
+    def dropped_key(key: str) -> bool:
+        return key.startswith(DEBUG_METADATA_PREFIXES) and key not in keep
+
     dropped = 0
     if hasattr(model, "graph") and hasattr(model.graph, "all_nodes"):  # onnx_ir
         graphs = list(model.graphs()) + [f for f in model.functions.values()]
         for graph in graphs:
             for node in graph:
-                for key in [k for k in node.metadata_props if k.startswith(DEBUG_METADATA_PREFIXES)]:
+                for key in [k for k in node.metadata_props if dropped_key(k)]:
                     dropped += len(key) + len(node.metadata_props.pop(key))
         return dropped
     for graph in [model.graph, *[f for f in model.functions]]:
         for node in graph.node:
-            keep = [p for p in node.metadata_props if not p.key.startswith(DEBUG_METADATA_PREFIXES)]
+            keep_props = [p for p in node.metadata_props if not dropped_key(p.key)]
             dropped += sum(len(p.key) + len(p.value) for p in node.metadata_props) - sum(
-                len(p.key) + len(p.value) for p in keep)
+                len(p.key) + len(p.value) for p in keep_props)
             del node.metadata_props[:]
-            node.metadata_props.extend(keep)
+            node.metadata_props.extend(keep_props)
     return dropped
 
 
@@ -101,25 +109,29 @@ def compact_file(path: Path, out: Path | None = None) -> int:
 
     Only on finished files: ORT's quantization tools, given a graph of short ids, made a model ORT
     could not load (MobileViTv2-050: a Conv fed a tensor of the wrong rank), so the fp32 file is
-    compacted after the int8 file was made from it.
+    compacted after the int8 file was made from it. The module scopes kept for the quantizer go too.
     """
     import onnx
 
     proto = onnx.load(str(path))
-    saved = compact_names(proto)
+    saved = strip_debug_metadata(proto) + compact_names(proto)
     onnx.save(proto, str(out or path))
     return saved
 
 
 def export_fp32_onnx(model: nn.Module, example: torch.Tensor, out: Path) -> Path:
-    """Export the fp32 model to `out/model.fp32.onnx` (weights inlined, dynamic batch) atomically."""
+    """Export the fp32 model to `out/model.fp32.onnx` (weights inlined, dynamic batch) atomically.
+
+    Each node keeps its module scope (`SCOPES_KEY`) so `nodes_of_modules` finds every node of a
+    module kept in float; `compact_file` drops it from the finished files.
+    """
     path = Path(out) / "model.fp32.onnx"
     with atomic_path(path) as tmp:
         try:
             program = torch.onnx.export(copy.deepcopy(model).eval(), (example,), dynamo=True,
                                         input_names=[INPUT_NAME], output_names=["output"], verbose=False,
                                         dynamic_shapes=({0: torch.export.Dim.AUTO},))
-            strip_debug_metadata(program.model)
+            strip_debug_metadata(program.model, keep=(SCOPES_KEY,))
             program.save(str(tmp), external_data=False)
         except Exception as e:  # torch.onnx wraps many error types
             raise ExportError(f"quantize (onnx): torch.onnx.export failed ({type(e).__name__}: "
@@ -174,16 +186,23 @@ def _finish(config: QuantConfig, qi: QuantInputs, fp32: Path, int8: Path, calibr
 
 
 def ort_dynamic(model: nn.Module, config: Int8DynamicConfig, qi: QuantInputs) -> QuantizedModel:
-    """`onnxruntime.quantization.quantize_dynamic` (int8 per-channel weights; MatMul/Gemm and Conv)."""
+    """`onnxruntime.quantization.quantize_dynamic` (int8 per-channel weights; MatMul/Gemm and Conv).
+
+    Modules that declare `keep_float_in_int8` stay float here too: dynamic int8 of the log-mel
+    front end's DFT Conv and mel MatMul would quantize the waveform and the power spectrum.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = _need_out(qi, "dynamic")
     fp32 = export_fp32_onnx(model, qi.example, out)
     int8 = out / "model.int8.onnx"
+    kept = kept_float_modules(model)
+    notes = [f"kept in float: {', '.join(kept)}"] if kept else []
     with atomic_path(int8) as tmp:
-        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=nodes_of_modules(fp32, kept))
         compact_file(tmp)
-    return _finish(config, qi, fp32, int8, None, [], "uint8 dynamic (ConvInteger/MatMulInteger)")
+    return _finish(config, qi, fp32, int8, None, notes, "uint8 dynamic (ConvInteger/MatMulInteger)")
 
 
 class _Reader:
@@ -236,16 +255,29 @@ def ort_static(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs) -> Q
 
 
 def pre_process(fp32: Path, scratch: Path, notes: list[str]) -> Path:
-    """`quant_pre_process` (shape inference, graph optimisation) into `scratch`; the raw export if it fails."""
+    """`quant_pre_process` (shape inference, graph optimisation) into `scratch`; the raw export if it fails.
+
+    ORT's optimiser drops node metadata but keeps the names of the nodes it does not rewrite, so the
+    module scopes of the raw export are copied back onto those nodes by name.
+    """
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prep = scratch / "model.prep.onnx"
     try:
         quant_pre_process(str(fp32), str(prep))
-        return prep
     except Exception as e:  # symbolic shape inference fails on some graphs; quantizing still works
         notes.append(f"quant_pre_process skipped ({type(e).__name__}); quantized the raw export")
         return fp32
+    scopes = {n.name: p.value for n in onnx.load(str(fp32), load_external_data=False).graph.node
+              for p in n.metadata_props if p.key == SCOPES_KEY and n.name}
+    if scopes:
+        proto = onnx.load(str(prep))
+        for node in proto.graph.node:
+            if node.name in scopes and not any(p.key == SCOPES_KEY for p in node.metadata_props):
+                node.metadata_props.add(key=SCOPES_KEY, value=scopes[node.name])
+        onnx.save(proto, str(prep))
+    return prep
 
 
 def ort_quantize_file(source: Path, dest: Path, config: Int8StaticConfig, batches,
@@ -282,23 +314,38 @@ def _ort_calibration(method: str | None):
 
 
 def nodes_of_modules(path: Path, modules: tuple[str, ...] | list[str]) -> list[str]:
-    """Names of the ONNX nodes that read a weight of one of `modules` (a block covers its children).
+    """Names of the ONNX nodes of `modules` (a block covers its children).
 
-    The dynamo exporter keeps each parameter's name (`features.3.conv.weight`) on its initializer,
-    so a module's nodes are those fed by an initializer under its name. Nodes without a name are
+    A node belongs to a module when the exporter's scope of it (`SCOPES_KEY`, kept by
+    `export_fp32_onnx` and `pre_process`) names the module, or when it reads a weight under the
+    module's name (the dynamo exporter keeps `features.3.conv.weight` on its initializer; this
+    covers nodes ORT's optimiser made anew, e.g. a Conv with its BatchNorm folded in). Weights
+    alone are not enough: the log-mel front end's power sum and `+ eps` read no weight, and with
+    only its Conv and MatMul excluded ORT quantized the power spectrum in between (measured: a
+    MobileNetV3-Small wake-word student at F1 0.31 instead of 0.87). Nodes without a name are
     named here (ORT's `nodes_to_exclude` matches names); the file is rewritten only then.
     """
     if not modules:
         return []
+    import ast
+
     import onnx
 
     proto = onnx.load(str(path))
     graph = proto.graph
     prefixes = tuple(f"{m}." for m in modules)
     owned = {t.name for t in graph.initializer if t.name.startswith(prefixes)}
+
+    def in_scope(node: Any) -> bool:
+        for p in node.metadata_props:
+            if p.key == SCOPES_KEY:
+                scopes = ast.literal_eval(p.value)
+                return any(s in modules or s.startswith(prefixes) for s in scopes[:-1])
+        return False
+
     renamed, names = False, []
     for i, node in enumerate(graph.node):
-        if not any(name in owned for name in node.input):
+        if not (any(name in owned for name in node.input) or in_scope(node)):
             continue
         if not node.name:
             node.name, renamed = f"kdtool_float_{i}", True

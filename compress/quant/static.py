@@ -10,11 +10,8 @@ import dataclasses
 
 from torch import nn
 
-from compress.quant.common import program_size_mb
+from compress.quant.common import kept_float_modules, program_size_mb
 from compress.quant.configs import Int8StaticConfig, QuantInputs, QuantizedModel
-
-KEEP_FLOAT = "keep_float_in_int8"
-"""A module class attribute: True keeps the module in float in static INT8 (e.g. the log-mel front end)."""
 
 
 def with_kept_float(model: nn.Module, config: Int8StaticConfig) -> Int8StaticConfig:
@@ -24,8 +21,7 @@ def with_kept_float(model: nn.Module, config: Int8StaticConfig) -> Int8StaticCon
     hold: per-tensor int8 on a power spectrum rounds the quiet bins to 0 and the log turns them into
     the largest errors of the model. Its class says so, and static INT8 leaves it float.
     """
-    marked = tuple(name for name, m in model.named_modules()
-                   if name and getattr(m, KEEP_FLOAT, False) and name not in config.float_modules)
+    marked = tuple(name for name in kept_float_modules(model) if name not in config.float_modules)
     return dataclasses.replace(config, float_modules=(*config.float_modules, *marked)) if marked else config
 
 
