@@ -49,14 +49,16 @@ def coreml_weights(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs) 
         raise ExportError(f"quantize static (coreml): coremltools could not convert the model "
                           f"({type(e).__name__}: {first})",
                           "use backend executorch or onnx for this model") from e
+    kept = float_weight_names(mlmodel, config.float_modules)
     if config.palettize_bits:
         op = cto.OpPalettizerConfig(nbits=config.palettize_bits, mode="kmeans", weight_threshold=256)
-        compressed = cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+        compressed = cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op, op_name_configs=kept))
         weights = f"{config.palettize_bits}-bit k-means palettized"
     else:
         op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", weight_threshold=256,
                                          granularity="per_channel" if config.per_channel else "per_tensor")
-        compressed = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+        compressed = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op,
+                                                                                  op_name_configs=kept))
         weights = "int8 symmetric " + ("per-channel" if config.per_channel else "per-tensor")
     census = coreml_census(compressed)
     if census["compressed_weights"] == 0:
@@ -74,12 +76,29 @@ def coreml_weights(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs) 
         fp32_mb = size_on_disk_mb(Path(scratch) / "fp32.mlpackage")
     notes = ["CoreML compresses weights only: activations run in float (no calibrated activation int8)",
              "conversion only on Linux: prediction (metric, parity) needs macOS"]
+    if kept:
+        notes.append(f"kept in float: {', '.join(config.float_modules)} ({len(kept)} weight tensors)")
     meta = provenance(config, qi.seed, None, ("coremltools",), notes, weights=weights,
                       activations="float32 (weights dequantized at load)", int8=census,
                       input_shape=list(example.shape))
     qm = QuantizedModel("static", "coreml", path=path, meta=meta)
     finish_meta(qm, size_on_disk_mb(path), fp32_mb)
     return qm
+
+
+def float_weight_names(mlmodel, modules: tuple[str, ...]) -> dict[str, None]:
+    """`op_name_configs` that leave the weights of `modules` (a block covers its children) uncompressed.
+
+    The converter names a weight's const op after its torch.export placeholder: `p_` (parameter) or
+    `b_` (buffer) and the dotted path with `_` (`b_0_frontend_dft` for `0.frontend.dft`). Without
+    this, the log-mel front end's DFT kernel was int8 too, and its all-zero rows (the sine of bin 0
+    and Nyquist) gave coremltools a zero scale ("invalid value encountered in divide").
+    """
+    if not modules:
+        return {}
+    prefixes = tuple(f"{kind}_{m.replace('.', '_')}_" for m in modules for kind in ("p", "b"))
+    return {op.name: None for f in mlmodel._mil_program.functions.values() for op in f.operations
+            if op.op_type == "const" and op.name.startswith(prefixes)}
 
 
 def _export(model: nn.Module, example):

@@ -189,3 +189,24 @@ def test_log_mel_front_end_stays_float_in_onnx_runtime(tmp_path, mode):
         ref = model(wave).numpy()
     cosine = float((out * ref).sum() / ((out ** 2).sum() ** 0.5 * (ref ** 2).sum() ** 0.5))
     assert cosine > 0.95, cosine
+
+
+def test_log_mel_front_end_weights_stay_float_in_coreml(tmp_path):
+    """CoreML compresses weights only; the front end's DFT and mel matrices are not among them."""
+    pytest.importorskip("coremltools")
+    import coremltools as ct
+
+    from compress.data.synthetic import generate_audio
+    from compress.models.audio import tiny_conv
+    from compress.quant.quantize import quantize
+
+    wave, _ = generate_audio(Task("binary", 2), 4, sample_rate=8000, clip_samples=1000, seed=0)
+    torch.manual_seed(0)
+    model = tiny_conv(1, sample_rate=8000).eval()
+    qm = quantize(model, Int8StaticConfig(backend="coreml"), example=wave[:2], out=tmp_path)
+    spec = ct.utils.load_spec(str(qm.path))
+    compressed = sorted(op.outputs[0].name for f in spec.mlProgram.functions.values()
+                        for block in f.block_specializations.values() for op in block.operations
+                        if op.type.startswith("constexpr_"))
+    assert compressed == ["p_conv_weight_quantized"], compressed  # the head (136 weights) is under the threshold
+    assert any("kept in float: frontend" in n for n in qm.meta["notes"]), qm.meta["notes"]

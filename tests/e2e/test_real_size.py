@@ -166,11 +166,11 @@ def test_emotion_mobilevit_s_at_256(tmp_path):
     "Issue #15 stays open on it."))
 def test_wakeword_mobilenetv3_small_on_one_second_of_audio(tmp_path):
     task = _task(kind="binary", num_classes=2, labels=["negative", "keyword"])
-    root = write_audiofolder(tmp_path / "wakeword", task, num_samples=256, sample_rate=16000, clip_seconds=1.0)
+    root = write_audiofolder(tmp_path / "wakeword", task, num_samples=512, sample_rate=16000, clip_seconds=1.0)
     report, seconds = _run("wakeword_wav2vec2_mobilenetv3", tmp_path / "runs", [
-        f"data.root={root}", "data.batch_size=32", "teacher.train.epochs=3",
-        "teacher.kwargs={dim: 32, depth: 1, heads: 2, conv_dim: 32}",
-        "student.train.epochs=6", "distill.train.epochs=12"])
+        f"data.root={root}", "data.batch_size=32", "teacher.train.epochs=30",
+        "teacher.kwargs={dim: 64, depth: 2, heads: 4, conv_dim: 64}",
+        "student.train.epochs=20", "distill.train.epochs=30"])
     exports = _check_every_target(report, "f1")
     _static_on_phones(exports, tmp_path / "runs" / "wakeword_wav2vec2_mobilenetv3")
     print(f"wake word real size: {seconds:.0f} s")
