@@ -28,7 +28,7 @@ from compress.quant.configs import Int8DynamicConfig, Int8StaticConfig, QuantCon
 
 def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool = False,
                       float_modules: tuple[str, ...] = (), calibration_method: str | None = None,
-                      only_modules: tuple[str, ...] = ()):
+                      only_modules: tuple[str, ...] = (), fused_with: frozenset[str] = frozenset()):
     """The XNNPACK quantizer with ExecuTorch's symmetric int8 config (per-channel weights by default).
 
     The dynamic config is set on `nn.Linear` modules only. Set globally it also quantizes standalone
@@ -40,8 +40,13 @@ def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool 
     `float_modules` (module names; a block covers its children) are left unannotated, so they run in
     float: the quantizer's own `set_module_name` takes no "no config" value (executorch 1.5.1), its
     filter function does; `only_modules`, when given, quantizes those modules alone (the sensitivity
-    trials of `compress.quant.accuracy`). `calibration_method` "minmax" swaps the activation observer for
-    `MinMaxObserver` (default: XNNPACK's `HistogramObserver`).
+    trials of `compress.quant.accuracy`). The quantizer asks the filter about every node of a
+    pattern, the weight's `get_attr` too, and those carry no module stack: they pass, or no
+    convolution would ever be quantized alone (measured: MobileNetV3-Small's stem, head and 4 of
+    its blocks scored 0 in the trials, so they were never chosen to stay float); `fused_with`
+    names the BatchNorm/ReLU nodes that go with them (`fused_followers`).
+    `calibration_method` "minmax" swaps the activation observer for `MinMaxObserver` (default:
+    XNNPACK's `HistogramObserver`).
     """
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -61,8 +66,39 @@ def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool 
         in_float = [get_module_name_filter(name) for name in float_modules]
         in_only = [get_module_name_filter(name) for name in only_modules]
         quantizer.set_filter_function(lambda node: not any(f(node) for f in in_float) and (
-            not in_only or any(f(node) for f in in_only)))
+            not in_only or not node.meta.get("nn_module_stack") or any(f(node) for f in in_only)
+            or node.name in fused_with))
     return quantizer
+
+
+FUSED_AFTER = ("aten.batch_norm.", "aten._native_batch_norm_legit", "aten.relu.", "aten.relu_.", "aten.hardtanh.",
+               "aten.hardtanh_.", "getitem")
+"""Ops the XNNPACK quantizer annotates in one pattern with the conv/linear before them (conv-bn-relu)."""
+
+
+def fused_followers(graph: torch.fx.GraphModule, modules: tuple[str, ...]) -> set[str]:
+    """Names of the BatchNorm/ReLU nodes that directly follow a node of `modules`, in a chain.
+
+    The quantizer annotates conv-bn-relu as one pattern and skips a conv whose only user is a ReLU,
+    so a conv quantized alone must bring the BatchNorm and activation after it, wherever those
+    modules sit (timm's `conv_stem` is followed by `bn1`, a sibling).
+    """
+    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
+
+    if not modules:
+        return set()
+    filters = [get_module_name_filter(name) for name in modules]
+    todo = [n for n in graph.graph.nodes if n.op == "call_function" and any(f(n) for f in filters)]
+    followers: set[str] = set()
+    while todo:
+        node = todo.pop()
+        if len(node.users) != 1:
+            continue
+        user = next(iter(node.users))
+        if user.name not in followers and user.op == "call_function" and str(user.target).startswith(FUSED_AFTER):
+            followers.add(user.name)
+            todo.append(user)
+    return followers
 
 
 def _with_activation_observer(config, observer: str):
@@ -85,7 +121,8 @@ def pt2e_calibrated(graph: torch.fx.GraphModule, config: Int8StaticConfig, batch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = xnnpack_quantizer(config.per_channel, float_modules=tuple(config.float_modules),
-                                  calibration_method=config.calibration_method, only_modules=only_modules)
+                                  calibration_method=config.calibration_method, only_modules=only_modules,
+                                  fused_with=frozenset(fused_followers(graph, only_modules)))
     prepared = prepare_pt2e(copy.deepcopy(graph), quantizer)
     calibrated = count_calibrated(batches, prepared)
     return convert_pt2e(prepared), calibrated

@@ -27,7 +27,7 @@ from compress.core.progress import epoch_progress
 from compress.distill.hooks import capture
 from compress.distill.schedules import kd_weights
 from compress.distill.trainer import LossSums, TrainStep
-from compress.quant.common import export_graph, program_size_mb
+from compress.quant.common import export_graph, kept_float_modules, program_size_mb
 from compress.quant.configs import Int8QATConfig, LossFn, QuantInputs, QuantizedModel
 from recipes.schema import QATTrainConfig, TrainConfig
 
@@ -132,7 +132,10 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
     layers = objective.student_layers if objective is not None else []
     fp32_mb, trainable = program_size_mb(student.eval(), example, "qat"), copy.deepcopy(student).eval()
     graph = export_graph(FeatureOutputs(trainable, layers) if layers else trainable, example, "qat").module()
-    prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(config.per_channel, is_qat=True))
+    # a front end that declares keep_float_in_int8 stays float here too: fake-quantized, the log-mel
+    # DFT kernel's all-zero rows got a zero scale and the first forward pass was NaN
+    kept = tuple(f"model.{name}" if layers else name for name in kept_float_modules(student))
+    prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(config.per_channel, is_qat=True, float_modules=kept))
     step = TrainStep(prepared, objective, train_cfg, epochs * (per_epoch or 1), torch.device("cpu"),
                      "lower quantize.qat.lr, or set quantize.qat.nan_policy: skip", per_epoch or 1)
     alpha, temperature = kd_weights(objective.distill if objective is not None else None, 1)
@@ -157,7 +160,9 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
     if layers:
         converted = first_output_only(converted)
     return finish_pt2e(converted, QuantInputs(example=example, out=out, seed=seed), config, None,
-                       "mode static (post-training)", fp32_mb, _notes(steps, epochs, teacher, objective, layers),
+                       "mode static (post-training)", fp32_mb,
+                       _notes(steps, epochs, teacher, objective, layers) + (
+                           [f"kept in float: {', '.join(kept_float_modules(student))}"] if kept else []),
                        qat_history=history)
 
 

@@ -210,3 +210,45 @@ def test_log_mel_front_end_weights_stay_float_in_coreml(tmp_path):
                         if op.type.startswith("constexpr_"))
     assert compressed == ["p_conv_weight_quantized"], compressed  # the head (136 weights) is under the threshold
     assert any("kept in float: frontend" in n for n in qm.meta["notes"]), qm.meta["notes"]
+
+
+def test_a_convolution_is_quantized_alone_in_the_sensitivity_trials():
+    """`only_modules` quantizes that unit: the quantizer's filter also sees the weight's get_attr node.
+
+    That node has no module stack; when it failed the filter, no convolution was ever quantized
+    alone, every conv scored 0 and was never kept float.
+    """
+    from compress.quant.common import export_graph, int8_census_torch
+    from compress.quant.pt2e import pt2e_calibrated
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 4 * 4, 3)).eval()
+    x = torch.randn(8, 1, 8, 8)
+    graph = export_graph(model, x[:2], "static").module()
+    config = Int8StaticConfig(calibration_samples=8)
+    for unit in sensitivity_units(model):
+        converted, _ = pt2e_calibrated(graph, config, [x], only_modules=(unit,))
+        assert int8_census_torch(converted)["int8_tensors"] == 1, unit  # that unit's weight, nothing else
+        assert not torch.equal(converted(x), model(x)), unit
+
+
+def test_log_mel_front_end_stays_float_in_qat():
+    """QAT fake-quantized the front end too: its DFT kernel's all-zero rows got a zero scale, loss NaN."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from compress.data.synthetic import generate_audio
+    from compress.models.audio import tiny_conv
+    from compress.quant.configs import Int8QATConfig
+    from compress.quant.qat import qat_distill
+
+    wave, y = generate_audio(Task("binary", 2), 32, sample_rate=8000, clip_samples=1000, seed=0)
+    loader = DataLoader(TensorDataset(wave, y, torch.arange(len(y))), batch_size=16)
+    torch.manual_seed(0)
+    model = tiny_conv(2, sample_rate=8000).eval()
+    qm = qat_distill(model, None, loader, None, None, Task("binary", 2), epochs=1, lr=1e-4,
+                     config=Int8QATConfig(epochs=1, lr=1e-4))
+    losses = [epoch["loss_total"] for epoch in qm.meta["qat_history"]]
+    assert losses and all(torch.isfinite(torch.tensor(losses))), losses
+    assert "kept in float: frontend" in qm.meta["notes"]
+    assert qm.meta["int8"]["int8_tensors"] == 2  # the conv and the head; not the DFT kernel
