@@ -159,11 +159,6 @@ def test_emotion_mobilevit_s_at_256(tmp_path):
     print(f"emotion real size: {seconds:.0f} s")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "int8 of the log-mel MobileNetV3-Small at 1 s / 16 kHz (12 KD epochs, validation F1 0.754): ExecuTorch "
-    "int8 keeps 0.964 of the F1 (0.727) and the accuracy-aware step does not reach 0.99 with half the blocks "
-    "float; ONNX Runtime int8 falls to F1 0.31 on the parity clips (agreement 0.375) and fails parity. "
-    "Issue #15 stays open on it."))
 def test_wakeword_mobilenetv3_small_on_one_second_of_audio(tmp_path):
     task = _task(kind="binary", num_classes=2, labels=["negative", "keyword"])
     root = write_audiofolder(tmp_path / "wakeword", task, num_samples=512, sample_rate=16000, clip_seconds=1.0)

@@ -44,6 +44,7 @@ from torch import nn
 
 from compress.core.atomic import write_bytes
 from compress.core.errors import ExportError
+from compress.models.deploy import xnnpack_form
 from export.artifact import Artifact
 from export.registry import (
     EXPORTERS,
@@ -145,7 +146,7 @@ class ExecuTorchExporter:
     def _static_program(self, model: nn.Module, example: torch.Tensor,
                         ctx: ExportContext) -> torch.export.ExportedProgram:
         """The fixed-batch re-export used when the dynamic-batch program cannot run."""
-        source = model.eval() if ctx.precision != "int8" else ctx.quantized_program
+        source = xnnpack_form(model.eval())[0] if ctx.precision != "int8" else ctx.quantized_program
         if isinstance(source, torch.export.ExportedProgram):
             source = source.module()
         return export_program(source, example, ctx)
@@ -153,7 +154,10 @@ class ExecuTorchExporter:
     def _program(self, model: nn.Module, example: torch.Tensor, ctx: ExportContext,
                  info: dict[str, Any]) -> torch.export.ExportedProgram:
         if ctx.precision == "fp32":
-            return export_program(model.eval(), example, ctx)
+            model, swapped = xnnpack_form(model.eval())
+            if swapped:
+                info["xnnpack_form"] = f"{swapped} modules (one-group GroupNorms, MobileViTv2 attention) in XNNPACK-delegable ops"
+            return export_program(model, example, ctx)
         quantized = ctx.quantized_program
         if quantized is None:
             raise ExportError("executorch int8 needs a PT2E-quantized model (ctx.quantized_program)",
