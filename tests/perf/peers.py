@@ -34,6 +34,7 @@ import torch
 
 MODELS = {"resnet18": 224, "mobilenetv3_large_100": 224, "mobilevitv2_050": 256}
 CALIBRATION = 32
+VALIDATION = 96
 WARMUP = 10
 
 Runner = Callable[[np.ndarray], object]
@@ -123,16 +124,28 @@ def peer_files(model: torch.nn.Module, x1: torch.Tensor, calib: torch.Tensor, ou
 
 
 def kdtool_artifacts(model: torch.nn.Module, calib: torch.Tensor, out: Path, threads: int) -> list:
-    """kdtool's static int8 (executorch, onnx) and its android + server artifacts, as the pipeline makes them."""
-    from compress.quant.quantize import Int8StaticConfig, quantize
+    """kdtool's static int8 (executorch, onnx) and its android + server artifacts, as the pipeline makes them.
+
+    Static int8 goes through the accuracy-aware step as `kdtool quantize` does (`quantize.min_retention`
+    0.99 of the fp32 accuracy on `VALIDATION` held-out labelled images).
+    """
+    from compress.core.tasks import Task
+    from compress.quant.accuracy import quantize_with_floor
+    from compress.quant.configs import QuantInputs
+    from compress.quant.quantize import Int8StaticConfig
     from export.run import Quantized, export_model
+    from tests.perf.trained import task_images
 
     loader = [(calib[i:i + 8], torch.zeros(len(calib[i:i + 8]), dtype=torch.long)) for i in range(0, len(calib), 8)]
+    val_x, val_y = task_images(VALIDATION, calib.shape[-1], seed=3)
+    validation = [(val_x[i:i + 16], val_y[i:i + 16], torch.arange(i, min(i + 16, len(val_x))))
+                  for i in range(0, len(val_x), 16)]
     example = calib[:2]
-    et = quantize(model, Int8StaticConfig(backend="executorch", calibration_samples=len(calib)),
-                  example=example, calibration=loader, out=out / "q_et")
-    onnx = quantize(model, Int8StaticConfig(backend="onnx", calibration_samples=len(calib)),
-                    example=example, calibration=loader, out=out / "q_onnx")
+    task = Task("multiclass", 10)
+    et, onnx = (quantize_with_floor(model, Int8StaticConfig(backend=backend, calibration_samples=len(calib),
+                                                            min_retention=0.99),
+                                    QuantInputs(example=example, calibration=loader, out=out / f"q_{backend}"),
+                                    validation, task)[0] for backend in ("executorch", "onnx"))
     quantized = Quantized(pt2e=et.program, onnx=onnx.path, pt2e_mode="static", onnx_mode="static")
     return export_model(model, example, out / "export", targets=["android", "server"],
                         formats=["executorch", "onnx"], quantized=quantized, inputs=calib[:16], threads=threads)
@@ -176,7 +189,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=30, help="training steps (batch 16) before timing")
+    parser.add_argument("--steps", type=int, default=60, help="training steps (batch 16) before timing")
     args = parser.parse_args()
     console = Console()
     console.print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, "

@@ -156,7 +156,7 @@ class ExecuTorchExporter:
         if ctx.precision == "fp32":
             model, swapped = xnnpack_form(model.eval())
             if swapped:
-                info["xnnpack_form"] = f"{swapped} modules in XNNPACK-delegable ops (one-group GroupNorms, attention)"
+                info["xnnpack_form"] = f"{swapped} one-group GroupNorms as XNNPACK-delegable ops"
             return export_program(model, example, ctx)
         quantized = ctx.quantized_program
         if quantized is None:
