@@ -27,14 +27,7 @@ def kept_float_modules(model: nn.Module) -> tuple[str, ...]:
 
 
 def export_graph(model: nn.Module, example: torch.Tensor, mode: str) -> torch.export.ExportedProgram:
-    """`torch.export` with a dynamic batch dimension; a failure becomes an ExportError naming a way out.
-
-    PT2E programs are lowered to XNNPACK, so the model is captured in its XNNPACK form
-    (`compress.models.deploy.xnnpack_form`: one-group GroupNorms as ops XNNPACK delegates).
-    """
-    from compress.models.deploy import xnnpack_form
-
-    model = xnnpack_form(model)[0]
+    """`torch.export` with a dynamic batch dimension; a failure becomes an ExportError naming a way out."""
     if example.shape[0] < 2:
         raise KdtoolError(f"quantize: example batch has {example.shape[0]} sample(s)",
                           "give at least 2 so the batch dimension stays dynamic")

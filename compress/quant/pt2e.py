@@ -64,15 +64,9 @@ def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool 
     in_float = [get_module_name_filter(name) for name in float_modules]
     in_only = [get_module_name_filter(name) for name in only_modules]
     return XNNPACKQuantizer().set_global(config).set_filter_function(
-        lambda node: not any(f(node) for f in in_float) and not _in_float_norm(node)
+        lambda node: not any(f(node) for f in in_float)
         and (not in_only or not node.meta.get("nn_module_stack") or any(f(node) for f in in_only)
              or node.name in fused_with))
-
-
-def _in_float_norm(node: torch.fx.Node) -> bool:
-    """True for the ops of an `XnnpackGroupNorm1`: left float like the GroupNorm it stands for (a
-    quantized mean/variance would round the statistics)."""
-    return any(str(kind).endswith("XnnpackGroupNorm1") for _, kind in node.meta.get("nn_module_stack", {}).values())
 
 
 FUSED_AFTER = ("aten.batch_norm.", "aten._native_batch_norm_legit", "aten.relu.", "aten.relu_.", "aten.hardtanh.",

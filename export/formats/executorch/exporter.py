@@ -44,7 +44,6 @@ from torch import nn
 
 from compress.core.atomic import write_bytes
 from compress.core.errors import ExportError
-from compress.models.deploy import xnnpack_form
 from export.artifact import Artifact
 from export.registry import (
     EXPORTERS,
@@ -146,7 +145,7 @@ class ExecuTorchExporter:
     def _static_program(self, model: nn.Module, example: torch.Tensor,
                         ctx: ExportContext) -> torch.export.ExportedProgram:
         """The fixed-batch re-export used when the dynamic-batch program cannot run."""
-        source = xnnpack_form(model.eval())[0] if ctx.precision != "int8" else ctx.quantized_program
+        source = model.eval() if ctx.precision != "int8" else ctx.quantized_program
         if isinstance(source, torch.export.ExportedProgram):
             source = source.module()
         return export_program(source, example, ctx)
@@ -154,10 +153,7 @@ class ExecuTorchExporter:
     def _program(self, model: nn.Module, example: torch.Tensor, ctx: ExportContext,
                  info: dict[str, Any]) -> torch.export.ExportedProgram:
         if ctx.precision == "fp32":
-            model, swapped = xnnpack_form(model.eval())
-            if swapped:
-                info["xnnpack_form"] = f"{swapped} one-group GroupNorms as XNNPACK-delegable ops"
-            return export_program(model, example, ctx)
+            return export_program(model.eval(), example, ctx)
         quantized = ctx.quantized_program
         if quantized is None:
             raise ExportError("executorch int8 needs a PT2E-quantized model (ctx.quantized_program)",
