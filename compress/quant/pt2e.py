@@ -59,11 +59,14 @@ def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool 
         return XNNPACKQuantizer().set_module_type(torch.nn.Linear, config)
     if calibration_method == "minmax" and not is_qat:
         config = _with_activation_observer(config, "MinMaxObserver")
+    quantizer = XNNPACKQuantizer().set_global(config)
+    if not float_modules and not only_modules:
+        return quantizer
     from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
 
     in_float = [get_module_name_filter(name) for name in float_modules]
     in_only = [get_module_name_filter(name) for name in only_modules]
-    return XNNPACKQuantizer().set_global(config).set_filter_function(
+    return quantizer.set_filter_function(
         lambda node: not any(f(node) for f in in_float)
         and (not in_only or not node.meta.get("nn_module_stack") or any(f(node) for f in in_only)
              or node.name in fused_with))
