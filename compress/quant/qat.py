@@ -114,9 +114,9 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
             objective's. NonFiniteLossError: the loss became NaN/Inf.
     """
     from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    from compress.quant.pt2e import finish_pt2e, xnnpack_quantizer
+    from compress.quant.pt2e import finish_pt2e
 
     if epochs < 1:
         raise KdtoolError(f"quantize.qat.epochs is {epochs}", "set it to 1 or more")
@@ -130,12 +130,8 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
     pre_t = teacher_preprocess or pre_s
     example = example if example is not None else pre_s(next(iter(train_loader))[0][:2])
     layers = objective.student_layers if objective is not None else []
-    fp32_mb, trainable = program_size_mb(student.eval(), example, "qat"), copy.deepcopy(student).eval()
-    graph = export_graph(FeatureOutputs(trainable, layers) if layers else trainable, example, "qat").module()
-    # a front end that declares keep_float_in_int8 stays float here too: fake-quantized, the log-mel
-    # DFT kernel's all-zero rows got a zero scale and the first forward pass was NaN
-    kept = tuple(f"model.{name}" if layers else name for name in kept_float_modules(student))
-    prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(config.per_channel, is_qat=True, float_modules=kept))
+    fp32_mb, kept = program_size_mb(student.eval(), example, "qat"), kept_float_modules(student)
+    prepared = _prepared(student, example, layers, config, kept)
     step = TrainStep(prepared, objective, train_cfg, epochs * (per_epoch or 1), torch.device("cpu"),
                      "lower quantize.qat.lr, or set quantize.qat.nan_policy: skip", per_epoch or 1)
     alpha, temperature = kd_weights(objective.distill if objective is not None else None, 1)
@@ -160,21 +156,38 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
     if layers:
         converted = first_output_only(converted)
     return finish_pt2e(converted, QuantInputs(example=example, out=out, seed=seed), config, None,
-                       "mode static (post-training)", fp32_mb,
-                       _notes(steps, epochs, teacher, objective, layers) + (
-                           [f"kept in float: {', '.join(kept_float_modules(student))}"] if kept else []),
+                       "mode static (post-training)", fp32_mb, _notes(steps, epochs, teacher, objective, layers, kept),
                        qat_history=history)
 
 
+def _prepared(student: nn.Module, example: Tensor, layers: list[str], config: Int8QATConfig,
+              kept: tuple[str, ...]) -> torch.fx.GraphModule:
+    """A copy of `student` (with its feature outputs when KD reads `layers`) exported and prepared for QAT.
+
+    `kept` (modules declaring keep_float_in_int8) stay float here too: fake-quantized, the log-mel
+    front end's DFT kernel's all-zero rows got a zero scale and the first forward pass was NaN.
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    from compress.quant.pt2e import xnnpack_quantizer
+
+    trainable = copy.deepcopy(student).eval()
+    graph = export_graph(FeatureOutputs(trainable, layers) if layers else trainable, example, "qat").module()
+    in_graph = tuple(f"model.{name}" for name in kept) if layers else kept  # FeatureOutputs wraps it as .model
+    return prepare_qat_pt2e(graph, xnnpack_quantizer(config.per_channel, is_qat=True, float_modules=in_graph))
+
+
 def _notes(steps: int, epochs: int, teacher: nn.Module | None, objective: KDObjective | None,
-           layers: list[str]) -> list[str]:
-    """The QAT model's provenance notes: steps, what it learned from, the KD weights and feature layers."""
+           layers: list[str], kept: tuple[str, ...] = ()) -> list[str]:
+    """The QAT model's provenance notes: steps, what it learned from, the KD weights, feature layers, float modules."""
     notes = [f"{steps} QAT steps over {epochs} epoch(s)",
              "distilled from the teacher" if teacher is not None else "hard labels only (no teacher)"]
     if objective is not None and objective.distill is not None:
         notes.append(f"KD loss at alpha {objective.distill.alpha:g}, temperature {objective.distill.temperature:g}")
     if layers:
         notes.append(f"feature KD on student layers {', '.join(layers)} (feature outputs cut after convert)")
+    if kept:
+        notes.append(f"kept in float: {', '.join(kept)}")
     return notes
 
 
