@@ -187,7 +187,7 @@ def floor_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
     if not report:
         return None
     return {k: report.get(k) for k in ("min_retention", "status", "float_modules", "int8_compute_share",
-                                       "retention_before", "retention_after")}
+                                       "retention_before", "retention_after", "agreement_before", "agreement_after")}
 
 
 def _quantized_row(ctx: Context, folder: Path, samples: list, bench: BenchmarkConfig, student_cost: dict[str, Any],

@@ -48,16 +48,13 @@ import numpy as np
 import torch
 
 from compress.core.errors import ExportError
-from compress.core.tasks import Task
+from compress.core.tasks import INT8_MIN_AGREEMENT, SCALE_FLOOR, Task
 from export.artifact import Artifact, Parity
 
 SECOND_BATCH = 4
 SECOND_BATCH_SAMPLES = 2 * SECOND_BATCH
 """Samples re-run at `SECOND_BATCH` (the batch-1 pass covers them all)."""
 RANDOM_SAMPLES = 8
-SCALE_FLOOR = 1e-6
-SPREAD_FLOOR = 1e-3
-"""The regression spread is at least this fraction of the output scale."""
 CLASS_MIN_SAMPLES = 3
 """A class enters `class_agreement` once the reference picks it this often."""
 
@@ -73,7 +70,8 @@ class Tolerance:
 
 
 TOLERANCES = {"fp32": Tolerance(1e-3, 0.99, 0.005), "fp16": Tolerance(2e-2, 0.95, 0.01),
-              "int8": Tolerance(0.25, 0.90, 0.05), "int8 vs fp32": Tolerance(1.0, 0.90, 0.05)}
+              "int8": Tolerance(0.25, INT8_MIN_AGREEMENT, 0.05),
+              "int8 vs fp32": Tolerance(1.0, INT8_MIN_AGREEMENT, 0.05)}
 """Bounds per precision; "int8 vs fp32" when an int8 artifact has no simulated int8 reference (module doc)."""
 
 
@@ -132,7 +130,7 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
     if not np.isfinite(max_abs) or max_abs > atol:
         problems["max_abs"] = (f"max_abs {max_abs:.3g} > atol {atol:.3g} "
                                f"({precision}: {tol.rel:g} x output scale {scale:.3g})")
-    agreement = min(_decision_agreement(kind, o, ref, scale) for o in outs)
+    agreement = min(kind.agreement(o, ref, scale) for o in outs)
     if not agreement >= tol.min_agreement:
         what = "1 - MAE/spread" if kind.kind == "regression" else "decision agreement"
         problems["agreement"] = f"{what} {agreement:.3f} < {tol.min_agreement}"
@@ -199,14 +197,6 @@ def _reference_outputs(model: Callable[[torch.Tensor], torch.Tensor], samples: t
             return _as_tensor(model(torch.from_numpy(x))).float().numpy()
 
         return torch.from_numpy(_run_batched(ref_run, samples.numpy(), batch))
-
-
-def _decision_agreement(task: Task, out: torch.Tensor, ref: torch.Tensor, scale: float) -> float:
-    """Fraction of equal decisions; for regression 1 - MAE / spread (std of the reference outputs)."""
-    if task.kind == "regression":
-        spread = max(float(ref.float().std(unbiased=False)) if ref.numel() > 1 else 0.0, SPREAD_FLOOR * scale)
-        return float(1.0 - ((out.float() - ref.float()).abs().mean() / spread).clamp(max=1.0))
-    return float((task.predictions(out) == task.predictions(ref)).float().mean())
 
 
 def _decision_problems(task: Task, outs: list[torch.Tensor], ref: torch.Tensor, tol: Tolerance) -> dict[str, str]:

@@ -300,8 +300,17 @@ def accuracy_aware_notes(rows: list[ReportRow]) -> list[str]:
         notes.append(f"{row.name}: int8 retention floor {floor} {status}; kept in float: "
                      f"{', '.join(facts.get('float_modules') or []) or 'none'} (int8 share of conv/linear "
                      f"compute {'-' if share is None else f'{share:.0%}'}); retention vs fp32 "
-                     f"{_num(facts.get('retention_before'), '.4f')} -> {_num(facts.get('retention_after'), '.4f')}")
+                     f"{_num(facts.get('retention_before'), '.4f')} -> {_num(facts.get('retention_after'), '.4f')}"
+                     + _agreement(facts))
     return notes
+
+
+def _agreement(facts: dict[str, Any]) -> str:
+    """", decision agreement a -> b" where the report has it (reports before it was checked do not)."""
+    if facts.get("agreement_before") is None and facts.get("agreement_after") is None:
+        return ""
+    return (f", decision agreement {_num(facts.get('agreement_before'), '.3f')} -> "
+            f"{_num(facts.get('agreement_after'), '.3f')}")
 
 
 def _num(value: float | None, fmt: str) -> str:

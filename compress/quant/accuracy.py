@@ -3,16 +3,19 @@
     qm, evaluation = quantize_with_floor(student, Int8StaticConfig(min_retention=0.99), qi, val_loader, task)
 
 1. Static PTQ of the whole model, scored on validation. At or above `config.min_retention` (a fraction
-   of the fp32 student's primary metric) it is kept as it is.
+   of the fp32 student's primary metric), with its decisions agreeing with the fp32 student's on at
+   least `INT8_MIN_AGREEMENT` of the samples (export parity's int8 bound, so that a model meeting the
+   floor does not then fail parity), it is kept as it is.
 2. Otherwise each unit (a Conv/Linear layer; a block when the model has more than `MAX_UNITS` of
    them) is quantized on its own, everything else left in float, and its output error against the
    fp32 student on up to `SCORING_SAMPLES` validation samples is its sensitivity (AIMET's quant
    analyzer does this per layer). Quantizing one at a time, not leaving one out: with two ruinous
    layers, leaving either out removes nothing (the other still ruins the output) and both score 0.
 3. The most sensitive units go back to float in growing sets (1, 2, 3, 4, 6, 8, ... of them, at
-   most half of the units) until the validation metric reaches the floor; the smallest set that
-   does is the result. When none does, the plain PTQ model is kept and the report names the costliest
-   units (QAT, when the recipe runs it, is the next step: the export takes whichever scored higher).
+   most half of the units) until the validation metric reaches the floor and the agreement its
+   bound; the smallest set that does is the result. When none does, the plain PTQ model is kept and
+   the report names the costliest units (QAT, when the recipe runs it, is the next step: the export
+   takes whichever scored higher).
 
 The trials never write files: PT2E trials reuse one `torch.export` graph, ONNX Runtime trials one
 pre-processed fp32 file, and every trial calibrates on the same cached batches.
@@ -30,6 +33,7 @@ import torch
 from torch import nn
 
 from compress.core.progress import console
+from compress.core.tasks import INT8_MIN_AGREEMENT
 from compress.quant.common import input_batches
 from compress.quant.configs import Int8StaticConfig, QuantInputs, QuantizedModel
 from compress.quant.evaluate import collect_outputs, evaluate_quantized
@@ -62,24 +66,27 @@ def quantize_with_floor(model: nn.Module, config: Int8StaticConfig, qi: QuantInp
     config = with_kept_float(model, config)
     qm = quantize_static(model, config, qi)
     evaluation = evaluate_quantized(qm, model, validation, qi.preprocess, task)
-    before = evaluation.get("retention")
+    before, agreed = evaluation.get("retention"), evaluation.get("agreement")
     floor = config.min_retention
-    report: dict[str, Any] = {"min_retention": floor, "retention_before": before, "retention_after": before,
+    report: dict[str, Any] = {"min_retention": floor, "min_agreement": INT8_MIN_AGREEMENT,
+                              "retention_before": before, "retention_after": before,
+                              "agreement_before": agreed, "agreement_after": agreed,
                               "float_modules": list(config.float_modules), "sensitivity": []}
-    if floor is None or before is None or before >= floor or config.backend not in SEARCHABLE:
+    met = meets_floor(before, agreed, floor)
+    if floor is None or before is None or met or config.backend not in SEARCHABLE:
         report["status"] = "not checked" if floor is None or before is None else (
-            "met" if before >= floor else f"not met: backend {config.backend} cannot keep layers in float")
+            "met" if met else f"not met: backend {config.backend} cannot keep layers in float")
         return _record(qm, report, model, qi), evaluation
     units = [u for u in sensitivity_units(model)
              if not any(u == f or u.startswith(f"{f}.") for f in config.float_modules)]  # already float
-    console.print(f"quantize static/{config.backend}: retention {before:.4f} < floor {floor}; "
-                  f"measuring the sensitivity of {len(units)} units")
+    console.print(f"quantize static/{config.backend}: retention {before:.4f} (floor {floor}), agreement "
+                  f"{agreed:.3f} (bound {INT8_MIN_AGREEMENT}); measuring the sensitivity of {len(units)} units")
     with tempfile.TemporaryDirectory(prefix="kdtool-sens-") as scratch:
         trial = _trial_factory(model, config, qi, Path(scratch))
         ranked = rank_sensitivity(trial, units, _scoring_inputs(validation, qi.preprocess), model,
                                   scores=task.scores if task.kind != "regression" else None)
         report["sensitivity"] = [{"module": name, "error_alone": round(score, 6)} for name, score in ranked[:10]]
-        chosen = _smallest_float_set(trial, [name for name, _ in ranked], validation, qi.preprocess, task,
+        chosen = _smallest_float_set(trial, model, [name for name, _ in ranked], validation, qi.preprocess, task,
                                      evaluation, floor)
     if chosen is None:
         report["status"] = "not met: " + ", ".join(name for name, _ in ranked[:3]) + " cost the most"
@@ -90,11 +97,19 @@ def quantize_with_floor(model: nn.Module, config: Int8StaticConfig, qi: QuantInp
     qm = quantize_static(model, config, qi)
     evaluation = evaluate_quantized(qm, model, validation, qi.preprocess, task)
     after = evaluation.get("retention")
-    report.update(retention_after=after, float_modules=list(config.float_modules),
-                  status="met" if after is not None and after >= floor else "not met after the final calibration")
+    report.update(retention_after=after, agreement_after=evaluation.get("agreement"),
+                  float_modules=list(config.float_modules),
+                  status="met" if meets_floor(after, evaluation.get("agreement"), floor)
+                  else "not met after the final calibration")
     console.print(f"quantize static/{config.backend}: kept {', '.join(chosen)} in float: retention "
                   f"{before:.4f} -> {'n/a' if after is None else f'{after:.4f}'}")
     return _record(qm, report, model, qi), evaluation
+
+
+def meets_floor(kept: float | None, agreement: float | None, floor: float | None) -> bool:
+    """Retention at or above the floor and decisions agreeing with fp32 on `INT8_MIN_AGREEMENT` of them."""
+    return (floor is not None and kept is not None and kept >= floor
+            and agreement is not None and agreement >= INT8_MIN_AGREEMENT)
 
 
 def sensitivity_units(model: nn.Module, limit: int = MAX_UNITS) -> list[str]:
@@ -143,18 +158,19 @@ def _outputs(run: Runner, inputs: torch.Tensor, batch: int = 32) -> torch.Tensor
         return torch.cat([run(x).float() for x in inputs.split(batch)])
 
 
-def _smallest_float_set(trial, ranked: list[str], validation, preprocess, task, evaluation: dict[str, Any],
-                        floor: float) -> tuple[str, ...] | None:
+def _smallest_float_set(trial, model: nn.Module, ranked: list[str], validation, preprocess, task,
+                        evaluation: dict[str, Any], floor: float) -> tuple[str, ...] | None:
     """The shortest prefix of `ranked` (sizes 1, 2, 3, 4, 6, 8, ...) whose model meets the floor."""
     from compress.core.tasks import retention
 
     primary = task.primary_metric
     reference = evaluation["fp32_metrics"][primary]
+    fp32_outs, _ = collect_outputs(model, validation, preprocess)
     size = 1
     while size <= max(1, len(ranked) // 2):
         outs, targets = collect_outputs(trial(tuple(ranked[:size])), validation, preprocess)
         kept = retention(primary, task.metrics(outs, targets)[primary], reference)
-        if kept is not None and kept >= floor:
+        if meets_floor(kept, task.agreement(outs, fp32_outs), floor):
             return tuple(ranked[:size])
         size = size + 1 if size < 4 else size + size // 2
     return None

@@ -30,6 +30,12 @@ def test_card_row_carries_the_floor_facts_and_a_note():
                     "head.fc (int8 share of conv/linear compute 87%); retention vs fp32 0.9612 -> 0.9934"]
 
 
+def test_note_gives_the_decision_agreement_when_the_report_has_it():
+    facts = floor_summary({**REPORT, "agreement_before": 0.875, "agreement_after": 0.9583})
+    note = accuracy_aware_notes(rows(facts))[0]
+    assert note.endswith("retention vs fp32 0.9612 -> 0.9934, decision agreement 0.875 -> 0.958"), note
+
+
 def test_no_note_when_nothing_was_kept_in_float():
     facts = floor_summary({**REPORT, "float_modules": [], "retention_before": 0.995, "retention_after": 0.995})
     assert accuracy_aware_notes(rows(facts)) == []

@@ -252,3 +252,16 @@ def test_log_mel_front_end_stays_float_in_qat():
     assert losses and all(torch.isfinite(torch.tensor(losses))), losses
     assert "kept in float: frontend" in qm.meta["notes"]
     assert qm.meta["int8"]["int8_tensors"] == 2  # the conv and the head; not the DFT kernel
+
+
+def test_floor_met_on_the_metric_but_not_on_agreement_still_searches(sensitive_student, digits, tmp_path):
+    """A floor low enough for the ruined model's accuracy: its decisions still disagree with fp32's,
+    which export parity would fail (int8 bound `INT8_MIN_AGREEMENT`), so layers go back to float."""
+    from compress.core.tasks import INT8_MIN_AGREEMENT
+
+    config = Int8StaticConfig(backend="executorch", calibration_samples=128, min_retention=0.05)
+    qm, evaluation = quantize_with_floor(sensitive_student, config, inputs(digits, tmp_path), digits[1], TASK)
+    report = qm.meta["accuracy_aware"]
+    assert report["retention_before"] >= 0.05 and report["agreement_before"] < INT8_MIN_AGREEMENT, report
+    assert report["float_modules"] == ["1"] and report["status"] == "met", report
+    assert report["agreement_after"] >= INT8_MIN_AGREEMENT and evaluation["agreement"] == report["agreement_after"]
