@@ -6,6 +6,10 @@ artifact is written atomically into `out_dir/<target>/<format>/<precision>/` wit
 `manifest.json`. The returned list feeds the summary table and the report card. The model is
 exported in its deployed form (`compress.models.deploy`: re-parameterisable blocks fused); the
 caller strips KD adapters/hooks and passes the bare student.
+
+ExecuTorch jobs are lowered in a forked child process while this one makes and verifies the other
+formats (`export.lowering`: the lowering is single-threaded Python that would leave a core idle);
+they are collected and verified last, and the list comes back in plan order.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +31,7 @@ from export.artifact import Artifact, Parity
 from export.manifest import write_manifest
 from export.registry import EXPORTERS, ExportContext, first_line
 from export.targets import Job, plan
-from export.verify import verify_artifact
+from export.verify import ReferenceCache, verify_artifact
 
 log = logging.getLogger(__name__)
 
@@ -95,30 +100,62 @@ def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_di
         One `Artifact` per job, in order.
     """
     from compress.models.deploy import deploy_form
-    from export.verify import ReferenceCache
 
     model, fused = deploy_form(model.eval())  # re-parameterisable blocks ship fused (MobileOne, RepViT...)
     ctx = ctx or ExportContext()
     if fused:  # embedded in every artifact and its manifest
         ctx = dataclasses.replace(ctx, metadata={**ctx.metadata, "kdtool.reparameterized_blocks": str(fused)})
     quantized = quantized or Quantized()
-    results = []
+    setups = [_setup(job, example, ctx, quantized, inputs) for job in jobs]
+    lowering = _start_lowering(jobs, model, setups)
+    ahead = sorted(lowering.keys) if lowering else []
+    results: dict[int, Artifact] = {}
     cache = ReferenceCache()  # every artifact is compared with the same PyTorch outputs
-    for job in jobs:
-        t0 = time.perf_counter()
-        with format_status(f"export {job.format} {job.precision} …"):
-            a = _export_one(job, model, example, Path(out_dir), ctx, quantized, inputs, verify, threads, cache)
-        if fused and a.status != "skipped":
-            a = _update(a, info={**a.info, "reparameterized_blocks": fused})
-        results.append(a)
-        log.info("%s: %s%s", a.name, a.status, f" ({a.reason})" if a.reason else "")
-        progress_line(f"  export {a.name}: {a.status} in {time.perf_counter() - t0:.1f} s")
-    return results
+    torch_threads = torch.get_num_threads()
+
+    def width() -> int:
+        """Threads for the next step: one fewer (torch's too) while the child lowers (`export.lowering`)."""
+        busy = lowering is not None and lowering.busy()
+        torch.set_num_threads(max(1, torch_threads - 1) if busy else torch_threads)
+        return max(1, threads - 1) if busy else threads
+
+    try:  # the jobs the child builds come last: the others are made and verified meanwhile
+        for i in [i for i in range(len(jobs)) if i not in ahead] + ahead:
+            job = jobs[i]
+            t0 = time.perf_counter()
+            built = (lambda into, ctx, i=i: lowering.take(i, into, ctx)) if i in ahead else None
+            if built and verify and lowering.busy():  # the reference's outputs while the child still lowers
+                width()
+                cache.warm(_reference(job, model, quantized), setups[i].example, job.precision, inputs)
+            with format_status(f"export {job.format} {job.precision} …"):
+                a = _export_one(job, model, Path(out_dir), setups[i], quantized, inputs, verify, width, cache,
+                                built)
+            if fused and a.status != "skipped":
+                a = _update(a, info={**a.info, "reparameterized_blocks": fused})
+            results[i] = a
+            log.info("%s: %s%s", a.name, a.status, f" ({a.reason})" if a.reason else "")
+            progress_line(f"  export {a.name}: {a.status} in {time.perf_counter() - t0:.1f} s"
+                          + (f" (lowered in {a.info['export_s']:.1f} s beside the others)"
+                             if i in ahead and "export_s" in a.info else ""))
+    finally:
+        torch.set_num_threads(torch_threads)
+        if lowering:
+            lowering.close()
+    return [results[i] for i in range(len(jobs))]
 
 
-def _export_one(job: Job, model: nn.Module, example: torch.Tensor, out_dir: Path, base: ExportContext,
-                quantized: Quantized, inputs: torch.Tensor | None, verify: bool, threads: int,
-                cache: Any = None) -> Artifact:
+@dataclasses.dataclass
+class _Setup:
+    """One job's context (precision, target, metadata), traced example and skip reason."""
+
+    ctx: ExportContext
+    example: torch.Tensor
+    floor: dict[str, Any] | None
+    skip: str | None
+
+
+def _setup(job: Job, example: torch.Tensor, base: ExportContext, quantized: Quantized,
+           inputs: torch.Tensor | None) -> _Setup:
     metadata = dict(base.metadata)
     mode = quantized.pt2e_mode if job.format == "executorch" else quantized.onnx_mode
     if job.precision == "int8" and mode:
@@ -129,24 +166,54 @@ def _export_one(job: Job, model: nn.Module, example: torch.Tensor, out_dir: Path
     ctx = dataclasses.replace(base, precision=job.precision, target=job.target, variant=job.variant,
                               metadata=metadata, quantized_program=quantized.pt2e,
                               quantized_onnx=quantized.onnx, dynamic_batch=job.batch is None, tag=job.tag)
-    example = job_example(job, example, inputs)
+    return _Setup(ctx, job_example(job, example, inputs), floor if job.precision == "int8" else None,
+                  _skip_reason(job, quantized))
+
+
+def _start_lowering(jobs: list[Job], model: nn.Module, setups: list[_Setup]) -> Any:
+    """Fork the child that builds the ExecuTorch jobs (`export.lowering`), or None to build all here."""
+    from compress.core.native import debug
+    from export.lowering import PARALLEL_FORMATS, parallel_enabled, start_lowering
+
+    ahead = [i for i, job in enumerate(jobs)
+             if job.format in PARALLEL_FORMATS and job.variant is None and setups[i].skip is None]
+    others = sum(1 for i, s in enumerate(setups) if s.skip is None and i not in ahead)
+    if not parallel_enabled(len(ahead), others):
+        return None
+
+    def builder(i: int):
+        exporter, setup = EXPORTERS.get(jobs[i].format)(), setups[i]
+        return lambda folder: exporter.export(model, setup.example, folder, setup.ctx)
+
+    return start_lowering({i: (builder(i), setups[i].ctx) for i in ahead}, debug=debug())
+
+
+def _export_one(job: Job, model: nn.Module, out_dir: Path, setup: _Setup, quantized: Quantized,
+                inputs: torch.Tensor | None, verify: bool, width: Callable[[], int], cache: Any = None,
+                built: Any = None) -> Artifact:
+    """Export (or, with `built`, collect from the lowering child), verify, manifest, move into place.
+
+    `width()` gives the runtimes' thread count at each step (and sets torch's)."""
+    ctx, example, floor = setup.ctx, setup.example, setup.floor
     folder = out_dir / job.folder
-    skip = _skip_reason(job, quantized)
-    if skip:
-        return _placeholder(job, ctx, folder, "skipped", skip)
-    exporter = EXPORTERS.get(job.format)()
+    if setup.skip:
+        return _placeholder(job, ctx, folder, "skipped", setup.skip)
     t0 = time.perf_counter()
     try:
         with atomic_path(folder, is_dir=True) as tmp:
-            artifact = exporter.export(model, example, tmp, ctx)
-            seconds = round(time.perf_counter() - t0, 2)
+            if built is None:
+                width()
+                artifact = EXPORTERS.get(job.format)().export(model, example, tmp, ctx)
+                seconds = round(time.perf_counter() - t0, 2)
+            else:
+                artifact, seconds = built(tmp, ctx)
             artifact = _update(artifact, info={**artifact.info, "export_s": seconds})
             if not artifact.info.get("dynamic_batch", True):  # the one batch size it runs at
                 artifact = _update(artifact, info={**artifact.info, "batch": int(example.shape[0])})
-            if job.precision == "int8" and floor:
+            if floor:
                 artifact = _update(artifact, info={**artifact.info, "accuracy_aware": floor})
             if verify:
-                artifact = _verify(artifact, job, model, example, ctx, quantized, inputs, threads, cache)
+                artifact = _verify(artifact, job, model, example, ctx, quantized, inputs, width(), cache)
             if artifact.status == "failed":  # never shippable by mistake: *.failed.<ext>, the manifest says why
                 artifact = _mark_failed(artifact)
             write_manifest(artifact, ctx, example)
@@ -182,9 +249,8 @@ def floor_metadata(floor: dict[str, Any]) -> dict[str, str]:
 def _verify(artifact: Artifact, job: Job, model: nn.Module, example: torch.Tensor, ctx: ExportContext,
             quantized: Quantized, inputs: torch.Tensor | None, threads: int, cache: Any = None) -> Artifact:
     """Load in the runtime and check parity; int8 ExecuTorch is compared with its PT2E model."""
-    reference = quantized.pt2e if (job.precision == "int8" and job.format == "executorch") else model
-    if isinstance(reference, torch.export.ExportedProgram):
-        reference = reference.module()
+    reference = _reference(job, model, quantized)
+    reference = cache.runnable(reference) if cache is not None else ReferenceCache().runnable(reference)
     try:
         parity = verify_artifact(artifact, reference, example, inputs=inputs, task=ctx.task_spec or ctx.task,
                                  threads=threads, targets=ctx.parity_targets, student=model, cache=cache,
@@ -199,6 +265,11 @@ def _verify(artifact: Artifact, job: Job, model: nn.Module, example: torch.Tenso
     status = "failed" if parity.status == "failed" else "ok"
     return _update(artifact, parity=parity, status=status,
                    reason=f"parity failed: {parity.reason}" if status == "failed" else None, info=info)
+
+
+def _reference(job: Job, model: nn.Module, quantized: Quantized) -> Any:
+    """What an artifact is compared with: int8 ExecuTorch its PT2E model, everything else the student."""
+    return quantized.pt2e if (job.precision == "int8" and job.format == "executorch") else model
 
 
 FAILED = "failed"

@@ -107,11 +107,7 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
         metric_delta and the failed criteria.
     """
     tol = tolerance or TOLERANCES["int8 vs fp32" if precision == "int8" and not int8_reference else precision]
-    if precision == "int8" and inputs is not None:
-        # static int8 is calibrated on the data's activation ranges: standard-normal noise lies outside
-        # them by design, so int8 parity is judged on real samples only
-        random_samples = 0
-    samples = _samples(example, inputs, random_samples, seed)
+    samples = parity_samples(example, precision, inputs, random_samples, seed)
     batches = sorted({1, SECOND_BATCH}) if dynamic_batch else [int(example.shape[0])]
     ref_batch = int(example.shape[0])  # PT2E references may be traced at the example's batch only
     cache = cache if cache is not None else ReferenceCache()
@@ -177,6 +173,19 @@ class ReferenceCache:
 
     def __init__(self) -> None:
         self._outputs: dict[tuple[Any, ...], tuple[Any, torch.Tensor]] = {}
+
+    def runnable(self, model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`model`, or for an ExportedProgram its `.module()`, made once (the cache keys on the object)."""
+        if not isinstance(model, torch.export.ExportedProgram):
+            return model
+        key = ("module", id(model))
+        if key not in self._outputs:
+            self._outputs[key] = (model, model.module())
+        return self._outputs[key][1]
+
+    def warm(self, model: Any, example: torch.Tensor, precision: str, inputs: torch.Tensor | None) -> None:
+        """Compute `model`'s outputs on the parity samples of `precision` now (e.g. while waiting)."""
+        self.outputs(self.runnable(model), parity_samples(example, precision, inputs), int(example.shape[0]))
 
     def outputs(self, model: Callable[[torch.Tensor], torch.Tensor], samples: torch.Tensor,
                 batch: int) -> torch.Tensor:
@@ -325,6 +334,17 @@ def cannot_run_here(artifact: Artifact) -> str | None:
 def platform_status(reason: str) -> str:
     """"not verified on this OS" when `reason` names an Apple-only runtime or delegate, else "not verified"."""
     return "not verified on this OS" if "macOS" in reason or "Apple" in reason else "not verified"
+
+
+def parity_samples(example: torch.Tensor, precision: str, inputs: torch.Tensor | None,
+                   random_samples: int = RANDOM_SAMPLES, seed: int = 0) -> torch.Tensor:
+    """The samples `check_parity` runs: the real `inputs`, then `random_samples` seeded normal ones.
+
+    Static int8 is calibrated on the data's activation ranges: standard-normal noise lies outside
+    them by design, so int8 with real inputs is judged on those alone."""
+    if precision == "int8" and inputs is not None:
+        random_samples = 0
+    return _samples(example, inputs, random_samples, seed)
 
 
 def _samples(example: torch.Tensor, inputs: torch.Tensor | None, n_random: int, seed: int) -> torch.Tensor:

@@ -12,8 +12,10 @@ conv-attention hybrids (mobilevitv2_050, efficientvit_b0, levit_128s) and a plai
 Each model is trained briefly at the sweep's size on generated images (`tests.perf.trained`):
 random weights give near-flat logits on which int8 parity means nothing. Then, as `kdtool
 quantize --mode static` and `kdtool export --target android --target ios --target server` do,
-kdtool's own code makes the static int8 models (ExecuTorch PT2E, ONNX Runtime QDQ) and every
-target's artifacts, each loaded in its runtime and parity-checked on held-out images.
+kdtool's own code makes the static int8 models (ExecuTorch PT2E, ONNX Runtime QDQ, through the
+accuracy-aware floor: 0.99 of the fp32 accuracy and parity's decision agreement on 96 held-out
+images, the layers it keeps in float printed below the table) and every target's artifacts, each
+loaded in its runtime and parity-checked on held-out images.
 
 A cell is `ok` with the parity max_abs relative to the output scale (ExecuTorch: the XNNPACK
 delegated share when below 100 %), `n/v` where the runtime exists only elsewhere (CoreML on Apple
@@ -33,7 +35,9 @@ import torch
 MODELS = ["resnet18", "regnetx_002", "convnext_atto", "mobilenetv2_100", "mobilenetv3_small_100",
           "mobilenetv3_large_100", "efficientnet_b0", "ghostnet_100", "mobileone_s0", "repvit_m1", "fastvit_t8",
           "mobilevitv2_050", "efficientvit_b0", "levit_128s", "vit_tiny_patch16_224"]
-CALIBRATION, PARITY = 64, 32
+CALIBRATION, PARITY, VALIDATION = 64, 32, 96
+MIN_RETENTION = 0.99
+"""The int8 floor every model is quantized to (`quantize.min_retention`'s default), on `VALIDATION` images."""
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -86,8 +90,12 @@ def cell(a) -> str:
 
 
 def sweep_model(name: str, size: int, steps: int, out: Path) -> tuple[list, float]:
-    """Train briefly, quantize (static int8, both backends) and export every target; (artifacts, seconds)."""
-    from compress.quant.quantize import Int8StaticConfig, quantize
+    """Train briefly, quantize (static int8, both backends, through the 0.99 retention floor) and export
+    every target; (artifacts, seconds)."""
+    from compress.core.tasks import Task
+    from compress.quant.accuracy import quantize_with_floor
+    from compress.quant.configs import QuantInputs
+    from compress.quant.quantize import Int8StaticConfig
     from export.registry import ExportContext
     from export.run import Quantized, export_model
     from tests.perf.trained import briefly_trained, task_images
@@ -96,22 +104,26 @@ def sweep_model(name: str, size: int, steps: int, out: Path) -> tuple[list, floa
     model = briefly_trained(build(name, size), size, classes=10, steps=steps)
     calibration, _ = task_images(CALIBRATION, size, seed=1)
     inputs, labels = task_images(PARITY, size, seed=2)
+    val_x, val_y = task_images(VALIDATION, size, seed=3)
+    validation = [(val_x[i:i + 16], val_y[i:i + 16], torch.arange(i, min(i + 16, len(val_x))))
+                  for i in range(0, len(val_x), 16)]
     loader = [(calibration[i:i + 8], torch.zeros(8, dtype=torch.long)) for i in range(0, len(calibration), 8)]
     example = inputs[:2]
     quantized = Quantized()
     for backend in ("executorch", "onnx"):
-        config = Int8StaticConfig(backend=backend, calibration_samples=CALIBRATION)
+        config = Int8StaticConfig(backend=backend, calibration_samples=CALIBRATION, min_retention=MIN_RETENTION)
         try:
-            q = quantize(model, config, example=example, calibration=loader, out=out / f"q_{backend}")
+            q, _ = quantize_with_floor(model, config, QuantInputs(example=example, calibration=loader,
+                                                                  out=out / f"q_{backend}"),
+                                       validation, Task("multiclass", 10))
         except Exception as e:  # a failed quantization leaves that int8 artifact skipped, with the reason printed
             print(f"  {name}: {backend} int8 quantization failed: {type(e).__name__}: {str(e)[:200]}")
             continue
+        floor = q.meta.get("accuracy_aware")
         if backend == "executorch":
-            quantized.pt2e, quantized.pt2e_mode = q.program, "static"
+            quantized.pt2e, quantized.pt2e_mode, quantized.pt2e_floor = q.program, "static", floor
         else:
-            quantized.onnx, quantized.onnx_mode = q.path, "static"
-    from compress.core.tasks import Task
-
+            quantized.onnx, quantized.onnx_mode, quantized.onnx_floor = q.path, "static", floor
     ctx = ExportContext(name=name, output_names=("logits",), task_spec=Task("multiclass", 10), parity_targets=labels)
     arts = export_model(model, example, out / "export", targets=["android", "ios", "server"], quantized=quantized,
                         ctx=ctx, inputs=inputs, threads=torch.get_num_threads())
@@ -127,7 +139,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows, columns, reasons = [], [], []
+    rows, columns, reasons, kept = [], [], [], []
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory(prefix="kdtool-matrix-") as out:
             try:
@@ -145,6 +157,11 @@ def main() -> None:
                 columns.append(key)
             if a.status == "failed":
                 reasons.append(f"{name} {key}: {a.reason}")
+            floor = a.info.get("accuracy_aware") or {}
+            if a.precision == "int8" and floor.get("float_modules"):
+                kept.append(f"{name} {key}: {', '.join(floor['float_modules'])} (int8 share of the conv/linear "
+                            f"compute {floor.get('int8_compute_share')}; retention {floor.get('retention_before')} "
+                            f"-> {floor.get('retention_after')}, floor {floor.get('status')})")
         rows.append((name, cells, seconds, ""))
         print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in cells.items()) + f" ({seconds:.0f} s)", flush=True)
     print(f"\n| model @{args.size}px | " + " | ".join(columns) + " | s |")
@@ -156,6 +173,10 @@ def main() -> None:
     total = sum(len(c) for _, c, _, _ in rows)
     print(f"\n{ok} of {total} artifacts made and verified (or not runnable here), {len(rows)} architectures")
     for line in reasons:
+        print(f"- {line}")
+    if kept:
+        print("\nKept in float by the accuracy-aware step:")
+    for line in kept:
         print(f"- {line}")
 
 
