@@ -14,6 +14,7 @@ they are collected and verified last, and the list comes back in plan order.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -126,7 +127,8 @@ def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_di
             built = (lambda into, ctx, i=i: lowering.take(i, into, ctx)) if i in ahead else None
             if built and verify and lowering.busy():  # the reference's outputs while the child still lowers
                 width()
-                cache.warm(_reference(job, model, quantized), setups[i].example, job.precision, inputs)
+                with contextlib.suppress(Exception):  # a reference that fails fails this artifact's parity
+                    cache.warm(_reference(job, model, quantized), setups[i].example, job.precision, inputs)
             with format_status(f"export {job.format} {job.precision} …"):
                 a = _export_one(job, model, Path(out_dir), setups[i], quantized, inputs, verify, width, cache,
                                 built)
