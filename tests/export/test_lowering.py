@@ -79,15 +79,19 @@ def test_the_parent_leaves_the_child_a_core_while_it_lowers(tmp_path, example, m
     import export.run
 
     lower = et.ExecuTorchExporter.export
+    go = tmp_path / "go"
 
-    def slow(self, *a, **k):  # the child is still busy when the parent verifies the ONNX file
-        time.sleep(20)
+    def slow(self, *a, **k):  # the child stays busy until the parent has verified the ONNX file
+        deadline = time.monotonic() + 300
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
         return lower(self, *a, **k)
 
     seen = []
 
     def verify(artifact, *a, threads=1, **k):
         seen.append((artifact.format, threads, torch.get_num_threads()))
+        go.touch()
         return verify_artifact(artifact, *a, threads=threads, **k)
 
     verify_artifact = export.run.verify_artifact
