@@ -6,7 +6,7 @@ int8 programs). In a profile of the MobileViTv2-2.0 android + ios + server expor
 the time, one core busy and the other idle. A thread cannot use that core: the lowering holds the
 GIL, and a parity run beside it in a thread went from 12.8 s to 62 s. A process can.
 
-`start_lowering` forks one child before anything else of the export runs (no other thread is alive
+`Lowering` forks one child before anything else of the export runs (no other thread is alive
 then, so no lock is copied held). The child builds the ExecuTorch XNNPACK jobs (fp32, int8) one after
 another (the CoreML-delegate variant, short, stays in the parent to balance the two sides), each into
 its own scratch folder, with one intra-op thread (PyTorch's rule for forked workers: OpenMP is not
@@ -24,7 +24,8 @@ width, 3 busy threads on 2 cores made the parent's ONNX Runtime and PyTorch pari
 Used on Linux only (macOS: fork is unsafe once Apple's frameworks are loaded, as coremltools does)
 when the machine has more than one core, and turned off with `KDTOOL_EXPORT_PROCESSES=0`.
 With `--debug` the child's output goes to the terminal; otherwise to `lowering.log` in its scratch
-folder (ExecuTorch and coremltools print INFO lines and bars that would break the parent's spinner).
+folder, removed with it (ExecuTorch and coremltools print INFO lines and bars that would break the
+parent's spinner; a failure's reason comes back through the pipe either way).
 """
 
 from __future__ import annotations
@@ -128,11 +129,6 @@ class Lowering:
         self._process.join(timeout=10)
         self._receive.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-def start_lowering(builds: dict[int, tuple[Build, ExportContext]], debug: bool = False) -> Lowering:
-    """Fork the child for `builds` (job index → (build into a folder, the job's context))."""
-    return Lowering(builds, debug)
 
 
 def _child(builds: dict[int, tuple[Build, ExportContext]], scratch: Path, send: Any, debug: bool) -> None:

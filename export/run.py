@@ -175,7 +175,7 @@ def _setup(job: Job, example: torch.Tensor, base: ExportContext, quantized: Quan
 def _start_lowering(jobs: list[Job], model: nn.Module, setups: list[_Setup]) -> Any:
     """Fork the child that builds the ExecuTorch jobs (`export.lowering`), or None to build all here."""
     from compress.core.native import debug
-    from export.lowering import PARALLEL_FORMATS, parallel_enabled, start_lowering
+    from export.lowering import PARALLEL_FORMATS, Lowering, parallel_enabled
 
     ahead = [i for i, job in enumerate(jobs)
              if job.format in PARALLEL_FORMATS and job.variant is None and setups[i].skip is None]
@@ -187,7 +187,7 @@ def _start_lowering(jobs: list[Job], model: nn.Module, setups: list[_Setup]) -> 
         exporter, setup = EXPORTERS.get(jobs[i].format)(), setups[i]
         return lambda folder: exporter.export(model, setup.example, folder, setup.ctx)
 
-    return start_lowering({i: (builder(i), setups[i].ctx) for i in ahead}, debug=debug())
+    return Lowering({i: (builder(i), setups[i].ctx) for i in ahead}, debug=debug())
 
 
 def _export_one(job: Job, model: nn.Module, out_dir: Path, setup: _Setup, quantized: Quantized,
