@@ -234,15 +234,18 @@ def flag_int8_slowdowns(rows: list[ReportRow], tolerance: float = INT8_TOLERANCE
     """Notes for every INT8 row slower (p50, batch 1) than the FP32 row of the same format, runtime and model.
 
     The FP32 partner has the same format and runtime and either the same origin, or is the origin
-    itself (a `quantized` PyTorch row made from `student_kd` is compared with `student_kd`).
+    itself (a `quantized` PyTorch row made from `student_kd` is compared with `student_kd`). Among
+    several, the one made for the same target (a server int8 ONNX file is compared with the server's
+    fp32 file, not android's batch-1 one).
     """
     notes = []
     ok = [r for r in rows if r.status == "ok" and r.latency_at(1) is not None]
     for q in (r for r in ok if r.precision == "int8"):
-        partner = next((r for r in ok if r.precision == "fp32" and r.format == q.format
-                        and r.runtime == q.runtime and q.origin in (r.origin, r.name)), None)
-        if partner is None:
+        partners = [r for r in ok if r.precision == "fp32" and r.format == q.format
+                    and r.runtime == q.runtime and q.origin in (r.origin, r.name)]
+        if not partners:
             continue
+        partner = min(partners, key=lambda r: r.target != q.target)  # the same target's file first
         slow, fast = q.latency_at(1).p50, partner.latency_at(1).p50
         if slow > fast * (1 + tolerance):
             notes.append(f"INT8 slower than FP32: {q.name} p50 {slow:.2f} ms vs {partner.name} {fast:.2f} ms "

@@ -232,6 +232,19 @@ def test_int8_slower_than_fp32_is_flagged():
     assert not any("executorch" in n for n in notes)  # int8 faster there
 
 
+def test_int8_is_compared_with_the_fp32_file_of_its_own_target():
+    def onnx(name, target, precision, p50):
+        return ReportRow(name=name, stage="export", format="onnx", precision=precision, runtime="onnxruntime",
+                         source="student_kd", target=target, latency_ms=lat(p50), metrics={"accuracy": 0.97})
+
+    android_b1 = onnx("student_kd.onnx-b1.fp32", "android", "fp32", 1.0)
+    server = onnx("student_kd.onnx.fp32", "server", "fp32", 3.0)
+    server_int8 = onnx("student_kd.onnx.int8", "server", "int8", 2.0)
+    assert flag_int8_slowdowns([android_b1, server, server_int8]) == []  # 2.0 ms beats the server's 3.0 ms
+    notes = flag_int8_slowdowns([android_b1, server.model_copy(update={"latency_ms": lat(1.0)}), server_int8])
+    assert len(notes) == 1 and "vs student_kd.onnx.fp32 1.00 ms (2.00x)" in notes[0]
+
+
 def test_json_round_trip(report, tmp_path):
     paths = write_report(report, tmp_path)
     data = json.loads(paths["json"].read_text())

@@ -16,8 +16,10 @@ latency), batch-1 latency of:
   android, a dynamic batch for the server), run in the same loop.
 
 Every latency is the median of `--runs` timed calls after `WARMUP` discarded ones, the same input,
-intra-op threads fixed. The last column of the summary is kdtool's recommended artifact (the fastest
-kdtool artifact whose parity passed) over the fastest peer: <= 1.0 means kdtool is not slower.
+intra-op threads fixed; all runners of a model take turns, `BLOCK` calls at a time
+(`interleaved_medians`), so a slow spell of the machine falls on peers and kdtool alike. The last
+column of the summary is kdtool's recommended artifact (the fastest kdtool artifact whose parity
+passed) over the fastest peer: <= 1.0 means kdtool is not slower.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
+import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +40,7 @@ MODELS = {"resnet18": 224, "mobilenetv3_large_100": 224, "mobilevitv2_050": 256}
 CALIBRATION = 32
 VALIDATION = 96
 WARMUP = 10
+BLOCK = 5
 
 Runner = Callable[[np.ndarray], object]
 
@@ -57,11 +62,26 @@ def images(n: int, size: int) -> torch.Tensor:
     return task_images(n, size, seed=0)[0]
 
 
-def median_ms(run: Runner, x: np.ndarray, runs: int) -> float:
-    """Median wall time (ms) of `run(x)` over `runs` calls after WARMUP discarded ones."""
-    from tests.perf.quantize_bench import median_ms as timed
+def interleaved_medians(runs_by_label: dict[str, Runner], x: np.ndarray, runs: int) -> dict[str, float]:
+    """Median wall time (ms) of each runner over `runs` calls, timed in rounds that take turns.
 
-    return timed(run, x, runs=runs, warmup=WARMUP)
+    Every runner gets WARMUP discarded calls first; then each round gives each runner one untimed call
+    (another runtime's idle threads may still be spinning) and BLOCK timed ones, until `runs` are
+    timed. Taking turns spreads a slow spell of a noisy machine over all runners alike, so their
+    ratios stay meaningful where timing one runner after the other charges it to whichever ran then.
+    """
+    for run in runs_by_label.values():
+        for _ in range(WARMUP):
+            run(x)
+    times: dict[str, list[float]] = {label: [] for label in runs_by_label}
+    while any(len(ts) < runs for ts in times.values()):
+        for label, run in runs_by_label.items():
+            run(x)
+            for _ in range(min(BLOCK, runs - len(times[label]))):
+                t = time.perf_counter()
+                run(x)
+                times[label].append((time.perf_counter() - t) * 1e3)
+    return {label: statistics.median(ts) for label, ts in times.items()}
 
 
 def ort_runner(path: Path, threads: int) -> Runner:
@@ -146,38 +166,46 @@ def kdtool_artifacts(model: torch.nn.Module, calib: torch.Tensor, out: Path, thr
                                                             min_retention=0.99),
                                     QuantInputs(example=example, calibration=loader, out=out / f"q_{backend}"),
                                     validation, task)[0] for backend in ("executorch", "onnx"))
-    quantized = Quantized(pt2e=et.program, onnx=onnx.path, pt2e_mode="static", onnx_mode="static")
+    quantized = Quantized(pt2e=et.program, onnx=onnx.path, pt2e_mode="static", onnx_mode="static",
+                          pt2e_floor=et.meta.get("accuracy_aware"), onnx_floor=onnx.meta.get("accuracy_aware"))
     return export_model(model, example, out / "export", targets=["android", "server"],
                         formats=["executorch", "onnx"], quantized=quantized, inputs=calib[:16], threads=threads)
 
 
 def bench_model(name: str, size: int, threads: int, runs: int, steps: int) -> list[tuple[str, str, float | None, str]]:
-    """Rows (who, artifact, median ms, note) for one model."""
+    """Rows (who, artifact, median ms, note) for one model, every runner timed in the same rounds."""
     torch.set_num_threads(threads)
     calib = images(CALIBRATION, size)
     model = build(name, size, steps)
     x1 = calib[:1]
     x = x1.numpy()
-    rows = []
-    with torch.no_grad():
-        rows.append(("peer", "eager", median_ms(lambda a: model(torch.from_numpy(a)), x, runs), ""))
+    entries: list[tuple[str, str, Runner | None, str]] = []  # who, label, runner (None: not timed), note
+
+    def eager(a: np.ndarray) -> object:
+        with torch.no_grad():
+            return model(torch.from_numpy(a))
+
+    entries.append(("peer", "eager", eager, ""))
     with tempfile.TemporaryDirectory(prefix="kdtool-peers-") as tmp:
         for label, path in peer_files(model, x1, calib, Path(tmp)).items():
             run = pte_runner(path, threads) if path.suffix == ".pte" else ort_runner(path, threads)
-            rows.append(("peer", label, median_ms(run, x, runs), f"{path.stat().st_size / 1e6:.1f} MB"))
+            entries.append(("peer", label, run, f"{path.stat().st_size / 1e6:.1f} MB"))
         for artifact in kdtool_artifacts(model, calib, Path(tmp), threads):
+            label = f"{artifact.name} [{artifact.target}]"
             if artifact.status != "ok" or artifact.runtime not in ("onnxruntime", "executorch"):
-                label = f"{artifact.name} [{artifact.target}]"
-                rows.append(("kdtool", label, None, artifact.reason or artifact.status))
+                entries.append(("kdtool", label, None, artifact.reason or artifact.status))
                 continue
             run = pte_runner(artifact.path, threads) if artifact.runtime == "executorch" else ort_runner(
                 artifact.path, threads)
             parity = artifact.parity.status if artifact.parity else "n/a"
             batch = "dynamic" if artifact.info.get("dynamic_batch") else f"static {artifact.info.get('batch')}"
+            floats = (artifact.info.get("accuracy_aware") or {}).get("float_modules")
             note = (f"parity {parity}, batch {batch}, "
-                    f"delegate subgraphs {artifact.info.get('delegation', {}).get('subgraphs', '-')}")
-            rows.append(("kdtool", f"{artifact.name} [{artifact.target}]", median_ms(run, x, runs), note))
-    return rows
+                    f"delegate subgraphs {artifact.info.get('delegation', {}).get('subgraphs', '-')}"
+                    + (f", float: {', '.join(floats)}" if floats else ""))
+            entries.append(("kdtool", label, run, note))
+        ms = interleaved_medians({label: run for _, label, run, _ in entries if run is not None}, x, runs)
+    return [(who, label, ms.get(label), note) for who, label, _, note in entries]
 
 
 def main() -> None:
