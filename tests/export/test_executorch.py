@@ -72,6 +72,26 @@ def test_truncated_program_fails_to_load(exported, tmp_path):
         get_runtime("executorch").load(broken, 1)
 
 
+def test_loading_at_the_same_thread_count_leaves_the_threadpool_of_loaded_programs_alone(exported, monkeypatch):
+    import executorch.extension.pybindings.portable_lib as portable_lib
+
+    from export.formats import get_runtime
+
+    (art,) = exported("executorch")
+    runtime = get_runtime("executorch")
+    first = runtime.load(art.path, 2)
+    assert portable_lib._threadpool_get_thread_count() == 2
+    x = torch.randn(1, *first.method.metadata.input_tensor_meta(0).sizes()[1:]).numpy()
+    before = first.run(x)
+    resets = []
+    real_reset = portable_lib._unsafe_reset_threadpool
+    monkeypatch.setattr(portable_lib, "_unsafe_reset_threadpool", lambda n: (resets.append(n), real_reset(n)))
+    second = runtime.load(art.path, 2)  # a benchmark holding several programs: the pool is not replaced
+    assert resets == [] and (first.run(x) == before).all() and (second.run(x) == before).all()
+    runtime.load(art.path, 1)  # another size still resizes it
+    assert resets == [1] and portable_lib._threadpool_get_thread_count() == 1
+
+
 def test_coreml_delegate_is_lowered_but_not_verified_here(tmp_path, example):
     pytest.importorskip("coremltools")
     from export.run import export_model

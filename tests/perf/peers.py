@@ -95,12 +95,18 @@ def ort_runner(path: Path, threads: int) -> Runner:
 
 
 def pte_runner(path: Path, threads: int) -> Runner:
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from executorch.runtime import Runtime
 
-    _unsafe_reset_threadpool(threads)
-    method = Runtime.get().load_program(path).load_method("forward")
-    return lambda x: method.execute([torch.from_numpy(x)])
+    from export.formats.executorch.runtime import set_threadpool
+
+    set_threadpool(threads)
+    program = Runtime.get().load_program(path)
+    method = program.load_method("forward")
+
+    def run(x: np.ndarray, program=program) -> object:  # the program stays alive with its method
+        return method.execute([torch.from_numpy(x)])
+
+    return run
 
 
 def peer_files(model: torch.nn.Module, x1: torch.Tensor, calib: torch.Tensor, out: Path) -> dict[str, Path]:

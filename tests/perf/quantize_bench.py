@@ -117,12 +117,14 @@ def lower_pte(module, x1, path: Path) -> Path:
 
 def pte_runner(path: Path):
     """A batch-1 ExecuTorch method with its XNNPACK threadpool set to THREADS."""
-    from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
-    portable_lib._unsafe_reset_threadpool(THREADS)
-    method = Runtime.get().load_program(str(path)).load_method("forward")
-    return lambda x: method.execute([x.contiguous()])[0]
+    from export.formats.executorch.runtime import set_threadpool
+
+    set_threadpool(THREADS)
+    program = Runtime.get().load_program(str(path))
+    method = program.load_method("forward")
+    return lambda x, program=program: method.execute([x.contiguous()])[0]
 
 
 def per_sample(run):

@@ -14,11 +14,24 @@ from compress.core.errors import ExportError
 from export.runtime import RUNTIMES
 
 
-class ExecuTorchSession:
-    """A loaded `forward` method."""
+def set_threadpool(threads: int) -> None:
+    """Size ExecuTorch's process-wide XNNPACK threadpool to `threads`, only when it has another size.
 
-    def __init__(self, method: object) -> None:
-        self.method = method
+    `_unsafe_reset_threadpool` replaces the pool under every method loaded in the process; resetting
+    it to the size it has while other programs stay loaded (a benchmark holding several) crashed the
+    process at random later (a segfault in the peers benchmark at e06b616), so an equal size is left alone.
+    """
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+
+    if _threadpool_get_thread_count() != threads:
+        _unsafe_reset_threadpool(threads)
+
+
+class ExecuTorchSession:
+    """A loaded `forward` method, with the program it came from kept alive beside it."""
+
+    def __init__(self, method: object, program: object = None) -> None:
+        self.method, self.program = method, program
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         """Run one batch and return the first output."""
@@ -43,14 +56,13 @@ class ExecuTorchRuntime:
         return None
 
     def load(self, path: Path, threads: int) -> ExecuTorchSession:
-        """Load the program and its `forward` method; sets the (process-wide) XNNPACK threadpool size."""
+        """Load the program and its `forward` method; sizes the (process-wide) XNNPACK threadpool."""
         from compress.core.native import quiet_native
 
         with quiet_native():  # cpuinfo and threadpool lines from C++ (shown with --debug)
-            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
             from executorch.runtime import Runtime
 
-            _unsafe_reset_threadpool(threads)
+            set_threadpool(threads)
             runtime = Runtime.get()
         try:
             with quiet_native():
@@ -69,7 +81,7 @@ class ExecuTorchRuntime:
                               f"(registered backends: {', '.join(registered)})") from e
         if method is None:
             raise ExportError(f"{path} has no 'forward' method", "re-export it with kdtool")
-        return ExecuTorchSession(method)
+        return ExecuTorchSession(method, program)
 
     def versions(self) -> dict[str, str]:
         """executorch version."""
