@@ -185,33 +185,37 @@ def bench_model(name: str, size: int, threads: int, runs: int, steps: int) -> li
     model = build(name, size, steps)
     x1 = calib[:1]
     x = x1.numpy()
-    entries: list[tuple[str, str, Runner | None, str]] = []  # who, label, runner (None: not timed), note
 
     def eager(a: np.ndarray) -> object:
         with torch.no_grad():
             return model(torch.from_numpy(a))
 
-    entries.append(("peer", "eager", eager, ""))
+    files: list[tuple[str, str, Path | None, str]] = []  # who, label, file (None: not timed), note
     with tempfile.TemporaryDirectory(prefix="kdtool-peers-") as tmp:
         for label, path in peer_files(model, x1, calib, Path(tmp)).items():
-            run = pte_runner(path, threads) if path.suffix == ".pte" else ort_runner(path, threads)
-            entries.append(("peer", label, run, f"{path.stat().st_size / 1e6:.1f} MB"))
+            files.append(("peer", label, path, f"{path.stat().st_size / 1e6:.1f} MB"))
         for artifact in kdtool_artifacts(model, calib, Path(tmp), threads):
             label = f"{artifact.name} [{artifact.target}]"
             if artifact.status != "ok" or artifact.runtime not in ("onnxruntime", "executorch"):
-                entries.append(("kdtool", label, None, artifact.reason or artifact.status))
+                files.append(("kdtool", label, None, artifact.reason or artifact.status))
                 continue
-            run = pte_runner(artifact.path, threads) if artifact.runtime == "executorch" else ort_runner(
-                artifact.path, threads)
             parity = artifact.parity.status if artifact.parity else "n/a"
             batch = "dynamic" if artifact.info.get("dynamic_batch") else f"static {artifact.info.get('batch')}"
             floats = (artifact.info.get("accuracy_aware") or {}).get("float_modules")
             note = (f"parity {parity}, batch {batch}, "
                     f"delegate subgraphs {artifact.info.get('delegation', {}).get('subgraphs', '-')}"
                     + (f", float: {', '.join(floats)}" if floats else ""))
-            entries.append(("kdtool", label, run, note))
-        ms = interleaved_medians({label: run for _, label, run, _ in entries if run is not None}, x, runs)
-    return [(who, label, ms.get(label), note) for who, label, _, note in entries]
+            files.append(("kdtool", label, artifact.path, note))
+        # Loaded only now, all at one threadpool size: kdtool's export resizes ExecuTorch's process-wide
+        # XNNPACK pool (one thread fewer while it lowers in a child), and a program loaded before
+        # a resize ran at about half speed after it (ResNet-18 peer 39.4 ms vs kdtool's same file kind 21.8).
+        torch.set_num_threads(threads)
+        runners: dict[str, Runner] = {"eager": eager}
+        for _, label, path, _ in files:
+            if path is not None:
+                runners[label] = pte_runner(path, threads) if path.suffix == ".pte" else ort_runner(path, threads)
+        ms = interleaved_medians(runners, x, runs)
+    return [("peer", "eager", ms["eager"], "")] + [(who, label, ms.get(label), note) for who, label, _, note in files]
 
 
 def main() -> None:
