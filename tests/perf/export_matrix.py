@@ -101,7 +101,10 @@ def sweep_model(name: str, size: int, steps: int, out: Path) -> tuple[list, floa
     from tests.perf.trained import briefly_trained, task_images
 
     t0 = time.perf_counter()
+    from compress.models.deploy import deploy_form
+
     model = briefly_trained(build(name, size), size, classes=10, steps=steps)
+    model, _ = deploy_form(model)  # int8 of the form that ships, as `kdtool quantize` makes it (fused re-param)
     calibration, _ = task_images(CALIBRATION, size, seed=1)
     inputs, labels = task_images(PARITY, size, seed=2)
     val_x, val_y = task_images(VALIDATION, size, seed=3)
