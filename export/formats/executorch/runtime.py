@@ -17,9 +17,11 @@ from export.runtime import RUNTIMES
 def set_threadpool(threads: int) -> None:
     """Size ExecuTorch's process-wide XNNPACK threadpool to `threads`, only when it has another size.
 
-    `_unsafe_reset_threadpool` replaces the pool under every method loaded in the process; resetting
-    it to the size it has while other programs stay loaded (a benchmark holding several) crashed the
-    process at random later (a segfault in the peers benchmark at e06b616), so an equal size is left alone.
+    `_unsafe_reset_threadpool` replaces the pool under every method loaded in the process: in the
+    peers benchmark (several programs loaded at once) the programs loaded before a reset ran at half
+    speed after it, and one run segfaulted (at e06b616, the cause not isolated), so a pool of the
+    right size is left alone. A resize (export verifying with one thread fewer) still slows programs
+    loaded before it: load a session after the export that resizes.
     """
     from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
 
