@@ -95,18 +95,11 @@ def ort_runner(path: Path, threads: int) -> Runner:
 
 
 def pte_runner(path: Path, threads: int) -> Runner:
-    from executorch.runtime import Runtime
+    """kdtool's ExecuTorch session (threadpool sized, program kept alive), timed on its method alone."""
+    from export.formats import get_runtime
 
-    from export.formats.executorch.runtime import set_threadpool
-
-    set_threadpool(threads)
-    program = Runtime.get().load_program(path)
-    method = program.load_method("forward")
-
-    def run(x: np.ndarray, program=program) -> object:  # the program stays alive with its method
-        return method.execute([torch.from_numpy(x)])
-
-    return run
+    method = get_runtime("executorch").load(path, threads).method
+    return lambda x: method.execute([torch.from_numpy(x)])
 
 
 def peer_files(model: torch.nn.Module, x1: torch.Tensor, calib: torch.Tensor, out: Path) -> dict[str, Path]:

@@ -116,15 +116,11 @@ def lower_pte(module, x1, path: Path) -> Path:
 
 
 def pte_runner(path: Path):
-    """A batch-1 ExecuTorch method with its XNNPACK threadpool set to THREADS."""
-    from executorch.runtime import Runtime
+    """A batch-1 ExecuTorch method (kdtool's session: XNNPACK threadpool sized to THREADS)."""
+    from export.formats import get_runtime
 
-    from export.formats.executorch.runtime import set_threadpool
-
-    set_threadpool(THREADS)
-    program = Runtime.get().load_program(str(path))
-    method = program.load_method("forward")
-    return lambda x, program=program: method.execute([x.contiguous()])[0]
+    method = get_runtime("executorch").load(path, THREADS).method
+    return lambda x: method.execute([x.contiguous()])[0]
 
 
 def per_sample(run):
