@@ -23,7 +23,8 @@ class Parity(BaseModel):
     batches: list[int] = []
     samples: int = 0
     metric_delta: float | None = None  # artifact − fp32 student primary metric on labelled samples (worst batch)
-    failed: list[str] = []  # the criteria that failed (max_abs, agreement, positives, class_agreement, metric)
+    fp32_agreement: float | None = None  # int8 checked against its PT2E model: agreement with the fp32 student
+    failed: list[str] = []  # the criteria that failed (max_abs, agreement, positives, class_agreement, metric, ...)
     reason: str | None = None
 
 

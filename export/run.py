@@ -256,7 +256,8 @@ def _verify(artifact: Artifact, job: Job, model: nn.Module, example: torch.Tenso
     try:
         parity = verify_artifact(artifact, reference, example, inputs=inputs, task=ctx.task_spec or ctx.task,
                                  threads=threads, targets=ctx.parity_targets, student=model, cache=cache,
-                                 int8_reference=reference is not model)
+                                 int8_reference=reference is not model,
+                                 student_decisions=quantized.pt2e_mode != "qat")
     except ExportError as e:
         parity = Parity(status="failed", reason=str(e))
     info = dict(artifact.info)

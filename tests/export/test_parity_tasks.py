@@ -121,8 +121,8 @@ def test_metric_criterion_is_one_sided_a_qat_artifact_may_score_higher(digits_xy
     qat, student = _linear(good.coef_, good.intercept_), _linear(np.pad(weak.coef_, ((0, 0), (0, 56))), weak.intercept_)
     task = Task("binary", 1, metric="accuracy")
     better = check_parity(_artifact(qat, lambda o: o), qat, x[:2], "int8", inputs=x, task=task,
-                          targets=torch.as_tensor(target), student=student)
+                          targets=torch.as_tensor(target), student=student, student_decisions=False)
     assert better.status == "passed" and better.metric_delta > 0.1
     worse = check_parity(_artifact(student, lambda o: o), student, x[:2], "int8", inputs=x, task=task,
-                         targets=torch.as_tensor(target), student=qat)
+                         targets=torch.as_tensor(target), student=qat, student_decisions=False)
     assert worse.status == "failed" and worse.failed == ["metric"] and worse.metric_delta < -0.1

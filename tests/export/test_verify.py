@@ -67,6 +67,27 @@ def test_int8_against_the_fp32_model_is_judged_on_decisions(example, real_inputs
     assert broken.status == "failed" and "max_abs" in broken.failed
 
 
+def test_int8_that_matches_its_pt2e_model_must_still_keep_the_fp32_students_decisions(example, real_inputs):
+    """ExecuTorch int8 is compared with its PT2E model (the lowering) and its decisions with the fp32
+    student's (what it replaces): a file identical to a PT2E model that flips the student's decisions
+    fails on `fp32_agreement` alone; one that keeps them passes with the agreement recorded."""
+    student = tiny_convnet()
+
+    def pt2e_flipped(x: torch.Tensor) -> torch.Tensor:
+        return -student(x)
+
+    flipped = check_parity(_runner(pt2e_flipped), pt2e_flipped, example, "int8", inputs=real_inputs,
+                           student=student)
+    assert flipped.status == "failed" and flipped.failed == ["fp32_agreement"]
+    assert flipped.agreement == 1.0 and flipped.fp32_agreement < 0.5 and "fp32 student" in flipped.reason
+    kept = check_parity(_runner(student), student, example, "int8", inputs=real_inputs, student=student)
+    assert kept.status == "passed" and kept.fp32_agreement is None  # the student is the reference: one check
+    twin = tiny_convnet()
+    twin.load_state_dict(student.state_dict())
+    same = check_parity(_runner(twin), twin, example, "int8", inputs=real_inputs, student=student)
+    assert same.status == "passed" and same.fp32_agreement == 1.0
+
+
 def test_tolerances_loosen_with_precision():
     assert TOLERANCES["fp32"].rel < TOLERANCES["fp16"].rel < TOLERANCES["int8"].rel
     assert TOLERANCES["fp32"].min_agreement > TOLERANCES["int8"].min_agreement
