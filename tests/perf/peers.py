@@ -39,6 +39,8 @@ import torch
 MODELS = {"resnet18": 224, "mobilenetv3_large_100": 224, "mobilevitv2_050": 256}
 CALIBRATION = 32
 VALIDATION = 96
+PARITY = 64
+"""Held-out images the export's parity runs on (`export.parity_samples`' default; not calibration images)."""
 WARMUP = 10
 BLOCK = 5
 
@@ -146,7 +148,8 @@ def kdtool_artifacts(model: torch.nn.Module, calib: torch.Tensor, out: Path, thr
     """kdtool's static int8 (executorch, onnx) and its android + server artifacts, as the pipeline makes them.
 
     Static int8 goes through the accuracy-aware step as `kdtool quantize` does (`quantize.min_retention`
-    0.99 of the fp32 accuracy on `VALIDATION` held-out labelled images).
+    0.99 of the fp32 accuracy on `VALIDATION` held-out labelled images); the export's parity runs on
+    `PARITY` of those images, as `kdtool export` does on validation samples.
     """
     from compress.core.tasks import Task
     from compress.quant.accuracy import quantize_with_floor
@@ -161,6 +164,12 @@ def kdtool_artifacts(model: torch.nn.Module, calib: torch.Tensor, out: Path, thr
                   for i in range(0, len(val_x), 16)]
     example = calib[:2]
     task = Task("multiclass", 10)
+    with torch.no_grad():
+        logits = torch.cat([model(val_x[i:i + 16]) for i in range(0, len(val_x), 16)])
+    top2 = logits.topk(2, 1).values
+    print(f"  held-out accuracy {float((logits.argmax(1) == val_y).float().mean()):.3f} on {len(val_y)} images, "
+          f"median top-2 margin {float((top2[:, 0] - top2[:, 1]).median() / logits.abs().max()):.3f} x output scale",
+          flush=True)
     et, onnx = (quantize_with_floor(model, Int8StaticConfig(backend=backend, calibration_samples=len(calib),
                                                             min_retention=0.99),
                                     QuantInputs(example=example, calibration=loader, out=out / f"q_{backend}"),
@@ -168,7 +177,7 @@ def kdtool_artifacts(model: torch.nn.Module, calib: torch.Tensor, out: Path, thr
     quantized = Quantized(pt2e=et.program, onnx=onnx.path, pt2e_mode="static", onnx_mode="static",
                           pt2e_floor=et.meta.get("accuracy_aware"), onnx_floor=onnx.meta.get("accuracy_aware"))
     return export_model(model, example, out / "export", targets=["android", "server"],
-                        formats=["executorch", "onnx"], quantized=quantized, inputs=calib[:16], threads=threads)
+                        formats=["executorch", "onnx"], quantized=quantized, inputs=val_x[:PARITY], threads=threads)
 
 
 def bench_model(name: str, size: int, threads: int, runs: int, steps: int) -> list[tuple[str, str, float | None, str]]:
