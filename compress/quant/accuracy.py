@@ -16,6 +16,10 @@
    bound; the smallest set that does is the result. When none does, the plain PTQ model is kept and
    the report names the costliest units (QAT, when the recipe runs it, is the next step: the export
    takes whichever scored higher).
+4. Units that are blocks can be too coarse: when no set of them reaches the floor, the `REFINE`
+   costliest blocks are split into their parts one level down (their layers, or sub-blocks), each
+   part is scored alone the same way, and step 3 is run again on the finer ranking (a block's
+   harmless layers need not stay float with its ruinous one, and the cap of half the units grows).
 
 The trials never write files: PT2E trials reuse one `torch.export` graph, ONNX Runtime trials one
 pre-processed fp32 file, and every trial calibrates on the same cached batches.
@@ -44,6 +48,8 @@ MAX_UNITS = 24
 SCORING_SAMPLES = 256
 """Validation samples the leave-one-out sensitivity is scored on."""
 SEARCHABLE = ("executorch", "onnx")
+REFINE = 2
+"""Costliest blocks split into their parts when no set of whole blocks reaches the floor."""
 """Backends whose quantizer can leave named layers in float (CoreML quantizes weights only)."""
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -77,17 +83,14 @@ def quantize_with_floor(model: nn.Module, config: Int8StaticConfig, qi: QuantInp
         report["status"] = "not checked" if floor is None or before is None else (
             "met" if met else f"not met: backend {config.backend} cannot keep layers in float")
         return _record(qm, report, model, qi), evaluation
-    units = [u for u in sensitivity_units(model)
+    units = [u for u in sensitivity_units(model, MAX_UNITS)
              if not any(u == f or u.startswith(f"{f}.") for f in config.float_modules)]  # already float
     console.print(f"quantize static/{config.backend}: retention {before:.4f} (floor {floor}), agreement "
                   f"{agreed:.3f} (bound {INT8_MIN_AGREEMENT}); measuring the sensitivity of {len(units)} units")
     with tempfile.TemporaryDirectory(prefix="kdtool-sens-") as scratch:
-        trial = _trial_factory(model, config, qi, Path(scratch))
-        ranked = rank_sensitivity(trial, units, _scoring_inputs(validation, qi.preprocess), model,
-                                  scores=task.scores if task.kind != "regression" else None)
+        ranked, chosen = _search(_trial_factory(model, config, qi, Path(scratch)), model, units, validation,
+                                 qi.preprocess, task, evaluation, floor)
         report["sensitivity"] = [{"module": name, "error_alone": round(score, 6)} for name, score in ranked[:10]]
-        chosen = _smallest_float_set(trial, model, [name for name, _ in ranked], validation, qi.preprocess, task,
-                                     evaluation, floor)
     if chosen is None:
         report["status"] = "not met: " + ", ".join(name for name, _ in ranked[:3]) + " cost the most"
         console.print(f"[yellow]quantize static/{config.backend}: the floor {floor} is not reached with half "
@@ -104,6 +107,41 @@ def quantize_with_floor(model: nn.Module, config: Int8StaticConfig, qi: QuantInp
     console.print(f"quantize static/{config.backend}: kept {', '.join(chosen)} in float: retention "
                   f"{before:.4f} -> {'n/a' if after is None else f'{after:.4f}'}")
     return _record(qm, report, model, qi), evaluation
+
+
+def _search(trial, model: nn.Module, units: list[str], validation, preprocess, task, evaluation: dict[str, Any],
+            floor: float) -> tuple[list[tuple[str, float]], tuple[str, ...] | None]:
+    """Rank `units`, find the smallest float set; when none, refine the costliest blocks and search again."""
+    inputs = _scoring_inputs(validation, preprocess)
+    scores = task.scores if task.kind != "regression" else None
+    ranked = rank_sensitivity(trial, units, inputs, model, scores=scores)
+    chosen = _smallest_float_set(trial, model, [name for name, _ in ranked], validation, preprocess, task,
+                                 evaluation, floor)
+    split = {name: parts for name, _ in ranked[:REFINE] if len(parts := unit_parts(model, name)) > 1}
+    if chosen is not None or not split:
+        return ranked, chosen
+    console.print(f"quantize: no set of whole blocks reached the floor; scoring the parts of {', '.join(split)}")
+    finer = [item for item in ranked if item[0] not in split]
+    for parts in split.values():
+        finer += rank_sensitivity(trial, parts, inputs, model, scores=scores)
+    finer.sort(key=lambda item: -item[1])
+    chosen = _smallest_float_set(trial, model, [name for name, _ in finer], validation, preprocess, task,
+                                 evaluation, floor)
+    return finer, chosen
+
+
+def unit_parts(model: nn.Module, unit: str) -> list[str]:
+    """The parts of block `unit` one level down that hold Conv/Linear layers (descending through
+    single-child levels); [] for a layer."""
+    layers = [name for name, m in model.named_modules()
+              if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear) and name.startswith(f"{unit}.")]
+    depth = len(unit.split("."))
+    while layers:
+        depth += 1
+        parts = list(dict.fromkeys(".".join(name.split(".")[:depth]) for name in layers))
+        if len(parts) > 1 or parts == layers:
+            return parts
+    return []
 
 
 def meets_floor(kept: float | None, agreement: float | None, floor: float | None) -> bool:
