@@ -75,6 +75,12 @@ def _check_every_target(report: dict, metric: str) -> dict[str, dict]:
     assert {("executorch", "fp32"), ("executorch", "int8"), ("onnx", "fp32"), ("onnx", "int8"),
             ("torchscript", "fp32"), ("coreml", "fp16")} <= made, made
     fp32 = rows["student_kd"]["metrics"][metric]
+    for r in exports.values():  # the README's figures, printed with -s
+        p = r["parity"] or {}
+        print(f"{r['name']} [{r['target']}]: {metric} {r['metrics'].get(metric)} (fp32 student {fp32}), "
+              f"parity {p.get('status')} max_rel {p.get('max_rel')} agreement {p.get('agreement')} "
+              f"fp32_agreement {p.get('fp32_agreement')}, {r.get('size_mb')} MB, "
+              f"float {(r.get('accuracy_aware') or {}).get('float_modules')}")
     int8 = exports["student_kd.executorch.int8"]
     floor = int8.get("accuracy_aware") or {}
     retention = int8["metrics"][metric] / fp32 if fp32 else None
