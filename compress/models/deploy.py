@@ -15,15 +15,24 @@ FUSE_METHODS = ("fuse", "reparameterize", "switch_to_deploy")
 """The methods timm's re-parameterisable blocks expose (timm.models._manipulate.reparameterize_model)."""
 
 
+DEPLOYED = "_kdtool_deploy_form"
+"""Set on a model `deploy_form` fused: fusing it again is a no-op."""
+
+
 def fusable_blocks(model: nn.Module) -> int:
-    """How many sub-modules (the model included) have a fuse/re-parameterize method."""
+    """How many sub-modules (the model included) have a fuse/re-parameterize method (0 once fused)."""
+    if getattr(model, DEPLOYED, False):
+        return 0
     return sum(1 for m in model.modules() if any(callable(getattr(m, f, None)) for f in FUSE_METHODS))
 
 
 def deploy_form(model: nn.Module) -> tuple[nn.Module, int]:
     """(`model` with its re-parameterisable blocks fused, in eval mode, how many blocks there were).
 
-    Fused on a deep copy with `timm.utils.reparameterize_model`; `model` itself when none is found.
+    Fused on a deep copy with `timm.utils.reparameterize_model`; `model` itself when none is found
+    or it is already fused. The fused blocks keep their methods, and some cannot run them twice
+    (FastViT's `RepMixer.reparameterize` deletes `mixer`, then reads it: "'RepMixer' object has no
+    attribute 'mixer'" when the quantize stage's fused student reached the export's `deploy_form`).
     """
     count = fusable_blocks(model)
     if not count:
@@ -33,4 +42,5 @@ def deploy_form(model: nn.Module) -> tuple[nn.Module, int]:
     training = model.training
     fused = reparameterize_model(model.eval())
     model.train(training)
+    setattr(fused, DEPLOYED, True)
     return fused.eval(), count
