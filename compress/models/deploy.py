@@ -32,7 +32,8 @@ def deploy_form(model: nn.Module) -> tuple[nn.Module, int]:
     Fused on a deep copy with `timm.utils.reparameterize_model`; `model` itself when none is found
     or it is already fused. The fused blocks keep their methods, and some cannot run them twice
     (FastViT's `RepMixer.reparameterize` deletes `mixer`, then reads it: "'RepMixer' object has no
-    attribute 'mixer'" when the quantize stage's fused student reached the export's `deploy_form`).
+    attribute 'mixer'" when the export sweep fused a model and handed it to `export_model`, which
+    fuses again; kdtool's stages each load a fresh student, so `kdtool run` did not meet it).
     """
     count = fusable_blocks(model)
     if not count:

@@ -35,8 +35,8 @@ def test_multi_branch_blocks_fold_into_one_conv_with_the_same_outputs():
 
 def test_a_fused_fastvit_is_not_fused_again():
     """FastViT's RepMixer cannot re-parameterize twice (it deletes `mixer`, then reads it): the export
-    stage's `deploy_form` met the quantize stage's fused student and failed ('RepMixer' object has
-    no attribute 'mixer', the export sweep at 8524c11)."""
+    sweep at 8524c11 fused the model and `export_model` fused it again ('RepMixer' object has no
+    attribute 'mixer')."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     model = timm.create_model("fastvit_t8", pretrained=False, num_classes=4).eval()
