@@ -48,9 +48,9 @@ MAX_UNITS = 24
 SCORING_SAMPLES = 256
 """Validation samples the leave-one-out sensitivity is scored on."""
 SEARCHABLE = ("executorch", "onnx")
+"""Backends whose quantizer can leave named layers in float (CoreML quantizes weights only)."""
 REFINE = 2
 """Costliest blocks split into their parts when no set of whole blocks reaches the floor."""
-"""Backends whose quantizer can leave named layers in float (CoreML quantizes weights only)."""
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
