@@ -138,7 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--steps", type=int, default=30, help="training steps (batch 16) before export")
+    parser.add_argument("--steps", type=int, default=200, help="training steps (fresh batch of 16 each) before export")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

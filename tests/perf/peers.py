@@ -229,7 +229,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=60, help="training steps (batch 16) before timing")
+    parser.add_argument("--steps", type=int, default=200, help="training steps (fresh batch of 16 each) before timing")
     args = parser.parse_args()
     console = Console()
     console.print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
