@@ -17,6 +17,7 @@ import torch
 _PT2E_QDQ = ("quantize_per_tensor", "quantize_per_channel", "dequantize_per_tensor", "dequantize_per_channel",
              "choose_qparams")
 _ONNX_QDQ = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+_ONNX_WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 _ONNX_INT_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul",
                  "QLinearSigmoid", "QLinearGlobalAveragePool", "QLinearConcat", "QGemm", "QLinearAveragePool"}
 _INT8 = {torch.int8, torch.uint8}
@@ -50,13 +51,16 @@ def onnx_quantized_share(path: Path) -> dict[str, Any]:
 
     proto = onnx.load(str(path), load_external_data=False)
     producer = {out: n.op_type for n in proto.graph.node for out in n.output}
+    float_weights = {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
     compute = quantized = 0
     for node in proto.graph.node:
         if node.op_type in _ONNX_QDQ:
             continue
         compute += 1
         inputs = [i for i in node.input if i and i in producer]
-        fed_by_dq = bool(inputs) and all(producer[i] == "DequantizeLinear" for i in inputs)
+        # a layer kept float reads a DequantizeLinear too (`shield_float_layers`); its weight is float
+        float_weight = node.op_type in _ONNX_WEIGHTED and len(node.input) > 1 and node.input[1] in float_weights
+        fed_by_dq = bool(inputs) and all(producer[i] == "DequantizeLinear" for i in inputs) and not float_weight
         if node.op_type in _ONNX_INT_OPS or fed_by_dq:
             quantized += 1
     int8_elems = float_elems = 0

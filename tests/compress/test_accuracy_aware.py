@@ -335,3 +335,6 @@ def test_a_float_layer_between_int8_ones_stays_float_in_onnx_runtime(two_block_s
     outs, _ = collect_outputs(qm, digits[1], PRE)
     ref, _ = collect_outputs(model, digits[1], PRE)
     assert TASK.agreement(outs, ref) >= 0.99
+    from export.quant_stats import onnx_quantized_share
+
+    assert onnx_quantized_share(qm.path)["quantized_ops"] == 2  # the two int8 Gemms; the shielded one is float
