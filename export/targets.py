@@ -14,9 +14,9 @@ the server a dynamic batch: apps run one sample at a time, a fixed shape lets th
 shape arithmetic, ExecuTorch plans its memory for one sample instead of `EXECUTORCH_MAX_BATCH`, and
 the dynamic-batch fallbacks (smoke runs at the upper bound, fixed-batch re-exports, a second CoreML
 conversion) are not needed. Measured side by side with `python -m tests.perf.peers` (batch 1,
-2 threads, at 22ff0d4 on an AVX2 x86 machine), the static files are faster: MobileNetV3-Large @ 224
-ONNX Runtime fp32 4.39 vs 8.69 ms and ExecuTorch fp32 5.01 vs 10.39 ms, MobileViTv2-050 @ 256 11.99
-vs 14.59 and 14.13 vs 17.24, ResNet-18 22.42 vs 23.14 (on an AVX-512 host earlier: 1-4 %). A server
+2 threads, at a0c4b24 on an AVX2 x86 machine), the static files are faster: MobileNetV3-Large @ 224
+ONNX Runtime fp32 5.06 vs 9.47 ms and ExecuTorch fp32 6.18 vs 11.41 ms, MobileViTv2-050 @ 256 14.18
+vs 15.59 and 17.36 vs 19.32, ResNet-18 22.48 vs 23.97 (on an AVX-512 host earlier: 1-4 %). A server
 that runs one request at a time gains from `export.batch: 1`. `dynamic` keeps the batch dynamic
 everywhere, an int N fixes it at N.
 """
