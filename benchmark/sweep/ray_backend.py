@@ -31,6 +31,7 @@ def connect(address: str | None) -> Any:
         from ray import tune  # noqa: F401
     except ImportError:
         raise KdtoolError("--backend ray: Ray Tune is not installed", 'pip install "kdtool[ray]"') from None
+    _probe(address)
     root = str(Path(__file__).resolve().parents[2])
     env = {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
            "KDTOOL_QUIET": "1"}
@@ -42,6 +43,24 @@ def connect(address: str | None) -> Any:
                           "start one with `ray start --head` (and `ray start --address HEAD:6379` on the others)"
                           ) from None
     return ray
+
+
+def _probe(address: str | None) -> None:
+    """A `host:port` that does not answer fails here in seconds (Ray itself retries for minutes)."""
+    import socket
+
+    if not address or address == "auto" or address.startswith("local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            return
+    except ValueError:
+        raise KdtoolError(f"--ray-address {address}: not HOST:PORT or auto", "e.g. --ray-address auto") from None
+    except OSError as e:
+        raise KdtoolError(f"--ray-address {address}: no Ray cluster there ({e.strerror or e})",
+                          "start one with `ray start --head` (and `ray start --address HEAD:6379` on the others)"
+                          ) from None
 
 
 def _distribution(p: Param) -> Any:
