@@ -16,7 +16,7 @@ from typing import Any
 from benchmark.sweep.objectives import directions, parse_constraints, parse_objectives
 from benchmark.sweep.space import parse_space, read_space, recipe_point
 from benchmark.sweep.storage import default_url, masked, open_storage
-from benchmark.sweep.study import SweepSpec, run_local, shared_teacher
+from benchmark.sweep.study import SweepSpec, folder_lock, run_local, shared_teacher
 from compress.core.atomic import read_json, write_json
 from compress.core.errors import KdtoolError
 from compress.core.progress import console
@@ -133,7 +133,8 @@ def run_sweep(args: SweepArgs) -> dict[str, Any]:
     storage = open_storage(spec.storage_url) if args.storage else None  # reachable, before the folder is made
     _check_folder(spec, args.force)
     spec.sweep_dir.mkdir(parents=True, exist_ok=True)
-    storage = storage or open_storage(spec.storage_url)
+    with folder_lock(spec.sweep_dir / ".study.lock"):  # SQLite: one process makes the tables
+        storage = storage or open_storage(spec.storage_url)
     write_json(spec.sweep_dir / FINGERPRINT, spec.fingerprint())
     write_json(spec.sweep_dir / "recipe.json", {k: v for k, v in spec.raw_recipe.items()})
     study = run_local(spec, storage, recipe)

@@ -266,13 +266,14 @@ def run_local(spec: SweepSpec, storage: Any, recipe: Any) -> Any:
 
     if logging.getLogger().level > logging.INFO:  # Optuna's per-trial lines only with -v (the card says it all)
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = open_study(spec, storage)
-    queued = recover(study, storage)
+    with folder_lock(spec.sweep_dir / ".study.lock"):  # two commands on this folder start one at a time
+        study = open_study(spec, storage)
+        queued = recover(study, storage)
+        point = recipe_point(spec.raw_recipe, spec.params)
+        if point is not None and not study.get_trials(deepcopy=False):  # the recipe as written is trial 0
+            study.enqueue_trial(point, user_attrs={"recipe_point": True}, skip_if_exists=True)
     if queued:
         console.print(f"resuming: {queued} interrupted trial(s) queued again with their parameters")
-    point = recipe_point(spec.raw_recipe, spec.params)
-    if point is not None and not study.get_trials(deepcopy=False):
-        study.enqueue_trial(point, user_attrs={"recipe_point": True})  # the recipe as written is trial 0
     todo = spec.trials - len([t for t in counted(study) if t.state != TrialState.WAITING])
     if todo <= 0:
         console.print(f"{spec.study_name}: the study already holds {spec.trials} trials")
