@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,7 @@ def build_spec(args: SweepArgs) -> tuple[SweepSpec, Any]:
 def _check_folder(spec: SweepSpec, force: bool) -> None:
     """A sweep folder holds one study: another recipe, space, target or objectives is refused (nothing lost)."""
     path = spec.sweep_dir / FINGERPRINT
-    mine = spec.fingerprint()
+    mine = json.loads(json.dumps(spec.fingerprint()))  # as read back (tuples are lists in JSON)
     if path.exists() and read_json(path) != mine and not force:
         raise KdtoolError(f"{spec.sweep_dir} holds a sweep of another recipe, space, target or objectives",
                           "name another study with --study NAME (its own folder), or --force to add to this one")

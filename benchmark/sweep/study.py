@@ -64,8 +64,12 @@ class TrialFailed(Exception):
     """A trial that failed for a reason of its own (recorded; the sweep goes on)."""
 
 
-class Interrupted(Exception):
+class Interrupted(KdtoolError):
     """The trial's process was interrupted with the sweep: queued again on the next start."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(f"trial {number} was interrupted", "rerun the same command: the sweep resumes, "
+                         "the interrupted trial runs again", exit_code=130)
 
 
 def sampler_for(spec: SweepSpec) -> Any:
@@ -179,7 +183,8 @@ def trial_recipe(spec: SweepSpec, values: dict[str, Any], number: int, teacher: 
     """A trial's recipe: the trial's values, the shared teacher, the sweep's target only."""
     raw = apply_params(spec.raw_recipe, spec.params, values)
     raw["name"] = f"{spec.name}-trial{number:04d}"
-    raw["teacher"] = {**{k: v for k, v in raw["teacher"].items() if k != "train"}, "checkpoint": str(teacher)}
+    kept = {k: v for k, v in raw["teacher"].items() if k not in ("train", "pretrained", "pretrained_file")}
+    raw["teacher"] = {**kept, "checkpoint": str(teacher)}  # the shared teacher, never trained again
     raw.setdefault("export", {})["targets"] = [spec.target]
     return raw
 
@@ -229,7 +234,7 @@ def _record(trial: Any, result: dict[str, Any], spec: SweepSpec, report: Any, op
     state, reason = result["state"], result.get("reason")
     if state == "interrupted":
         trial.set_user_attr("interrupted", True)
-        raise Interrupted(f"trial {trial.number} interrupted")
+        raise Interrupted(trial.number)
     if reason:
         trial.set_user_attr("reason", reason)
     if result.get("point"):
