@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -187,20 +188,22 @@ def postgres(tmp_path):
     bindir = _pg_bin()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    data, port = tmp_path / "pg", _free_port()
+    home = Path(tempfile.mkdtemp(prefix="kdtool-pg-"))  # outside pytest's 0700 folders: the server user reads it
+    data, port = home / "data", _free_port()
     as_user: list[str] = []
     if os.geteuid() == 0:  # postgres refuses to run as root
         as_user = ["runuser", "-u", "nobody", "--"]
-        os.chmod(tmp_path, 0o777)
+        os.chmod(home, 0o777)
     subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "kd", "--auth=trust"], check=True,
                    capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(tmp_path / "pg.log"), "-o",
-                    f"-p {port} -k {tmp_path} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(home / "pg.log"), "-o",
+                    f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
     try:
         yield f"postgresql://kd:not-a-secret@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.slow
