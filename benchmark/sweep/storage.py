@@ -6,6 +6,7 @@ Optuna's RDB storage is the engine: the same command started on N machines with 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,11 @@ def open_storage(url: str) -> Any:
     if backend == "sqlite":
         kwargs["connect_args"] = {"timeout": 60}  # several workers write one file
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5.0: said once, in the docs
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
     except (ImportError, NoSuchModuleError) as e:
         hint = f"pip install \"{driver[1]}\"" if driver else "install the SQLAlchemy driver for this database"
         raise KdtoolError(f"--storage {shown}: the database driver is not installed ({e})", hint) from None
