@@ -2,12 +2,12 @@
 
 A fresh 2-seed × 2-fold ablation of the quickstart (all labels, and 10 % of them) must show, on any
 machine, what docs/benchmarks/kd_ablation.md claims: with 10 % of the labels KD is better on every
-seed and its gain is larger than the seed-to-seed spread. Exact numbers are not portable: CPU
-float sums differ between CPU kinds (AVX2, AVX-512, VNNI, AMX kernels), so a fold's teacher and
-students train to other weights (the results files of two kinds differ by up to 0.016). They are compared only with `docs/benchmarks/results/kd_ablation-<cpu kind>.csv` made on
-this machine's kind (seeds 0 and 1 of its 3-seed run, which a 2-seed run reproduces bit for bit:
-every seed and fold is seeded on its own and training pins its threads); without one, that
-comparison is skipped with the reason.
+seed and its gain is larger than the seed-to-seed spread. Exact numbers are not portable: CPU float
+sums differ between CPU kinds (AVX2, AVX-512, VNNI, AMX kernels), so a fold's teacher and students
+train to other weights (the results files of two kinds differ by up to 0.016). They are compared
+only with `docs/benchmarks/results/kd_ablation-<cpu kind>.csv` made on this machine's kind (seeds 0
+and 1 of its 3-seed run, which a 2-seed run reproduces bit for bit: every seed and fold is seeded on
+its own and training pins its threads); without one, that comparison is skipped with the reason.
 
 Runs two ablations, about 14 minutes on a busy 2-core machine:
 `python -m pytest -m slow tests/compress/test_ablation_readme.py`.
