@@ -47,7 +47,7 @@ def _bounds(metadata: list) -> list[str]:
     for item in metadata:
         for kind, attribute, sign in _BOUNDS:
             if isinstance(item, kind):
-                out.append(f"{sign} {getattr(item, attribute)}")
+                out.append(f"{sign} {getattr(item, attribute):g}")  # 0 and 0.0 alike, however pydantic kept it
     return out
 
 

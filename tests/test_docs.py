@@ -25,6 +25,8 @@ SECTIONS = tuple(Recipe.model_fields)
 KEY = re.compile(r"^([a-z_]+(?:\.[a-z_0-9]+)+)(?:\s*[=:].*)?$")
 FENCE = re.compile(r"```.*?```", re.S)
 HASH = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b")
+INVOCATION = re.compile(r"^(\S+=\S+\s+)*kdtool\s|&&\s*kdtool\s|^(torchrun|python)\b.*\skdtool\.py\s")
+"""A code-block line that runs kdtool (a card's `kdtool report: NAME` title is output, not a command)."""
 PLACEHOLDER = "key.path"
 """`--set key.path=value`: the generic form, not a key."""
 RESULTS_BLOCK = re.compile(r"<!-- BEGIN RESULTS.*?<!-- END RESULTS -->", re.S)
@@ -47,7 +49,7 @@ def _command_lines(text: str) -> list[str]:
     for block in FENCE.findall(text):
         for line in block.splitlines()[1:]:
             line = line.removeprefix("$ ").strip()
-            if re.search(r"(^|&&\s*|\s)kdtool(\.py)?\s", line + " ") and not line.startswith(("#", "kdtool report:")):
+            if INVOCATION.search(line + " ") and not line.startswith("kdtool report:"):
                 found.append(line)
     prose = FENCE.sub("", text).replace("\\|", "|")
     found += [s for s in re.findall(r"`([^`\n]+)`", prose) if re.match(r"(\S+=\S+\s+)*kdtool(\.py)?\s", s)]
@@ -65,6 +67,8 @@ def _parse(line: str) -> tuple[str | None, list[str]]:
     for stop in ("|", "&&", ";", ">"):
         tokens = tokens[:tokens.index(stop)] if stop in tokens else tokens
     tokens = [t.strip("[]") for t in tokens]
+    if tokens and tokens[0] in ("…", "...", "VERB"):  # `kdtool …`: any command
+        return None, []
     verb = tokens[0] if tokens and not tokens[0].startswith("-") else None
     return verb, tokens[1:] if verb else tokens
 
