@@ -34,3 +34,14 @@ def test_render_page_fills_the_block_from_the_files(tmp_path, monkeypatch):
 
 def test_benchmark_pages_match_their_results_files():
     assert not render_docs.stale_pages(), "run python -m tests.perf.render_docs"
+
+
+def test_kd_ablation_rows_per_seed_then_mean_and_std():
+    from tests.perf.kd_ablation import COLUMNS, rows
+
+    summary = {"teacher": 0.93, "baseline": {"values": [0.88, 0.9], "mean": 0.89, "std": 0.014},
+               "kd": {"values": [0.91, 0.94], "mean": 0.925, "std": 0.021}, "gain": 0.035,
+               "paired_gain": {"std": 0.007}}
+    out = rows("10 %", summary)
+    assert [r[1] for r in out] == [0, 1, "mean", "std"] and all(len(r) == len(COLUMNS) for r in out)
+    assert out[0][3:] == (0.88, 0.91, 0.03) and out[2][5] == 0.035
