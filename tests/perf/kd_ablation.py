@@ -37,13 +37,13 @@ def ablate(extra: tuple[str, ...], seeds: int, folds: int, out: Path) -> dict:
 
 
 def rows(labels: str, summary: dict) -> list[tuple]:
-    """One row per seed, then the mean and the std of the seeds, as in the results file."""
+    """One row per seed, then the mean and the std of the seeds, as in the results file (4 decimals)."""
     base, kd = summary["baseline"], summary["kd"]
-    out = [(labels, seed, round(summary["teacher"], 4), round(b, 4), round(k, 4), round(k - b, 4))
+    teacher = f"{summary['teacher']:.4f}"
+    out = [(labels, seed, teacher, f"{b:.4f}", f"{k:.4f}", f"{k - b:+.4f}")
            for seed, (b, k) in enumerate(zip(base["values"], kd["values"], strict=True))]
-    out.append((labels, "mean", round(summary["teacher"], 4), round(base["mean"], 4), round(kd["mean"], 4),
-                round(summary["gain"], 4)))
-    out.append((labels, "std", "", round(base["std"], 4), round(kd["std"], 4), round(summary["paired_gain"]["std"], 4)))
+    out.append((labels, "mean", teacher, f"{base['mean']:.4f}", f"{kd['mean']:.4f}", f"{summary['gain']:+.4f}"))
+    out.append((labels, "std", "", f"{base['std']:.4f}", f"{kd['std']:.4f}", f"{summary['paired_gain']['std']:.4f}"))
     return out
 
 

@@ -44,4 +44,4 @@ def test_kd_ablation_rows_per_seed_then_mean_and_std():
                "paired_gain": {"std": 0.007}}
     out = rows("10 %", summary)
     assert [r[1] for r in out] == [0, 1, "mean", "std"] and all(len(r) == len(COLUMNS) for r in out)
-    assert out[0][3:] == (0.88, 0.91, 0.03) and out[2][5] == 0.035
+    assert out[0][2:] == ("0.9300", "0.8800", "0.9100", "+0.0300") and out[2][5] == "+0.0350"
