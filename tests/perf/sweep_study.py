@@ -9,20 +9,17 @@ shipped quickstart's own values lie inside it, so the quickstart as written is t
 Each worker count runs its own study (`--study quickstart-sweep-wK`) from scratch in `--out`, timed
 by wall clock; trials per hour = trials / wall time (the teacher, trained once per sweep, included).
 
-Writes `results/sweep-<cpu>.csv`: one row per worker count with the ratio to 1 worker, the recipe's
-point, the trials that dominate it (more retention at no more latency, or less latency at no less
-retention; one latency measurement each, so a dominance by less than the trials' spread is noise),
-the machine (CPU model and flags, OS, load average before and after) and the versions; and the front
-plot of each sweep beside it (`results/sweep-<cpu>-wK.png`).
+Writes `docs/benchmarks/results/sweep-<cpu kind>.csv` (`tests.perf.results.write`: the machine and
+versions in its header): one row per worker count with the ratio to 1 worker, the recipe's point, the
+trials that dominate it (more retention at no more latency, or less latency at no less retention; one
+latency measurement each, so a dominance by less than the trials' spread is noise) and the load
+average before and after; and the front plot of each sweep beside it (`sweep-<cpu kind>-wK.png`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -75,20 +72,6 @@ def summary(workers: int, wall: float, data: dict, base_rate: float | None) -> d
                                 f"ms, {best['artifact']}, {best['params']}") if best else ""}
 
 
-def machine() -> dict:
-    """CPU model and the flags int8 kernels depend on, OS, versions, load."""
-    import onnxruntime
-    import optuna
-    import torch
-
-    from benchmark.environment import cpu_flags, cpu_model
-
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
-    return {"cpu": cpu_model(), "flags": " ".join(f for f in cpu_flags() if f in wanted), "cores": os.cpu_count(),
-            "os": platform.platform(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "optuna": optuna.__version__}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24)
@@ -97,31 +80,24 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="sweep-study-"))
-    info = machine()
-    slug = re.sub(r"[^a-z0-9]+", "_", info["cpu"].lower()).strip("_")[:40]
-    results = ROOT / "results"
-    results.mkdir(exist_ok=True)
+    from benchmark.sweep.html import pareto_png
+    from tests.perf.results import RESULTS, cpu_kind, write
+
     rows, base = [], None
     for workers in (int(w) for w in args.workers.split(",")):
         load_before = os.getloadavg()[0]
         wall, data = run_sweep(out, args.trials, workers, args.overrides)
         row = summary(workers, wall, data, base)
         base = base or row["trials_per_hour"]
-        rows.append({**row, "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
-                     **info, "command": " ".join(sys.argv)})
-        from benchmark.sweep.html import pareto_png
-
+        rows.append({**row, "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)})
         png = pareto_png(data)
         if png:
-            (results / f"sweep-{slug}-w{workers}.png").write_bytes(png)
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / f"sweep-{cpu_kind()}-w{workers}.png").write_bytes(png)
         print(row, flush=True)
-    path = results / f"sweep-{slug}.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {path}")
-
+    write("sweep", list(rows[0]), [list(r.values()) for r in rows],
+          note="trials_per_hour = trials / wall time of the whole command (teacher included); a dominance by "
+               "less than the latency spread of one measurement is noise")
 
 if __name__ == "__main__":
     main()
