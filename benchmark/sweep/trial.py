@@ -25,6 +25,9 @@ STORAGE_ENV = "KDTOOL_SWEEP_STORAGE"
 in `ps` is readable by every user)."""
 
 
+PARENT_ENV = "KDTOOL_SWEEP_PARENT"
+
+
 class Pruned(Exception):
     """Raised by the epoch callback: the trial stops training, its state is `pruned`."""
 
@@ -36,7 +39,7 @@ def run_trial_process(trial_dir: Path, storage_url: str | None) -> dict[str, Any
         trial_dir: the trial's run folder holding `recipe.yaml` and `trial.json`.
         storage_url: the study's URL (for per-epoch pruning), passed in the environment.
     """
-    env = {**os.environ, "KDTOOL_QUIET": "1"}
+    env = {**os.environ, "KDTOOL_QUIET": "1", PARENT_ENV: str(os.getpid())}
     if storage_url:
         env[STORAGE_ENV] = storage_url
     root = str(Path(__file__).resolve().parents[2])  # the kdtool checkout this sweep runs from
@@ -44,7 +47,7 @@ def run_trial_process(trial_dir: Path, storage_url: str | None) -> dict[str, Any
     (trial_dir / "result.json").unlink(missing_ok=True)
     with open(trial_dir / "trial.log", "ab") as log:
         proc = subprocess.run([sys.executable, "-m", "benchmark.sweep.trial", str(trial_dir)], stdout=log,
-                              stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent, check=False)
+                              stderr=subprocess.STDOUT, env=env, check=False)
     if (trial_dir / "result.json").exists():
         return read_json(trial_dir / "result.json")
     code = proc.returncode
@@ -56,12 +59,16 @@ def run_trial_process(trial_dir: Path, storage_url: str | None) -> dict[str, Any
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: receive SIGKILL when the sweep process dies (Linux), so a killed sweep
-    leaves no orphan trial writing into its folder."""
+    """In the trial process: receive SIGKILL when the sweep process dies (Linux), so a killed sweep leaves
+    no orphan trial writing into its folder. Set here, not in `preexec_fn` (unsafe with the worker threads);
+    a sweep that died before this line is caught by the parent check."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    parent = os.environ.get(PARENT_ENV)
+    if parent and os.getppid() != int(parent):
+        os._exit(130)
 
 
 def target_point(report: Any, target: str) -> dict[str, Any] | None:
@@ -195,6 +202,7 @@ def main(argv: list[str]) -> int:
 
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.ERROR)
+    _die_with_parent()
     trial_dir = Path(argv[1])
     try:
         result = run_trial(trial_dir)
