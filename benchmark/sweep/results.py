@@ -85,9 +85,8 @@ def importances(study: Any, objectives: list[str]) -> dict[str, Any]:
     for i, name in enumerate(objectives):
         try:
             out[name] = optuna.importance.get_param_importances(
-                study, target=lambda t, i=i: t.values[i], target_name=name,
-                evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-        except (RuntimeError, ValueError) as e:  # e.g. every trial has the same values
+                study, target=lambda t, i=i: t.values[i], evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        except (RuntimeError, ValueError, ZeroDivisionError) as e:  # e.g. every trial has the same values
             out[name] = {}
             out.setdefault("note", f"{name}: {e}")
     return out

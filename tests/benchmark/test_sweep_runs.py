@@ -159,9 +159,10 @@ def _free_port() -> int:
 def test_ray_local_cluster_runs_the_trials(tmp_path, teacher):
     pytest.importorskip("ray.tune")
     port = _free_port()
-    start = subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--port", str(port),
+    short = tempfile.mkdtemp(prefix="kdray-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    start = subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--port", str(port), "--temp-dir", short,
                             "--include-dashboard", "false", "--disable-usage-stats"], capture_output=True, text=True,
-                           env={**_env(), "RAY_TMPDIR": str(tmp_path)})
+                           env=_env())
     assert start.returncode == 0, start.stderr[-2000:]
     try:
         recipe = _tiny_recipe(tmp_path, teacher, {"distill.temperature": [2.0, 4.0], "distill.alpha": [0.3, 0.5]})
@@ -169,6 +170,7 @@ def test_ray_local_cluster_runs_the_trials(tmp_path, teacher):
                     "--ray-address", f"127.0.0.1:{port}"))
     finally:
         subprocess.run(["ray", "stop", "--force"], capture_output=True)
+        shutil.rmtree(short, ignore_errors=True)
     data = json.loads((tmp_path / "runs" / "tiny-sweep" / "sweep.json").read_text())
     assert len(data["trials"]) == 2 and all(t["state"] == "complete" for t in data["trials"]), data["trials"]
     assert all(t["retention"] is not None and t["p50_ms"] > 0 for t in data["trials"])
