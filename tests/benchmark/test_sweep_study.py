@@ -93,3 +93,18 @@ def test_median_rule_prunes_a_multi_objective_trial_below_the_median(spec):
     with pytest.raises(Pruned, match=r"val accuracy 0.8000 worse than the median 0.8500 of 3 completed"):
         pruner("student_kd", {"val_accuracy": 0.8})
     assert study.get_trials(deepcopy=False)[-1].user_attrs["epoch_values"] == [0.1, 0.8]
+
+
+def test_importances_per_objective_and_too_few_trials(spec):
+    from benchmark.sweep.results import importances
+
+    study = open_study(spec, open_storage(spec.storage_url))
+    assert "need at least 3" in importances(study, ["retention", "p50_ms"])["note"]
+    for _ in range(6):
+        t = study.ask()
+        values = {p.path: suggest(t, p) for p in spec.params}
+        study.tell(t, [values["distill.alpha"], 1.0 / values["distill.temperature"]])
+    imp = importances(study, ["retention", "p50_ms"])
+    assert set(imp["retention"]) == {p.path for p in spec.params}
+    assert max(imp["retention"], key=imp["retention"].get) == "distill.alpha"
+    assert max(imp["p50_ms"], key=imp["p50_ms"].get) == "distill.temperature"
