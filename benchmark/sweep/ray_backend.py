@@ -131,16 +131,16 @@ def run_ray(spec: SweepSpec, teacher: Path, recipe_point: dict[str, Any] | None,
                        run_config=tune.RunConfig(name=spec.study_name, storage_path=str(spec.sweep_dir / "ray"),
                                                  verbose=0))
     grid = tuner.fit()
-    records = [_record(spec, result, recipe_point) for result in grid]
+    records = [_record(spec, result, recipe_point, i) for i, result in enumerate(grid)]
     return sorted(records, key=lambda r: r["number"])
 
 
-def _record(spec: SweepSpec, result: Any, recipe_point: dict[str, Any] | None) -> dict[str, Any]:
+def _record(spec: SweepSpec, result: Any, recipe_point: dict[str, Any] | None, index: int) -> dict[str, Any]:
     """A Ray result → a sweep record (the point from the metrics the trial returned, the reason from its error)."""
     import re
 
-    found = re.search(r"_(\d{5})(?:_|$)", Path(str(result.path)).name)
-    number = int(found.group(1)) if found else -1
+    found = re.search(r"(\d{5})", Path(str(result.path)).name)  # Ray's trial index, as the trainable named it
+    number = int(found.group(1)) if found else index
     params = {p.path: result.config.get(p.path) for p in spec.params}
     folder = spec.sweep_dir / "trials" / f"ray-{number:04d}"
     point = {} if result.error else dict(result.metrics or {})

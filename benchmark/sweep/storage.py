@@ -6,6 +6,7 @@ Optuna's RDB storage is the engine: the same command started on N machines with 
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,8 @@ def open_storage(url: str) -> Any:
         KdtoolError: a malformed URL, a missing database driver (with the install hint) or a server that
             cannot be reached (the URL named without its password).
     """
-    import optuna
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+    from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, ProgrammingError
 
     shown = masked(url)
     try:
@@ -67,11 +67,11 @@ def open_storage(url: str) -> Any:
     if backend == "sqlite":
         kwargs["connect_args"] = {"timeout": 60}  # several workers write one file
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5.0: said once, in the docs
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        try:
+            return _rdb(url, kwargs)
+        except (IntegrityError, ProgrammingError):  # another machine made the tables at this moment: use them
+            time.sleep(2)
+            return _rdb(url, kwargs)
     except (ImportError, NoSuchModuleError) as e:
         hint = f"pip install \"{driver[1]}\"" if driver else "install the SQLAlchemy driver for this database"
         raise KdtoolError(f"--storage {shown}: the database driver is not installed ({e})", hint) from None
@@ -81,6 +81,20 @@ def open_storage(url: str) -> Any:
             first = first.replace(str(parsed.password), "***")
         raise KdtoolError(f"--storage {shown}: cannot reach the database ({first})",
                           "check the host, port, user and that the database exists") from None
+    except (IntegrityError, ProgrammingError) as e:
+        raise KdtoolError(f"--storage {shown}: cannot create the study tables ({str(e).splitlines()[0]})",
+                          "rerun the command") from None
+
+
+def _rdb(url: str, kwargs: dict[str, Any]) -> Any:
+    """Optuna's RDB storage with heartbeats; a trial silent for GRACE_S is failed and its parameters queued again."""
+    import optuna
+
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5.0: said once, in the docs
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
 
 
 def _with_installed_driver(url: str, parsed: Any) -> str:

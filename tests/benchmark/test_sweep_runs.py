@@ -172,7 +172,8 @@ def test_ray_local_cluster_runs_the_trials(tmp_path, teacher):
         subprocess.run(["ray", "stop", "--force"], capture_output=True)
         shutil.rmtree(short, ignore_errors=True)
     data = json.loads((tmp_path / "runs" / "tiny-sweep" / "sweep.json").read_text())
-    assert len(data["trials"]) == 2 and all(t["state"] == "complete" for t in data["trials"]), data["trials"]
+    assert len(data["trials"]) == 2 and all(t["state"] == "complete" for t in data["trials"]), \
+        [(t["number"], t["state"], t["reason"]) for t in data["trials"]]
     assert all(t["retention"] is not None and t["p50_ms"] > 0 for t in data["trials"])
 
 
