@@ -96,8 +96,10 @@ def test_a_failing_trial_is_recorded_with_its_reason(tmp_path, random_teacher):
 def _study_trials(out: Path, study: str = "tiny-sweep", url: str | None = None) -> list:
     import optuna
 
+    from benchmark.sweep.storage import open_storage
+
     url = url or f"sqlite:///{out / study / 'study.db'}"
-    return optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+    return optuna.load_study(study_name=study, storage=open_storage(url)).get_trials(deepcopy=False)
 
 
 @pytest.mark.slow
