@@ -109,7 +109,9 @@ class EpochPruner:
                                                         n_warmup_steps=spec["warmup"]),
                   "hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec["epochs"])
                   }.get(spec["pruner"], optuna.pruners.NopPruner())
-        self.study = optuna.load_study(study_name=spec["study"], storage=storage_url, pruner=pruner)
+        from benchmark.sweep.storage import open_storage
+
+        self.study = optuna.load_study(study_name=spec["study"], storage=open_storage(storage_url), pruner=pruner)
         self.trial = optuna.trial.Trial(self.study, spec["trial_id"])
         self.values: list[float] = []
 
