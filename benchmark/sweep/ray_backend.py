@@ -80,8 +80,9 @@ def _trainable(config: dict[str, Any], spec: SweepSpec, teacher_bytes: bytes, te
 
     from benchmark.sweep.trial import run_trial_process
 
-    number = int(tune.get_context().get_trial_id().rsplit("_", 1)[-1])
-    folder = spec.sweep_dir / "trials" / f"ray-{number:04d}"
+    trial_id = tune.get_context().get_trial_id()  # Ray's id (a hash, optionally with an index)
+    number = int(trial_id.rsplit("_", 1)[-1], 16) % 10000
+    folder = spec.sweep_dir / "trials" / f"ray-{trial_id}"
     folder.mkdir(parents=True, exist_ok=True)
     teacher = spec.sweep_dir / "teacher" / teacher_name
     if not teacher.exists():
@@ -98,7 +99,7 @@ def _trainable(config: dict[str, Any], spec: SweepSpec, teacher_bytes: bytes, te
     missing = [o for o in spec.objectives if point.get(o) is None]
     if missing:
         raise RuntimeError(f"trial {number}: no {', '.join(missing)} measured")
-    return {k: v for k, v in point.items() if v is not None}
+    return {**{k: v for k, v in point.items() if v is not None}, "folder": str(folder)}
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -142,14 +143,13 @@ def _record(spec: SweepSpec, result: Any, recipe_point: dict[str, Any] | None, i
     found = re.search(r"(\d{5})", Path(str(result.path)).name)  # Ray's trial index, as the trainable named it
     number = int(found.group(1)) if found else index
     params = {p.path: result.config.get(p.path) for p in spec.params}
-    folder = spec.sweep_dir / "trials" / f"ray-{number:04d}"
     point = {} if result.error else dict(result.metrics or {})
+    folder = point.get("folder")
     reason = None
     if result.error:
-        local = folder / "result.json"
-        reason = read_json(local).get("reason") if local.exists() else str(result.error).strip().splitlines()[-1]
+        reason = str(result.error).strip().splitlines()[-1]
     feasible = None if result.error else all(c.violation(point.get(c.name)) <= 0 for c in spec.constraints)
     return {"number": number, "state": "failed" if result.error else "complete", "params": params,
             **{k: point.get(k) for k in ("retention", "p50_ms", "size_mb", "metric")},
-            "artifact": point.get("artifact"), "feasible": feasible, "reason": reason, "folder": str(folder),
+            "artifact": point.get("artifact"), "feasible": feasible, "reason": reason, "folder": folder,
             "recipe_point": recipe_point is not None and params == recipe_point, "retry_of": None}
