@@ -63,7 +63,7 @@ def test_bad_baseline_is_named_not_the_missing_model(tmp_path, kind, named):
 
 def test_checkpoint_folder_says_folder_where_models_load(tmp_path):
     from compress.core.errors import KdtoolError
-    from compress.models.build import read_state_dict
+    from compress.models.weights import read_state_dict
 
     with pytest.raises(KdtoolError, match="is a folder"):
         read_state_dict(tmp_path, "teacher")

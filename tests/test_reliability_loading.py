@@ -18,7 +18,7 @@ from reliability_fixtures import REPO, cli, error_lines, files_under, umask, wri
 from safetensors.torch import load_file, save_file
 
 from compress.core.errors import KdtoolError
-from compress.models.build import read_state_dict
+from compress.models.weights import read_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -36,7 +36,8 @@ from compress.core.tasks import lower_is_better, retention
 from compress.data.transfer import fully_labeled, labeled_part, transfer_set
 from compress.distill.stage import run_teacher
 from compress.distill.trainer import evaluate, fit
-from compress.models.build import BuiltModel, build_model, load_weights
+from compress.models.build import BuiltModel, build_model
+from compress.models.weights import load_weights
 
 
 @dataclass
