@@ -40,8 +40,6 @@ from torchmetrics.functional.regression import mean_absolute_error
 from compress.core.errors import KdtoolError
 
 LOWER_IS_BETTER = {"mae", "mse", "loss"}
-SIGNED = ("ccc",)
-"""Metrics that can be negative (anti-correlation): retention needs a teacher above 0."""
 TEXTBOOK_CHANCE = {"auc": 0.5, "ccc": 0.0}
 """Chance level of metrics whose constant-predictor score does not depend on the data."""
 INT8_MIN_AGREEMENT = 0.90

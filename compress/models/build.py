@@ -52,12 +52,6 @@ class Preprocess:
             x = (x - mean) / std
         return x
 
-    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
-        """Shape of one model input batch."""
-        if self.kind == "audio":
-            return (batch, self.num_samples or 16000)
-        return (batch, self.channels, self.input_size, self.input_size)
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -253,10 +247,3 @@ class OnnxTeacher(nn.Module):
 def count_params(module: nn.Module) -> int:
     """Number of parameters (all, trainable or not)."""
     return sum(p.numel() for p in module.parameters())
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The bare model under DDP / compile wrappers."""
-    while hasattr(module, "module") and isinstance(module.module, nn.Module):
-        module = module.module
-    return getattr(module, "_orig_mod", module)
