@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 
-from reliability_fixtures import cli, write_recipe
+from cli_fixtures import cli, write_recipe
 
 
 def test_ablation_reports_means_spread_and_paired_gains(tmp_path):

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
-from reliability_fixtures import REPO, cli
+from cli_fixtures import REPO, cli
 
 TOLERANCE = 0.003
 """Largest difference allowed per number (a machine of another kind); 0 is expected on the reference kind."""

@@ -33,7 +33,7 @@ import json
 from pathlib import Path
 
 import pytest
-from reliability_fixtures import run_recipe
+from cli_fixtures import run_recipe
 
 from compress.core.tasks import Task
 from compress.data.synthetic import write_audiofolder, write_csv_manifest, write_imagefolder

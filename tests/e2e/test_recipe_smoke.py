@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_fixtures import run_recipe
+from cli_fixtures import run_recipe
 
 from compress.core.tasks import Task
 from compress.data.synthetic import write_audiofolder, write_csv_manifest, write_imagefolder

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from reliability_fixtures import cli_env, error_lines
+from cli_fixtures import cli_env, error_lines
 
 DRIVER = ("import sys, kdtool\n"
           "try:\n    kdtool.app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
@@ -81,7 +81,7 @@ def test_format_names_match_the_registered_exporters():
 def test_help_reads_like_a_persons_cli():
     """Flags show no `<bool>`, options name their value (`--target TARGET`), never `<list[str]>`."""
     import typer
-    from reliability_fixtures import cli
+    from cli_fixtures import cli
 
     import kdtool
 
