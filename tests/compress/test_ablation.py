@@ -40,7 +40,8 @@ def test_sigterm_stops_the_whole_ablation(tmp_path, monkeypatch):
         calls.append(label)
         return FitResult(float("nan"), 0, [], 0.0, interrupted=True)
 
-    recipe = write_recipe(tmp_path, {"student": {"train": {"epochs": 1}}, "distill": {"train": {"epochs": 1}}})
+    recipe = write_recipe(tmp_path, {"data": SMALL, "student": {"train": {"epochs": 1}},
+                                     "distill": {"train": {"epochs": 1}}})
     cli("distill", recipe, "--out", tmp_path / "runs", "--stage", "baseline")  # the teacher, trained for real
     monkeypatch.setattr(compress.distill.ablation, "fit", interrupted_fit)
     result = cli("distill", recipe, "--out", tmp_path / "runs", "--ablate", "3")
