@@ -13,7 +13,7 @@ import sys
 import traceback
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,6 +21,9 @@ import typer
 # its folder (which holds a `benchmark.py`) to sys.path when ONNX quantization imports it.
 for _package in ("benchmark", "compress", "export", "recipes"):
     importlib.import_module(_package)
+
+if TYPE_CHECKING:
+    from compress.context import Context
 
 # plain click help: `--wide` and `--target TARGET` read like a person's CLI (typer's rich help prints <bool>)
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -71,7 +74,7 @@ def _fail(exc: BaseException, debug: bool) -> None:
     raise typer.Exit(EXIT_INTERNAL)
 
 
-def _context(recipe: str | None, overrides: list[str] | None, out: Path):
+def _context(recipe: str | None, overrides: list[str] | None, out: Path) -> Context:
     """Validate the recipe and the runs folder first (light imports: errors in < 1.5 s), then build the Context."""
     from compress.core.runfolder import check_writable
     from recipes.load import load_recipe
@@ -153,7 +156,7 @@ def run(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"
     _guard(debug, go, out=out)
 
 
-def _run_all(ctx, force: bool, resume: bool, wide: bool = False) -> dict[str, float]:
+def _run_all(ctx: Context, force: bool, resume: bool, wide: bool = False) -> dict[str, float]:
     """distill → quantize → export → benchmark, each stage skipped when its inputs did not change."""
     import time
 

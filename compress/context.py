@@ -10,7 +10,8 @@ from compress.core.runfolder import KD_STUDENT, RunFolder, inputs_hash
 from compress.core.tasks import Task
 from compress.data.loader import build_splits
 from compress.data.transfer import folder_fingerprint
-from compress.models.build import BuiltModel, build_model, load_weights
+from compress.models.build import BuiltModel, build_model
+from compress.models.weights import load_weights
 from recipes.schema import Recipe
 
 

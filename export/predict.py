@@ -87,7 +87,7 @@ def _checkpoint_predictor(stage: Path, weights: Path, recipe: str | None) -> Pre
     """A stage's weights rebuilt from the recipe (architecture, task, preprocessing)."""
     from compress.context import Context
     from compress.core.runfolder import RunFolder
-    from compress.models.build import load_weights
+    from compress.models.weights import load_weights
     from export.formats.pytorch.runtime import TorchSession
     from recipes.load import load_recipe
 

@@ -13,10 +13,10 @@ Batch axis (`export.batch`). `auto` gives the phone targets (android, ios) a sta
 the server a dynamic batch: apps run one sample at a time, a fixed shape lets the runtimes fold the
 shape arithmetic, ExecuTorch plans its memory for one sample instead of `EXECUTORCH_MAX_BATCH`, and
 the dynamic-batch fallbacks (smoke runs at the upper bound, fixed-batch re-exports, a second CoreML
-conversion) are not needed. Measured side by side with `python -m tests.perf.peers` (batch 1,
-2 threads, at a0c4b24 on an AVX2 x86 machine), the static files are faster: MobileNetV3-Large @ 224
-ONNX Runtime fp32 5.06 vs 9.47 ms and ExecuTorch fp32 6.18 vs 11.41 ms, MobileViTv2-050 @ 256 14.18
-vs 15.59 and 17.36 vs 19.32, ResNet-18 22.48 vs 23.97 (on an AVX-512 host earlier: 1-4 %). A server
+conversion) are not needed. Measured side by side (batch 1, 2 threads, an AVX2 x86 CPU), the static
+files are faster: MobileNetV3-Large @ 224 ONNX Runtime fp32 5.06 vs 9.47 ms and ExecuTorch fp32 6.18
+vs 11.41 ms, MobileViTv2-050 @ 256 14.18 vs 15.59 and 17.36 vs 19.32, ResNet-18 22.48 vs 23.97 (on an
+AVX-512 CPU: 1-4 %). A server
 that runs one request at a time gains from `export.batch: 1`. `dynamic` keeps the batch dynamic
 everywhere, an int N fixes it at N.
 """

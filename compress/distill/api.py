@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from compress.core.tasks import Task
 from compress.distill.trainer import FitResult, fit
-from compress.models.build import BuiltModel, Preprocess, load_weights
+from compress.models.build import BuiltModel, Preprocess
+from compress.models.weights import load_weights
 from recipes.schema import DataConfig, DistillConfig, TrainConfig
 
 KDConfig = DistillConfig

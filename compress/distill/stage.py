@@ -24,7 +24,8 @@ from compress.data.transfer import labeled_part
 from compress.distill import distributed
 from compress.distill.sanity import teacher_warnings
 from compress.distill.trainer import fit, predict
-from compress.models.build import BuiltModel, build_model, check_model_io, count_params, load_weights
+from compress.models.build import BuiltModel, build_model, check_model_io, count_params
+from compress.models.weights import load_weights
 from recipes.schema import CacheConfig, DataConfig, TrainConfig
 
 STAGES = TRAINING_STAGES

@@ -59,7 +59,7 @@ class Int8StaticConfig:
         onnx_activations: ONNX only: `uint8` (asymmetric activations, int8 weights at 7 bits: U8S8,
             the layout x86's VNNI instruction multiplies natively; 7-bit weights keep AVX2-only
             CPUs from saturating) or `int8` (symmetric S8S8, what TensorRT's Q/DQ import takes).
-            Measured on this VNNI x86 CPU (quickstart student, batch 1): U8S8 0.097 ms, S8S8
+            Measured on a VNNI x86 CPU (quickstart student, batch 1): U8S8 0.097 ms, S8S8
             0.191 ms, fp32 0.158 ms, the same accuracy (0.9956).
         calibration_method: how activation ranges are read from the calibration samples: `histogram`
             (PT2E: `HistogramObserver`, the range minimising the L2 rounding+clipping error; ONNX

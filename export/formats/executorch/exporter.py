@@ -13,10 +13,10 @@ goes into `Artifact.info["delegation"]`.
 
 Dynamic batch. ExecuTorch memory-plans every tensor at the batch axis' upper bound, so the arena
 grows with `max_batch`: it is capped at `EXECUTORCH_MAX_BATCH` (on-device inference runs batch 1).
-Two lowering steps used to narrow that bound silently (measured with executorch 1.5.1):
+Two lowering steps narrow that bound silently (executorch 1.5.1), and kdtool undoes both:
 - XNNPACK's FuseBatchNormPass re-traces convolutions with fake tensors; ATen's conv-backend choice
   asks "batch >= 16" (the NNPACK heuristic), an ignored guard that still narrows the shape env's
-  range to [2, 15]: programs with conv+BN refused batch >= 16 at `set_inputs` (error 0x10).
+  range to [2, 15]: programs with conv+BN would refuse batch >= 16 at `set_inputs` (error 0x10).
   The bound torch.export proved (`range_constraints`) is restored after lowering.
 - ExecuTorch's IR-validity verifier indexes the first tensor of a `Tensor[]` result
   (`split_with_sizes`, used by MobileViTv2's attention) as if it were the list, pinning the batch to

@@ -1,4 +1,4 @@
-"""Helpers shared by the reliability tests (issue 8): tiny recipes, in-process and subprocess CLI runs.
+"""Helpers shared by the tests that run the CLI: tiny recipes, in-process and subprocess CLI runs.
 
 The tiny recipe trains timm's `test_efficientnet` (0.1 M params) on 120 real digits at 16 px: a
 stage takes about a second on one core, so whole CLI runs fit in a test.

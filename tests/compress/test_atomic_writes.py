@@ -1,4 +1,4 @@
-"""Atomic writes, full disks and existing outputs (issue 8): a failed write leaves the previous file
+"""Atomic writes, full disks and existing outputs: a failed write leaves the previous file
 byte-identical and no temporary behind; a full disk is one line with exit code 2; nothing a user made
 is overwritten without --force."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_fixtures import cli, error_lines, files_under, umask, write_recipe
+from cli_fixtures import cli, error_lines, files_under, umask, write_recipe
 from safetensors.torch import load_file
 
 from compress.core import atomic

@@ -1,4 +1,4 @@
-"""Safe loading (issue 8): checkpoints load weights-only; a pickle that would run code is refused with exit
+"""Safe loading: checkpoints load weights-only; a pickle that would run code is refused with exit
 code 2 naming the file and the object, and its code never runs; bad checkpoint files are named in one
 line; kdtool's own checkpoints are safetensors + JSON."""
 
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from reliability_fixtures import REPO, cli, error_lines, files_under, umask, write_recipe
+from cli_fixtures import REPO, cli, error_lines, files_under, umask, write_recipe
 from safetensors.torch import load_file, save_file
 
 from compress.core.errors import KdtoolError
-from compress.models.build import read_state_dict
+from compress.models.weights import read_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

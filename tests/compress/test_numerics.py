@@ -1,4 +1,4 @@
-"""Numerical faults and determinism (issue 8): a NaN in a batch stops the run with exit code 3 and a
+"""Numerical faults and determinism: a NaN in a batch stops the run with exit code 3 and a
 loadable last good checkpoint, or is skipped (and logged) when the recipe allows; `--deterministic`
 runs are bit-identical; data workers get distinct, reproducible seeds."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from reliability_fixtures import cli, error_lines, write_recipe
+from cli_fixtures import cli, error_lines, write_recipe
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import typer
-from reliability_fixtures import REPO, cli, cli_env, error_lines, umask
+from cli_fixtures import REPO, cli, cli_env, error_lines, umask
 
 import kdtool
 

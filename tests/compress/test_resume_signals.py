@@ -1,4 +1,4 @@
-"""Exact resume (issue 8): a run killed with SIGKILL at a random step, or stopped by SIGTERM, and resumed
+"""Exact resume: a run killed with SIGKILL at a random step, or stopped by SIGTERM, and resumed
 with `--resume` ends with the same losses and bit-identical weights as an uninterrupted run.
 
 Real signals: a small driver script registers a global optimizer-step hook that sends SIGKILL to its
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_fixtures import REPO, cli, error_lines, files_under, run_kdtool, write_recipe
+from cli_fixtures import REPO, cli, error_lines, files_under, run_kdtool, write_recipe
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 

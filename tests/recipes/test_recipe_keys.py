@@ -19,7 +19,7 @@ from compress.core.errors import KdtoolError
 from recipes.load import load_recipe
 from recipes.schema import Recipe, TrainConfig
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]
 
 TRAIN_CHANGES = {
     "epochs": 3, "lr": 0.03, "weight_decay": 0.5, "optimizer": "sgd", "scheduler": "cosine",
@@ -30,8 +30,8 @@ TRAIN_CHANGES = {
 
 TRAIN_ELSEWHERE = {
     "sam_rho": "tests/compress/test_sam.py",
-    "nan_policy": "tests/test_reliability_numerics.py",  # needs a non-finite loss
-    "max_bad_steps": "tests/test_reliability_numerics.py",
+    "nan_policy": "tests/compress/test_numerics.py",  # needs a non-finite loss
+    "max_bad_steps": "tests/compress/test_numerics.py",
     "init": "tests/e2e/test_pipeline.py",  # distillation stage only: scratch vs the baseline's checkpoint
     "threads": "tests/compress/test_determinism.py",  # the thread count changes the trained weights
     "device": "tests/compress/test_amp.py",  # cuda without a GPU is refused; CUDA itself needs a GPU
@@ -57,11 +57,12 @@ ELSEWHERE = {
     "quantize.min_retention": "tests/compress/test_accuracy_aware.py",
     "quantize.calibration_method": "tests/compress/test_accuracy_aware.py",
     "task": "tests/e2e/test_pipeline.py", "data": "tests/compress/test_data_files.py",
-    "data.augment": "tests/compress/test_teacher_cache.py", "data.augment.time_shift": "tests/test_recipe_keys.py",
-    "data.batch_size": "tests/test_reliability_inputs.py", "data.num_workers": "tests/test_reliability_numerics.py",
+    "data.augment": "tests/compress/test_teacher_cache.py",
+    "data.augment.time_shift": "tests/recipes/test_recipe_keys.py",
+    "data.batch_size": "tests/cli/test_bad_input.py", "data.num_workers": "tests/compress/test_numerics.py",
     "quantize.backends": "tests/export/test_executorch.py", "export.opset": "tests/export/test_onnx.py",
     "benchmark.batch_sizes": "tests/e2e/test_recipe_smoke.py",
-    "teacher": "tests/test_reliability_inputs.py", "student": "tests/test_reliability_inputs.py",
+    "teacher": "tests/cli/test_bad_input.py", "student": "tests/cli/test_bad_input.py",
     "teacher.self_distill": "tests/compress/test_self_distill.py", "distill": "tests/compress/test_objective.py",
     "distill.cache": "tests/compress/test_teacher_cache.py",
     "distill.alpha_schedule": "tests/compress/test_schedules.py",

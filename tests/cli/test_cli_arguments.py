@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from reliability_fixtures import cli_env, error_lines
+from cli_fixtures import cli_env, error_lines
 
 DRIVER = ("import sys, kdtool\n"
           "try:\n    kdtool.app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
@@ -63,7 +63,7 @@ def test_bad_baseline_is_named_not_the_missing_model(tmp_path, kind, named):
 
 def test_checkpoint_folder_says_folder_where_models_load(tmp_path):
     from compress.core.errors import KdtoolError
-    from compress.models.build import read_state_dict
+    from compress.models.weights import read_state_dict
 
     with pytest.raises(KdtoolError, match="is a folder"):
         read_state_dict(tmp_path, "teacher")
@@ -81,7 +81,7 @@ def test_format_names_match_the_registered_exporters():
 def test_help_reads_like_a_persons_cli():
     """Flags show no `<bool>`, options name their value (`--target TARGET`), never `<list[str]>`."""
     import typer
-    from reliability_fixtures import cli
+    from cli_fixtures import cli
 
     import kdtool
 
