@@ -60,7 +60,7 @@ def test_strip_debug_metadata_on_a_proto():
     import onnx
     from onnx import helper
 
-    from compress.quant.onnx_ort import strip_debug_metadata
+    from export.formats.onnx.clean import strip_debug_metadata
 
     node = helper.make_node("Relu", ["x"], ["y"])
     for key, value in (("pkg.torch.onnx.stack_trace", 'File "/home/me/model.py", line 3'), ("namespace", "a/b"),
@@ -144,7 +144,7 @@ def test_compact_names_leaves_graphs_with_subgraphs_alone():
     import onnx
     from onnx import helper
 
-    from compress.quant.onnx_ort import compact_names
+    from export.formats.onnx.clean import compact_names
 
     branch = helper.make_graph([helper.make_node("Identity", ["a_long_name"], ["b"])], "then", [],
                                [helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [1])])

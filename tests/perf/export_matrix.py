@@ -92,6 +92,7 @@ def cell(a) -> str:
 def sweep_model(name: str, size: int, steps: int, out: Path) -> tuple[list, float]:
     """Train briefly, quantize (static int8, both backends, through the 0.99 retention floor) and export
     every target; (artifacts, seconds)."""
+    import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
     from compress.core.tasks import Task
     from compress.quant.accuracy import quantize_with_floor
     from compress.quant.configs import QuantInputs

@@ -44,6 +44,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
     from compress.core.tasks import Task
     from compress.quant.quantize import Int8StaticConfig, quantize
     from export.registry import ExportContext

@@ -20,8 +20,8 @@ from torch import nn
 from compress.core.atomic import atomic_path
 from compress.core.errors import ExportError
 from compress.core.onnxrt import ort_session, session_options
-from compress.quant.onnx_ort import compact_file, compact_names, strip_debug_metadata
 from export.artifact import Artifact
+from export.formats.onnx.clean import compact_file, compact_names, strip_debug_metadata
 from export.registry import EXPORTERS, ExportContext, build_artifact, check_precision, first_line
 
 PROTOBUF_LIMIT_BYTES = 2 * 1024**3 - 64 * 1024**2  # keep a margin under protobuf's 2 GiB for the graph itself
