@@ -114,7 +114,7 @@ def test_int8_adopts_ort_quantized_model_and_reports_quantized_share(tmp_path, e
     quantize_static(str(fp32.path), str(qdq), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
     (art,) = export_model(model, example, tmp_path / "out", formats=["onnx"], targets=["server"],
-                          quantized=Quantized(onnx=qdq, onnx_mode="static"), ctx=context(name="tiny"),
+                          quantized=Quantized(onnx=qdq, onnx_mode="static"), spec=context(name="tiny"),
                           inputs=real_inputs)[1:]
     assert art.name == "tiny.onnx.int8" and art.status == "ok", art.reason
     from export.formats.onnx.exporter import read_metadata

@@ -128,9 +128,9 @@ def sweep_model(name: str, size: int, steps: int, out: Path) -> tuple[list, floa
             quantized.pt2e, quantized.pt2e_mode, quantized.pt2e_floor = q.program, "static", floor
         else:
             quantized.onnx, quantized.onnx_mode, quantized.onnx_floor = q.path, "static", floor
-    ctx = ExportContext(name=name, output_names=("logits",), task_spec=Task("multiclass", 10), parity_targets=labels)
+    spec = ExportContext(name=name, output_names=("logits",), task_spec=Task("multiclass", 10), parity_targets=labels)
     arts = export_model(model, example, out / "export", targets=["android", "ios", "server"], quantized=quantized,
-                        ctx=ctx, inputs=inputs, threads=torch.get_num_threads())
+                        spec=spec, inputs=inputs, threads=torch.get_num_threads())
     return arts, time.perf_counter() - t0
 
 

@@ -82,14 +82,14 @@ def main() -> None:
         quantize_s = time.perf_counter() - t0
         quantized = Quantized(pt2e=et.program, onnx=onnx.path, pt2e_mode="static", onnx_mode="static")
         task = Task("binary", 2)
-        ctx = ExportContext(name="student_kd", task="binary", output_names=("output",), task_spec=task,
+        spec = ExportContext(name="student_kd", task="binary", output_names=("output",), task_spec=task,
                             parity_targets=labels)  # as the export stage: parity compares the AUC too
         jobs = plan(args.targets.split(","), None, True)
         profiler = cProfile.Profile() if args.profile else None
         t0 = time.perf_counter()
         if profiler:
             profiler.enable()
-        artifacts = export_jobs(jobs, model, example, out / "export", quantized=quantized, ctx=ctx,
+        artifacts = export_jobs(jobs, model, example, out / "export", quantized=quantized, spec=spec,
                                 inputs=inputs, threads=args.threads)
         if profiler:
             profiler.disable()
