@@ -2,7 +2,9 @@
 
 fp16 (default for iOS: the Neural Engine computes in fp16) or fp32 compute precision; class labels
 for classifiers (`ClassifierConfig`: the model also outputs `classLabel`); metadata in
-`user_defined_metadata`. CoreML prediction needs macOS: on Linux the package is validated by
+`user_defined_metadata`. Ops coremltools lacks but torch can decompose (`aten.addcmul` of
+ConvNeXt-V2's GRN) are decomposed for this converter only, and the artifact says so
+(`export.decompose`). CoreML prediction needs macOS: on Linux the package is validated by
 reloading its spec, and parity is recorded as "not verified on this OS", never as passed.
 """
 
@@ -18,6 +20,7 @@ from torch import nn
 from compress.core.atomic import atomic_path
 from compress.core.errors import ExportError
 from export.artifact import Artifact
+from export.decompose import convert_decomposing, decomposition_facts
 from export.registry import (
     EXPORTERS,
     ExportContext,
@@ -48,7 +51,7 @@ class CoreMLExporter:
         classifier = spec.task == "multiclass" and bool(spec.labels)
         info: dict[str, Any] = {}
         try:
-            mlmodel = _convert(model, example, spec, classifier)
+            mlmodel, facts = _convert(model, example, spec, classifier)
         except ExportError as e:
             if not spec.dynamic_batch:
                 raise
@@ -56,7 +59,8 @@ class CoreMLExporter:
             # take a symbolic batch; a fixed batch is what iOS apps run anyway
             spec.dynamic_batch = False
             info["dynamic_batch_reason"] = f"coremltools could not convert a dynamic batch: {e.message}"
-            mlmodel = _convert(model, example, spec, classifier)
+            mlmodel, facts = _convert(model, example, spec, classifier)
+        info.update(facts)
         mlmodel = _rename(mlmodel, spec, classifier)
         mlmodel.short_description = f"{spec.name} ({spec.task}); {spec.output_meaning}"
         mlmodel.user_defined_metadata.update(spec.embedded_metadata())
@@ -70,26 +74,34 @@ class CoreMLExporter:
         return build_artifact(self.name, path, spec, self.runtime, info=info)
 
 
-def _convert(model: nn.Module, example: torch.Tensor, spec: ExportContext, classifier: bool) -> Any:
-    """torch.export (batch per spec) → coremltools ML Program; a failure names the torch op at fault."""
+def _convert(model: nn.Module, example: torch.Tensor, spec: ExportContext,
+             classifier: bool) -> tuple[Any, dict[str, Any]]:
+    """torch.export (batch per spec) → coremltools ML Program, decomposing the ops coremltools lacks
+    (`export.decompose`); returns the model and the decomposition facts for `Artifact.info`. A
+    failure no decomposition cures names the torch op at fault."""
     import coremltools as ct
 
     from compress.core.native import quiet_native
 
     program = export_program(model.eval(), example, spec).run_decompositions({})
-    drop_aliases(program)
+
+    def convert(p: torch.export.ExportedProgram) -> Any:
+        drop_aliases(p)
+        return ct.convert(
+            p, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+            compute_precision=ct.precision.FLOAT16 if spec.precision == "fp16" else ct.precision.FLOAT32,
+            classifier_config=ct.ClassifierConfig(list(spec.labels)) if classifier else None,
+            skip_model_load=True)
+
     try:
         with quiet_native():  # the converter's native prints (shown with --debug)
-            return ct.convert(
-                program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
-                compute_precision=ct.precision.FLOAT16 if spec.precision == "fp16" else ct.precision.FLOAT32,
-                classifier_config=ct.ClassifierConfig(list(spec.labels)) if classifier else None,
-                skip_model_load=True)
+            mlmodel, converted, decomposed, message = convert_decomposing(program, convert)
     except Exception as e:
         op = failing_op(e)
         where = f" in the translation of torch op {op!r}" if op else ""
         raise ExportError(f"coremltools conversion failed for {spec.name}{where}: {first_line(e)}",
                           "an op has no CoreML translation: try --format executorch") from e
+    return mlmodel, decomposition_facts("coremltools", decomposed, message, model, converted, example)
 
 
 def drop_aliases(program: torch.export.ExportedProgram) -> int:

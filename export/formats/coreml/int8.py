@@ -21,6 +21,8 @@ from compress.core.errors import ExportError, KdtoolError
 from compress.quant.common import finish_meta, provenance
 from compress.quant.configs import Int8StaticConfig, QuantConfig, QuantInputs, QuantizedModel
 from compress.quant.formats import FILE_INT8
+from export.decompose import convert_decomposing, decomposition_facts
+from export.formats.coreml.exporter import drop_aliases
 
 WEIGHT_OPS = {"conv", "linear", "matmul", "conv_transpose"}
 
@@ -41,12 +43,15 @@ def coreml_weights(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs) 
     example = qi.example[:1]
     from compress.core.native import quiet_native
 
+    def convert(program):
+        drop_aliases(program)
+        return ct.convert(program, inputs=[ct.TensorType(name="input", shape=tuple(example.shape))],
+                          convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+                          compute_precision=ct.precision.FLOAT32, skip_model_load=True)
+
     try:
-        program = _export(model, example)
         with quiet_native():  # the converter's native prints (shown with --debug)
-            mlmodel = ct.convert(program, inputs=[ct.TensorType(name="input", shape=tuple(example.shape))],
-                                 convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
-                                 compute_precision=ct.precision.FLOAT32, skip_model_load=True)
+            mlmodel, program, decomposed, message = convert_decomposing(_export(model, example), convert)
     except Exception as e:  # coremltools raises many error types for unsupported ops
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise ExportError(f"quantize static (coreml): coremltools could not convert the model "
@@ -79,11 +84,13 @@ def coreml_weights(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs) 
         fp32_mb = size_on_disk_mb(Path(scratch) / "fp32.mlpackage")
     notes = ["CoreML compresses weights only: activations run in float (no calibrated activation int8)",
              "conversion only on Linux: prediction (metric, parity) needs macOS"]
+    facts = decomposition_facts("coremltools", decomposed, message, model.eval(), program, example)
+    notes += facts.pop("notes", [])
     if kept:
         notes.append(f"kept in float: {', '.join(config.float_modules)} ({len(kept)} weight tensors)")
     meta = provenance(config, qi.seed, None, ("coremltools",), notes, weights=weights,
                       activations="float32 (weights dequantized at load)", int8=census,
-                      input_shape=list(example.shape))
+                      input_shape=list(example.shape), **facts)
     qm = QuantizedModel("static", "coreml", path=path, meta=meta)
     finish_meta(qm, size_on_disk_mb(path), fp32_mb)
     return qm
