@@ -160,6 +160,7 @@ def _run_all(ctx: Context, force: bool, resume: bool, wide: bool = False) -> dic
     """distill → quantize → export → benchmark, each stage skipped when its inputs did not change."""
     import time
 
+    import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
     from benchmark.stage import run_benchmark
     from compress.core.errors import ExportError
     from compress.core.progress import console
@@ -231,6 +232,7 @@ def quantize(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("
 
     def go():
         ctx = _context(recipe, set_, out)
+        import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
         from compress.quant.stage import run_quantize
 
         return run_quantize(ctx, [m.value for m in mode] if mode else None, force=force)

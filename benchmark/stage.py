@@ -248,7 +248,8 @@ def _artifact_row(ctx: Context, artifact, samples: list, bench: BenchmarkConfig,
                   precision=artifact.precision,
                   runtime=artifact.runtime, source=KD_STUDENT, path=relative(artifact.path, ctx.run.root),
                   size_mb=artifact.size_mb, parity=artifact.parity, **student_cost,
-                  accuracy_aware=floor_summary(artifact.info.get("accuracy_aware")))
+                  accuracy_aware=floor_summary(artifact.info.get("accuracy_aware")),
+                  notes=list(artifact.info.get("notes") or []))
     if artifact.status != "ok":
         return ReportRow(**common, status=artifact.status, reason=artifact.reason)
     from export.verify import cannot_run_here, platform_status

@@ -63,7 +63,7 @@ class Quantized:
 
 def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
                  formats: list[str] | None = None, targets: list[str] | None = None, *,
-                 quantized: Quantized | None = None, ctx: ExportContext | None = None,
+                 quantized: Quantized | None = None, spec: ExportContext | None = None,
                  inputs: torch.Tensor | None = None, int8: bool = True, verify: bool = True,
                  threads: int = 1, batch: str | int = "auto") -> list[Artifact]:
     """Export `model` for `targets` (presets) or `formats`, verify each artifact, write manifests.
@@ -75,7 +75,7 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
         formats: formats to make (`EXPORTERS` names); with targets, narrows/extends their presets.
         targets: android, ios, server or all (see `export/targets.py`); default server.
         quantized: int8 inputs from the quantization stage; int8 jobs are skipped without them.
-        ctx: names, labels, preprocessing, opset, metadata (precision/target are set per job).
+        spec: names, labels, preprocessing, opset, metadata (precision/target are set per job).
         inputs: real (preprocessed) inputs for the parity check, besides random ones.
         int8: make the presets' int8 artifacts.
         verify: load every artifact in its runtime and check parity (turn off only in tests of I/O).
@@ -86,12 +86,12 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
     Returns:
         One `Artifact` per planned job, in plan order, each with status, reason, parity and info.
     """
-    return export_jobs(plan(targets, formats, int8, batch), model, example, out_dir, quantized=quantized, ctx=ctx,
+    return export_jobs(plan(targets, formats, int8, batch), model, example, out_dir, quantized=quantized, spec=spec,
                        inputs=inputs, verify=verify, threads=threads)
 
 
 def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_dir: str | Path, *,
-                quantized: Quantized | None = None, ctx: ExportContext | None = None,
+                quantized: Quantized | None = None, spec: ExportContext | None = None,
                 inputs: torch.Tensor | None = None, verify: bool = True, threads: int = 1) -> list[Artifact]:
     """Export, verify and write the manifest of each planned job (`export_model` after planning).
 
@@ -103,11 +103,11 @@ def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_di
     from compress.models.deploy import deploy_form
 
     model, fused = deploy_form(model.eval())  # re-parameterisable blocks ship fused (MobileOne, RepViT...)
-    ctx = ctx or ExportContext()
+    spec = spec or ExportContext()
     if fused:  # embedded in every artifact and its manifest
-        ctx = dataclasses.replace(ctx, metadata={**ctx.metadata, "kdtool.reparameterized_blocks": str(fused)})
+        spec = dataclasses.replace(spec, metadata={**spec.metadata, "kdtool.reparameterized_blocks": str(fused)})
     quantized = quantized or Quantized()
-    setups = [_setup(job, example, ctx, quantized, inputs) for job in jobs]
+    setups = [_setup(job, example, spec, quantized, inputs) for job in jobs]
     lowering = _start_lowering(jobs, model, setups)
     ahead = sorted(lowering.keys) if lowering else []
     results: dict[int, Artifact] = {}
@@ -124,7 +124,7 @@ def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_di
         for i in [i for i in range(len(jobs)) if i not in ahead] + ahead:
             job = jobs[i]
             t0 = time.perf_counter()
-            built = (lambda into, ctx, i=i: lowering.take(i, into, ctx)) if i in ahead else None
+            built = (lambda into, spec, i=i: lowering.take(i, into, spec)) if i in ahead else None
             if built and verify and lowering.busy():  # the reference's outputs while the child still lowers
                 width()
                 with contextlib.suppress(Exception):  # a reference that fails fails this artifact's parity
@@ -150,7 +150,7 @@ def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_di
 class _Setup:
     """One job's context (precision, target, metadata), traced example and skip reason."""
 
-    ctx: ExportContext
+    spec: ExportContext
     example: torch.Tensor
     floor: dict[str, Any] | None
     skip: str | None
@@ -165,10 +165,10 @@ def _setup(job: Job, example: torch.Tensor, base: ExportContext, quantized: Quan
     floor = quantized.pt2e_floor if job.format == "executorch" else quantized.onnx_floor
     if job.precision == "int8" and floor:
         metadata.update(floor_metadata(floor))
-    ctx = dataclasses.replace(base, precision=job.precision, target=job.target, variant=job.variant,
+    spec = dataclasses.replace(base, precision=job.precision, target=job.target, variant=job.variant,
                               metadata=metadata, quantized_program=quantized.pt2e,
                               quantized_onnx=quantized.onnx, dynamic_batch=job.batch is None, tag=job.tag)
-    return _Setup(ctx, job_example(job, example, inputs), floor if job.precision == "int8" else None,
+    return _Setup(spec, job_example(job, example, inputs), floor if job.precision == "int8" else None,
                   _skip_reason(job, quantized))
 
 
@@ -185,9 +185,9 @@ def _start_lowering(jobs: list[Job], model: nn.Module, setups: list[_Setup]) -> 
 
     def builder(i: int):
         exporter, setup = EXPORTERS.get(jobs[i].format)(), setups[i]
-        return lambda folder: exporter.export(model, setup.example, folder, setup.ctx)
+        return lambda folder: exporter.export(model, setup.example, folder, setup.spec)
 
-    return Lowering({i: (builder(i), setups[i].ctx) for i in ahead}, debug=debug())
+    return Lowering({i: (builder(i), setups[i].spec) for i in ahead}, debug=debug())
 
 
 def _export_one(job: Job, model: nn.Module, out_dir: Path, setup: _Setup, quantized: Quantized,
@@ -196,34 +196,34 @@ def _export_one(job: Job, model: nn.Module, out_dir: Path, setup: _Setup, quanti
     """Export (or, with `built`, collect from the lowering child), verify, manifest, move into place.
 
     `width()` gives the runtimes' thread count at each step (and sets torch's)."""
-    ctx, example, floor = setup.ctx, setup.example, setup.floor
+    spec, example, floor = setup.spec, setup.example, setup.floor
     folder = out_dir / job.folder
     if setup.skip:
-        return _placeholder(job, ctx, folder, "skipped", setup.skip)
+        return _placeholder(job, spec, folder, "skipped", setup.skip)
     t0 = time.perf_counter()
     try:
         with atomic_path(folder, is_dir=True) as tmp:
             if built is None:
                 width()
-                artifact = EXPORTERS.get(job.format)().export(model, example, tmp, ctx)
+                artifact = EXPORTERS.get(job.format)().export(model, example, tmp, spec)
                 seconds = round(time.perf_counter() - t0, 2)
             else:
-                artifact, seconds = built(tmp, ctx)
+                artifact, seconds = built(tmp, spec)
             artifact = _update(artifact, info={**artifact.info, "export_s": seconds})
             if not artifact.info.get("dynamic_batch", True):  # the one batch size it runs at
                 artifact = _update(artifact, info={**artifact.info, "batch": int(example.shape[0])})
             if floor:
                 artifact = _update(artifact, info={**artifact.info, "accuracy_aware": floor})
             if verify:
-                artifact = _verify(artifact, job, model, example, ctx, quantized, inputs, width(), cache)
+                artifact = _verify(artifact, job, model, example, spec, quantized, inputs, width(), cache)
             if artifact.status == "failed":  # never shippable by mistake: *.failed.<ext>, the manifest says why
                 artifact = _mark_failed(artifact)
-            write_manifest(artifact, ctx, example)
+            write_manifest(artifact, spec, example)
     except KdtoolError as e:
-        return _placeholder(job, ctx, folder, "failed", str(e))
+        return _placeholder(job, spec, folder, "failed", str(e))
     except Exception as e:  # a library bug in one format must not stop the others
         log.debug("exporter %s crashed", job.format, exc_info=True)
-        return _placeholder(job, ctx, folder, "failed", f"{type(e).__name__}: {first_line(e)}")
+        return _placeholder(job, spec, folder, "failed", f"{type(e).__name__}: {first_line(e)}")
     return _relocate(artifact, tmp, folder)
 
 
@@ -248,14 +248,14 @@ def floor_metadata(floor: dict[str, Any]) -> dict[str, str]:
             "kdtool.retention_after": text(floor.get("retention_after"))}
 
 
-def _verify(artifact: Artifact, job: Job, model: nn.Module, example: torch.Tensor, ctx: ExportContext,
+def _verify(artifact: Artifact, job: Job, model: nn.Module, example: torch.Tensor, spec: ExportContext,
             quantized: Quantized, inputs: torch.Tensor | None, threads: int, cache: Any = None) -> Artifact:
     """Load in the runtime and check parity; int8 ExecuTorch is compared with its PT2E model."""
     reference = _reference(job, model, quantized)
     reference = cache.runnable(reference) if cache is not None else ReferenceCache().runnable(reference)
     try:
-        parity = verify_artifact(artifact, reference, example, inputs=inputs, task=ctx.task_spec or ctx.task,
-                                 threads=threads, targets=ctx.parity_targets, student=model, cache=cache,
+        parity = verify_artifact(artifact, reference, example, inputs=inputs, task=spec.task_spec or spec.task,
+                                 threads=threads, targets=spec.parity_targets, student=model, cache=cache,
                                  int8_reference=reference is not model,
                                  student_decisions=quantized.pt2e_mode != "qat")
     except ExportError as e:
@@ -319,9 +319,9 @@ def _skip_reason(job: Job, quantized: Quantized) -> str | None:
     return None
 
 
-def _placeholder(job: Job, ctx: ExportContext, folder: Path, status: str, reason: str) -> Artifact:
+def _placeholder(job: Job, spec: ExportContext, folder: Path, status: str, reason: str) -> Artifact:
     runtime = EXPORTERS.get(job.format).runtime
-    return Artifact(name=ctx.artifact_name(job.format), format=job.format, precision=job.precision,
+    return Artifact(name=spec.artifact_name(job.format), format=job.format, precision=job.precision,
                     path=folder, runtime=runtime, target=job.target, status=status, reason=reason)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -13,24 +13,29 @@ from compress.core.runfolder import KD_STUDENT, finish_stage, inputs_hash
 from compress.data.loader import example_batch
 from compress.quant.stage import best_quantized
 
+if TYPE_CHECKING:
+    from compress.context import Context
+    from compress.models.build import BuiltModel
+    from export.targets import Job
+
 EXPORT_BATCH = 2
 """Batch of the example an artifact is exported with (the batch of fixed-batch artifacts)."""
 
 
-def _example_inputs(ctx, student, n: int) -> torch.Tensor:
+def _example_inputs(ctx: Context, student: BuiltModel, n: int) -> torch.Tensor:
     """Real preprocessed validation samples (parity and benchmark inputs)."""
     _, val_ds = ctx.datasets
     raw = example_batch(val_ds, n)
     return student.preprocess(raw)
 
 
-def _example_targets(ctx, n: int) -> torch.Tensor:
+def _example_targets(ctx: Context, n: int) -> torch.Tensor:
     """Labels of the samples `_example_inputs` returns (parity compares the primary metric on them)."""
     _, val_ds = ctx.datasets
     return torch.stack([torch.as_tensor(val_ds[i][1]) for i in range(min(n, len(val_ds)))])
 
 
-def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None = None,
+def run_export(ctx: Context, targets: list[str] | None = None, formats: list[str] | None = None,
                force: bool = False) -> list:
     """`kdtool export`: artifacts of the distilled student (+ its INT8 versions) for each target.
 
@@ -60,14 +65,14 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
     if todo:
         inputs = _example_inputs(ctx, student, r.export.parity_samples)
         preprocess = {**student.preprocess.to_dict(), "decode": _decode_facts(r.data, student)}
-        export_ctx = ExportContext(name=KD_STUDENT, task=ctx.task.kind, preprocess=preprocess,
-                                   labels=tuple(r.task.labels) if r.task.labels else None,
-                                   output_names=("output",), opset=r.export.opset,
-                                   metadata={"kdtool.recipe": r.name},
-                                   output_meaning=_output_meaning(ctx.task), task_spec=ctx.task,
-                                   parity_targets=_example_targets(ctx, len(inputs)))
+        spec = ExportContext(name=KD_STUDENT, task=ctx.task.kind, preprocess=preprocess,
+                             labels=tuple(r.task.labels) if r.task.labels else None,
+                             output_names=("output",), opset=r.export.opset,
+                             metadata={"kdtool.recipe": r.name},
+                             output_meaning=_output_meaning(ctx.task), task_spec=ctx.task,
+                             parity_targets=_example_targets(ctx, len(inputs)))
         artifacts = export_jobs(todo, student.module, inputs[:EXPORT_BATCH], folder, quantized=quantized,
-                                ctx=export_ctx, inputs=inputs, threads=r.benchmark.threads)
+                                spec=spec, inputs=inputs, threads=r.benchmark.threads)
     made = {job.folder: a for job, a in zip(todo, artifacts, strict=True)}
     for key, a in made.items():
         index[key] = {**a.model_dump(mode="json"), "job": key, "inputs_hash": hashes[key]}
@@ -87,7 +92,7 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
     return result
 
 
-def _quantized_inputs(ctx) -> tuple[Any, dict[str, str | None]]:
+def _quantized_inputs(ctx: Context) -> tuple[Any, dict[str, str | None]]:
     """The quantization stage's int8 models that exporters adopt, and each one's inputs hash.
 
     ExecuTorch int8 takes the better of the static and QAT PT2E models; ONNX int8 the static ONNX
@@ -117,7 +122,7 @@ def _quantized_inputs(ctx) -> tuple[Any, dict[str, str | None]]:
     return quantized, sources
 
 
-def artifact_hash(ctx, job, sources: dict[str, str | None]) -> str:
+def artifact_hash(ctx: Context, job: Job, sources: dict[str, str | None]) -> str:
     """Inputs hash of one artifact: the export settings that shape it, its job, the student's weights,
     and (int8) the quantized model it adopts. The target list and format list are not part of it."""
     settings = ctx.recipe.export.model_dump(mode="json", exclude={"targets", "formats"})
@@ -239,7 +244,7 @@ def _print_export_table(rows: list[dict[str, Any]]) -> None:
         console.print(f"[dim]\\[{notes[name]}] {escape(name)}: {escape(reason)}[/]", soft_wrap=False)
 
 
-def artifacts_of(ctx) -> list[Any]:
+def artifacts_of(ctx: Context) -> list[Any]:
     """Exported artifacts recorded by the export stage (empty when it has not run)."""
     from export.artifact import Artifact
 

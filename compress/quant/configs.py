@@ -8,9 +8,11 @@
 
 (¹) CoreML compresses weights only; its activations stay float.
 
-Backends name where the quantized model runs: `torch` (torchao tensor subclasses, eager PyTorch),
-`executorch` (PT2E with the XNNPACK quantizer: the `.pt2` is what ExecuTorch lowers), `onnx`
-(ONNX Runtime's quantization tools) and `coreml` (coremltools weight compression).
+Backends name where the quantized model runs: `torch` (torchao tensor subclasses, eager PyTorch) and
+`executorch` (PT2E with the XNNPACK quantizer: the `.pt2` is what ExecuTorch lowers) are model-level
+and live here (`backends`); `onnx` (ONNX Runtime's quantization tools) and `coreml` (coremltools
+weight compression) are file formats whose int8 writer lives in their format folder and registers in
+`compress.quant.formats.FILE_INT8`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from recipes.schema import TrainConfig
 if TYPE_CHECKING:
     from compress.distill.objective import KDObjective
 
-Backend = Literal["torch", "executorch", "onnx", "coreml"]
+Backend = str
+"""`torch`, `executorch` (model-level, `backends`) or a format registered in `compress.quant.formats.FILE_INT8`."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class Int8DynamicConfig:
     """
 
     mode: ClassVar[str] = "dynamic"
-    backends: ClassVar[tuple[str, ...]] = ("torch", "executorch", "onnx")
+    backends: ClassVar[tuple[str, ...]] = ("torch", "executorch")  # model-level; file formats: FILE_INT8
     backend: Backend = "torch"
 
 
@@ -75,7 +78,7 @@ class Int8StaticConfig:
     """
 
     mode: ClassVar[str] = "static"
-    backends: ClassVar[tuple[str, ...]] = ("executorch", "onnx", "coreml")
+    backends: ClassVar[tuple[str, ...]] = ("executorch",)  # model-level; file formats: FILE_INT8
     backend: Backend = "executorch"
     calibration_samples: int = 256
     per_channel: bool = True

@@ -16,18 +16,18 @@ from compress.distill.objective import KDObjective
 from compress.models.build import BuiltModel
 from recipes.schema import QuantizeConfig, Recipe
 
-BACKENDS = {"dynamic": ("torch", "onnx"), "static": ("executorch", "onnx"), "qat": ("executorch",)}
-"""Quantization backends made per recipe mode (CoreML static is added for the ios target)."""
+BACKENDS = {"dynamic": ("torch",), "static": ("executorch",), "qat": ("executorch",)}
+"""Model-level quantization backends made per recipe mode; the file formats' own int8 writers
+(`compress.quant.formats.FILE_INT8`: ONNX Runtime on every run, CoreML for the ios target) follow."""
 
 
 def quant_backends(recipe: Recipe, mode: str) -> tuple[str, ...]:
     """Backends to quantize for, given the recipe's export targets."""
+    from compress.quant.formats import file_backends
+
     if recipe.quantize.backends and mode in recipe.quantize.backends:
         return tuple(recipe.quantize.backends[mode])
-    backends = BACKENDS[mode]
-    if mode == "static" and "ios" in recipe.export.targets:
-        backends = (*backends, "coreml")
-    return backends
+    return (*BACKENDS[mode], *file_backends(mode, recipe.export.targets))
 
 
 def run_quantize(ctx: Context, modes: list[str] | None = None, force: bool = False) -> list[dict[str, Any]]:

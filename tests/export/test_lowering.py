@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not parallel_enabled(1, 1), reason="the child is
 def android(tmp_path, example, monkeypatch, processes: str):
     monkeypatch.setenv(ENV, processes)
     return export_model(tiny_convnet(), example, tmp_path / processes, targets=["android"], int8=False,
-                        ctx=context())
+                        spec=context())
 
 
 def test_child_lowering_gives_the_same_artifacts_in_plan_order(tmp_path, example, monkeypatch):
@@ -102,7 +102,7 @@ def test_the_parent_leaves_the_child_a_core_while_it_lowers(tmp_path, example, m
     torch.set_num_threads(2)
     try:
         pte, onnx = export_model(tiny_convnet(), example, tmp_path, targets=["android"], int8=False,
-                                 ctx=context(), threads=2)
+                                 spec=context(), threads=2)
         assert torch.get_num_threads() == 2  # restored
     finally:
         torch.set_num_threads(before)

@@ -94,6 +94,7 @@ def cell(a) -> str:
 def sweep_model(name: str, size: int, steps: int, out: Path) -> tuple[list, float]:
     """Train briefly, quantize (static int8, both backends, through the 0.99 retention floor) and export
     every target; (artifacts, seconds)."""
+    import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
     from compress.core.tasks import Task
     from compress.quant.accuracy import quantize_with_floor
     from compress.quant.configs import QuantInputs
@@ -129,9 +130,9 @@ def sweep_model(name: str, size: int, steps: int, out: Path) -> tuple[list, floa
             quantized.pt2e, quantized.pt2e_mode, quantized.pt2e_floor = q.program, "static", floor
         else:
             quantized.onnx, quantized.onnx_mode, quantized.onnx_floor = q.path, "static", floor
-    ctx = ExportContext(name=name, output_names=("logits",), task_spec=Task("multiclass", 10), parity_targets=labels)
+    spec = ExportContext(name=name, output_names=("logits",), task_spec=Task("multiclass", 10), parity_targets=labels)
     arts = export_model(model, example, out / "export", targets=["android", "ios", "server"], quantized=quantized,
-                        ctx=ctx, inputs=inputs, threads=torch.get_num_threads())
+                        spec=spec, inputs=inputs, threads=torch.get_num_threads())
     return arts, time.perf_counter() - t0
 
 

@@ -153,6 +153,7 @@ def kdtool_artifacts(model: torch.nn.Module, calib: torch.Tensor, out: Path, thr
     0.99 of the fp32 accuracy on `VALIDATION` held-out labelled images); the export's parity runs on
     `PARITY` of those images, as `kdtool export` does on validation samples.
     """
+    import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
     from compress.core.tasks import Task
     from compress.quant.accuracy import quantize_with_floor
     from compress.quant.configs import QuantInputs

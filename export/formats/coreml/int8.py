@@ -1,5 +1,7 @@
-"""CoreML weight compression: int8 linear weight quantization (or k-means palettization) of an mlpackage.
+"""CoreML int8 of the coreml format: linear weight quantization (or k-means palettization) of an mlpackage.
 
+Registered in `compress.quant.formats.FILE_INT8` as backend `coreml` (static mode, made for the ios
+target): the quantize stage reaches it there without importing `export`.
 Conversion runs on Linux; prediction needs macOS, so the model is written and inspected here but
 not run. The fp32 mlpackage is converted the same way (float32 compute precision) for the size ratio.
 """
@@ -17,7 +19,10 @@ from torch import nn
 from compress.core.atomic import atomic_path, size_on_disk_mb
 from compress.core.errors import ExportError, KdtoolError
 from compress.quant.common import finish_meta, provenance
-from compress.quant.configs import Int8StaticConfig, QuantInputs, QuantizedModel
+from compress.quant.configs import Int8StaticConfig, QuantConfig, QuantInputs, QuantizedModel
+from compress.quant.formats import FILE_INT8
+from export.decompose import convert_decomposing, decomposition_facts
+from export.formats.coreml.exporter import drop_aliases
 
 WEIGHT_OPS = {"conv", "linear", "matmul", "conv_transpose"}
 
@@ -38,12 +43,15 @@ def coreml_weights(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs) 
     example = qi.example[:1]
     from compress.core.native import quiet_native
 
+    def convert(program):
+        drop_aliases(program)
+        return ct.convert(program, inputs=[ct.TensorType(name="input", shape=tuple(example.shape))],
+                          convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+                          compute_precision=ct.precision.FLOAT32, skip_model_load=True)
+
     try:
-        program = _export(model, example)
         with quiet_native():  # the converter's native prints (shown with --debug)
-            mlmodel = ct.convert(program, inputs=[ct.TensorType(name="input", shape=tuple(example.shape))],
-                                 convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
-                                 compute_precision=ct.precision.FLOAT32, skip_model_load=True)
+            mlmodel, program, decomposed, message = convert_decomposing(_export(model, example), convert)
     except Exception as e:  # coremltools raises many error types for unsupported ops
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise ExportError(f"quantize static (coreml): coremltools could not convert the model "
@@ -76,11 +84,13 @@ def coreml_weights(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs) 
         fp32_mb = size_on_disk_mb(Path(scratch) / "fp32.mlpackage")
     notes = ["CoreML compresses weights only: activations run in float (no calibrated activation int8)",
              "conversion only on Linux: prediction (metric, parity) needs macOS"]
+    facts = decomposition_facts("coremltools", decomposed, message, model.eval(), program, example)
+    notes += facts.pop("notes", [])
     if kept:
         notes.append(f"kept in float: {', '.join(config.float_modules)} ({len(kept)} weight tensors)")
     meta = provenance(config, qi.seed, None, ("coremltools",), notes, weights=weights,
                       activations="float32 (weights dequantized at load)", int8=census,
-                      input_shape=list(example.shape))
+                      input_shape=list(example.shape), **facts)
     qm = QuantizedModel("static", "coreml", path=path, meta=meta)
     finish_meta(qm, size_on_disk_mb(path), fp32_mb)
     return qm
@@ -114,3 +124,25 @@ def coreml_census(mlmodel) -> dict[str, Any]:
     layers = sum(n for t, n in ops.items() if t in WEIGHT_OPS)
     return {"compressed_weights": compressed, "weight_layers": layers,
             "quantized_share": round(min(compressed / layers, 1.0), 4) if layers else 0.0}
+
+
+class CoreMLInt8:
+    """coremltools weight compression of the coreml format (weights only; activations stay float)."""
+
+    modes = ("static",)
+    targets = ("ios",)
+    searchable = False  # weights only: no calibrated activations whose layers the search could keep float
+    refusals = {"dynamic": ("CoreML has no dynamic activation quantization; use static (weights int8) "
+                            "with backend coreml", "set quantize mode static for the ios target")}
+
+    def quantize(self, model: nn.Module, config: QuantConfig, qi: QuantInputs) -> QuantizedModel:
+        """`coreml_weights`."""
+        return coreml_weights(model, config, qi)
+
+    def trials(self, model: nn.Module, config: QuantConfig, qi: QuantInputs, batches: list, scratch: Path):
+        """Not searchable: CoreML prediction needs macOS, so no trial can run here."""
+        raise ExportError("quantize static (coreml): the accuracy-aware search cannot run CoreML on this OS",
+                          "use backend executorch or onnx for the search")
+
+
+FILE_INT8.register("coreml", "coremltools int8 weight compression (or palettization) of an mlpackage")(CoreMLInt8())
