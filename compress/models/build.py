@@ -394,8 +394,9 @@ def check_model_io(built: BuiltModel, raw: torch.Tensor, task: Any, role: str = 
         fix = (f"set {role}.input_size (or data.image_size) to a size {built.arch} accepts"
                if built.preprocess.kind == "image" else f"give {role} inputs of the length it was built for")
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise KdtoolError(f"{role}.arch {built.arch} cannot take input of shape {tuple(x.shape)}: {first}",
-                          fix) from e
+        wanted = expected_input(built.module)
+        raise KdtoolError(f"{role}.arch {built.arch} cannot take input of shape {tuple(x.shape)}"
+                          f"{f' (it expects {wanted})' if wanted else ''}: {first}", fix) from e
     finally:
         built.module.train(was_training)
     out = out[0] if isinstance(out, (tuple, list)) else out
@@ -405,6 +406,17 @@ def check_model_io(built: BuiltModel, raw: torch.Tensor, task: Any, role: str = 
                           f"(N, {task.num_outputs})",
                           f"match task.num_classes to the {role}'s head, or use a {role} trained for "
                           "this task")
+
+
+def expected_input(module: nn.Module) -> str | None:
+    """The input shape a model's first convolution or linear layer takes, e.g. "(N, 3, H, W)"; None if unknown."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            dims = "L" if isinstance(m, nn.Conv1d) else "H, W" if isinstance(m, nn.Conv2d) else "D, H, W"
+            return f"(N, {m.in_channels}, {dims})"
+        if isinstance(m, nn.Linear):
+            return f"(N, …, {m.in_features})"
+    return None
 
 
 def load_torchscript(path: Path) -> nn.Module:
