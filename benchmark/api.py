@@ -34,7 +34,7 @@ from compress.core.atomic import read_json
 from compress.core.errors import KdtoolError
 from compress.core.tasks import Task, as_task
 from compress.data.batches import LoaderBatches, as_batches
-from compress.models.build import BuiltModel, Preprocess, check_model_io
+from compress.models.build import BuiltModel, Preprocess, check_model_io, forward_checked
 from export.artifact import Artifact
 from export.targets import TARGETS
 from recipes.schema import BenchmarkConfig
@@ -113,13 +113,11 @@ def benchmark(artifacts_or_run_dir: list[Artifact] | str | Path, val_loader: Ite
         raise KdtoolError(f"benchmark: unknown model name {unknown[0]!r}", f"use {', '.join(MODEL_ROWS)}")
     entries = [ModelEntry(n, n, m, _same) for n in MODEL_ROWS if (m := given.get(n)) is not None]
     artifacts, quantized, root = _artifacts(artifacts_or_run_dir)
-    scoring = loader_scoring(batches, task, entries)
-    for entry in entries:  # a shape a model cannot take fails here, in one line, not inside torch
-        try:
-            check_model_io(BuiltModel(entry.module, Preprocess(kind="tensor"), type(entry.module).__name__),
-                           scoring.raw[:2], scoring.task, entry.name)
-        except KdtoolError as e:
-            raise KdtoolError(f"val_loader: {e.message}", e.hint) from e.__cause__
+    raw = first_samples(batches)
+    check_models(entries, raw, None)  # a shape a model cannot take fails here, in one line, not inside torch
+    scoring = Scoring(batches=lambda _size: batches, task=as_task(task, entries[0].module, raw[:2]) if entries
+                      else _known_task(task), raw=raw, name="validation")
+    check_models(entries, raw, scoring.task)
     targets = targets or [t for t in TARGETS if any(a.target == t and a.status == "ok" for a in artifacts)]
     card = make_card(entries, quantized, artifacts, scoring, bench, targets, name, root=root,
                      student=next((e for e in entries if e.name == "student_kd"), None))
@@ -153,8 +151,8 @@ def make_card(models: list[ModelEntry], quantized: list[Path], artifacts: list[A
     return Card.of(card.model_copy(update={"versions": {**card.versions, "kdtool": determinism.commit()}}))
 
 
-def loader_scoring(batches: LoaderBatches, task: Task | str | None, models: list[ModelEntry]) -> Scoring:
-    """The `Scoring` of a user's validation loader: its batches as given, up to 32 samples timed.
+def first_samples(batches: LoaderBatches, n: int = 32) -> torch.Tensor:
+    """Up to `n` inputs from the loader's first batches (the latency inputs).
 
     Raises:
         KdtoolError: the loader yields no labels, or nothing.
@@ -163,16 +161,35 @@ def loader_scoring(batches: LoaderBatches, task: Task | str | None, models: list
     for x, _, _ in batches:
         raw.append(x)
         seen += len(x)
-        if seen >= 32:
+        if seen >= n:
             break
     if not raw:
-        raise KdtoolError("val_loader yields no batches", "give it a dataset with samples")
-    raw_t = torch.cat(raw)[:32]
-    task = as_task(task, models[0].module, raw_t[:2]) if models else task
+        raise KdtoolError(f"{batches.name} yields no batches", "give it a dataset with samples")
+    return torch.cat(raw)[:n]
+
+
+def check_models(entries: list[ModelEntry], raw: torch.Tensor, task: Task | None) -> None:
+    """Each model takes the loader's input (and, with `task`, gives (N, num_outputs)); else one line naming both.
+
+    Raises:
+        KdtoolError: "val_loader: student_kd.arch Net cannot take input of shape (2, 5) (it expects ...)".
+    """
+    for entry in entries:
+        built = BuiltModel(entry.module, Preprocess(kind="tensor"), type(entry.module).__name__)
+        try:
+            if task is None:
+                forward_checked(built, raw[:2], entry.name)
+            else:
+                check_model_io(built, raw[:2], task, entry.name)
+        except KdtoolError as e:
+            raise KdtoolError(f"val_loader: {e.message}", e.hint) from e.__cause__
+
+
+def _known_task(task: Task | str | None) -> Task:
     if not isinstance(task, Task):
         raise KdtoolError("benchmark: without a model the task's width is unknown",
-                          "pass task=Task(kind, num_outputs) or a teacher/student")
-    return Scoring(batches=lambda _size: batches, task=task, raw=raw_t, name="validation")
+                          "pass task=Task(kind, num_outputs), or a teacher or student")
+    return task
 
 
 def _same(x: torch.Tensor) -> torch.Tensor:

@@ -384,6 +384,22 @@ def check_model_io(built: BuiltModel, raw: torch.Tensor, task: Any, role: str = 
         KdtoolError: the forward pass fails on the preprocessed input, or the output is not
             (N, num_outputs).
     """
+    out = forward_checked(built, raw, role)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != task.num_outputs:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise KdtoolError(f"{role} ({built.arch}) outputs {shape} but the {task.kind} task needs "
+                          f"(N, {task.num_outputs})",
+                          f"match task.num_classes to the {role}'s head, or use a {role} trained for "
+                          "this task")
+
+
+def forward_checked(built: BuiltModel, raw: torch.Tensor, role: str = "model") -> Any:
+    """The model's output on a raw batch (eval mode, no grad); an input it cannot take is a one-line error
+    naming the shape received and the shape its first layer expects.
+
+    Raises:
+        KdtoolError: the forward pass fails on the preprocessed input.
+    """
     x = built.preprocess(raw)
     was_training = built.module.training
     built.module.eval()
@@ -399,13 +415,7 @@ def check_model_io(built: BuiltModel, raw: torch.Tensor, task: Any, role: str = 
                           f"{f' (it expects {wanted})' if wanted else ''}: {first}", fix) from e
     finally:
         built.module.train(was_training)
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != task.num_outputs:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise KdtoolError(f"{role} ({built.arch}) outputs {shape} but the {task.kind} task needs "
-                          f"(N, {task.num_outputs})",
-                          f"match task.num_classes to the {role}'s head, or use a {role} trained for "
-                          "this task")
+    return out[0] if isinstance(out, tuple | list) else out
 
 
 def expected_input(module: nn.Module) -> str | None:

@@ -27,6 +27,7 @@ from torch import nn
 from compress.core.errors import KdtoolError
 from compress.core.tasks import Task, as_task
 from compress.data.batches import as_batches
+from compress.models.build import BuiltModel, Preprocess, forward_checked
 from compress.quant.configs import QuantizedModel
 from recipes.schema import DistillConfig
 
@@ -84,6 +85,9 @@ def quantize(model: nn.Module, calib_loader: Iterable | None = None, mode: str =
     source = calib if calib is not None else val
     raw = source.first()[0] if source is not None else None  # consumes one iteration, as `quantize_with` would
     example = pre(raw[:2]) if raw is not None else None
+    if example is not None:  # an input the model cannot take: one line naming both shapes, not torch's traceback
+        forward_checked(BuiltModel(model, Preprocess(kind="tensor"), type(model).__name__), example,
+                        "calib_loader: student" if calib is not None else "val_loader: student")
     if task is not None or val is not None or mode == "qat":
         task = as_task(task, model, example)
     if mode == "qat" and teacher is not None and objective is None:
