@@ -28,7 +28,8 @@ def chain(tmp_path_factory):
     q = quantize(student, train, mode="static", backend="onnx", val_loader=val, task="multiclass",
                  calibration_samples=64, out_dir=tmp / "int8")
     example = next(iter(val))[0][:2]
-    artifacts = export_model(student, example, tmp / "export", targets=["server"], formats=["onnx"], quantized=q)
+    artifacts = export_model(student, example, tmp / "export", targets=["server"], formats=["onnx"], quantized=q,
+                             inputs=next(iter(val))[0])
     card = benchmark(artifacts, val, teacher=teacher, student=student, task="multiclass", config=FAST_BENCH,
                      name="wakeword", out_dir=tmp / "report")
     return tmp, student, val, q, artifacts, card
