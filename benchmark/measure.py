@@ -59,11 +59,16 @@ class Scoring:
         return self.task.chance(self.task.primary_metric, targets) if targets is not None else None
 
 
-def rechunk(batches: Iterable, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+class rechunk:  # noqa: N801  (used like a function; a class so it can be iterated more than once)
     """A loader's `(input, target, ...)` batches cut into pieces of at most `size` rows (order kept)."""
-    for x, y, *_ in batches:
-        for i in range(0, len(x), size):
-            yield x[i:i + size], y[i:i + size]
+
+    def __init__(self, batches: Iterable, size: int) -> None:
+        self.batches, self.size = batches, size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y, *_ in self.batches:
+            for i in range(0, len(x), self.size):
+                yield x[i:i + self.size], y[i:i + self.size]
 
 
 @dataclass

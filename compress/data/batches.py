@@ -54,6 +54,7 @@ class LoaderBatches:
                  needs_labels: bool = True) -> None:
         self.loader, self.name = loader, name
         self.input_key, self.label_key, self.needs_labels = input_key, label_key, needs_labels
+        self._first: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def __len__(self) -> int:
         try:
@@ -91,10 +92,14 @@ class LoaderBatches:
             seen += n
 
     def first(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The first batch's (input, label): shape checks before anything is trained."""
-        for batch in self.loader:
-            return self.unpack(batch)
-        raise KdtoolError(f"{self.name} yields no batches", "give it a dataset with samples")
+        """The first batch's (input, label), read once: shape checks before anything is trained."""
+        if self._first is None:
+            for batch in self.loader:
+                self._first = self.unpack(batch)
+                break
+            else:
+                raise KdtoolError(f"{self.name} yields no batches", "give it a dataset with samples")
+        return self._first
 
     def set_epoch(self, epoch: int) -> None:
         """Tell the loader's sampler (a `DistributedSampler`, or any with `set_epoch`) the epoch."""
