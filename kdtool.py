@@ -62,8 +62,7 @@ def _fail(exc: BaseException, debug: bool) -> None:
     if isinstance(exc, KdtoolError):
         if debug:
             traceback.print_exception(exc)
-        hint = f" (hint: {exc.hint})" if exc.hint else ""
-        print(" ".join(f"kdtool: error: {exc.message}{hint}".split()), file=sys.stderr)  # always one line
+        print(exc.line(), file=sys.stderr)  # always one line
         raise typer.Exit(exc.exit_code)
     if isinstance(exc, KeyboardInterrupt):
         print("kdtool: interrupted; finished stages are kept (to continue: add --resume to `kdtool run` or "

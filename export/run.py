@@ -60,10 +60,29 @@ class Quantized:
     pt2e_floor: dict[str, Any] | None = None
     onnx_floor: dict[str, Any] | None = None
 
+    @classmethod
+    def of(cls, models: Any) -> Quantized:
+        """The int8 inputs of `compress.quantize` results: an ExecuTorch (PT2E) one and/or an ONNX one.
+
+        Args:
+            models: a `Quantized` (returned as is), a `QuantizedModel`, or a list of them; the last of each
+                backend wins. Other backends (torch, coreml) have no exporter input and are left out.
+        """
+        if isinstance(models, Quantized):
+            return models
+        out = cls(command="compress.quantize(...)")
+        for qm in models if isinstance(models, list | tuple) else [models]:
+            if qm.backend == "executorch":
+                out.pt2e, out.pt2e_mode = qm.program if qm.program is not None else qm.module, qm.mode
+                out.pt2e_floor = qm.meta.get("accuracy_aware")
+            elif qm.backend == "onnx":
+                out.onnx, out.onnx_mode, out.onnx_floor = qm.path, qm.mode, qm.meta.get("accuracy_aware")
+        return out
+
 
 def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
                  formats: list[str] | None = None, targets: list[str] | None = None, *,
-                 quantized: Quantized | None = None, spec: ExportContext | None = None,
+                 quantized: Any = None, spec: ExportContext | None = None,
                  inputs: torch.Tensor | None = None, int8: bool = True, verify: bool = True,
                  threads: int = 1, batch: str | int = "auto") -> list[Artifact]:
     """Export `model` for `targets` (presets) or `formats`, verify each artifact, write manifests.
@@ -74,7 +93,8 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
         out_dir: the export folder (e.g. `runs/<name>/export`).
         formats: formats to make (`EXPORTERS` names); with targets, narrows/extends their presets.
         targets: android, ios, server or all (see `export/targets.py`); default server.
-        quantized: int8 inputs from the quantization stage; int8 jobs are skipped without them.
+        quantized: int8 inputs: `compress.quantize` results (one `QuantizedModel` or a list) or a
+            `Quantized`; int8 jobs are skipped without them.
         spec: names, labels, preprocessing, opset, metadata (precision/target are set per job).
         inputs: real (preprocessed) inputs for the parity check, besides random ones.
         int8: make the presets' int8 artifacts.
@@ -86,7 +106,8 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
     Returns:
         One `Artifact` per planned job, in plan order, each with status, reason, parity and info.
     """
-    return export_jobs(plan(targets, formats, int8, batch), model, example, out_dir, quantized=quantized, spec=spec,
+    return export_jobs(plan(targets, formats, int8, batch), model, example, out_dir,
+                       quantized=Quantized.of(quantized) if quantized is not None else None, spec=spec,
                        inputs=inputs, verify=verify, threads=threads)
 
 

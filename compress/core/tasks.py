@@ -247,6 +247,26 @@ class Task:
                               "set task.num_classes to the number of classes")
 
 
+def as_task(task: Task | str | None, model: torch.nn.Module, example: torch.Tensor | None) -> Task:
+    """`task` as a `Task`: a kind's width is the model's output width on `example` (default multiclass).
+
+    Raises:
+        KdtoolError: a task kind without an example to size it.
+    """
+    if isinstance(task, Task):
+        return task
+    if example is None:
+        raise KdtoolError("the task's output width is unknown without data",
+                          "pass task=Task(kind, num_outputs) or a loader")
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(example)
+    model.train(was_training)
+    out = out[0] if isinstance(out, tuple | list) else out
+    return Task(task or "multiclass", int(out.shape[-1]) if out.dim() > 1 else 1)
+
+
 def lower_is_better(metric: str) -> bool:
     """Error metrics (MAE, per-output `mae_*`, MSE, loss): smaller is better."""
     return metric in LOWER_IS_BETTER or metric.startswith("mae")

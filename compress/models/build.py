@@ -194,6 +194,22 @@ def check_model_io(built: BuiltModel, raw: torch.Tensor, task: Any, role: str = 
         KdtoolError: the forward pass fails on the preprocessed input, or the output is not
             (N, num_outputs).
     """
+    out = forward_checked(built, raw, role)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != task.num_outputs:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise KdtoolError(f"{role} ({built.arch}) outputs {shape} but the {task.kind} task needs "
+                          f"(N, {task.num_outputs})",
+                          f"match task.num_classes to the {role}'s head, or use a {role} trained for "
+                          "this task")
+
+
+def forward_checked(built: BuiltModel, raw: torch.Tensor, role: str = "model") -> Any:
+    """The model's output on a raw batch (eval mode, no grad); an input it cannot take is a one-line error
+    naming the shape received and the shape its first layer expects.
+
+    Raises:
+        KdtoolError: the forward pass fails on the preprocessed input.
+    """
     x = built.preprocess(raw)
     was_training = built.module.training
     built.module.eval()
@@ -204,17 +220,23 @@ def check_model_io(built: BuiltModel, raw: torch.Tensor, task: Any, role: str = 
         fix = (f"set {role}.input_size (or data.image_size) to a size {built.arch} accepts"
                if built.preprocess.kind == "image" else f"give {role} inputs of the length it was built for")
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise KdtoolError(f"{role}.arch {built.arch} cannot take input of shape {tuple(x.shape)}: {first}",
-                          fix) from e
+        wanted = expected_input(built.module)
+        raise KdtoolError(f"{role}.arch {built.arch} cannot take input of shape {tuple(x.shape)}"
+                          f"{f' (it expects {wanted})' if wanted else ''}: {first}", fix) from e
     finally:
         built.module.train(was_training)
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != task.num_outputs:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise KdtoolError(f"{role} ({built.arch}) outputs {shape} but the {task.kind} task needs "
-                          f"(N, {task.num_outputs})",
-                          f"match task.num_classes to the {role}'s head, or use a {role} trained for "
-                          "this task")
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+def expected_input(module: nn.Module) -> str | None:
+    """The input shape a model's first convolution or linear layer takes, e.g. "(N, 3, H, W)"; None if unknown."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            dims = "L" if isinstance(m, nn.Conv1d) else "H, W" if isinstance(m, nn.Conv2d) else "D, H, W"
+            return f"(N, {m.in_channels}, {dims})"
+        if isinstance(m, nn.Linear):
+            return f"(N, …, {m.in_features})"
+    return None
 
 
 def load_torchscript(path: Path) -> nn.Module:

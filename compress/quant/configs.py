@@ -167,6 +167,8 @@ class QuantizedModel:
         program: the `torch.export` program saved as `.pt2` (torch/executorch backends), else None.
         path: the file written (`model.pt2`, `model.int8.onnx`, `model.mlpackage`), once saved.
         meta: provenance and facts (mode, backend, calibration size, seed, versions, size, int8 share).
+        evaluation: metrics, retention and agreement vs the fp32 model on validation (`compress.quantize`
+            with a val_loader), else None.
     """
 
     mode: str
@@ -175,6 +177,7 @@ class QuantizedModel:
     program: Any = None
     path: Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None
     _session: Any = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ def quant_backends(recipe: Recipe, mode: str) -> tuple[str, ...]:
 def run_quantize(ctx: Context, modes: list[str] | None = None, force: bool = False) -> list[dict[str, Any]]:
     """`kdtool quantize`: INT8 versions of the distilled student, each evaluated on validation."""
     from compress.models.deploy import deploy_form
-    from compress.quant.quantize import evaluate_quantized, make_config, quantize
+    from compress.quant.api import quantize
 
     r = ctx.recipe
     modes = modes or list(r.quantize.modes)
@@ -52,29 +52,16 @@ def run_quantize(ctx: Context, modes: list[str] | None = None, force: bool = Fal
                 results.append(read_json(folder / "meta.json"))
                 continue
             start = time.perf_counter()
-            settings: dict[str, Any] = {"backend": backend}
-            if mode == "static":
-                settings.update(_mode_settings(r.quantize, mode, backend))
-            if mode == "qat":
-                settings.update(epochs=r.quantize.qat.epochs, lr=r.quantize.qat.lr,
-                                weight_decay=r.quantize.qat.weight_decay, train=r.quantize.qat)
-            teacher = objective = None
-            if mode == "qat":
-                teacher = ctx.load("teacher")
-                objective = _qat_objective(ctx, student, teacher)
+            teacher = ctx.load("teacher") if mode == "qat" else None
             batch = (r.quantize.qat.batch_size if mode == "qat" else None) or r.data.batch_size
-            loader = make_loader(train_ds, batch, shuffle=mode == "qat", seed=r.quantize.qat.seed)
-            val_loader = make_loader(val_ds, 256, shuffle=False, seed=0)
-            if mode == "static":  # accuracy-aware: keeps the most sensitive layers float below the floor
-                qm, evaluation = _static_with_floor(student, make_config(mode, **settings), loader, val_loader,
-                                                    folder, r.quantize.qat.seed, ctx.task)
-            else:
-                qm = quantize(student.module, make_config(mode, **settings), calibration=loader,
-                              preprocess=student.preprocess, out=folder, seed=r.quantize.qat.seed,
-                              teacher=teacher.module if teacher else None,
-                              teacher_preprocess=teacher.preprocess if teacher else None, task=ctx.task,
-                              objective=objective)
-                evaluation = evaluate_quantized(qm, student.module, val_loader, student.preprocess, ctx.task)
+            qm = quantize(student.module, make_loader(train_ds, batch, shuffle=mode == "qat", seed=r.quantize.qat.seed),
+                          mode, backend, val_loader=make_loader(val_ds, 256, shuffle=False, seed=0), task=ctx.task,
+                          out_dir=folder, preprocess=student.preprocess, seed=r.quantize.qat.seed,
+                          teacher=teacher.module if teacher else None,
+                          teacher_preprocess=teacher.preprocess if teacher else None,
+                          objective=_qat_objective(ctx, student, teacher) if teacher else None,
+                          **_call_settings(r.quantize, mode, backend))
+            evaluation = qm.evaluation
             seconds = time.perf_counter() - start
             finish_stage(folder, expected, {"evaluation": evaluation, "seconds": round(seconds, 2),
                                             "reparameterized_blocks": fused})
@@ -87,15 +74,14 @@ def run_quantize(ctx: Context, modes: list[str] | None = None, force: bool = Fal
     return results
 
 
-def _static_with_floor(student, config, calibration, validation, folder: Path, seed: int, task):
-    """Static PTQ through `quantize_with_floor` (same inputs `quantize` would build)."""
-    from compress.quant.accuracy import quantize_with_floor
-    from compress.quant.configs import QuantInputs
-
-    raw = next(iter(calibration))[0]
-    qi = QuantInputs(example=student.preprocess(raw[:2]), calibration=calibration, preprocess=student.preprocess,
-                     out=folder, seed=seed)
-    return quantize_with_floor(student.module, config, qi, validation, task)
+def _call_settings(quantize_cfg: QuantizeConfig, mode: str, backend: str) -> dict[str, Any]:
+    """The mode's config fields a recipe sets (`compress.quantize(**settings)`)."""
+    if mode == "static":
+        return _mode_settings(quantize_cfg, mode, backend)
+    if mode == "qat":
+        q = quantize_cfg.qat
+        return {"epochs": q.epochs, "lr": q.lr, "weight_decay": q.weight_decay, "train": q}
+    return {}
 
 
 def _qat_objective(ctx: Context, student: BuiltModel, teacher: BuiltModel) -> KDObjective:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def test_a_failed_row_keeps_the_whole_first_line_and_the_cause():
-    from benchmark.stage import failure_reason
+    from benchmark.measure import failure_reason
     from compress.core.errors import ExportError
 
     long = ("ExecuTorch cannot load /a/very/long/path/" + "x" * 300
