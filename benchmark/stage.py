@@ -12,7 +12,7 @@ from compress.core import determinism
 from compress.core.atomic import read_json
 from compress.core.errors import KdtoolError
 from compress.core.progress import console
-from compress.core.runfolder import KD_STUDENT, TRAINING_STAGES
+from compress.core.runfolder import KD_STUDENT, TRAINING_STAGES, is_finished
 from compress.data.loader import collect_outputs, example_batch, make_loader
 from export.stage import EXPORT_BATCH, _example_inputs, artifacts_of
 from export.targets import TARGETS
@@ -21,7 +21,7 @@ from recipes.schema import BenchmarkConfig
 
 def ensure_ready(ctx) -> None:
     """The benchmark needs the distilled student; name the missing stage otherwise."""
-    if not ctx.run.stage(KD_STUDENT, "meta.json").exists():
+    if not is_finished(ctx.run.stage(KD_STUDENT)):
         raise KdtoolError(f"{ctx.run.stage('student_kd')} has no distilled student",
                           f"run `{ctx.command('distill')}` (or `{ctx.command('run')}`) first")
 
@@ -119,7 +119,7 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     samples = [x.unsqueeze(0).numpy() for x in inputs]
     rows: list[ReportRow] = []
     artifacts = artifacts_of(ctx)
-    quant_folders = sorted(p.parent for p in ctx.run.stage("quantized").glob("*/*/meta.json"))
+    quant_folders = sorted(p.parent for p in ctx.run.stage("quantized").glob("*/*/meta.json") if is_finished(p.parent))
     total = 3 + len(quant_folders) + len(artifacts)
     with task_progress("benchmark", total) as bar:
         for stage in TRAINING_STAGES:

@@ -62,6 +62,7 @@ def build_manifest(artifact: Artifact, ctx: ExportContext, example: torch.Tensor
         "parity": artifact.parity.model_dump(mode="json") if artifact.parity else None,
         "info": artifact.info,
         "metadata": ctx.metadata,
+        "inputs_hash": ctx.inputs_hash,
     }
 
 

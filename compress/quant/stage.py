@@ -9,7 +9,7 @@ from typing import Any
 from compress.context import Context
 from compress.core.atomic import read_json
 from compress.core.progress import console
-from compress.core.runfolder import KD_STUDENT, finish_stage, inputs_hash, prepare_stage
+from compress.core.runfolder import KD_STUDENT, begin_stage, finish_stage, inputs_hash, is_finished, prepare_stage
 from compress.core.tasks import lower_is_better
 from compress.data.loader import example_batch, make_loader
 from compress.distill.objective import KDObjective
@@ -47,10 +47,11 @@ def run_quantize(ctx: Context, modes: list[str] | None = None, force: bool = Fal
             folder = ctx.run.stage("quantized", mode, backend)
             expected = inputs_hash(_mode_settings(r.quantize, mode, backend), r.distill if mode == "qat" else None,
                                    mode, backend, kd_hash)
-            if prepare_stage(folder, expected, force) == "skip":
+            if prepare_stage(folder, expected, force, redo_partial=True) == "skip":  # a killed run's leftover is redone
                 console.print(f"[dim]quantize {mode}/{backend}: reused {folder}[/]")
                 results.append(read_json(folder / "meta.json"))
                 continue
+            begin_stage(folder, expected)
             start = time.perf_counter()
             settings: dict[str, Any] = {"backend": backend}
             if mode == "static":
@@ -146,7 +147,7 @@ def best_quantized(ctx: Context, backend: str, modes: tuple[str, ...]) -> tuple[
     best: tuple[float, Path, str] | None = None
     for mode in modes:
         folder = ctx.run.stage("quantized", mode, backend)
-        if not (folder / "meta.json").exists():
+        if not is_finished(folder):  # absent, or a killed run's leftover
             continue
         metrics = (read_json(folder / "meta.json").get("evaluation") or {}).get("metrics") or {}
         value = metrics.get(ctx.task.primary_metric)
