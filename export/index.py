@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from compress.core.atomic import sha256_file
-from export.manifest import MANIFEST
+from export.manifest import MANIFEST, mismatches
 
 
 def read_index(folder: Path) -> dict[str, dict[str, Any]]:
@@ -52,17 +51,6 @@ def load_manifest(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) else None
-
-
-def mismatches(artifact_folder: Path, manifest: dict[str, Any]) -> list[tuple[Path, str, str | None]]:
-    """The files of an artifact whose sha256 differs from its manifest's: (path, expected, found or None)."""
-    out = []
-    for item in manifest.get("files") or []:
-        path = Path(artifact_folder) / item["name"]
-        found = sha256_file(path) if path.exists() else None
-        if found != item.get("sha256"):
-            out.append((path, item.get("sha256"), found))
-    return out
 
 
 def entry_from_manifest(folder: Path, key: str, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -73,6 +73,17 @@ def write_manifest(artifact: Artifact, ctx: ExportContext, example: torch.Tensor
     return path
 
 
+def mismatches(artifact_folder: Path, manifest: dict[str, Any]) -> list[tuple[Path, str, str | None]]:
+    """The files of an artifact whose sha256 differs from its manifest's: (path, expected, found or None)."""
+    out = []
+    for item in manifest.get("files") or []:
+        path = Path(artifact_folder) / item["name"]
+        found = sha256_file(path) if path.exists() else None
+        if found != item.get("sha256"):
+            out.append((path, item.get("sha256"), found))
+    return out
+
+
 def versions(fmt: str) -> dict[str, str]:
     """Versions of python, torch, timm and the format's packages (those installed)."""
     out = package_versions(("torch", "timm", *FORMAT_PACKAGES.get(fmt, [])), missing=None)

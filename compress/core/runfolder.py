@@ -15,9 +15,11 @@ without `--force`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,18 @@ def begin_stage(folder: Path, expected_hash: str) -> None:
     work (state 'partial', same inputs): it resumes or redoes it without --force. `finish_stage`
     removes the marker."""
     write_json(folder / STARTED, {"inputs_hash": expected_hash})
+
+
+@contextlib.contextmanager
+def lone_marker_removed(folder: Path) -> Iterator[None]:
+    """On an error, remove the begin marker of a stage that wrote nothing else: a failed command leaves
+    no trace (a kill, which runs no Python, leaves the marker, and the next run continues)."""
+    try:
+        yield
+    except BaseException:
+        if folder.is_dir() and [p.name for p in folder.iterdir()] == [STARTED]:
+            (folder / STARTED).unlink()
+        raise
 
 
 def unfinished_here(folder: Path, expected_hash: str) -> bool:

@@ -23,6 +23,7 @@ from compress.core.runfolder import (
     TRAINING_STAGES,
     begin_stage,
     finish_stage,
+    lone_marker_removed,
     prepare_stage,
     unfinished_here,
 )
@@ -71,6 +72,12 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
         metrics = read_json(folder / "meta.json").get("metrics", {})
         console.print(f"[dim]{stage}: reused {folder} (inputs unchanged)[/]")
         return StageOutcome(stage, "skipped", folder, metrics, 0.0)
+    with lone_marker_removed(folder):  # a stage that fails before writing anything leaves no trace
+        return _run(ctx, stage, folder, expected, action)
+
+
+def _run(ctx: Context, stage: str, folder: Path, expected: str, action: str) -> StageOutcome:
+    """Train (or continue), score and record one stage whose folder `prepare_stage` made ready."""
     start = time.perf_counter()
     r = ctx.recipe
     train_ds, val_ds = ctx.datasets

@@ -9,7 +9,15 @@ from typing import Any
 from compress.context import Context
 from compress.core.atomic import read_json
 from compress.core.progress import console
-from compress.core.runfolder import KD_STUDENT, begin_stage, finish_stage, inputs_hash, is_finished, prepare_stage
+from compress.core.runfolder import (
+    KD_STUDENT,
+    begin_stage,
+    finish_stage,
+    inputs_hash,
+    is_finished,
+    lone_marker_removed,
+    prepare_stage,
+)
 from compress.core.tasks import lower_is_better
 from compress.data.loader import example_batch, make_loader
 from compress.distill.objective import KDObjective
@@ -33,13 +41,11 @@ def quant_backends(recipe: Recipe, mode: str) -> tuple[str, ...]:
 def run_quantize(ctx: Context, modes: list[str] | None = None, force: bool = False) -> list[dict[str, Any]]:
     """`kdtool quantize`: INT8 versions of the distilled student, each evaluated on validation."""
     from compress.models.deploy import deploy_form
-    from compress.quant.quantize import evaluate_quantized, make_config, quantize
 
     r = ctx.recipe
     modes = modes or list(r.quantize.modes)
     student = ctx.load(KD_STUDENT)
     student.module, fused = deploy_form(student.module)  # int8 of the form that ships (re-parameterised)
-    train_ds, val_ds = ctx.datasets
     kd_hash = ctx.output_hash(KD_STUDENT)
     results = []
     for mode in modes:
@@ -47,45 +53,57 @@ def run_quantize(ctx: Context, modes: list[str] | None = None, force: bool = Fal
             folder = ctx.run.stage("quantized", mode, backend)
             expected = inputs_hash(_mode_settings(r.quantize, mode, backend), r.distill if mode == "qat" else None,
                                    mode, backend, kd_hash)
-            if prepare_stage(folder, expected, force, redo_partial=True) == "skip":  # a killed run's leftover is redone
+            # a killed run's leftover (begin marker, no finished meta.json) is redone without --force
+            if prepare_stage(folder, expected, force, redo_partial=True) == "skip":
                 console.print(f"[dim]quantize {mode}/{backend}: reused {folder}[/]")
                 results.append(read_json(folder / "meta.json"))
                 continue
             begin_stage(folder, expected)
-            start = time.perf_counter()
-            settings: dict[str, Any] = {"backend": backend}
-            if mode == "static":
-                settings.update(_mode_settings(r.quantize, mode, backend))
-            if mode == "qat":
-                settings.update(epochs=r.quantize.qat.epochs, lr=r.quantize.qat.lr,
-                                weight_decay=r.quantize.qat.weight_decay, train=r.quantize.qat)
-            teacher = objective = None
-            if mode == "qat":
-                teacher = ctx.load("teacher")
-                objective = _qat_objective(ctx, student, teacher)
-            batch = (r.quantize.qat.batch_size if mode == "qat" else None) or r.data.batch_size
-            loader = make_loader(train_ds, batch, shuffle=mode == "qat", seed=r.quantize.qat.seed)
-            val_loader = make_loader(val_ds, 256, shuffle=False, seed=0)
-            if mode == "static":  # accuracy-aware: keeps the most sensitive layers float below the floor
-                qm, evaluation = _static_with_floor(student, make_config(mode, **settings), loader, val_loader,
-                                                    folder, r.quantize.qat.seed, ctx.task)
-            else:
-                qm = quantize(student.module, make_config(mode, **settings), calibration=loader,
-                              preprocess=student.preprocess, out=folder, seed=r.quantize.qat.seed,
-                              teacher=teacher.module if teacher else None,
-                              teacher_preprocess=teacher.preprocess if teacher else None, task=ctx.task,
-                              objective=objective)
-                evaluation = evaluate_quantized(qm, student.module, val_loader, student.preprocess, ctx.task)
-            seconds = time.perf_counter() - start
-            finish_stage(folder, expected, {"evaluation": evaluation, "seconds": round(seconds, 2),
-                                            "reparameterized_blocks": fused})
-            metric = ctx.task.primary_metric
-            value = (evaluation.get("metrics") or {}).get(metric)
-            console.print(f"quantize {mode}/{backend}: {metric}="
-                          f"{'n/a (' + evaluation['status'] + ')' if value is None else f'{value:.4f}'} "
-                          f"size {evaluation.get('size_mb') or 0:.2f} MB ({seconds:.1f} s)")
+            with lone_marker_removed(folder):  # a mode that fails before writing anything leaves no trace
+                _quantize_one(ctx, student, mode, backend, folder, expected, fused)
             results.append(read_json(folder / "meta.json"))
     return results
+
+
+def _quantize_one(ctx: Context, student: BuiltModel, mode: str, backend: str, folder: Path, expected: str,
+                  fused: Any) -> None:
+    """Quantize the student with one (mode, backend), evaluate it, and record the folder as finished."""
+    from compress.quant.quantize import evaluate_quantized, make_config, quantize
+
+    r = ctx.recipe
+    train_ds, val_ds = ctx.datasets
+    start = time.perf_counter()
+    settings: dict[str, Any] = {"backend": backend}
+    if mode == "static":
+        settings.update(_mode_settings(r.quantize, mode, backend))
+    if mode == "qat":
+        settings.update(epochs=r.quantize.qat.epochs, lr=r.quantize.qat.lr,
+                        weight_decay=r.quantize.qat.weight_decay, train=r.quantize.qat)
+    teacher = objective = None
+    if mode == "qat":
+        teacher = ctx.load("teacher")
+        objective = _qat_objective(ctx, student, teacher)
+    batch = (r.quantize.qat.batch_size if mode == "qat" else None) or r.data.batch_size
+    loader = make_loader(train_ds, batch, shuffle=mode == "qat", seed=r.quantize.qat.seed)
+    val_loader = make_loader(val_ds, 256, shuffle=False, seed=0)
+    if mode == "static":  # accuracy-aware: keeps the most sensitive layers float below the floor
+        qm, evaluation = _static_with_floor(student, make_config(mode, **settings), loader, val_loader,
+                                            folder, r.quantize.qat.seed, ctx.task)
+    else:
+        qm = quantize(student.module, make_config(mode, **settings), calibration=loader,
+                      preprocess=student.preprocess, out=folder, seed=r.quantize.qat.seed,
+                      teacher=teacher.module if teacher else None,
+                      teacher_preprocess=teacher.preprocess if teacher else None, task=ctx.task,
+                      objective=objective)
+        evaluation = evaluate_quantized(qm, student.module, val_loader, student.preprocess, ctx.task)
+    seconds = time.perf_counter() - start
+    finish_stage(folder, expected, {"evaluation": evaluation, "seconds": round(seconds, 2),
+                                    "reparameterized_blocks": fused})
+    metric = ctx.task.primary_metric
+    value = (evaluation.get("metrics") or {}).get(metric)
+    console.print(f"quantize {mode}/{backend}: {metric}="
+                  f"{'n/a (' + evaluation['status'] + ')' if value is None else f'{value:.4f}'} "
+                  f"size {evaluation.get('size_mb') or 0:.2f} MB ({seconds:.1f} s)")
 
 
 def _static_with_floor(student, config, calibration, validation, folder: Path, seed: int, task):
