@@ -9,7 +9,7 @@ import torch
 
 from compress.context import Context
 from compress.core import determinism
-from compress.core.atomic import read_json
+from compress.core.atomic import read_json, remove_orphans
 from compress.core.errors import KdtoolError
 from compress.core.progress import console
 from compress.core.runfolder import KD_STUDENT, TRAINING_STAGES, is_finished
@@ -109,6 +109,7 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     from export.formats.pytorch.runtime import TorchSession
 
     ensure_ready(ctx)
+    remove_orphans(ctx.run.report)  # temporaries of a report write that was killed
     r = ctx.recipe
     split, scored = ctx.scored_split  # the checkpoints were chosen on validation; the card scores `split`
     bench = r.benchmark

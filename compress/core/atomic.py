@@ -68,11 +68,15 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False) -> Iterator[Path
         yield tmp
         os.chmod(tmp, mode)
         if is_dir:
+            old = final.with_name(f".{final.name}.old")  # a kill between the two renames below left it
+            shutil.rmtree(old, ignore_errors=True)
             if final.exists():
-                old = final.with_name(f".{final.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
                 _replace(final, old)
-                _replace(tmp, final)
+                try:
+                    _replace(tmp, final)
+                except BaseException:
+                    os.replace(old, final)  # the previous folder goes back: a failure replaces nothing
+                    raise
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 _replace(tmp, final)
@@ -126,9 +130,9 @@ def _alive(pid: int) -> bool:
 
 def _replace(src: Path, dst: Path) -> None:
     """`os.replace`, with the crash tests' kill points around it (`compress.core.faults`)."""
-    faults.point("before")
+    faults.point("before", dst)
     os.replace(src, dst)
-    faults.point("after")
+    faults.point("after", dst)
 
 
 def _disk_error(e: Exception, final: Path, reason: str | None = None) -> DiskWriteError | None:
