@@ -63,6 +63,7 @@ class Outcome:
     exit_code: int
     stderr: str
     run: Path
+    file: str  # the name being renamed into place at the kill point (relative to the run folder)
 
 
 def kill_and_rerun(ref: Reference, stage: str, when: str, n: int, work: Path) -> Outcome:
@@ -72,12 +73,16 @@ def kill_and_rerun(ref: Reference, stage: str, when: str, n: int, work: Path) ->
     start = ref.before(stage)
     if start is not None:
         shutil.copytree(start, work / "runs", symlinks=True)
-    first = run_kdtool(stage, ref.recipe, "--out", "runs", cwd=work, KDTOOL_FAULT=f"{when}-rename:{n}")
+    trace = work / "renames.txt"
+    first = run_kdtool(stage, ref.recipe, "--out", "runs", cwd=work, KDTOOL_FAULT=f"{when}-rename:{n}",
+                       KDTOOL_FAULT_TRACE=str(trace))
     killed = first.returncode == -signal.SIGKILL
+    lines = trace.read_text().splitlines() if trace.exists() else []
+    file = lines[-1].split("\t", 1)[1].removeprefix("runs/tiny/") if lines else ""
     assert killed or first.returncode == 0, first.stderr[-2000:]
     with _cwd(work):
         again = cli(stage, ref.recipe, "--out", "runs")
-    return Outcome(killed, again.exit_code, again.stderr, work / "runs" / "tiny")
+    return Outcome(killed, again.exit_code, again.stderr, work / "runs" / "tiny", file)
 
 
 def shippable(run: Path) -> list[str]:

@@ -65,10 +65,12 @@ def test_the_reference_is_complete(reference):
 
 @pytest.mark.slow
 def test_every_kill_point_of_every_stage(reference, tmp_path):
-    """Every rename of every stage, before and after it. Writes the table of outcomes to
-    $KDTOOL_CRASH_TABLE when set (stage, point, killed, exit code, differences, unloadable files)."""
+    """Every rename of every stage, before and after it ($KDTOOL_CRASH_STAGES: a comma-separated subset).
+    Writes the outcomes to $KDTOOL_CRASH_TABLE when set (stage, point, file, rerun exit code,
+    differences, unloadable files)."""
     rows, failures = [], []
     stages = os.environ.get("KDTOOL_CRASH_STAGES", ",".join(STAGES)).split(",")
+    table = os.environ.get("KDTOOL_CRASH_TABLE")
     for stage in stages:
         for when in ("before", "after"):
             n = 1
@@ -78,13 +80,14 @@ def test_every_kill_point_of_every_stage(reference, tmp_path):
                     break
                 diff = differences(outcome.run, reference.after[stage] / "tiny") if outcome.exit_code == 0 else []
                 bad = unloadable(outcome.run)
-                rows.append([stage, f"{when}-rename:{n}", outcome.exit_code, "; ".join(diff), "; ".join(bad)])
+                rows.append([stage, f"{when}-rename:{n}", outcome.file, outcome.exit_code, "; ".join(diff),
+                             "; ".join(bad)])
                 if outcome.exit_code or diff or bad:
                     failures.append(rows[-1] + [outcome.stderr[-300:]])
+                if table:  # written as it goes: a long run cut short still leaves its rows
+                    with Path(table).open("w", newline="") as f:
+                        csv.writer(f).writerows([["stage", "kill point", "file", "rerun exit", "differences",
+                                                  "unloadable"], *rows])
                 n += 1
-    table = os.environ.get("KDTOOL_CRASH_TABLE")
-    if table:
-        with Path(table).open("w", newline="") as f:
-            csv.writer(f).writerows([["stage", "kill point", "rerun exit", "differences", "unloadable"], *rows])
     assert rows, "no kill point landed"
     assert not failures, failures
