@@ -59,8 +59,3 @@ def _count(when: str, path: os.PathLike | str) -> None:
                 f.write(f"{_seen}\t{path}\n")
     if _PLAN == (when, _seen):
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def renames() -> int:
-    """Renames into place counted so far in this process (with KDTOOL_FAULT set; 0 otherwise)."""
-    return _seen

@@ -10,7 +10,9 @@ runs/<recipe name>/
 
 A stage is reused when its `meta.json` says it completed from the same inputs hash (config
 sections + upstream outputs). A stage folder made from other inputs is never overwritten
-without `--force`.
+without `--force`. A stage writes `started.json` (its inputs hash) before anything else and removes
+it after its complete `meta.json`: a run killed in between is recognised as unfinished work of
+those inputs, which the same command continues or redoes (docs/crash-consistency.md).
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ def lone_marker_removed(folder: Path) -> Iterator[None]:
 
 def unfinished_here(folder: Path, expected_hash: str) -> bool:
     """True when `begin_stage` recorded these very inputs and the stage has not finished."""
-    return _started_hash(folder) == expected_hash and not (read_meta(folder) or {}).get("complete")
+    return unfinished(folder) and _started_hash(folder) == expected_hash
 
 
 def prepare_stage(folder: Path, expected_hash: str, force: bool, resume: bool = False,
