@@ -184,6 +184,7 @@ def prepare_stage(folder: Path, expected_hash: str, force: bool, resume: bool = 
     """
     state = stage_state(folder, expected_hash)
     if state == "done" and not force:
+        (folder / STARTED).unlink(missing_ok=True)  # killed after its complete meta.json, before this went
         return "skip"
     if state == "partial" and resume:
         for leftover in folder.glob(".*.tmp"):  # a writer killed mid-write (SIGKILL, power loss) left it
