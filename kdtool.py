@@ -325,6 +325,8 @@ def predict(artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help=".
                                                    "another rate (else: error)")] = True,
             recipe: Annotated[str | None, typer.Option(metavar="RECIPE", help="for a checkpoint: its recipe "
                                                        "(default: the run folder's name)")] = None,
+            verify: Annotated[bool, typer.Option("--verify/--no-verify", help="check the artifact's sha256 "
+                                                 "against its manifest (default) or skip the check")] = True,
             debug: DebugOpt = False, verbose: VerboseOpt = False) -> None:
     """Run an exported artifact on your own files: one line per input (label and score)."""
 
@@ -334,7 +336,8 @@ def predict(artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help=".
         from export.predict import line
         from export.predict import predict as run_predict
 
-        results = run_predict(artifact, inputs, top_k=top_k, threads=threads, resample=resample, recipe=recipe)
+        results = run_predict(artifact, inputs, top_k=top_k, threads=threads, resample=resample, recipe=recipe,
+                              verify=verify)
         for result in results:
             print(json.dumps(result) if json_ else line(Path(result["input"]), result))
 

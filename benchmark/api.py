@@ -23,19 +23,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from benchmark.measure import ModelEntry, Scoring, measure_rows
 from benchmark.report.card import Report, build_report, render_markdown
-from compress.core.atomic import read_json
 from compress.core.errors import KdtoolError
+from compress.core.runfolder import is_finished
 from compress.core.tasks import Task, as_task
 from compress.data.batches import LoaderBatches, as_batches
 from compress.models.build import BuiltModel, Preprocess, check_model_io, forward_checked
 from export.artifact import Artifact
+from export.index import ordered, read_index
 from export.targets import TARGETS
 from recipes.schema import BenchmarkConfig
 
@@ -201,11 +201,12 @@ def _artifacts(source: list[Artifact] | str | Path) -> tuple[list[Artifact], lis
     if not isinstance(source, str | Path):
         return list(source), [], None
     folder = Path(source)
-    run = folder if (folder / "export" / "meta.json").exists() else None
-    index = folder / "export" / "meta.json" if run is not None else folder / "meta.json"
-    entries: list[dict[str, Any]] = read_json(index).get("artifacts", []) if index.exists() else []
+    run = folder if (folder / "export").is_dir() else None
+    # the artifacts' manifests are the truth; the folder's meta.json is only their cache (after a kill)
+    entries = ordered(read_index(folder / "export" if run is not None else folder))
     if not entries:
         raise KdtoolError(f"{folder} holds no exported artifacts (no export/meta.json or meta.json listing them)",
                           "pass export_model's list, or a run or export folder kdtool wrote")
-    quantized = sorted(p.parent for p in (run / "quantized").glob("*/*/meta.json")) if run is not None else []
+    quantized = sorted(p.parent for p in (run / "quantized").glob("*/*/meta.json")
+                       if is_finished(p.parent)) if run is not None else []
     return [Artifact.model_validate(a) for a in entries], quantized, run if run is not None else folder.parent

@@ -8,10 +8,10 @@ from typing import Any
 from benchmark.measure import ModelEntry, Scoring
 from benchmark.report.card import Report
 from compress.context import Context
-from compress.core.atomic import read_json
+from compress.core.atomic import read_json, remove_orphans
 from compress.core.errors import KdtoolError
 from compress.core.progress import console
-from compress.core.runfolder import KD_STUDENT, TRAINING_STAGES
+from compress.core.runfolder import KD_STUDENT, TRAINING_STAGES, is_finished
 from compress.data.loader import example_batch, make_loader
 from export.stage import artifacts_of
 from export.targets import TARGETS
@@ -19,7 +19,7 @@ from export.targets import TARGETS
 
 def ensure_ready(ctx) -> None:
     """The benchmark needs the distilled student; name the missing stage otherwise."""
-    if not ctx.run.stage(KD_STUDENT, "meta.json").exists():
+    if not is_finished(ctx.run.stage(KD_STUDENT)):
         raise KdtoolError(f"{ctx.run.stage('student_kd')} has no distilled student",
                           f"run `{ctx.command('distill')}` (or `{ctx.command('run')}`) first")
 
@@ -45,6 +45,7 @@ def run_benchmark(ctx: Context, baseline: Path | None = None, max_regression: fl
     from benchmark.report.render import write_report
 
     ensure_ready(ctx)
+    remove_orphans(ctx.run.report)  # temporaries of a report write that was killed
     r = ctx.recipe
     split, _ = ctx.scored_split  # the checkpoints were chosen on validation; the card scores `split`
     models = stage_models(ctx)
@@ -52,7 +53,8 @@ def run_benchmark(ctx: Context, baseline: Path | None = None, max_regression: fl
     targets = list(r.export.targets)  # and every target exported on its own (`kdtool export --target ios`)
     targets += sorted({a.target for a in artifacts if a.status == "ok" and a.target in TARGETS} - set(targets))
     teacher_warnings = read_json(ctx.run.stage("teacher", "meta.json")).get("warnings") or []
-    report = make_card(models, sorted(p.parent for p in ctx.run.stage("quantized").glob("*/*/meta.json")),
+    report = make_card(models, sorted(p.parent for p in ctx.run.stage("quantized").glob("*/*/meta.json")
+                              if is_finished(p.parent)),
                        artifacts, run_scoring(ctx), r.benchmark, targets, r.name, student=models[-1],
                        root=ctx.run.root, recipe_sha256=ctx.recipe_sha, rescore_quantized=split == "test",
                        notes=[*_split_notes(ctx), *teacher_notes(ctx), *teacher_warnings])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from compress.core.atomic import read_json, sha256_file
 from compress.core.errors import KdtoolError
-from compress.core.runfolder import KD_STUDENT, RunFolder, inputs_hash
+from compress.core.runfolder import KD_STUDENT, RunFolder, inputs_hash, unfinished
 from compress.core.tasks import Task
 from compress.data.loader import build_splits
 from compress.data.transfer import folder_fingerprint
@@ -85,6 +85,9 @@ class Context:
             bare = cfg.model_copy(update={"checkpoint": None, "pretrained": False, "pretrained_file": None})
             built = build_model(bare, self.task.num_outputs, r.data, role)
             weights = self.run.stage(stage, "best.safetensors")
+            if unfinished(self.run.stage(stage)):  # a killed or interrupted run's weights
+                raise KdtoolError(f"{self.run.stage(stage)} holds an unfinished run",
+                                  f"run `{self.command('distill')}` to finish it (stage {stage})")
             if not weights.exists():
                 raise KdtoolError(f"{self.run.stage(stage)} has no trained model",
                                   f"run `{self.command('distill')}` (stage {stage}) first")

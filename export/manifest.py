@@ -62,6 +62,7 @@ def build_manifest(artifact: Artifact, spec: ExportContext, example: torch.Tenso
         "parity": artifact.parity.model_dump(mode="json") if artifact.parity else None,
         "info": artifact.info,
         "metadata": spec.metadata,
+        "inputs_hash": spec.inputs_hash,
     }
 
 
@@ -70,6 +71,17 @@ def write_manifest(artifact: Artifact, spec: ExportContext, example: torch.Tenso
     path = artifact.path.parent / MANIFEST
     write_json(path, build_manifest(artifact, spec, example))
     return path
+
+
+def mismatches(artifact_folder: Path, manifest: dict[str, Any]) -> list[tuple[Path, str, str | None]]:
+    """The files of an artifact whose sha256 differs from its manifest's: (path, expected, found or None)."""
+    out = []
+    for item in manifest.get("files") or []:
+        path = Path(artifact_folder) / item["name"]
+        found = sha256_file(path) if path.exists() else None
+        if found != item.get("sha256"):
+            out.append((path, item.get("sha256"), found))
+    return out
 
 
 def versions(fmt: str) -> dict[str, str]:

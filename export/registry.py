@@ -50,6 +50,8 @@ class ExportContext:
         variant: format-specific flavour, e.g. "coreml" for ExecuTorch with the CoreML delegate.
         task_spec: the `compress.core.tasks.Task` (primary metric, decisions) for parity, if known.
         parity_targets: labels of the real parity inputs: parity then compares the primary metric.
+        inputs_hash: the artifact's inputs hash (`export.stage.artifact_hash`), recorded in its
+            manifest: the export stage's index is rebuilt from manifests after a crash.
     """
 
     name: str = "model"
@@ -71,6 +73,7 @@ class ExportContext:
     task_spec: Any = None
     parity_targets: Any = None
     tag: str | None = None
+    inputs_hash: str | None = None
 
     def artifact_name(self, fmt: str) -> str:
         """Name used in reports: `<name>.<format>[-<variant>][-<tag>].<precision>`."""

@@ -113,10 +113,12 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
 
 def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_dir: str | Path, *,
                 quantized: Quantized | None = None, spec: ExportContext | None = None,
-                inputs: torch.Tensor | None = None, verify: bool = True, threads: int = 1) -> list[Artifact]:
+                inputs: torch.Tensor | None = None, verify: bool = True, threads: int = 1,
+                hashes: dict[str, str] | None = None) -> list[Artifact]:
     """Export, verify and write the manifest of each planned job (`export_model` after planning).
 
     Each artifact folder `out_dir/<job.folder>` is replaced atomically; no other folder is touched.
+    `hashes` (`{job.folder: inputs hash}`) go into the manifests (see `ExportContext.inputs_hash`).
 
     Returns:
         One `Artifact` per job, in order.
@@ -128,7 +130,7 @@ def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_di
     if fused:  # embedded in every artifact and its manifest
         spec = dataclasses.replace(spec, metadata={**spec.metadata, "kdtool.reparameterized_blocks": str(fused)})
     quantized = quantized or Quantized()
-    setups = [_setup(job, example, spec, quantized, inputs) for job in jobs]
+    setups = [_setup(job, example, spec, quantized, inputs, (hashes or {}).get(job.folder)) for job in jobs]
     lowering = _start_lowering(jobs, model, setups)
     ahead = sorted(lowering.keys) if lowering else []
     results: dict[int, Artifact] = {}
@@ -178,7 +180,7 @@ class _Setup:
 
 
 def _setup(job: Job, example: torch.Tensor, base: ExportContext, quantized: Quantized,
-           inputs: torch.Tensor | None) -> _Setup:
+           inputs: torch.Tensor | None, inputs_hash: str | None = None) -> _Setup:
     metadata = dict(base.metadata)
     mode = quantized.pt2e_mode if job.format == "executorch" else quantized.onnx_mode
     if job.precision == "int8" and mode:
@@ -188,7 +190,8 @@ def _setup(job: Job, example: torch.Tensor, base: ExportContext, quantized: Quan
         metadata.update(floor_metadata(floor))
     spec = dataclasses.replace(base, precision=job.precision, target=job.target, variant=job.variant,
                               metadata=metadata, quantized_program=quantized.pt2e,
-                              quantized_onnx=quantized.onnx, dynamic_batch=job.batch is None, tag=job.tag)
+                              quantized_onnx=quantized.onnx, dynamic_batch=job.batch is None, tag=job.tag,
+                              inputs_hash=inputs_hash)
     return _Setup(spec, job_example(job, example, inputs), floor if job.precision == "int8" else None,
                   _skip_reason(job, quantized))
 

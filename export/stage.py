@@ -6,12 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from compress.core.atomic import read_json, sha256_json
+from compress.core.atomic import read_json, remove_orphans, sha256_json
 from compress.core.errors import ExportError, KdtoolError
 from compress.core.progress import console
-from compress.core.runfolder import KD_STUDENT, finish_stage, inputs_hash
+from compress.core.runfolder import KD_STUDENT, finish_stage, inputs_hash, is_finished
 from compress.data.loader import example_batch
 from compress.quant.stage import best_quantized
+from export.index import ordered, read_index
 
 if TYPE_CHECKING:
     from compress.context import Context
@@ -58,8 +59,10 @@ def run_export(ctx: Context, targets: list[str] | None = None, formats: list[str
     student = ctx.load(KD_STUDENT)
     quantized, sources = _quantized_inputs(ctx)
     folder = ctx.run.stage("export")
-    index = _read_index(folder)
+    remove_orphans(folder)
+    index = read_index(folder)  # rebuilt from the artifacts' manifests: the truth after a crash
     hashes = {job.folder: artifact_hash(ctx, job, sources) for job in jobs}
+    _warn_damaged(index, hashes)
     reused, todo = _sort_jobs(jobs, hashes, index, folder, force)
     artifacts = []
     if todo:
@@ -72,7 +75,7 @@ def run_export(ctx: Context, targets: list[str] | None = None, formats: list[str
                              output_meaning=_output_meaning(ctx.task), task_spec=ctx.task,
                              parity_targets=_example_targets(ctx, len(inputs)))
         artifacts = export_jobs(todo, student.module, inputs[:EXPORT_BATCH], folder, quantized=quantized,
-                                spec=spec, inputs=inputs, threads=r.benchmark.threads)
+                                spec=spec, inputs=inputs, threads=r.benchmark.threads, hashes=hashes)
     made = {job.folder: a for job, a in zip(todo, artifacts, strict=True)}
     for key, a in made.items():
         index[key] = {**a.model_dump(mode="json"), "job": key, "inputs_hash": hashes[key]}
@@ -84,7 +87,7 @@ def run_export(ctx: Context, targets: list[str] | None = None, formats: list[str
     _print_export_table(summary_table(result))
     failed = [a for a in made.values() if a.status == "failed"]
     finish_stage(folder, sha256_json(sorted(e.get("inputs_hash") or "" for e in index.values())),
-                 {"artifacts": _ordered(index)}, complete=not failed)  # a failed artifact is redone next time
+                 {"artifacts": ordered(index)}, complete=not failed)  # a failed artifact is redone next time
     if failed:
         raise ExportError(f"{len(failed)} artifact(s) failed: " + "; ".join(f"{a.name}: {a.reason}" for a in failed),
                           "see the table above; failed files were renamed *.failed.*, the other artifacts "
@@ -113,7 +116,7 @@ def _quantized_inputs(ctx: Context) -> tuple[Any, dict[str, str | None]]:
         console.print(f"[dim]export: ExecuTorch int8 from the {et_mode} quantized model ({et_folder})[/]")
     for mode in ("static", "dynamic"):
         onnx_folder = ctx.run.stage("quantized", mode, "onnx")
-        if (onnx_folder / "meta.json").exists():
+        if is_finished(onnx_folder):
             meta = read_json(onnx_folder / "meta.json")
             quantized.onnx, quantized.onnx_mode = onnx_folder / meta["file"], mode
             quantized.onnx_floor = meta.get("accuracy_aware")
@@ -131,33 +134,6 @@ def artifact_hash(ctx: Context, job: Job, sources: dict[str, str | None]) -> str
         source = sources.get("executorch" if job.format == "executorch" else "onnx")
     return inputs_hash(settings, [job.format, job.precision, job.variant, job.batch], ctx.output_hash(KD_STUDENT),
                        source, ctx.recipe.benchmark.threads)
-
-
-def _read_index(folder) -> dict[str, dict[str, Any]]:
-    """`{job folder: artifact entry}` of the artifacts recorded in the export folder's meta.json
-    whose folder is still on disk (skipped ones have none and are kept for the report)."""
-    meta = folder / "meta.json"
-    if not meta.exists():
-        return {}
-    index = {}
-    for entry in read_json(meta).get("artifacts", []):
-        key = _job_key(entry, folder)
-        if key is not None and (entry.get("status") == "skipped" or (folder / key).is_dir()):
-            index[key] = entry
-    return index
-
-
-def _job_key(entry: dict[str, Any], folder) -> str | None:
-    """`<target>/<format>/<precision>` of an index entry (its folder relative to the export folder)."""
-    from pathlib import Path
-
-    if entry.get("job"):
-        return entry["job"]
-    try:
-        rel = Path(entry["path"]).relative_to(folder)
-    except ValueError:
-        return None
-    return "/".join(rel.parts[:3]) if len(rel.parts) >= 3 else str(rel)
 
 
 def _sort_jobs(jobs: list, hashes: dict[str, str], index: dict[str, dict[str, Any]], folder, force: bool):
@@ -187,12 +163,11 @@ def _sort_jobs(jobs: list, hashes: dict[str, str], index: dict[str, dict[str, An
     return reused, todo
 
 
-def _ordered(index: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Index entries by target (android, ios, server, custom), then in the order they were made."""
-    from export.targets import CUSTOM_TARGET, TARGETS
-
-    rank = {t: i for i, t in enumerate((*TARGETS, CUSTOM_TARGET))}
-    return [index[k] for k in sorted(index, key=lambda k: rank.get(k.split("/")[0], len(rank)))]
+def _warn_damaged(index: dict[str, dict[str, Any]], hashes: dict[str, str]) -> None:
+    """Say which asked-for artifacts are remade because their files no longer match their manifests."""
+    for key, entry in index.items():
+        if key in hashes and entry.get("status") == "failed" and "manifest" in (entry.get("reason") or ""):
+            console.print(f"[yellow]export {key}: {entry['reason']}; it is made again[/]")
 
 
 def _decode_facts(data, student) -> dict[str, Any]:
@@ -245,10 +220,7 @@ def _print_export_table(rows: list[dict[str, Any]]) -> None:
 
 
 def artifacts_of(ctx: Context) -> list[Any]:
-    """Exported artifacts recorded by the export stage (empty when it has not run)."""
+    """Exported artifacts on disk (empty when the export stage has not run), from their manifests."""
     from export.artifact import Artifact
 
-    meta = ctx.run.stage("export", "meta.json")
-    if not meta.exists():
-        return []
-    return [Artifact.model_validate(a) for a in read_json(meta)["artifacts"]]
+    return [Artifact.model_validate(a) for a in ordered(read_index(ctx.run.stage("export")))]
