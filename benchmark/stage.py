@@ -12,7 +12,7 @@ from compress.core import determinism
 from compress.core.atomic import read_json
 from compress.core.errors import KdtoolError
 from compress.core.progress import console
-from compress.core.runfolder import KD_STUDENT, TRAINING_STAGES
+from compress.core.runfolder import KD_STUDENT, PRUNED, TRAINING_STAGES
 from compress.data.loader import collect_outputs, example_batch, make_loader
 from export.stage import EXPORT_BATCH, _example_inputs, artifacts_of
 from export.targets import TARGETS
@@ -24,6 +24,9 @@ def ensure_ready(ctx) -> None:
     if not ctx.run.stage(KD_STUDENT, "meta.json").exists():
         raise KdtoolError(f"{ctx.run.stage('student_kd')} has no distilled student",
                           f"run `{ctx.command('distill')}` (or `{ctx.command('run')}`) first")
+    if not ctx.run.stage(ctx.final_student, "meta.json").exists():
+        raise KdtoolError(f"{ctx.run.stage(ctx.final_student)} has no pruned student",
+                          f"run `{ctx.command('prune')}` (or `{ctx.command('run')}`) first")
 
 
 def failure_reason(e: BaseException) -> str:
@@ -113,16 +116,16 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     split, scored = ctx.scored_split  # the checkpoints were chosen on validation; the card scores `split`
     bench = r.benchmark
     torch.set_num_threads(bench.threads)
-    student = ctx.load(KD_STUDENT)
+    student = ctx.load(ctx.final_student)
     inputs = _example_inputs(ctx, student, 32)
     student_cost = {"params": count_params(student.module), "gflops": gflops_per_sample(student.module, inputs[:1])}
     samples = [x.unsqueeze(0).numpy() for x in inputs]
     rows: list[ReportRow] = []
     artifacts = artifacts_of(ctx)
     quant_folders = sorted(p.parent for p in ctx.run.stage("quantized").glob("*/*/meta.json"))
-    total = 3 + len(quant_folders) + len(artifacts)
+    total = len(_model_stages(ctx)) + len(quant_folders) + len(artifacts)
     with task_progress("benchmark", total) as bar:
-        for stage in TRAINING_STAGES:
+        for stage in _model_stages(ctx):
             built = ctx.load(stage)
             meta = read_json(ctx.run.stage(stage, "meta.json"))
             x = built.preprocess(example_batch(ctx.datasets[1], 32))
@@ -139,7 +142,7 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
                 gflops=gflops_per_sample(built.module, x[:1]),
                 peak_mem_mb=peak_memory_mb(lambda s=session, a=x[:1].numpy(): s.run(a)),
                 latency_ms=lat[0], latency_by_batch=lat[1:], metrics=metrics, metric_notes=metric_notes,
-                throughput=1000.0 * lat[-1].batch / lat[-1].p50))
+                throughput=1000.0 * lat[-1].batch / lat[-1].p50, pruning=meta.get("pruning")))
             bar.advance()
         for folder in quant_folders:
             rows.append(_quantized_row(ctx, folder, samples, bench, student_cost, student))
@@ -162,6 +165,11 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     base = load_report(baseline) if baseline else None
     enforce_gates(report, base, max_regression, min_retention)
     return report
+
+
+def _model_stages(ctx) -> tuple[str, ...]:
+    """The PyTorch models on the card: the training stages, and the pruned student when the recipe prunes."""
+    return (*TRAINING_STAGES, *([PRUNED] if ctx.recipe.prune is not None else []))
 
 
 def training_provenance(ctx) -> dict[str, Any]:
@@ -212,8 +220,8 @@ def _quantized_row(ctx: Context, folder: Path, samples: list, bench: BenchmarkCo
         evaluation = evaluate_quantized(load_quantized(folder), student.module, loader, student.preprocess,
                                         ctx.task, write=False)
     path = folder / meta["file"]
-    name = f"student_kd.{mode}.{backend}"
-    common = dict(name=name, stage="quantized", precision="int8", source=KD_STUDENT, **student_cost,
+    name = f"{ctx.final_student}.{mode}.{backend}"
+    common = dict(name=name, stage="quantized", precision="int8", source=ctx.final_student, **student_cost,
                   path=relative(path, ctx.run.root), size_mb=artifact_size_mb([path]) if path.is_file()
                   else meta.get("size_mb"), metrics=evaluation.get("metrics") or {},
                   accuracy_aware=floor_summary(meta.get("accuracy_aware")))
@@ -246,7 +254,7 @@ def _artifact_row(ctx: Context, artifact, samples: list, bench: BenchmarkConfig,
 
     common = dict(name=artifact.name, stage="export", target=artifact.target, format=artifact.format,
                   precision=artifact.precision,
-                  runtime=artifact.runtime, source=KD_STUDENT, path=relative(artifact.path, ctx.run.root),
+                  runtime=artifact.runtime, source=ctx.final_student, path=relative(artifact.path, ctx.run.root),
                   size_mb=artifact.size_mb, parity=artifact.parity, **student_cost,
                   accuracy_aware=floor_summary(artifact.info.get("accuracy_aware")))
     if artifact.status != "ok":

@@ -9,7 +9,7 @@ import torch
 from compress.core.atomic import read_json, sha256_json
 from compress.core.errors import ExportError, KdtoolError
 from compress.core.progress import console
-from compress.core.runfolder import KD_STUDENT, finish_stage, inputs_hash
+from compress.core.runfolder import finish_stage, inputs_hash
 from compress.data.loader import example_batch
 from compress.quant.stage import best_quantized
 
@@ -50,7 +50,7 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
     r = ctx.recipe
     jobs = plan(targets or list(r.export.targets), formats or (list(r.export.formats) if r.export.formats else None),
                 r.export.int8, r.export.batch)  # an unknown target or format fails here, before any model is loaded
-    student = ctx.load(KD_STUDENT)
+    student = ctx.load(ctx.final_student)  # the pruned student when the recipe prunes
     quantized, sources = _quantized_inputs(ctx)
     folder = ctx.run.stage("export")
     index = _read_index(folder)
@@ -60,7 +60,7 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
     if todo:
         inputs = _example_inputs(ctx, student, r.export.parity_samples)
         preprocess = {**student.preprocess.to_dict(), "decode": _decode_facts(r.data, student)}
-        export_ctx = ExportContext(name=KD_STUDENT, task=ctx.task.kind, preprocess=preprocess,
+        export_ctx = ExportContext(name=ctx.final_student, task=ctx.task.kind, preprocess=preprocess,
                                    labels=tuple(r.task.labels) if r.task.labels else None,
                                    output_names=("output",), opset=r.export.opset,
                                    metadata={"kdtool.recipe": r.name},
@@ -124,8 +124,8 @@ def artifact_hash(ctx, job, sources: dict[str, str | None]) -> str:
     source = None
     if job.precision == "int8":
         source = sources.get("executorch" if job.format == "executorch" else "onnx")
-    return inputs_hash(settings, [job.format, job.precision, job.variant, job.batch], ctx.output_hash(KD_STUDENT),
-                       source, ctx.recipe.benchmark.threads)
+    return inputs_hash(settings, [job.format, job.precision, job.variant, job.batch],
+                       ctx.output_hash(ctx.final_student), source, ctx.recipe.benchmark.threads)
 
 
 def _read_index(folder) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""Structured pruning (torch-pruning DepGraph) of the distilled student, with recovery training."""
