@@ -88,12 +88,12 @@ def _step(ctx: Context, student: BuiltModel, unpruned: torch.nn.Module, teacher:
     resumed = resume and (out / SHAPES_FILE).exists() and (out / "last.safetensors").exists()
     if resumed:  # shapes saved before training began: resize to them, fit restores the weights
         apply_shapes(student.module, read_json(out / SHAPES_FILE))
-    else:
+    else:  # bad input (ignore, budget, an untraceable model) fails here, before anything is written
+        _prune_share(ctx, student, example, k, before)
+        check_forward(student.module, example, unpruned, f"prune step {k}")
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        _prune_share(ctx, student, example, k, before)
-        check_forward(student.module, example, unpruned, f"prune step {k}")
         write_json(out / SHAPES_FILE, architecture_changes(student.module, unpruned))
     train = ctx.prune_train
     if cfg.recover != "none" and train.epochs > 0:
