@@ -50,6 +50,19 @@ def teacher_notes(ctx) -> list[str]:
     return [f"teacher: {origin}."] if origin else []
 
 
+def pruning_notes(ctx) -> list[str]:
+    """The card's note on what pruning reached (the pruned student's row carries the same facts)."""
+    meta = ctx.run.stage(PRUNED, "meta.json")
+    p = read_json(meta).get("pruning") if ctx.recipe.prune is not None and meta.exists() else None
+    if not p:
+        return []
+    asked = f"ratio {p['ratio']}" if p.get("ratio") is not None else next(
+        f"{k} {p[k]}" for k in ("max_params", "max_gflops", "max_latency_ms") if k in p)
+    return [f"student_pruned: {p['channels_removed']:.0%} of channels, {p['params_removed']:.0%} of params and "
+            f"{p['gflops_removed'] or 0:.0%} of GFLOPs removed ({asked}; {p['importance']} importance, {p['scope']}, "
+            f"{p['steps']} step(s), recovery {p['recover']}); quantized and exported rows are made from it."]
+
+
 def relative(path: Path, root: Path) -> str:
     try:
         return str(Path(path).relative_to(root))
@@ -156,7 +169,8 @@ def run_benchmark(ctx, baseline: Path | None = None, max_regression: float | Non
     report = build_report(r.name, rows, ctx.task.primary_metric, targets, bench.min_retention, bench.threads,
                           recipe_sha256=ctx.recipe_sha, chance=_chance(ctx), scored_split=split,
                           selection_split=None,  # _split_notes says which split chose the checkpoints
-                          notes=[*_split_notes(ctx), *teacher_notes(ctx), *teacher_warnings])
+                          notes=[*_split_notes(ctx), *teacher_notes(ctx), *pruning_notes(ctx),
+                                 *teacher_warnings])
     report = report.model_copy(update={"versions": {**report.versions, "kdtool": determinism.commit()},
                                        "training": training_provenance(ctx)})
     paths = write_report(report, ctx.run.report)

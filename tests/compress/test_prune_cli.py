@@ -20,7 +20,8 @@ PRUNE = {"ratio": 0.5, "recover": "kd", "train": {"epochs": 1, "lr": 0.005, "sch
 def distilled(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny recipe with a prune section, distilled (teacher untrained: it only has to run)."""
     tmp = tmp_path_factory.mktemp("prune_cli")
-    recipe = write_recipe(tmp, {"student": {"train": {"epochs": 1}}, "prune": PRUNE, "quantize": {"modes": ["dynamic"], "backends": {"dynamic": ["onnx"]}},
+    recipe = write_recipe(tmp, {"student": {"train": {"epochs": 1}}, "prune": PRUNE,
+                                "quantize": {"modes": ["dynamic"], "backends": {"dynamic": ["onnx"]}},
                                 "export": {"formats": ["onnx"], "int8": True, "parity_samples": 8}})
     result = cli("distill", recipe, "--out", tmp / "runs")
     assert result.exit_code == 0, result.stderr[-3000:]
