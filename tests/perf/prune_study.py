@@ -122,6 +122,7 @@ def recovery_part(seeds: int, ratio: float, epochs: int, out: Path) -> list[dict
                              time.perf_counter() - start, meta))
             print(f"seed {seed} {label}: accuracy {meta['metrics']['accuracy']:.4f} (unpruned {unpruned:.4f})",
                   flush=True)
+        write_rows("recovery", rows)  # each finished seed is kept, should a later one be stopped
     return rows
 
 
