@@ -350,7 +350,9 @@ class PruneConfig(Strict):
     max_gflops: float | None = Field(None, gt=0.0, description="budget: GFLOPs per sample (torch FlopCounterMode)")
     max_latency_ms: float | None = Field(None, gt=0.0, description="budget: median batch-1 latency on "
                                          "`latency_runtime` with benchmark.threads")
-    latency_runtime: Literal["onnxruntime", "torch"] = "onnxruntime"
+    latency_runtime: Literal["onnxruntime", "torch"] = Field(
+        "onnxruntime", description="max_latency_ms: where latency is measured (the student exported to ONNX, or "
+        "eager PyTorch)")
     importance: Literal["l1", "l2", "bn_scale", "taylor"] = Field(
         "l2", description="channel importance: weight magnitude (L1/L2), BatchNorm scale |gamma|, or first-order "
         "Taylor |w * dL/dw| from `calibration_batches` training batches")

@@ -16,17 +16,15 @@ kept), against the unpruned model: params, GFLOPs, held-out accuracy (no recover
 costs), ONNX Runtime and ExecuTorch (XNNPACK) fp32 exports checked for parity, and their batch-1
 median latency unless `--no-latency` (a loaded machine distorts it: the file records the load average).
 
-Rows go to `results/prune-<cpu>.csv` (a part replaces only its own rows), headed by the CPU model,
-its flags, the OS, the load average and the versions.
+Rows go to `docs/benchmarks/results/prune_recovery-<cpu kind>.csv` and `prune_real_size-<cpu kind>.csv`
+(tests/perf/results.py: headed by the CPU model, its flags, the OS, the load average and the versions);
+`python -m tests.perf.render_docs` renders them into docs/benchmarks/prune_recovery.md and prune_real_size.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import io
-import re
 import shutil
 import statistics
 import tempfile
@@ -35,56 +33,23 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parents[2] / "results"
-FIELDS = ("part", "model", "variant", "seed", "ratio", "params", "gflops", "accuracy", "retention_vs_unpruned",
-          "ort_ms", "executorch_ms", "ort_parity", "executorch_parity", "seconds")
+COLUMNS = {"recovery": ("model", "variant", "seed", "ratio", "params", "gflops", "accuracy", "retention_vs_unpruned",
+                        "seconds"),
+           "real-size": ("model", "variant", "ratio", "params", "gflops", "accuracy", "retention_vs_unpruned",
+                         "ort_parity", "executorch_parity", "ort_ms", "executorch_ms")}
+STUDIES = {"recovery": "prune_recovery", "real-size": "prune_real_size"}
+NOTES = {"recovery": "quickstart, prune.ratio {ratio} (L2, uniform); recovery {epochs} epochs at lr 0.005 from the "
+                     "same pruned weights; accuracy on the validation split; ratio: channels actually removed",
+         "real-size": "briefly trained on generated images ({steps} steps), pruned without recovery; accuracy on "
+                      "64 held-out generated images; latency batch 1, {threads} threads, median of 100 runs"}
 
 
-def results_path() -> Path:
-    from benchmark.environment import cpu_model
+def write_rows(part: str, rows: list[dict], **facts) -> Path:
+    """The part's rows to docs/benchmarks/results/prune_<part>-<cpu kind>.csv (tests/perf/results.py)."""
+    from tests.perf.results import write
 
-    kind = re.sub(r"[^a-z0-9]+", "_", cpu_model().lower()).strip("_")[:48] or "cpu"
-    return RESULTS / f"prune-{kind}.csv"
-
-
-def header() -> list[str]:
-    """Comment lines naming the machine and the versions the rows were measured with."""
-    import platform
-
-    from benchmark.environment import cpu_flags, cpu_model, load_average, versions
-
-    v = versions()
-    keep = ("torch", "timm", "torch_pruning", "torch-pruning", "onnxruntime", "executorch", "python")
-    return [f"# cpu: {cpu_model()}; flags: {' '.join(cpu_flags()) or 'none of interest'}; os: {platform.platform()}",
-            f"# load average (1 min) at write: {load_average()}; threads: {torch.get_num_threads()}",
-            "# versions: " + ", ".join(f"{k} {v[k]}" for k in keep if k in v)
-            + f", torch-pruning {_tp_version()}"]
-
-
-def _tp_version() -> str:
-    import torch_pruning
-
-    return getattr(torch_pruning, "__version__", "unknown")
-
-
-def write_rows(part: str, rows: list[dict]) -> Path:
-    """Replace `part`'s rows in the results file (other parts kept), atomically."""
-    from compress.core.atomic import write_text
-
-    path = results_path()
-    kept: list[dict] = []
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("#")]
-        kept = [r for r in csv.DictReader(lines) if r["part"] != part]
-    buf = io.StringIO()
-    buf.write("\n".join(header()) + "\n")
-    writer = csv.DictWriter(buf, FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for r in [*kept, *rows]:
-        writer.writerow(r)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, buf.getvalue())
-    return path
+    return write(STUDIES[part], COLUMNS[part], [[r.get(c) for c in COLUMNS[part]] for r in rows],
+                 note=NOTES[part].format(**facts))
 
 
 def recovery_part(seeds: int, ratio: float, epochs: int, out: Path) -> list[dict]:
@@ -106,7 +71,7 @@ def recovery_part(seeds: int, ratio: float, epochs: int, out: Path) -> list[dict
 
         ctx = ctx_for("none", 0)
         start = time.perf_counter()
-        run_teacher(ctx)  # trained once: its inputs do not depend on the seed
+        run_teacher(ctx, resume=True)  # trained once (its inputs do not depend on the seed); resumable
         kd = run_stage(ctx, KD_STUDENT, force=True)  # this seed's KD student
         unpruned = kd.metrics["accuracy"]
         rows.append(_row("recovery", "quickstart", "unpruned (KD)", seed, 0.0, ctx.run.stage(KD_STUDENT), unpruned,
@@ -122,7 +87,7 @@ def recovery_part(seeds: int, ratio: float, epochs: int, out: Path) -> list[dict
                              time.perf_counter() - start, meta))
             print(f"seed {seed} {label}: accuracy {meta['metrics']['accuracy']:.4f} (unpruned {unpruned:.4f})",
                   flush=True)
-        write_rows("recovery", rows)  # each finished seed is kept, should a later one be stopped
+        write_rows("recovery", rows, ratio=ratio, epochs=epochs)  # a finished seed is kept if a later one stops
     return rows
 
 
@@ -131,7 +96,7 @@ def _row(part: str, model: str, variant: str, seed: int, ratio: float, folder: P
     from compress.core.atomic import read_json
 
     meta = meta or read_json(folder / "meta.json")
-    return {"part": part, "model": model, "variant": variant, "seed": seed, "ratio": ratio,
+    return {"model": model, "variant": variant, "seed": seed, "ratio": ratio,
             "params": meta.get("params"), "gflops": meta.get("gflops"), "accuracy": round(accuracy, 4),
             "retention_vs_unpruned": round(accuracy / unpruned, 4) if unpruned else None,
             "seconds": round(seconds, 1)}
@@ -176,7 +141,7 @@ def real_size_part(models: list[str], ratios: list[float], steps: int, latency: 
                 prune_ratio(model, example[:1], ratio, criterion="l2", scope="uniform", ignore=[])
                 check_forward(model, example, trained, name)
             acc = held_out_accuracy(model, size)
-            row = {"part": "real-size", "model": f"{name}@{size}", "variant": "unpruned" if not ratio else "pruned",
+            row = {"model": f"{name}@{size}", "variant": "unpruned" if not ratio else "pruned",
                    "seed": 0, "ratio": ratio, "params": count_params(model),
                    "gflops": round(gflops(model.eval(), example[:1]), 4), "accuracy": round(acc, 4),
                    "retention_vs_unpruned": round(acc / unpruned_acc, 4) if unpruned_acc else None}
@@ -245,7 +210,7 @@ def main() -> None:
         rows = real_size_part(a.models.split(","), [float(r) for r in a.ratios.split(",")], a.steps, a.latency,
                               a.threads)
     summarize(rows)
-    print(f"wrote {write_rows(a.part, rows)}")
+    write_rows(a.part, rows, ratio=a.ratio, epochs=a.epochs, steps=a.steps, threads=a.threads)
 
 
 if __name__ == "__main__":
