@@ -95,6 +95,8 @@ def _step(ctx: Context, student: BuiltModel, unpruned: torch.nn.Module, teacher:
             shutil.rmtree(out)
         out.mkdir(parents=True)
         write_json(out / SHAPES_FILE, architecture_changes(student.module, unpruned))
+        if not (out.parent / "meta.json").exists():  # an unfinished run from here on: `--resume` continues it
+            finish_stage(out.parent, ctx.stage_hash(PRUNED), {"stage": PRUNED}, complete=False)
     train = ctx.prune_train
     if cfg.recover != "none" and train.epochs > 0:
         train_ds, val_ds = ctx.datasets

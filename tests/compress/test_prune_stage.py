@@ -91,3 +91,21 @@ def test_ignore_and_recover_reach_the_stage(run_root):
     pruned = ctx.load(PRUNED).module
     assert [m.out_channels for m in pruned.conv1 if isinstance(m, torch.nn.Conv2d)] == [4, 4, 8]  # resnet10t stem
     assert meta["pruning"]["ignore"] == ["conv1"] and meta["pruning"]["recover"] == "none"
+
+
+def test_an_interrupted_run_resumes_from_its_finished_steps(run_root):
+    from compress.core.atomic import write_json
+    from compress.prune.stage import run_prune
+
+    sets = ["prune.steps=2", "prune.recover=hard", "prune.train.epochs=1", "prune.ratio=0.4"]
+    ctx, done = prune(run_root, *sets)
+    folder = ctx.run.stage(PRUNED)
+    # as if stopped during step 2's recovery: step 1 finished, step 2 has its shapes and training state only
+    (folder / "step2" / "done.json").unlink()
+    (folder / "best.safetensors").unlink()
+    write_json(folder / "meta.json", {**read_json(folder / "meta.json"), "complete": False})
+    with pytest.raises(KdtoolError, match="holds an unfinished run"):
+        run_prune(context(*run_root, sets))
+    resumed = run_prune(context(*run_root, sets), resume=True)
+    assert resumed["complete"] and resumed["params"] == done["params"]
+    assert resumed["pruning"]["channels_removed"] == done["pruning"]["channels_removed"]
