@@ -41,7 +41,8 @@ STUDIES = {"recovery": "prune_recovery", "real-size": "prune_real_size"}
 NOTES = {"recovery": "quickstart, prune.ratio {ratio} (L2, uniform); recovery {epochs} epochs at lr 0.005 from the "
                      "same pruned weights; accuracy on the validation split; ratio: channels actually removed",
          "real-size": "briefly trained on generated images ({steps} steps), pruned without recovery; accuracy on "
-                      "64 held-out generated images; latency batch 1, {threads} threads, median of 100 runs"}
+                      "64 held-out generated images; latency batch 1, {threads} threads, median of 100 "
+                      "runs.{untrained}"}
 
 
 def write_rows(part: str, rows: list[dict], **facts) -> Path:
@@ -49,7 +50,7 @@ def write_rows(part: str, rows: list[dict], **facts) -> Path:
     from tests.perf.results import write
 
     return write(STUDIES[part], COLUMNS[part], [[r.get(c) for c in COLUMNS[part]] for r in rows],
-                 note=NOTES[part].format(**facts))
+                 note=NOTES[part].format(**{"untrained": "", **facts}))
 
 
 def recovery_part(seeds: int, ratio: float, epochs: int, out: Path) -> list[dict]:
@@ -210,7 +211,9 @@ def main() -> None:
         rows = real_size_part(a.models.split(","), [float(r) for r in a.ratios.split(",")], a.steps, a.latency,
                               a.threads)
     summarize(rows)
-    write_rows(a.part, rows, ratio=a.ratio, epochs=a.epochs, steps=a.steps, threads=a.threads)
+    write_rows(a.part, rows, ratio=a.ratio, epochs=a.epochs, steps=a.steps, threads=a.threads,
+               untrained=" UNTRAINED (0 steps): accuracy is chance; only params, GFLOPs and parity mean anything."
+               if a.part == "real-size" and a.steps == 0 else "")
 
 
 if __name__ == "__main__":
