@@ -41,8 +41,7 @@ STUDIES = {"recovery": "prune_recovery", "real-size": "prune_real_size"}
 NOTES = {"recovery": "quickstart, prune.ratio {ratio} (L2, uniform); recovery {epochs} epochs at lr 0.005 from the "
                      "same pruned weights; accuracy on the validation split; ratio: channels actually removed",
          "real-size": "briefly trained on generated images ({steps} steps), pruned without recovery; accuracy on "
-                      "64 held-out generated images; latency batch 1, {threads} threads, median of 100 "
-                      "runs.{untrained}"}
+                      "64 held-out generated images; {latency}.{untrained}"}
 
 
 def write_rows(part: str, rows: list[dict], **facts) -> Path:
@@ -211,7 +210,8 @@ def main() -> None:
         rows = real_size_part(a.models.split(","), [float(r) for r in a.ratios.split(",")], a.steps, a.latency,
                               a.threads)
     summarize(rows)
-    write_rows(a.part, rows, ratio=a.ratio, epochs=a.epochs, steps=a.steps, threads=a.threads,
+    latency = f"latency batch 1, {a.threads} threads, median of 100 runs" if a.latency else "latency not measured"
+    write_rows(a.part, rows, ratio=a.ratio, epochs=a.epochs, steps=a.steps, latency=latency,
                untrained=" UNTRAINED (0 steps): accuracy is chance; only params, GFLOPs and parity mean anything."
                if a.part == "real-size" and a.steps == 0 else "")
 
