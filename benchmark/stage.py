@@ -268,7 +268,8 @@ def _artifact_row(ctx: Context, artifact, samples: list, bench: BenchmarkConfig,
 
     common = dict(name=artifact.name, stage="export", target=artifact.target, format=artifact.format,
                   precision=artifact.precision,
-                  runtime=artifact.runtime, source=ctx.final_student, path=relative(artifact.path, ctx.run.root),
+                  runtime=artifact.runtime, source=artifact.name.split(".", 1)[0],  # the model it was made from
+                  path=relative(artifact.path, ctx.run.root),
                   size_mb=artifact.size_mb, parity=artifact.parity, **student_cost,
                   accuracy_aware=floor_summary(artifact.info.get("accuracy_aware")))
     if artifact.status != "ok":
