@@ -140,7 +140,7 @@ def run(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"
         dry_run: Annotated[bool, typer.Option("--dry-run", help="validate, build models, probe shapes; no training")]
         = False, deterministic: DeterministicOpt = False, wide: WideOpt = False, debug: DebugOpt = False,
         verbose: VerboseOpt = False) -> None:
-    """Run every stage of a recipe: distill → quantize → export → benchmark → report card."""
+    """Run every stage of a recipe: distill → (prune) → quantize → export → benchmark → report card."""
 
     def go():
         if deterministic:
@@ -171,6 +171,12 @@ def _run_all(ctx: Context, force: bool, resume: bool, wide: bool = False) -> dic
     start = time.perf_counter()
     for outcome in run_distill(ctx, "both", force=force, resume=resume):
         timings[outcome.name] = outcome.seconds
+    if ctx.recipe.prune is not None:  # the pruned student is what quantize and export then take
+        from compress.prune.stage import run_prune
+
+        t0 = time.perf_counter()
+        run_prune(ctx, force=force, resume=resume)
+        timings["prune"] = time.perf_counter() - t0
     export_failure: ExportError | None = None
     t0 = time.perf_counter()
     run_quantize(ctx, None, force=force)
@@ -218,6 +224,21 @@ def distill(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("r
         from compress.distill.stage import run_distill
 
         return run_distill(ctx, stage.value, force=force, resume=resume)
+
+    _guard(debug, go, out=out)
+
+
+@app.command()
+def prune(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"),
+          resume: Annotated[bool, typer.Option(help="continue an interrupted pruning/recovery")] = False,
+          force: ForceOpt = False, debug: DebugOpt = False, verbose: VerboseOpt = False) -> None:
+    """Prune the distilled student's channels (recipe `prune:`) and recover it with the teacher."""
+
+    def go():
+        ctx = _context(recipe, set_, out)
+        from compress.prune.stage import run_prune
+
+        return run_prune(ctx, force=force, resume=resume)
 
     _guard(debug, go, out=out)
 

@@ -80,6 +80,7 @@ class ModelEntry:
         module, preprocess: the model and raw batch → its input.
         path: its weights file (size on the card), or None (size from its parameters).
         metrics, metric_notes: already measured on the scored split (None: measured here).
+        pruning: for the pruned student, the ratio asked and what was removed.
     """
 
     name: str
@@ -89,6 +90,7 @@ class ModelEntry:
     path: Path | None = None
     metrics: dict[str, float | None] | None = None
     metric_notes: dict[str, str] = field(default_factory=dict)
+    pruning: dict[str, Any] | None = None  # student_pruned: what pruning removed (its row carries it)
 
 
 def relative(path: Path | str | None, root: Path | None) -> str | None:
@@ -193,7 +195,7 @@ def model_row(entry: ModelEntry, scoring: Scoring, bench: BenchmarkConfig, root:
                      source=entry.name, path=relative(entry.path, root), params=count_params(entry.module),
                      size_mb=size, gflops=gflops_per_sample(entry.module, x[:1]),
                      peak_mem_mb=peak_memory_mb(lambda: session.run(x[:1].numpy())), metrics=metrics,
-                     metric_notes=notes, **_timing(lat))
+                     metric_notes=notes, pruning=entry.pruning, **_timing(lat))
 
 
 def quantized_row(folder: Path, samples: list, bench: BenchmarkConfig, cost: dict[str, Any],
@@ -214,7 +216,8 @@ def quantized_row(folder: Path, samples: list, bench: BenchmarkConfig, cost: dic
         evaluation = evaluate_quantized(load_quantized(folder), student.module, rechunk(scoring.batches(256), 256),
                                         student.preprocess, scoring.task, write=False)
     path = folder / meta["file"]
-    common = dict(name=f"student_kd.{mode}.{backend}", stage="quantized", precision="int8", source="student_kd",
+    source = student.name if student is not None else "student_kd"  # the model it was quantized from
+    common = dict(name=f"{source}.{mode}.{backend}", stage="quantized", precision="int8", source=source,
                   **cost, path=relative(path, root),
                   size_mb=artifact_size_mb([path]) if path.is_file() else meta.get("size_mb"),
                   metrics=evaluation.get("metrics") or {}, accuracy_aware=floor_summary(meta.get("accuracy_aware")))
@@ -257,7 +260,8 @@ def artifact_row(artifact: Artifact, samples: list, bench: BenchmarkConfig, prep
     from export.verify import cannot_run_here, platform_status
 
     common = dict(name=artifact.name, stage="export", target=artifact.target, format=artifact.format,
-                  precision=artifact.precision, runtime=artifact.runtime, source="student_kd",
+                  precision=artifact.precision, runtime=artifact.runtime,
+                  source=artifact.name.split(".", 1)[0],  # the model it was made from
                   path=relative(artifact.path, root), size_mb=artifact.size_mb, parity=artifact.parity, **cost,
                   accuracy_aware=floor_summary(artifact.info.get("accuracy_aware")),
                   notes=list(artifact.info.get("notes") or []))

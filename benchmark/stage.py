@@ -11,7 +11,7 @@ from compress.context import Context
 from compress.core.atomic import read_json, remove_orphans
 from compress.core.errors import KdtoolError
 from compress.core.progress import console
-from compress.core.runfolder import KD_STUDENT, TRAINING_STAGES, is_finished
+from compress.core.runfolder import KD_STUDENT, PRUNED, TRAINING_STAGES, is_finished
 from compress.data.loader import example_batch, make_loader
 from export.stage import artifacts_of
 from export.targets import TARGETS
@@ -22,6 +22,9 @@ def ensure_ready(ctx) -> None:
     if not is_finished(ctx.run.stage(KD_STUDENT)):
         raise KdtoolError(f"{ctx.run.stage('student_kd')} has no distilled student",
                           f"run `{ctx.command('distill')}` (or `{ctx.command('run')}`) first")
+    if not ctx.run.stage(ctx.final_student, "meta.json").exists():
+        raise KdtoolError(f"{ctx.run.stage(ctx.final_student)} has no pruned student",
+                          f"run `{ctx.command('prune')}` (or `{ctx.command('run')}`) first")
 
 
 def teacher_notes(ctx) -> list[str]:
@@ -29,6 +32,19 @@ def teacher_notes(ctx) -> list[str]:
     meta = ctx.run.stage("teacher", "meta.json")
     origin = read_json(meta).get("origin") if meta.exists() else None
     return [f"teacher: {origin}."] if origin else []
+
+
+def pruning_notes(ctx: Context) -> list[str]:
+    """The card's note on what pruning reached (the pruned student's row carries the same facts)."""
+    meta = ctx.run.stage(PRUNED, "meta.json")
+    p = read_json(meta).get("pruning") if ctx.recipe.prune is not None and meta.exists() else None
+    if not p:
+        return []
+    asked = f"ratio {p['ratio']}" if p.get("ratio") is not None else next(
+        f"{k} {p[k]}" for k in ("max_params", "max_gflops", "max_latency_ms") if k in p)
+    return [f"student_pruned: {p['channels_removed']:.0%} of channels, {p['params_removed']:.0%} of params and "
+            f"{p['gflops_removed'] or 0:.0%} of GFLOPs removed ({asked}; {p['importance']} importance, {p['scope']}, "
+            f"{p['steps']} step(s), recovery {p['recover']}); quantized and exported rows are made from it."]
 
 
 def run_benchmark(ctx: Context, baseline: Path | None = None, max_regression: float | None = None,
@@ -57,7 +73,7 @@ def run_benchmark(ctx: Context, baseline: Path | None = None, max_regression: fl
                               if is_finished(p.parent)),
                        artifacts, run_scoring(ctx), r.benchmark, targets, r.name, student=models[-1],
                        root=ctx.run.root, recipe_sha256=ctx.recipe_sha, rescore_quantized=split == "test",
-                       notes=[*_split_notes(ctx), *teacher_notes(ctx), *teacher_warnings])
+                       notes=[*_split_notes(ctx), *teacher_notes(ctx), *pruning_notes(ctx), *teacher_warnings])
     report = report.model_copy(update={"training": training_provenance(ctx)})
     paths = write_report(report, ctx.run.report)
     print_card(report, console, wide=wide)
@@ -76,17 +92,19 @@ def run_scoring(ctx: Context) -> Scoring:
 
 
 def stage_models(ctx: Context) -> list[ModelEntry]:
-    """teacher, student_baseline, student_kd from the run folder; on the validation split their stored metrics."""
+    """teacher, student_baseline, student_kd (and student_pruned when the recipe prunes) from the run folder;
+    on the validation split their stored metrics."""
     split = ctx.scored_split[0]
     entries = []
-    for stage in TRAINING_STAGES:
+    for stage in (*TRAINING_STAGES, *([PRUNED] if ctx.recipe.prune is not None else [])):
         built = ctx.load(stage)
         meta = read_json(ctx.run.stage(stage, "meta.json"))
         stored = split == "validation"
         entries.append(ModelEntry(stage, stage, built.module, built.preprocess,
                                   ctx.run.stage(stage, "best.safetensors"),
                                   metrics=meta["metrics"] if stored else None,
-                                  metric_notes=(meta.get("metric_notes") or {}) if stored else {}))
+                                  metric_notes=(meta.get("metric_notes") or {}) if stored else {},
+                                  pruning=meta.get("pruning")))
     return entries
 
 

@@ -28,7 +28,7 @@ from compress.data.wav import read_wav
 from compress.models.build import Preprocess
 from export.manifest import MANIFEST, mismatches
 
-STAGES = ("teacher", "student_baseline", "student_kd")
+STAGES = ("teacher", "student_baseline", "student_kd", "student_pruned")
 MAX_BATCH = 64
 
 

@@ -9,7 +9,7 @@ import torch
 from compress.core.atomic import read_json, remove_orphans, sha256_json
 from compress.core.errors import ExportError, KdtoolError
 from compress.core.progress import console
-from compress.core.runfolder import KD_STUDENT, finish_stage, inputs_hash, is_finished
+from compress.core.runfolder import finish_stage, inputs_hash, is_finished
 from compress.data.loader import example_batch
 from compress.quant.stage import best_quantized
 from export.index import ordered, read_index
@@ -56,7 +56,7 @@ def run_export(ctx: Context, targets: list[str] | None = None, formats: list[str
     r = ctx.recipe
     jobs = plan(targets or list(r.export.targets), formats or (list(r.export.formats) if r.export.formats else None),
                 r.export.int8, r.export.batch)  # an unknown target or format fails here, before any model is loaded
-    student = ctx.load(KD_STUDENT)
+    student = ctx.load(ctx.final_student)  # the pruned student when the recipe prunes
     quantized, sources = _quantized_inputs(ctx)
     folder = ctx.run.stage("export")
     remove_orphans(folder)
@@ -68,7 +68,7 @@ def run_export(ctx: Context, targets: list[str] | None = None, formats: list[str
     if todo:
         inputs = _example_inputs(ctx, student, r.export.parity_samples)
         preprocess = {**student.preprocess.to_dict(), "decode": _decode_facts(r.data, student)}
-        spec = ExportContext(name=KD_STUDENT, task=ctx.task.kind, preprocess=preprocess,
+        spec = ExportContext(name=ctx.final_student, task=ctx.task.kind, preprocess=preprocess,
                              labels=tuple(r.task.labels) if r.task.labels else None,
                              output_names=("output",), opset=r.export.opset,
                              metadata={"kdtool.recipe": r.name},
@@ -132,8 +132,8 @@ def artifact_hash(ctx: Context, job: Job, sources: dict[str, str | None]) -> str
     source = None
     if job.precision == "int8":
         source = sources.get("executorch" if job.format == "executorch" else "onnx")
-    return inputs_hash(settings, [job.format, job.precision, job.variant, job.batch], ctx.output_hash(KD_STUDENT),
-                       source, ctx.recipe.benchmark.threads)
+    return inputs_hash(settings, [job.format, job.precision, job.variant, job.batch],
+                       ctx.output_hash(ctx.final_student), source, ctx.recipe.benchmark.threads)
 
 
 def _sort_jobs(jobs: list, hashes: dict[str, str], index: dict[str, dict[str, Any]], folder, force: bool):

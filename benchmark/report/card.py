@@ -22,7 +22,7 @@ from export.targets import TARGET_FORMATS
 
 SCHEMA = "kdtool.report/1"
 
-Stage = Literal["teacher", "student_baseline", "student_kd", "quantized", "export"]
+Stage = Literal["teacher", "student_baseline", "student_kd", "student_pruned", "quantized", "export"]
 Format = Literal["pytorch", "torchscript", "onnx", "coreml", "executorch", "tensorrt", "aoti"]
 Precision = Literal["fp32", "fp16", "int8"]
 
@@ -60,6 +60,7 @@ class ReportRow(BaseModel):
     parity: Parity | None = None
     accuracy_aware: dict[str, Any] | None = None  # int8: float layers, int8 compute share, retention before/after
     notes: list[str] = []  # what the export did that a reader should know (ops decomposed for a converter)
+    pruning: dict[str, Any] | None = None  # student_pruned: ratio asked, channels/params/GFLOPs removed, importance
 
     @model_validator(mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from benchmark.report.card import Report, ReportRow, higher_is_better
 
 STAGE_COLORS = {"teacher": "#4c72b0", "student_baseline": "#8c8c8c", "student_kd": "#55a868",
+                "student_pruned": "#64b5cd",
                 "quantized": "#dd8452", "export": "#8172b3"}
 RUNTIME_MARKERS = {"torch": "o", "torchscript": "s", "onnxruntime": "D", "executorch": "^", "coreml": "P",
                    "tensorrt": "X"}

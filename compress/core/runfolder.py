@@ -3,6 +3,7 @@
 ```
 runs/<recipe name>/
   teacher/ student_baseline/ student_kd/   best.safetensors + last.* + meta.json (+ metrics.json)
+  student_pruned/                          best.safetensors + shapes.json + meta.json (with a prune section)
   quantized/<mode>/                        model + meta.json
   export/<target>/<format>/                artifact + manifest.json
   report/report.json|md|html
@@ -32,7 +33,10 @@ from compress.core.errors import KdtoolError
 TEACHER, BASELINE, KD_STUDENT = "teacher", "student_baseline", "student_kd"
 TRAINING_STAGES = (TEACHER, BASELINE, KD_STUDENT)
 """The training stages, in order: their run-folder directories and the report rows' `stage`.
-`KD_STUDENT` is the model every later stage (quantize, export, benchmark) starts from."""
+`KD_STUDENT` is the model every later stage (quantize, export, benchmark) starts from, unless the recipe
+prunes it: then `PRUNED` is (`Context.final_student`)."""
+PRUNED = "student_pruned"
+"""The structurally pruned (and recovered) student: `best.safetensors` + `shapes.json` (compress/prune)."""
 
 
 @dataclass(frozen=True)

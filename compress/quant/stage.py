@@ -10,7 +10,6 @@ from compress.context import Context
 from compress.core.atomic import read_json
 from compress.core.progress import console
 from compress.core.runfolder import (
-    KD_STUDENT,
     begin_stage,
     finish_stage,
     inputs_hash,
@@ -44,9 +43,9 @@ def run_quantize(ctx: Context, modes: list[str] | None = None, force: bool = Fal
 
     r = ctx.recipe
     modes = modes or list(r.quantize.modes)
-    student = ctx.load(KD_STUDENT)
+    student = ctx.load(ctx.final_student)  # the pruned student when the recipe prunes
     student.module, fused = deploy_form(student.module)  # int8 of the form that ships (re-parameterised)
-    kd_hash = ctx.output_hash(KD_STUDENT)
+    kd_hash = ctx.output_hash(ctx.final_student)
     results = []
     for mode in modes:
         for backend in quant_backends(r, mode):
@@ -125,7 +124,7 @@ def _qat_objective(ctx: Context, student: BuiltModel, teacher: BuiltModel) -> KD
                                 "alpha_schedule": None, "temperature_schedule": None})
     objective = KDObjective(ctx.task, held, student.module, teacher.module,
                             student.preprocess(raw), teacher.preprocess(raw))
-    load_objective_state(objective, ctx.run.stage(KD_STUDENT) / "last.safetensors")
+    load_objective_state(objective, ctx.run.stage(ctx.final_student) / "last.safetensors")
     return objective
 
 
