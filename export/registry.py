@@ -48,6 +48,10 @@ class ExportContext:
         variant: format-specific flavour, e.g. "coreml" for ExecuTorch with the CoreML delegate.
         task_spec: the `compress.core.tasks.Task` (primary metric, decisions) for parity, if known.
         parity_targets: labels of the real parity inputs: parity then compares the primary metric.
+        calibration: preprocessed calibration samples for formats that calibrate their own int8
+            (LiteRT, OpenVINO): the quantization stage's calibration set.
+        validation: (inputs, labels) for accuracy-aware int8 inside a format (OpenVINO's NNCF).
+        min_retention: the accuracy-aware int8 floor (`quantize.min_retention`), None when off.
     """
 
     name: str = "model"
@@ -69,6 +73,9 @@ class ExportContext:
     task_spec: Any = None
     parity_targets: Any = None
     tag: str | None = None
+    calibration: Any = None
+    validation: Any = None
+    min_retention: float | None = None
 
     def artifact_name(self, fmt: str) -> str:
         """Name used in reports: `<name>.<format>[-<variant>][-<tag>].<precision>`."""

@@ -15,7 +15,7 @@ from benchmark.report.card import Report, ReportRow, higher_is_better
 STAGE_COLORS = {"teacher": "#4c72b0", "student_baseline": "#8c8c8c", "student_kd": "#55a868",
                 "quantized": "#dd8452", "export": "#8172b3"}
 RUNTIME_MARKERS = {"torch": "o", "torchscript": "s", "onnxruntime": "D", "executorch": "^", "coreml": "P",
-                   "tensorrt": "X"}
+                   "tensorrt": "X", "litert": "v", "openvino": "h"}
 
 
 def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool = True) -> list[int]:

@@ -2,7 +2,7 @@
 runtime (`export.runtime.RUNTIMES`). Importing this package registers them all; a new format is one
 new package here plus its name in this import."""
 
-from export.formats import aoti, coreml, executorch, onnx, pytorch, tensorrt, torchscript  # noqa: F401
+from export.formats import aoti, coreml, executorch, litert, onnx, openvino, pytorch, tensorrt, torchscript  # noqa: F401
 from export.runtime import RUNTIMES, Runtime  # noqa: E402
 
 
