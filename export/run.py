@@ -166,7 +166,7 @@ class _Setup:
 def _setup(job: Job, example: torch.Tensor, base: ExportContext, quantized: Quantized,
            inputs: torch.Tensor | None) -> _Setup:
     metadata = dict(base.metadata)
-    own = _calibrates_int8(job.format)  # LiteRT, OpenVINO: int8 made by the exporter, no adopted model
+    own = calibrates_int8(job.format)  # LiteRT, OpenVINO: int8 made by the exporter, no adopted model
     mode = "static" if own else quantized.pt2e_mode if job.format == "executorch" else quantized.onnx_mode
     if job.precision == "int8" and mode:
         metadata["kdtool.quantization"] = mode
@@ -315,7 +315,7 @@ def _mark_failed(artifact: Artifact) -> Artifact:
     return _update(artifact, path=target, files=[target if Path(f) == path else f for f in artifact.files])
 
 
-def _calibrates_int8(fmt: str) -> bool:
+def calibrates_int8(fmt: str) -> bool:
     """Whether the format's exporter calibrates its own int8 on `Quantized.calibration` (its int8 quantizer
     lives in its format folder and adopts no model of the quantization stage)."""
     return bool(getattr(EXPORTERS.get(fmt), "calibrates_int8", False))
@@ -326,7 +326,7 @@ def _skip_reason(job: Job, quantized: Quantized) -> str | None:
     reason = unavailable(job.precision) if unavailable else None
     if reason:  # an optional extra that is not installed: skipped with the install hint
         return reason
-    if job.precision == "int8" and _calibrates_int8(job.format) and quantized.calibration is None:
+    if job.precision == "int8" and calibrates_int8(job.format) and quantized.calibration is None:
         return f"no calibration samples for {job.format} int8: export from a recipe (`kdtool export`)"
     if job.precision == "int8" and job.format == "executorch" and quantized.pt2e is None:
         return f"no PT2E-quantized model: run `{quantized.command} --mode static` (or qat) first"
