@@ -31,12 +31,13 @@ def quantize_pt2e(model: nn.Module, example: torch.Tensor, ctx: ExportContext) -
                           "export from a recipe run (kdtool export), or pass Quantized(calibration=...)")
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
     try:
         graph = torch.export.export(model.eval(), (example,)).module()
-        prepared = prepare_pt2e(graph, quantizer)
+        prepared = move_exported_model_to_eval(prepare_pt2e(graph, quantizer))  # the flag litert-torch checks
     except Exception as e:  # torch.export and the annotators raise many types
         raise ExportError(f"litert int8: PT2E capture failed for {ctx.name}: {first_line(e)}",
                           "export litert fp32, or use executorch int8") from e

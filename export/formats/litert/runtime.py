@@ -26,12 +26,13 @@ class LiteRTSession:
         self.interpreter, self.path = interpreter, path
         self.input = interpreter.get_input_details()[0]
         self.output = interpreter.get_output_details()[0]
+        self.shape = tuple(int(d) for d in self.input["shape"])
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         """Run one batch of the file's batch size and return the first output (float32)."""
         x = np.ascontiguousarray(inputs, dtype=np.float32)
-        if tuple(x.shape) != tuple(self.input["shape"]):
-            raise ExportError(f"{self.path.name} takes inputs of shape {tuple(self.input['shape'])}, got {x.shape}",
+        if x.shape != self.shape:
+            raise ExportError(f"{self.path.name} takes inputs of shape {self.shape}, got {x.shape}",
                               "LiteRT files have a static batch: run batches of that size")
         self.interpreter.set_tensor(self.input["index"], to_tensor(x, self.input))
         self.interpreter.invoke()

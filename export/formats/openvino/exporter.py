@@ -26,7 +26,8 @@ from compress.core.errors import ExportError
 from export.artifact import Artifact
 from export.extras import missing_extra
 from export.formats.openvino.offline import import_openvino, no_telemetry
-from export.registry import EXPORTERS, ExportContext, build_artifact, check_precision, export_program, first_line
+from export.formats.openvino.runtime import last_line
+from export.registry import EXPORTERS, ExportContext, build_artifact, check_precision, export_program
 
 RT_INFO_KEY = "kdtool"
 
@@ -76,8 +77,8 @@ def convert(model: nn.Module, example: torch.Tensor, ctx: ExportContext) -> Any:
     try:
         with no_telemetry():
             ov_model = ov.convert_model(program)
-    except Exception as e:  # the PyTorch frontend raises OpConversionFailure and others
-        raise ExportError(f"openvino.convert_model failed for {ctx.name}: {first_line(e)}",
+    except Exception as e:  # OpConversionFailure: its first line names a C++ file, its last the ops
+        raise ExportError(f"openvino.convert_model failed for {ctx.name}: {last_line(e).lstrip('- ')}",
                           "an op has no OpenVINO translation: use onnx for this model") from e
     shape = [-1 if ctx.dynamic_batch else int(example.shape[0]), *map(int, example.shape[1:])]
     ov_model.reshape({ov_model.inputs[0]: ov.PartialShape(shape)})
@@ -104,7 +105,10 @@ def read_metadata(path: Path) -> dict[str, str]:
     """The `kdtool` rt_info entries of an `.xml` written by this exporter."""
     ov = import_openvino()
 
-    entries = ov.Core().read_model(str(path)).get_rt_info().get(RT_INFO_KEY) or {}
+    model = ov.Core().read_model(str(path))
+    if RT_INFO_KEY not in model.get_rt_info().keys():
+        return {}
+    entries = model.get_rt_info()[RT_INFO_KEY]  # a dict of OVAny values
     return {key: value.astype(str) for key, value in entries.items()}
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,10 @@ def quantize_nncf(ov_model: Any, example: torch.Tensor, ctx: ExportContext) -> t
     """
     import nncf
 
+    from compress.core.native import debug
+
+    if not debug():  # NNCF logs each step at INFO; its progress bars stay
+        logging.getLogger("nncf").setLevel(logging.WARNING)
     if ctx.calibration is None or len(ctx.calibration) == 0:
         raise ExportError("openvino int8 needs calibration samples (Quantized.calibration)",
                           "export from a recipe run (kdtool export), or pass Quantized(calibration=...)")
