@@ -37,7 +37,7 @@ def quantize_pt2e(model: nn.Module, example: torch.Tensor, ctx: ExportContext) -
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
     try:
         graph = torch.export.export(model.eval(), (example,)).module()
-        prepared = move_exported_model_to_eval(prepare_pt2e(graph, quantizer))  # the flag litert-torch checks
+        prepared = prepare_pt2e(graph, quantizer)
     except Exception as e:  # torch.export and the annotators raise many types
         raise ExportError(f"litert int8: PT2E capture failed for {ctx.name}: {first_line(e)}",
                           "export litert fp32, or use executorch int8") from e
@@ -46,5 +46,5 @@ def quantize_pt2e(model: nn.Module, example: torch.Tensor, ctx: ExportContext) -
         for batch in fixed_batches(ctx.calibration, int(example.shape[0])):
             prepared(batch)
             seen += len(batch)
-    return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer), min(
-        seen, len(ctx.calibration))
+    converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))  # litert-torch warns if not
+    return converted, QuantConfig(pt2e_quantizer=quantizer), min(seen, len(ctx.calibration))
