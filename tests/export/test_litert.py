@@ -13,8 +13,10 @@ from export_fixtures import context
 from reliability_fixtures import cli, error_lines
 from runtime_fixtures import TASK, decoded, samples, trained_convnet, truncated_copy, write_png
 
-pytest.importorskip("litert_torch")
-pytest.importorskip("ai_edge_litert")
+from export.extras import missing_extra
+
+pytestmark = pytest.mark.skipif(missing_extra("litert", ("litert_torch", "ai_edge_litert"), "LiteRT") is not None,
+                                reason='pip install "kdtool[litert]"')  # found without importing it
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,12 @@ import json
 import pytest
 from reliability_fixtures import cli, write_recipe
 
-pytest.importorskip("litert_torch")
-pytest.importorskip("openvino")
-pytest.importorskip("nncf")
+from export.extras import missing_extra
+
+pytestmark = pytest.mark.skipif(
+    missing_extra("litert", ("litert_torch", "ai_edge_litert"), "LiteRT") is not None
+    or missing_extra("openvino", ("openvino", "nncf"), "OpenVINO") is not None,
+    reason='pip install "kdtool[litert,openvino]"')
 
 
 @pytest.mark.slow

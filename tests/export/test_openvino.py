@@ -14,8 +14,10 @@ from export_fixtures import context
 from reliability_fixtures import cli, error_lines
 from runtime_fixtures import TASK, decoded, samples, trained_convnet, truncated_copy, write_png
 
-pytest.importorskip("openvino")
-pytest.importorskip("nncf")
+from export.extras import missing_extra
+
+pytestmark = pytest.mark.skipif(missing_extra("openvino", ("openvino", "nncf"), "OpenVINO") is not None,
+                                reason='pip install "kdtool[openvino]"')
 
 
 @pytest.fixture(scope="module")

@@ -45,15 +45,20 @@ def litert_files(model: torch.nn.Module, x1: torch.Tensor, calib: torch.Tensor, 
 
 
 def openvino_files(model: torch.nn.Module, x1: torch.Tensor, calib: torch.Tensor, out: Path) -> dict[str, Path]:
-    """`OpenVINO fp32` and `OpenVINO int8` peer files (IR `.xml` + `.bin`)."""
-    import nncf
-    import openvino as ov
+    """`OpenVINO fp32` and `OpenVINO int8` peer files (IR `.xml` + `.bin`); telemetry off, as in kdtool
+    (`export.formats.openvino.offline`: it changes what is sent, not what is made)."""
+    from export.formats.openvino.offline import no_telemetry
 
     files = {"OpenVINO fp32": out / "peer.fp32.xml", "OpenVINO int8": out / "peer.int8.xml"}
-    ov_model = ov.convert_model(torch.export.export(model, (x1,)))
-    ov.save_model(ov_model, str(files["OpenVINO fp32"]), compress_to_fp16=False)
-    quantized = nncf.quantize(ov_model, nncf.Dataset([x.numpy() for x in calib.split(1)]), subset_size=len(calib))
-    ov.save_model(quantized, str(files["OpenVINO int8"]), compress_to_fp16=False)
+    with no_telemetry():
+        import nncf
+        import openvino as ov
+
+        ov_model = ov.convert_model(torch.export.export(model, (x1,)))
+        ov.save_model(ov_model, str(files["OpenVINO fp32"]), compress_to_fp16=False)
+        quantized = nncf.quantize(ov_model, nncf.Dataset([x.numpy() for x in calib.split(1)]),
+                                  subset_size=len(calib))
+        ov.save_model(quantized, str(files["OpenVINO int8"]), compress_to_fp16=False)
     return files
 
 
