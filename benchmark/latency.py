@@ -1,6 +1,6 @@
 """The latency protocol: one timing loop for every runtime, so numbers are comparable.
 
-Protocol (the anchors' rules, DESIGN.md "Export and benchmark facts"):
+Protocol (the anchors' rules, docs/design.md, "Export and benchmark facts"):
 
 - real, preprocessed inputs, cycled; batches are built before timing so stacking is not timed;
 - warm-up calls discarded; model load timed separately (`timed_load`);

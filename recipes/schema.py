@@ -18,13 +18,14 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 class Strict(BaseModel):
     """Base for every recipe section: unknown keys are errors, values are validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, use_attribute_docstrings=True)
 
 
 class TaskConfig(Strict):
     """What the model predicts and how it is scored."""
 
     kind: TaskKind = "multiclass"
+    """binary, multiclass, multilabel or regression: sets the hard loss, the KD loss and the metrics"""
     num_classes: int = Field(2, ge=1, description="classes (multiclass/multilabel); 1 or 2 logits for binary")
     labels: list[str] | None = Field(None, description="class names, in logit order")
     outputs: list[str] | None = Field(None, description="regression output names, e.g. [valence, arousal]")
@@ -53,6 +54,7 @@ class AugmentConfig(Strict):
     """Random augmentation applied to the raw training sample (recorded for the teacher cache)."""
 
     hflip: bool = False
+    """random horizontal flip (images)"""
     crop_pad: int = Field(0, ge=0, description="pad then random-crop back by this many pixels")
     time_shift: float = Field(0.0, ge=0.0, le=0.5, description="audio: random roll, fraction of the clip")
 
@@ -65,18 +67,24 @@ class DataConfig(Strict):
     root: Path | None = Field(None, description="folder (imagefolder/audiofolder) or CSV file")
     val_root: Path | None = Field(None, description="separate validation folder/CSV; else split from root")
     val_fraction: Probability = 0.2
+    """share of `root` split off for validation when there is no val_root"""
     test_root: Path | None = Field(None, description="held-out test folder/CSV: the card's metrics come from it "
                                    "(the best checkpoint is still chosen on validation)")
     test_fraction: float | None = Field(None, gt=0.0, lt=1.0, description="hold out this fraction of the training "
                                         "split as the test split (when there is no test_root)")
     image_size: int = Field(32, ge=1, description="raw image side the loader decodes to")
     channels: Literal[1, 3] = 3
+    """image channels the loader decodes to (1 grey, 3 RGB)"""
     sample_rate: int = Field(16000, ge=1000)
+    """audio: samples per second the clips are decoded (and resampled) to"""
     clip_seconds: float = Field(1.0, gt=0.0)
+    """audio: clip length in seconds (longer clips cropped, shorter padded)"""
     num_samples: int | None = Field(None, ge=2, description="generated data: how many samples")
     limit: int | None = Field(None, ge=2, description="use at most this many samples (smoke tests)")
     batch_size: int = Field(64, ge=1)
+    """batch size of every loader (training stages may override it)"""
     num_workers: int = Field(0, ge=0)
+    """DataLoader worker processes"""
     max_bad_fraction: Probability = Field(0.01, description="abort when more undecodable files than this")
     augment: AugmentConfig = AugmentConfig()
     unlabeled_root: Path | None = Field(None, description=(
@@ -101,17 +109,21 @@ class ModelConfig(Strict):
 
     arch: str = Field(..., description="timm name (e.g. mobilenetv3_small_050) or local (tiny_conv, ...)")
     source: Literal["timm", "torchscript", "onnx"] = "timm"
+    """timm (or kdtool-local) architecture, or a TorchScript/ONNX file in `checkpoint`"""
     checkpoint: Path | None = Field(None, description="local weights: safetensors, .pt/.pth/.tar, .ts or .onnx")
     pretrained: bool = Field(False, description="download pretrained weights (needs the hub; off by default)")
     pretrained_file: Path | None = Field(None, description="timm pretrained weights as a local file (safetensors "
                                          "or .pth), classifier re-initialised for the task: offline `pretrained`")
     input_size: int | None = Field(None, ge=8, description="square input side; default the data's image_size")
     mean: tuple[float, ...] | None = None
+    """input normalisation mean, one value per channel; default ImageNet's for RGB, 0.5 for grey"""
     std: tuple[float, ...] | None = None
+    """input normalisation std, one value per channel; default ImageNet's for RGB, 0.5 for grey"""
     frontend: Literal["none", "logmel"] = Field(
         "none", description="audio: a log-mel front end inside the model, so the exported model takes audio"
     )
     kwargs: dict[str, int | float | str | bool | list[int]] = Field(default_factory=dict)
+    """extra keyword arguments to the model constructor (timm.create_model)"""
 
     @model_validator(mode="after")
     def _one_weights_source(self) -> ModelConfig:
@@ -124,8 +136,11 @@ class ScheduleConfig(Strict):
     """A scalar over epochs: constant, linear from `start` to `end` over `epochs`, or a step table."""
 
     kind: Literal["constant", "linear", "step"] = "constant"
+    """constant, linear (start to end over epochs) or step (a table)"""
     start: float | None = None
+    """linear: value at epoch 1"""
     end: float | None = None
+    """linear: value from `epochs` on"""
     epochs: int | None = Field(None, ge=1, description="linear: epochs to go from start to end")
     steps: dict[int, float] | None = Field(None, description="step: {first_epoch: value}, 1-based")
 
@@ -142,19 +157,29 @@ class TrainConfig(Strict):
     """One training stage (teacher, student baseline, or distillation)."""
 
     epochs: int = Field(10, ge=0)
+    """training epochs (0: no training)"""
     lr: float = Field(1e-3, gt=0.0)
+    """peak learning rate"""
     weight_decay: float = Field(0.05, ge=0.0)
+    """decoupled weight decay (AdamW) or L2 (SGD)"""
     optimizer: Literal["adamw", "sgd", "sam"] = "adamw"
+    """adamw, sgd, or sam (sharpness-aware, with rho = sam_rho)"""
     sam_rho: float = Field(0.05, gt=0.0)
+    """optimizer sam: neighbourhood radius"""
     scheduler: Literal["cosine", "onecycle", "constant"] = "onecycle"
+    """learning-rate schedule per step: cosine, onecycle or constant"""
     warmup_epochs: float = Field(0.0, ge=0.0)
+    """linear warm-up from 1 % of lr to lr over this many epochs (fractions allowed)"""
     batch_size: int | None = Field(None, ge=1, description="default data.batch_size")
     grad_clip: float | None = Field(None, gt=0.0)
+    """clip the gradient norm to this value"""
     label_smoothing: Probability = 0.0
+    """smoothing of the hard labels (never of the teacher's soft targets)"""
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0, description=(
         "keep an exponential moving average of the weights (timm ModelEmaV3, with warm-up); validation, "
         "the best checkpoint and everything downstream use the averaged weights"))
     amp: Literal["off", "bf16", "fp16"] = "off"
+    """mixed precision on CUDA: off, bf16, or fp16 (with a GradScaler)"""
 
     @field_validator("amp", mode="before")
     @classmethod
@@ -162,10 +187,12 @@ class TrainConfig(Strict):
         """YAML reads a bare `off` as false: accept it."""
         return "off" if value is False else value
     seed: int = 0
+    """seed of the weights' initialisation, data order and augmentation"""
     threads: int = Field(2, ge=1, description=(
         "torch intra-op threads while training on CPU: CPU float sums depend on it, so it is fixed "
         "(not the machine's core count) for the same weights on every machine; recorded in meta.json"))
     nan_policy: Literal["stop", "skip"] = "stop"
+    """on a non-finite loss: stop (exit 3, last good checkpoint kept) or skip the step"""
     max_bad_steps: int = Field(0, ge=0, description="nan_policy=skip: abort after this many skipped steps")
     init: Literal["scratch", "baseline"] = Field(
         "baseline", description="distillation only: start from the baseline's best checkpoint or from scratch"
@@ -188,17 +215,23 @@ class LossTermConfig(Strict):
 
     name: str = Field(..., description="registered KD loss: fitnet, attention, rkd, sp, dkd, ...")
     weight: float = Field(1.0, ge=0.0)
+    """weight wᵢ of the term in the total loss"""
     student_layer: str | None = None
+    """student module path whose output the term reads (forward hook)"""
     teacher_layer: str | None = None
+    """teacher module path whose output the term reads (forward hook)"""
     params: dict[str, float | int | str] = Field(default_factory=dict)
+    """the loss's own parameters"""
 
 
 class CacheConfig(Strict):
     """Teacher-output cache: teacher logits computed once per sample and recorded view."""
 
     enabled: bool = False
+    """compute the teacher's outputs once and train from the cache instead of online"""
     views: int = Field(1, ge=1, description="recorded augmented views per sample")
     dtype: Literal["float16", "float32"] = "float16"
+    """storage type of the cached logits"""
     top_k: int | None = Field(None, ge=1, description="keep only the top-k logits (multiclass)")
 
 
@@ -206,11 +239,15 @@ class DistillConfig(Strict):
     """Stage 2: the student learns from the teacher. loss = alpha*hard + (1-alpha)*soft + Σ wᵢ·termᵢ."""
 
     temperature: float = Field(4.0, gt=0.0, le=100.0)
+    """softmax temperature T of the soft loss"""
     alpha: Probability = Field(0.5, description="weight of the hard-label loss; (1-alpha) weighs the soft loss")
     alpha_schedule: ScheduleConfig | None = None
+    """alpha per epoch (overrides alpha)"""
     temperature_schedule: ScheduleConfig | None = None
+    """temperature per epoch (overrides temperature)"""
     soft_loss: str | None = Field(None, description="response KD loss; default fits the task (kl, bce_kd, mse)")
     terms: list[LossTermConfig] = Field(default_factory=list)
+    """extra KD terms (feature, attention, relation, ...), each weighted into the total"""
     train: TrainConfig | None = Field(None, description="default: student.train with init=baseline")
     cache: CacheConfig = CacheConfig()
 
@@ -280,10 +317,12 @@ class QuantizeConfig(Strict):
     """INT8 quantization of the distilled student."""
 
     modes: list[QuantMode] = Field(default_factory=lambda: ["dynamic"])
+    """int8 modes to run: dynamic, static (calibrated PTQ), qat (with the teacher)"""
     backends: dict[QuantMode, list[Literal["torch", "executorch", "onnx", "coreml"]]] | None = Field(
         None, description="backends per mode; default dynamic: [torch, onnx], static: [executorch, onnx] "
         "(+ coreml for the ios target), qat: [executorch]")
     calibration_samples: int = Field(256, ge=1)
+    """static: calibration samples from the training split"""
     onnx_activations: Literal["uint8", "int8"] | None = Field(
         None, description="static ONNX: uint8 (default; U8S8, fast on x86) or int8 (S8S8, for TensorRT int8)")
     min_retention: Probability | None = Field(
@@ -302,11 +341,14 @@ class ExportConfig(Strict):
     """Which artifacts to make: presets per target, or an explicit format list."""
 
     targets: list[Target] = Field(default_factory=lambda: ["server"])
+    """deployment targets (android, ios, server): each has a preset list of formats"""
     formats: list[str] | None = Field(None, description="registered export formats (checked after loading); "
                                       "overrides the targets' presets")
     opset: int = Field(18, ge=13)
+    """ONNX opset"""
     int8: bool = Field(True, description="also export the quantized students where the format takes them")
     parity_samples: int = Field(64, ge=1)
+    """validation samples each artifact is checked on against the PyTorch model"""
     batch: Literal["auto", "dynamic"] | Annotated[int, Field(ge=1, le=1024)] = Field(
         "auto", description="the artifacts' batch axis: `auto` (a static batch of 1 for android and ios, "
         "where a fixed shape lets the runtime fold shapes; dynamic for server), `dynamic`, or a static size N")
@@ -316,10 +358,15 @@ class BenchmarkConfig(Strict):
     """How latency is measured and which artifacts are acceptable."""
 
     batch_sizes: list[int] = Field(default_factory=lambda: [1])
+    """batch sizes timed (a static-batch artifact is timed at its own batch only)"""
     threads: int = Field(2, ge=1)
+    """intra-op threads while timing (fixed and recorded)"""
     warmup: int = Field(10, ge=0)
+    """untimed calls before timing"""
     min_runs: int = Field(50, ge=1)
+    """timed calls at least (timing stops when both min_runs and min_time_s are met)"""
     min_time_s: float = Field(1.0, ge=0.0)
+    """timed seconds at least"""
     min_retention: Probability = Field(0.97, description="floor for the per-target recommendation")
 
 
@@ -327,6 +374,7 @@ class Recipe(Strict):
     """A whole run: task, data, teacher, student, distillation, quantization, export, benchmark."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    """run name: the run folder is runs/<name>"""
     task: TaskConfig = TaskConfig()
     data: DataConfig = DataConfig()
     teacher: TeacherConfig

@@ -1,4 +1,4 @@
-"""The layering of DESIGN.md holds: no module-level import cycle anywhere in kdtool's packages.
+"""The layering of docs/design.md holds: no module-level import cycle anywhere in kdtool's packages.
 
 `lint-imports` (run by CI, contracts in pyproject.toml) checks the layers and sibling cycles; this
 test checks the stricter property, no strongly connected component between modules, and that a

@@ -1,4 +1,4 @@
-"""The one error type users can fix, and the exit codes of DESIGN.md."""
+"""The one error type users can fix, and the exit codes of docs/design.md."""
 
 from __future__ import annotations
 

@@ -1,12 +1,16 @@
-"""The README's KD ablation table reproduces: a fresh 2-seed × 2-fold run gives its first two seeds' numbers.
+"""The KD ablation's claims hold on any machine; its exact numbers reproduce on a CPU of the same kind.
 
-Every seed and fold is seeded on its own and training pins its thread count (`compress.core.determinism`),
-so the first two seeds of the README's 3-seed run are what a 2-seed run gives, on any machine of the
-reference kind (x86-64, torch 2.14.1, 2 training threads) bit for bit. TOLERANCE allows another CPU's
-kernels to round differently: 0.003 accuracy, about 5 of the 1,797 digits.
+A fresh 2-seed × 2-fold ablation of the quickstart (all labels, and 10 % of them) must show, on any
+machine, what docs/benchmarks/kd_ablation.md claims: with 10 % of the labels KD is better on every
+seed and its gain is larger than the seed-to-seed spread. Exact numbers are not portable: CPU float
+sums differ between CPU kinds (AVX2, AVX-512, VNNI, AMX kernels), so a fold's teacher and students
+train to other weights (the results files of two kinds differ by up to 0.016). They are compared
+only with `docs/benchmarks/results/kd_ablation-<cpu kind>.csv` made on this machine's kind (seeds 0
+and 1 of its 3-seed run, which a 2-seed run reproduces bit for bit: every seed and fold is seeded on
+its own and training pins its threads); without one, that comparison is skipped with the reason.
 
-Runs two 2-seed × 2-fold ablations of the quickstart (both passed in 14 minutes on this project's busy
-2-core machine): `python -m pytest -m slow tests/compress/test_ablation_readme.py`.
+Runs two ablations, about 14 minutes on a busy 2-core machine:
+`python -m pytest -m slow tests/compress/test_ablation_readme.py`.
 """
 
 from __future__ import annotations
@@ -17,30 +21,44 @@ from pathlib import Path
 import pytest
 from reliability_fixtures import REPO, cli
 
-TOLERANCE = 0.003
-"""Largest difference allowed per number (a machine of another kind); 0 is expected on the reference kind."""
+from tests.perf import results
 
-README_RUNS = {
-    # mode: (extra CLI arguments, README numbers: teacher, per-seed baseline and KD of seeds 0 and 1)
-    "all labels": ((), {"teacher": 0.9866, "baseline": [0.9750, 0.9733], "kd": [0.9738, 0.9727]}),
-    "10 % labels": (("--set", "data.labeled_fraction=0.1"),
-                    {"teacher": 0.9282, "baseline": [0.8804, 0.8954], "kd": [0.9137, 0.9354]}),
-}
+ROUNDING = 6e-5
+"""The results file keeps 4 decimals: on the same CPU kind the numbers agree to that rounding."""
+MODES = {"all": (), "10 %": ("--set", "data.labeled_fraction=0.1")}
+
+
+def _reference(labels: str) -> dict | None:
+    """This CPU kind's recorded numbers for one row (teacher, per-seed baseline and KD), or None."""
+    path = results.path_for("kd_ablation", results.cpu_kind())
+    if not path.exists():
+        return None
+    _, columns, rows = results.read(path)
+    seeds = [dict(zip(columns, r, strict=True)) for r in rows if r[0] == labels and r[1].isdigit()]
+    if not seeds:
+        return None
+    return {"teacher": float(seeds[0]["teacher"]), "baseline": [float(s["baseline"]) for s in seeds],
+            "kd": [float(s["kd"]) for s in seeds]}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", list(README_RUNS))
-def test_readme_ablation_reproduces(tmp_path, mode):
-    extra, expected = README_RUNS[mode]
-    readme = (REPO / "README.md").read_text()
-    for value in [expected["teacher"], *expected["baseline"], *expected["kd"]]:
-        assert f"{value:.4f}" in readme, f"{value:.4f} ({mode}) is not in the README's table"
+@pytest.mark.parametrize("labels", list(MODES))
+def test_kd_ablation_claims_and_numbers(tmp_path, labels):
     out = tmp_path / "runs"
-    result = cli("distill", REPO / "recipes" / "quickstart.yaml", *extra, "--ablate", "2", "--folds", "2",
+    result = cli("distill", REPO / "recipes" / "quickstart.yaml", *MODES[labels], "--ablate", "2", "--folds", "2",
                  "--out", out)
     assert result.exit_code == 0, result.stderr
     summary = json.loads(Path(out / "quickstart" / "ablation" / "ablation.json").read_text())
-    assert summary["teacher"] == pytest.approx(expected["teacher"], abs=TOLERANCE)
-    for kind in ("baseline", "kd"):
-        assert summary[kind]["values"] == pytest.approx(expected[kind], abs=TOLERANCE), kind
     assert summary["provenance"]["determinism"]["threads"] == 2
+    base, kd = summary["baseline"]["values"], summary["kd"]["values"]
+    assert len(base) == len(kd) == 2
+    if labels == "10 %":  # the claim: where labels are scarce, KD pays on every seed, beyond the spread
+        assert all(k > b for b, k in zip(base, kd, strict=True)), f"KD not better on every seed: {base} vs {kd}"
+        assert summary["significant"], f"gain {summary['gain']:+.4f} not above the spread {summary['spread']:.4f}"
+    reference = _reference(labels)
+    if reference is None:
+        pytest.skip(f"claims hold; no kd_ablation results of this CPU kind ({results.cpu_kind()}) to compare the "
+                    f"exact numbers with: run python -m tests.perf.kd_ablation on it")
+    assert summary["teacher"] == pytest.approx(reference["teacher"], abs=ROUNDING)
+    assert base == pytest.approx(reference["baseline"][:2], abs=ROUNDING)
+    assert kd == pytest.approx(reference["kd"][:2], abs=ROUNDING)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from tests.perf import results
+
 MODELS = {"resnet18": 224, "mobilenetv3_large_100": 224, "mobilevitv2_050": 256}
 VALIDATION = 256
 BACKENDS = ("executorch", "onnx")
@@ -95,12 +97,19 @@ def main() -> None:
     table = Table(title=f"static int8 calibration, {VALIDATION} held-out images")
     for col in ("model", "backend", "method", "samples", "retention", "agreement", "error x scale", "s"):
         table.add_column(col)
+    records = []
     for name in args.models.split(","):
         for backend, method, n, kept, agreed, error, seconds in study_model(name, MODELS.get(name, 224), samples,
                                                                             args.steps, args.threads):
+            records.append((name, backend, method, n, None if kept is None else round(kept, 4), round(agreed, 3),
+                            round(error, 4), round(seconds)))
             table.add_row(name, backend, method, str(n), "-" if kept is None else f"{kept:.4f}", f"{agreed:.3f}",
                           f"{error:.4f}", f"{seconds:.0f}")
     Console().print(table)
+    results.write("calibration_study", ("model", "backend", "method", "samples", "retention", "agreement",
+                                        "error_x_scale", "s"), records,
+                  note=f"plain PTQ, no floor; {VALIDATION} held-out images; error: median max |int8 - fp32| / "
+                       f"output scale")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from tests.perf import results
+
 MODELS = ["resnet18", "regnetx_002", "convnext_atto", "mobilenetv2_100", "mobilenetv3_small_100",
           "mobilenetv3_large_100", "efficientnet_b0", "ghostnet_100", "mobileone_s0", "repvit_m1", "fastvit_t8",
           "mobilevitv2_050", "efficientvit_b0", "levit_128s", "vit_tiny_patch16_224"]
@@ -184,6 +186,11 @@ def main() -> None:
         print("\nKept in float by the accuracy-aware step (or its floor not met):")
     for line in kept:
         print(f"- {line}")
+    records = [(name, args.size, key, cells.get(key, "-") if cells else f"FAIL {error}", round(seconds))
+               for name, cells, seconds, error in rows for key in (columns if cells else ["-"])]
+    results.write("export_matrix", ("model", "size", "artifact", "cell", "model_s"), records,
+                  note=f"cell: parity max_abs / output scale (xnn: XNNPACK's share), n/v: needs Apple OSes, skip: "
+                       f"TensorRT without CUDA; {args.steps} training steps; {ok} of {total} artifacts verified")
 
 
 if __name__ == "__main__":

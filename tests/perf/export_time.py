@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import platform
 import pstats
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from tests.perf import results
 from tests.perf.export_matrix import IMAGENET_MEAN, IMAGENET_STD, images, recalibrate_bn
 
 
@@ -107,6 +109,13 @@ def main() -> None:
             console.print(f"[dim]{a.name} [{a.target}]: {a.reason[:400]}[/]")
     console.print(f"quantization (ExecuTorch + ONNX static int8): {quantize_s:.1f} s; "
                   f"export of {len(artifacts)} artifacts: [bold]{export_s:.1f} s[/]")
+    records = [(a.name, a.target or "", a.status, round(a.info.get("export_s", 0), 1),
+                a.parity.status if a.parity else (a.reason or "")[:60]) for a in artifacts]
+    records += [("quantization (ExecuTorch + ONNX static int8)", "", "", round(quantize_s, 1), ""),
+                (f"export of {len(artifacts)} artifacts (wall)", "", "", round(export_s, 1), "")]
+    results.write("export_time", ("artifact", "target", "status", "seconds", "parity"), records,
+                  note=f"{args.model} @ {args.size}, {args.threads} threads, parity on {args.parity} images; "
+                       f"KDTOOL_EXPORT_PROCESSES={os.environ.get('KDTOOL_EXPORT_PROCESSES', 'default')}")
     if profiler:
         profiler.dump_stats(args.profile)
         pstats.Stats(str(args.profile)).sort_stats("cumulative").print_stats(25)

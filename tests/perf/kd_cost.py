@@ -42,6 +42,7 @@ from compress.distill.trainer import fit
 from compress.models.build import build_model
 from recipes.load import load_recipe
 from recipes.schema import AugmentConfig, CacheConfig, DataConfig, ModelConfig, TrainConfig
+from tests.perf import results
 
 GOAL = 1.10
 MODES = ("plain", "online teacher", "cached teacher")
@@ -145,6 +146,13 @@ def render(timings: list[Timing], threads: int) -> bool:
     if not console.is_terminal:  # piped to a file: do not squeeze the table into 80 columns
         console = Console(width=132)
     console.print(table)
+    results.write("kd_cost", ("setup", "mode", "steps_per_epoch", "epoch_1_s", "epoch_2_on_s", "x_plain",
+                              "teacher_fwd_per_epoch", "cache_build_s"),
+                  [(t.setup, t.mode, t.steps_per_epoch, round(t.epochs[0], 2), round(min(t.epochs[1:] or t.epochs), 2),
+                    round(min(t.epochs[1:] or t.epochs) / plain[t.setup], 2), t.teacher_calls,
+                    None if t.build_s is None else round(t.build_s, 1)) for t in timings],
+                  note=f"kdtool fit, {threads} thread(s); epoch 2 on: the fastest epoch from the second; goal: cached "
+                       f"KD <= {GOAL:.2f}x plain")
     console.print(f"goal: cached KD ≤ {GOAL:.2f}× plain from epoch 2 on: {'met' if ok else 'NOT met'}; "
                   f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
                   f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")

@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tests.perf import results
+
 MODELS = {"resnet18": 224, "mobilenetv3_large_100": 224, "mobilevitv2_050": 256}
 CALIBRATION = 32
 VALIDATION = 96
@@ -274,9 +276,12 @@ def main() -> None:
     summary = Table(title="kdtool recommended / fastest peer")
     for col in ("model", "fastest peer", "ms", "kdtool pick", "ms", "ratio"):
         summary.add_column(col)
+    records = []
     for name in args.models.split(","):
         size = MODELS.get(name, 224)
         rows = bench_model(name, size, args.threads, args.runs, args.steps)
+        records += [(name, size, who, label, None if ms is None else round(ms, 2), note)
+                    for who, label, ms, note in rows]
         table = Table(title=f"{name} @ {size}")
         for col in ("who", "artifact", "median ms", "note"):
             table.add_column(col)
@@ -290,9 +295,14 @@ def main() -> None:
             pick = min(ours, key=lambda r: r[2])
             summary.add_row(name, best_peer[1], f"{best_peer[2]:.2f}", pick[1], f"{pick[2]:.2f}",
                             f"{pick[2] / best_peer[2]:.2f}")
+            records.append((name, size, "kdtool pick / fastest peer", f"{pick[1]} / {best_peer[1]}",
+                            round(pick[2] / best_peer[2], 2), "ratio"))
         else:
             summary.add_row(name, best_peer[1], f"{best_peer[2]:.2f}", "none passed parity", "-", "-")
     console.print(summary)
+    results.write("peers", ("model", "size", "who", "artifact", "median_ms", "note"), records,
+                  note=f"batch 1, {args.threads} intra-op threads, median of {args.runs} interleaved calls "
+                       f"after {WARMUP} warm-up")
 
 
 if __name__ == "__main__":

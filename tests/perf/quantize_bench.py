@@ -30,6 +30,7 @@ from compress.models.build import Preprocess, create_architecture
 from compress.quant.common import program_size_mb
 from compress.quant.evaluate import collect_outputs
 from compress.quant.quantize import Int8DynamicConfig, Int8QATConfig, Int8StaticConfig, quantize
+from tests.perf import results
 
 TASK = Task("multiclass", 10)
 THREADS = 2
@@ -263,15 +264,23 @@ def main() -> None:
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(THREADS)
+    measured = []
     with tempfile.TemporaryDirectory() as work:
-        print_table(bench_model(args.arch, args.size, args.epochs, args.calibration, args.qat_epochs,
-                                Path(work), True))
+        runs = [(args.arch, args.size, args.epochs, True, None, None)]
         if not args.no_tiny:  # the quickstart student: a file's container weighs on a 48 k model
-            print_table(bench_model("resnet10t", 32, args.epochs, args.calibration, args.qat_epochs, Path(work),
-                                    True, {"channels": (4, 8, 16, 32)}, "resnet10t-48k"))
+            runs.append(("resnet10t", 32, args.epochs, True, {"channels": (4, 8, 16, 32)}, "resnet10t-48k"))
         if not args.no_hybrid:  # end to end only (no latency): does every mode run on a conv-transformer?
-            print_table(bench_model("mobilevitv2_050", 64, args.hybrid_epochs, args.calibration,
-                                    args.qat_epochs, Path(work), False))
+            runs.append(("mobilevitv2_050", 64, args.hybrid_epochs, False, None, None))
+        for arch, size, epochs, latency, kwargs, label in runs:
+            rows = bench_model(arch, size, epochs, args.calibration, args.qat_epochs, Path(work), latency,
+                               kwargs, label)
+            print_table(rows)
+            measured += rows
+    columns = ("model", "name", "runtime", "size_mb", "ratio", "container_kb", "accuracy", "retention", "agreement",
+               "ms", "vs_fp32", "note")
+    results.write("quantize_bench", columns,
+                  [[round(v, 4) if isinstance(v, float) else v for v in (r.get(c) for c in columns)]
+                   for r in measured], note=f"digits, batch 1, {THREADS} threads, median latency")
 
 
 if __name__ == "__main__":
