@@ -8,8 +8,9 @@
 | server  | onnx fp32, onnx int8 (ORT QDQ), tensorrt fp16 (CUDA only), torchscript fp32      |
 |         | openvino fp32, openvino int8 (NNCF; OpenVINO CPU plugin)                         |
 
-int8 jobs need the quantization stage's output (`Quantized`); without it they are skipped with
-that reason, as TensorRT is without CUDA: every planned artifact shows up in the report.
+int8 jobs need the quantization stage's output (`Quantized`; LiteRT and OpenVINO, whose exporters
+quantize, its calibration samples); without it they are skipped with that reason, as TensorRT is
+without CUDA: every planned artifact shows up in the report.
 
 Batch axis (`export.batch`). `auto` gives the phone targets (android, ios) a static batch of 1 and
 the server a dynamic batch: apps run one sample at a time, a fixed shape lets the runtimes fold the
