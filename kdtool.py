@@ -335,8 +335,9 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a ru
 
 
 @app.command()
-def predict(artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help=".pte, .onnx, .pt, .pt2, .mlpackage "
-                                                     "(or its folder), or a run's stage folder (checkpoint)")],
+def predict(artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help=".pte, .onnx, .pt, .pt2, .mlpackage, "
+                                                     ".tflite, .xml (or its folder), or a run's stage folder "
+                                                     "(checkpoint)")],
             inputs: Annotated[list[Path], typer.Argument(metavar="INPUT...", help="image or .wav files, folders, "
                                                          "or a CSV of paths")],
             top_k: Annotated[int, typer.Option("--top-k", metavar="K", min=1, help="classes shown (multiclass)")] = 3,

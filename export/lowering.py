@@ -21,6 +21,8 @@ child runs, the parent computes with one thread fewer (`threads - 1`, at least 1
 width, 3 busy threads on 2 cores made the parent's ONNX Runtime and PyTorch parity 2.6x slower
 (OpenMP and ORT workers spin-wait at their barriers).
 
+Not used once JAX runs in the process (litert-torch's converter starts its native threads: a LiteRT
+export earlier in the same process, as in the peers study or a test session).
 Used on Linux only (macOS: fork is unsafe once Apple's frameworks are loaded, as coremltools does)
 when the machine has more than one core, and turned off with `KDTOOL_EXPORT_PROCESSES=0`.
 With `--debug` the child's output goes to the terminal; otherwise to `lowering.log` in its scratch
@@ -63,7 +65,14 @@ class LoweringFailed(ExportError):
 def parallel_enabled(n_parallel: int, n_other: int) -> bool:
     """Whether a child is worth forking: jobs for both sides, Linux, more than one core, not turned off."""
     return (n_parallel > 0 and n_other > 0 and sys.platform.startswith("linux") and (os.cpu_count() or 1) > 1
-            and os.environ.get(ENV, "1") != "0")
+            and os.environ.get(ENV, "1") != "0" and not jax_threads())
+
+
+def jax_threads() -> bool:
+    """Whether JAX has started its backends (native threads) in this process: litert-torch's converter
+    does; a fork after that may deadlock in the child, as JAX itself warns."""
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    return bridge is not None and bool(getattr(bridge, "backends_are_initialized", lambda: True)())
 
 
 class Lowering:

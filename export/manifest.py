@@ -21,7 +21,8 @@ from export.registry import ExportContext
 SCHEMA = "kdtool.manifest/1"
 MANIFEST = "manifest.json"
 FORMAT_PACKAGES = {"onnx": ["onnx", "onnxruntime", "onnxscript"], "executorch": ["executorch"],
-                   "coreml": ["coremltools"], "tensorrt": ["tensorrt"], "torchscript": [], "aoti": []}
+                   "coreml": ["coremltools"], "tensorrt": ["tensorrt"], "torchscript": [], "aoti": [],
+                   "litert": ["litert-torch", "ai-edge-litert"], "openvino": ["openvino", "nncf"]}
 
 
 def build_manifest(artifact: Artifact, spec: ExportContext, example: torch.Tensor) -> dict[str, Any]:

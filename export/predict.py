@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from compress.core.atomic import read_json
-from compress.core.errors import KdtoolError
+from compress.core.errors import ExportError, KdtoolError
 from compress.data.files import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, Decoder
 from compress.data.wav import read_wav
 from compress.models.build import Preprocess
@@ -57,7 +57,8 @@ def load_predictor(artifact: str | Path, threads: int = 2, recipe: str | None = 
 
     Raises:
         KdtoolError: a missing path, no manifest, a file that does not match its manifest (changed or
-            damaged since export), or a runtime that cannot run here (exit 2).
+            damaged since export), a file its runtime cannot load (truncated), or a runtime that cannot
+            run here (exit 2).
     """
     path = Path(artifact)
     if not path.exists():
@@ -78,10 +79,14 @@ def load_predictor(artifact: str | Path, threads: int = 2, recipe: str | None = 
     reason = runtime.available()
     if reason is not None:
         raise KdtoolError(f"{file} cannot run here: {reason}", "run it on a machine that has its runtime")
+    try:
+        session = runtime.load(file, threads)
+    except ExportError as e:  # a truncated or foreign file given to predict is bad input (exit 2), naming it
+        raise KdtoolError(e.message, e.hint) from e
     shape = manifest["inputs"][0]["shape"]
     info = manifest.get("info") or {}
     return Predictor(
-        session=runtime.load(file, threads), name=manifest["name"], task=manifest["task"],
+        session=session, name=manifest["name"], task=manifest["task"],
         labels=manifest.get("labels"), output_names=_output_names(manifest),
         decoder=_decoder(manifest["preprocessing"]), preprocess=_preprocess(manifest["preprocessing"]),
         fixed_batch=shape[0] if isinstance(shape[0], int) else None,

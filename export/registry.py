@@ -52,6 +52,10 @@ class ExportContext:
         parity_targets: labels of the real parity inputs: parity then compares the primary metric.
         inputs_hash: the artifact's inputs hash (`export.stage.artifact_hash`), recorded in its
             manifest: the export stage's index is rebuilt from manifests after a crash.
+        calibration: preprocessed calibration samples for formats that calibrate their own int8
+            (LiteRT, OpenVINO): the quantization stage's calibration set.
+        validation: (inputs, labels) for accuracy-aware int8 inside a format (OpenVINO's NNCF).
+        min_retention: the accuracy-aware int8 floor (`quantize.min_retention`), None when off.
     """
 
     name: str = "model"
@@ -74,6 +78,9 @@ class ExportContext:
     parity_targets: Any = None
     tag: str | None = None
     inputs_hash: str | None = None
+    calibration: Any = None
+    validation: Any = None
+    min_retention: float | None = None
 
     def artifact_name(self, fmt: str) -> str:
         """Name used in reports: `<name>.<format>[-<variant>][-<tag>].<precision>`."""

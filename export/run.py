@@ -50,6 +50,10 @@ class Quantized:
             float layers, int8 compute share and retention before/after go into the int8 artifacts'
             metadata (`kdtool.float_layers`, `kdtool.int8_compute_share`, `kdtool.retention_before`,
             `kdtool.retention_after`).
+        calibration: preprocessed calibration samples (the ones PT2E and ONNX Runtime calibrate on)
+            for the formats whose exporter calibrates its own int8 (LiteRT, OpenVINO).
+        validation: (inputs, labels) for their accuracy-aware int8 (OpenVINO's NNCF accuracy control).
+        min_retention: the accuracy-aware floor (`quantize.min_retention`); None turns it off.
     """
 
     pt2e: Any = None
@@ -59,6 +63,9 @@ class Quantized:
     command: str = "kdtool quantize"  # the command skip reasons suggest (the run's recipe and --out added)
     pt2e_floor: dict[str, Any] | None = None
     onnx_floor: dict[str, Any] | None = None
+    calibration: torch.Tensor | None = None
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None
+    min_retention: float | None = None
 
     @classmethod
     def of(cls, models: Any) -> Quantized:
@@ -182,16 +189,18 @@ class _Setup:
 def _setup(job: Job, example: torch.Tensor, base: ExportContext, quantized: Quantized,
            inputs: torch.Tensor | None, inputs_hash: str | None = None) -> _Setup:
     metadata = dict(base.metadata)
-    mode = quantized.pt2e_mode if job.format == "executorch" else quantized.onnx_mode
+    own = calibrates_int8(job.format)  # LiteRT, OpenVINO: int8 made by the exporter, no adopted model
+    mode = "static" if own else quantized.pt2e_mode if job.format == "executorch" else quantized.onnx_mode
     if job.precision == "int8" and mode:
         metadata["kdtool.quantization"] = mode
-    floor = quantized.pt2e_floor if job.format == "executorch" else quantized.onnx_floor
+    floor = None if own else quantized.pt2e_floor if job.format == "executorch" else quantized.onnx_floor
     if job.precision == "int8" and floor:
         metadata.update(floor_metadata(floor))
     spec = dataclasses.replace(base, precision=job.precision, target=job.target, variant=job.variant,
                               metadata=metadata, quantized_program=quantized.pt2e,
                               quantized_onnx=quantized.onnx, dynamic_batch=job.batch is None, tag=job.tag,
-                              inputs_hash=inputs_hash)
+                              inputs_hash=inputs_hash, calibration=quantized.calibration,
+                              validation=quantized.validation, min_retention=quantized.min_retention)
     return _Setup(spec, job_example(job, example, inputs), floor if job.precision == "int8" else None,
                   _skip_reason(job, quantized))
 
@@ -309,7 +318,7 @@ def failed_name(path: Path) -> Path:
     stem, _, exts = path.name.partition(".")
     rest = exts.split(".")
     # keep the name before the format's extension(s): student_kd.int8.pte → student_kd.int8.failed.pte
-    known = {"pte", "onnx", "data", "mlpackage", "mlmodel", "pt", "ts", "engine", "so", "pt2"}
+    known = {"pte", "onnx", "data", "mlpackage", "mlmodel", "pt", "ts", "engine", "so", "pt2", "tflite", "xml", "bin"}
     k = len(rest)
     while k > 0 and rest[k - 1] in known:
         k -= 1
@@ -329,7 +338,19 @@ def _mark_failed(artifact: Artifact) -> Artifact:
     return _update(artifact, path=target, files=[target if Path(f) == path else f for f in artifact.files])
 
 
+def calibrates_int8(fmt: str) -> bool:
+    """Whether the format's exporter calibrates its own int8 on `Quantized.calibration` (its int8 quantizer
+    lives in its format folder and adopts no model of the quantization stage)."""
+    return bool(getattr(EXPORTERS.get(fmt), "calibrates_int8", False))
+
+
 def _skip_reason(job: Job, quantized: Quantized) -> str | None:
+    unavailable = getattr(EXPORTERS.get(job.format), "unavailable", None)
+    reason = unavailable(job.precision) if unavailable else None
+    if reason:  # an optional extra that is not installed: skipped with the install hint
+        return reason
+    if job.precision == "int8" and calibrates_int8(job.format) and quantized.calibration is None:
+        return f"no calibration samples for {job.format} int8: export from a recipe (`kdtool export`)"
     if job.precision == "int8" and job.format == "executorch" and quantized.pt2e is None:
         return f"no PT2E-quantized model: run `{quantized.command} --mode static` (or qat) first"
     if job.precision == "int8" and job.format in ("onnx", "tensorrt") and quantized.onnx is None:

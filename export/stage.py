@@ -66,6 +66,7 @@ def run_export(ctx: Context, targets: list[str] | None = None, formats: list[str
     reused, todo = _sort_jobs(jobs, hashes, index, folder, force)
     artifacts = []
     if todo:
+        _add_calibration(ctx, student, quantized, todo)
         inputs = _example_inputs(ctx, student, r.export.parity_samples)
         preprocess = {**student.preprocess.to_dict(), "decode": _decode_facts(r.data, student)}
         spec = ExportContext(name=ctx.final_student, task=ctx.task.kind, preprocess=preprocess,
@@ -104,7 +105,9 @@ def _quantized_inputs(ctx: Context) -> tuple[Any, dict[str, str | None]]:
     from export.run import Quantized
 
     quantized = Quantized(command=ctx.command("quantize"))
-    sources: dict[str, str | None] = {"executorch": None, "onnx": None}
+    q = ctx.recipe.quantize  # what the formats that calibrate their own int8 (LiteRT, OpenVINO) depend on
+    sources: dict[str, str | None] = {"executorch": None, "onnx": None, "calibrated": sha256_json(
+        {"calibration_samples": q.calibration_samples, "min_retention": q.min_retention})}
     et_folder, et_mode = best_quantized(ctx, "executorch", ("static", "qat"))
     if et_folder is not None:
         from compress.quant.quantize import load_quantized
@@ -125,13 +128,41 @@ def _quantized_inputs(ctx: Context) -> tuple[Any, dict[str, str | None]]:
     return quantized, sources
 
 
+def _add_calibration(ctx: Context, student, quantized, jobs: list) -> None:
+    """Calibration (and accuracy-control) samples for the formats whose exporter makes its own int8
+    (LiteRT, OpenVINO), when such a job is planned.
+
+    Calibration: the first `quantize.calibration_samples` training samples, preprocessed, as the
+    quantization stage's static PT2E and ONNX Runtime models are calibrated (an unshuffled loader).
+    Validation, for OpenVINO's accuracy control at `quantize.min_retention`: as many validation
+    samples, with their labels.
+    """
+    from compress.data.loader import make_loader
+    from compress.quant.common import input_batches
+    from export.run import calibrates_int8
+
+    if not any(job.precision == "int8" and calibrates_int8(job.format) for job in jobs):
+        return
+    r = ctx.recipe
+    n = r.quantize.calibration_samples
+    train_ds, _ = ctx.datasets
+    loader = make_loader(train_ds, r.data.batch_size, shuffle=False, seed=r.quantize.qat.seed)
+    quantized.calibration = torch.cat(list(input_batches(loader, student.preprocess, n)))
+    if r.quantize.min_retention is not None:
+        quantized.validation = (_example_inputs(ctx, student, n), _example_targets(ctx, n))
+        quantized.min_retention = r.quantize.min_retention
+
+
 def artifact_hash(ctx: Context, job: Job, sources: dict[str, str | None]) -> str:
     """Inputs hash of one artifact: the export settings that shape it, its job, the student's weights,
     and (int8) the quantized model it adopts. The target list and format list are not part of it."""
     settings = ctx.recipe.export.model_dump(mode="json", exclude={"targets", "formats"})
     source = None
     if job.precision == "int8":
-        source = sources.get("executorch" if job.format == "executorch" else "onnx")
+        from export.run import calibrates_int8
+
+        source = sources.get("calibrated" if calibrates_int8(job.format) else
+                             "executorch" if job.format == "executorch" else "onnx")
     return inputs_hash(settings, [job.format, job.precision, job.variant, job.batch],
                        ctx.output_hash(ctx.final_student), source, ctx.recipe.benchmark.threads)
 

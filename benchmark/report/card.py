@@ -23,7 +23,7 @@ from export.targets import TARGET_FORMATS
 SCHEMA = "kdtool.report/1"
 
 Stage = Literal["teacher", "student_baseline", "student_kd", "student_pruned", "quantized", "export"]
-Format = Literal["pytorch", "torchscript", "onnx", "coreml", "executorch", "tensorrt", "aoti"]
+Format = Literal["pytorch", "torchscript", "onnx", "coreml", "executorch", "tensorrt", "aoti", "litert", "openvino"]
 Precision = Literal["fp32", "fp16", "int8"]
 
 INT8_TOLERANCE = 0.03

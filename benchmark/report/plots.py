@@ -16,7 +16,7 @@ STAGE_COLORS = {"teacher": "#4c72b0", "student_baseline": "#8c8c8c", "student_kd
                 "student_pruned": "#64b5cd",
                 "quantized": "#dd8452", "export": "#8172b3"}
 RUNTIME_MARKERS = {"torch": "o", "torchscript": "s", "onnxruntime": "D", "executorch": "^", "coreml": "P",
-                   "tensorrt": "X"}
+                   "tensorrt": "X", "litert": "v", "openvino": "h"}
 
 
 def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool = True) -> list[int]:

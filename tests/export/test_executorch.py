@@ -44,7 +44,8 @@ def test_executorch_int8_from_pt2e_model(tmp_path, example, real_inputs):
 
     model = tiny_convnet()
     quantized = _pt2e(model, example, real_inputs)
-    fp32, int8, _onnx = export_model(model, example, tmp_path, targets=["android"], inputs=real_inputs,
+    fp32, int8, _onnx = export_model(model, example, tmp_path, targets=["android"], formats=["executorch", "onnx"],
+                                     inputs=real_inputs,
                                      quantized=Quantized(pt2e=quantized), spec=context(name="tiny"))
     assert int8.name == "tiny.executorch.int8" and int8.status == "ok", int8.reason
     q = int8.info["quantized"]
