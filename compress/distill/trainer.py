@@ -87,13 +87,18 @@ class _Interrupt:
 
 
 def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW, SGD (nesterov, momentum 0.9), or SAM around AdamW."""
+    """AdamW, SGD (nesterov, momentum 0.9), or SAM around AdamW (pytorch-optimizer's `SAM`, ρ = `sam_rho`).
+
+    SAM (Foret et al., ICLR 2021) takes two passes per step: `first_step` climbs to w + ρ·g/‖g‖₂,
+    `second_step` restores w and takes the AdamW step with the gradient at w + ε (`TrainStep.step`).
+    """
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sam":
-        from compress.distill.sam import SAM
+        from pytorch_optimizer import SAM
 
-        return SAM(params, torch.optim.AdamW, rho=cfg.sam_rho, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return SAM(params, torch.optim.AdamW, rho=cfg.sam_rho, adaptive=False, lr=cfg.lr,
+                   weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
