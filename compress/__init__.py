@@ -22,5 +22,7 @@ def __getattr__(name: str):  # lazy: `import compress` stays cheap for `kdtool -
     if name in _LAZY:
         import importlib
 
+        if name == "quantize":  # the file formats (onnx, coreml, ...) register their int8 writers on import
+            importlib.import_module("export.formats")
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'compress' has no attribute {name!r}")
