@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reliability_fixtures import cli, run_kdtool, write_recipe
+from cli_fixtures import cli, run_kdtool, write_recipe
 
 STAGES = ("distill", "quantize", "export", "benchmark")
 """The stage commands, in the order a run makes them."""

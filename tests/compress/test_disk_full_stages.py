@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from crash_harness import _cwd, differences, unloadable
-from reliability_fixtures import cli, error_lines
+from cli_fixtures import cli, error_lines
 
 import compress.core.atomic as atomic
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reliability_fixtures import cli, error_lines, write_recipe  # noqa: E402
+from cli_fixtures import cli, error_lines, write_recipe  # noqa: E402
 
 PRUNE = {"ratio": 0.5, "recover": "kd", "train": {"epochs": 1, "lr": 0.005, "scheduler": "constant"}}
 

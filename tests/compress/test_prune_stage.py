@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reliability_fixtures import write_recipe  # noqa: E402
+from cli_fixtures import write_recipe  # noqa: E402
 
 from compress.context import Context  # noqa: E402
 from compress.core.atomic import read_json  # noqa: E402

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from export_fixtures import context
-from reliability_fixtures import cli, error_lines
+from cli_fixtures import cli, error_lines
 from runtime_fixtures import TASK, decoded, samples, trained_convnet, truncated_copy, write_png
 
 from export.extras import missing_extra

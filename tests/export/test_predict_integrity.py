@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reliability_fixtures import cli, error_lines
+from cli_fixtures import cli, error_lines
 
 
 @pytest.fixture
