@@ -13,7 +13,7 @@ import sys
 import traceback
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,6 +21,9 @@ import typer
 # its folder (which holds a `benchmark.py`) to sys.path when ONNX quantization imports it.
 for _package in ("benchmark", "compress", "export", "recipes"):
     importlib.import_module(_package)
+
+if TYPE_CHECKING:
+    from compress.context import Context
 
 # plain click help: `--wide` and `--target TARGET` read like a person's CLI (typer's rich help prints <bool>)
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -59,8 +62,7 @@ def _fail(exc: BaseException, debug: bool) -> None:
     if isinstance(exc, KdtoolError):
         if debug:
             traceback.print_exception(exc)
-        hint = f" (hint: {exc.hint})" if exc.hint else ""
-        print(" ".join(f"kdtool: error: {exc.message}{hint}".split()), file=sys.stderr)  # always one line
+        print(exc.line(), file=sys.stderr)  # always one line
         raise typer.Exit(exc.exit_code)
     if isinstance(exc, KeyboardInterrupt):
         print("kdtool: interrupted; finished stages are kept (to continue: add --resume to `kdtool run` or "
@@ -71,7 +73,7 @@ def _fail(exc: BaseException, debug: bool) -> None:
     raise typer.Exit(EXIT_INTERNAL)
 
 
-def _context(recipe: str | None, overrides: list[str] | None, out: Path):
+def _context(recipe: str | None, overrides: list[str] | None, out: Path) -> Context:
     """Validate the recipe and the runs folder first (light imports: errors in < 1.5 s), then build the Context."""
     from compress.core.runfolder import check_writable
     from recipes.load import load_recipe
@@ -138,7 +140,7 @@ def run(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"
         dry_run: Annotated[bool, typer.Option("--dry-run", help="validate, build models, probe shapes; no training")]
         = False, deterministic: DeterministicOpt = False, wide: WideOpt = False, debug: DebugOpt = False,
         verbose: VerboseOpt = False) -> None:
-    """Run every stage of a recipe: distill → quantize → export → benchmark → report card."""
+    """Run every stage of a recipe: distill → (prune) → quantize → export → benchmark → report card."""
 
     def go():
         if deterministic:
@@ -153,10 +155,11 @@ def run(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"
     _guard(debug, go, out=out)
 
 
-def _run_all(ctx, force: bool, resume: bool, wide: bool = False) -> dict[str, float]:
+def _run_all(ctx: Context, force: bool, resume: bool, wide: bool = False) -> dict[str, float]:
     """distill → quantize → export → benchmark, each stage skipped when its inputs did not change."""
     import time
 
+    import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
     from benchmark.stage import run_benchmark
     from compress.core.errors import ExportError
     from compress.core.progress import console
@@ -168,6 +171,12 @@ def _run_all(ctx, force: bool, resume: bool, wide: bool = False) -> dict[str, fl
     start = time.perf_counter()
     for outcome in run_distill(ctx, "both", force=force, resume=resume):
         timings[outcome.name] = outcome.seconds
+    if ctx.recipe.prune is not None:  # the pruned student is what quantize and export then take
+        from compress.prune.stage import run_prune
+
+        t0 = time.perf_counter()
+        run_prune(ctx, force=force, resume=resume)
+        timings["prune"] = time.perf_counter() - t0
     export_failure: ExportError | None = None
     t0 = time.perf_counter()
     run_quantize(ctx, None, force=force)
@@ -220,6 +229,21 @@ def distill(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("r
 
 
 @app.command()
+def prune(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"),
+          resume: Annotated[bool, typer.Option(help="continue an interrupted pruning/recovery")] = False,
+          force: ForceOpt = False, debug: DebugOpt = False, verbose: VerboseOpt = False) -> None:
+    """Prune the distilled student's channels (recipe `prune:`) and recover it with the teacher."""
+
+    def go():
+        ctx = _context(recipe, set_, out)
+        from compress.prune.stage import run_prune
+
+        return run_prune(ctx, force=force, resume=resume)
+
+    _guard(debug, go, out=out)
+
+
+@app.command()
 def quantize(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"),
              mode: Annotated[list[QuantMode] | None, typer.Option(metavar="MODE",
                                                                   help="dynamic, static or qat (repeatable)")] = None,
@@ -228,6 +252,7 @@ def quantize(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("
 
     def go():
         ctx = _context(recipe, set_, out)
+        import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
         from compress.quant.stage import run_quantize
 
         return run_quantize(ctx, [m.value for m in mode] if mode else None, force=force)
@@ -356,8 +381,9 @@ def sweep(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("run
 
 
 @app.command()
-def predict(artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help=".pte, .onnx, .pt, .pt2, .mlpackage "
-                                                     "(or its folder), or a run's stage folder (checkpoint)")],
+def predict(artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help=".pte, .onnx, .pt, .pt2, .mlpackage, "
+                                                     ".tflite, .xml (or its folder), or a run's stage folder "
+                                                     "(checkpoint)")],
             inputs: Annotated[list[Path], typer.Argument(metavar="INPUT...", help="image or .wav files, folders, "
                                                          "or a CSV of paths")],
             top_k: Annotated[int, typer.Option("--top-k", metavar="K", min=1, help="classes shown (multiclass)")] = 3,
@@ -367,6 +393,8 @@ def predict(artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help=".
                                                    "another rate (else: error)")] = True,
             recipe: Annotated[str | None, typer.Option(metavar="RECIPE", help="for a checkpoint: its recipe "
                                                        "(default: the run folder's name)")] = None,
+            verify: Annotated[bool, typer.Option("--verify/--no-verify", help="check the artifact's sha256 "
+                                                 "against its manifest (default) or skip the check")] = True,
             debug: DebugOpt = False, verbose: VerboseOpt = False) -> None:
     """Run an exported artifact on your own files: one line per input (label and score)."""
 
@@ -376,7 +404,8 @@ def predict(artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help=".
         from export.predict import line
         from export.predict import predict as run_predict
 
-        results = run_predict(artifact, inputs, top_k=top_k, threads=threads, resample=resample, recipe=recipe)
+        results = run_predict(artifact, inputs, top_k=top_k, threads=threads, resample=resample, recipe=recipe,
+                              verify=verify)
         for result in results:
             print(json.dumps(result) if json_ else line(Path(result["input"]), result))
 

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 PACKAGES = ("torch", "torchvision", "timm", "torchao", "onnx", "onnxruntime", "onnxscript", "executorch",
-            "coremltools", "torchmetrics", "numpy", "tensorrt")
+            "coremltools", "torchmetrics", "numpy", "tensorrt", "litert-torch", "ai-edge-litert", "openvino", "nncf")
 """Packages whose versions are recorded."""
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",

@@ -15,8 +15,8 @@ Protocol (the anchors' rules, docs/design.md, "Export and benchmark facts"):
 Why not `torch.utils.benchmark.Timer.blocked_autorange` for everything? It times *blocks* of
 calls and reports per-block means, so it cannot give per-call tail percentiles (p90/p99), and
 using it for eager torch only would make torch numbers come from a different protocol than
-ONNX Runtime's or ExecuTorch's. We keep one per-call loop for all runtimes and use
-`blocked_autorange` as an independent cross-check of the median in `tests/perf/repeatability.py`.
+ONNX Runtime's or ExecuTorch's. One per-call loop serves all runtimes; `blocked_autorange_ms` gives
+`blocked_autorange`'s median as an independent cross-check.
 
 Python's garbage collector is disabled during the timed loop (as `timeit` does): a GC pause is the
 harness's cost, not the model's.

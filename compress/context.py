@@ -8,11 +8,13 @@ from typing import Any
 
 from compress.core.atomic import read_json, sha256_file
 from compress.core.errors import KdtoolError
-from compress.core.runfolder import KD_STUDENT, RunFolder, inputs_hash
+from compress.core.runfolder import KD_STUDENT, PRUNED, RunFolder, inputs_hash, unfinished
 from compress.core.tasks import Task
 from compress.data.loader import build_splits
 from compress.data.transfer import folder_fingerprint
-from compress.models.build import BuiltModel, build_model, load_weights
+from compress.models.build import BuiltModel, build_model
+from compress.models.shapes import SHAPES_FILE, apply_shapes
+from compress.models.weights import load_weights
 from recipes.schema import Recipe
 
 
@@ -59,6 +61,12 @@ class Context:
             return inputs_hash(*common, r.student, r.distill, self.output_hash("teacher"),
                                self.output_hash("student_baseline") if self.kd_train.init == "baseline" else None,
                                *transfer)
+        if name == PRUNED:
+            kd = r.prune.recover == "kd"
+            return inputs_hash(*common, r.student, r.prune, r.distill if kd else None,
+                               self.prune_train if r.prune.recover != "none" else None,
+                               self.output_hash(KD_STUDENT), self.output_hash("teacher") if kd else None,
+                               r.benchmark.threads if r.prune.max_latency_ms else None)
         raise KeyError(name)
 
     def output_hash(self, stage: str) -> str | None:
@@ -78,8 +86,21 @@ class Context:
         """Training config of stage 2: distill.train, else the baseline's with init=baseline."""
         return self.recipe.distill.train or self.recipe.student.train
 
-    def load(self, stage: str) -> BuiltModel:
-        """The model a finished stage produced (teacher, student_baseline or student_kd)."""
+    @property
+    def prune_train(self):
+        """Recovery training of the prune stage: prune.train, else the distillation's."""
+        return (self.recipe.prune.train if self.recipe.prune and self.recipe.prune.train else None) or self.kd_train
+
+    @property
+    def final_student(self) -> str:
+        """The student the later stages (quantize, export, benchmark) take: the pruned one when the recipe
+        prunes, else the distilled one."""
+        return PRUNED if self.recipe.prune is not None else KD_STUDENT
+
+    def load(self, stage: str, folder: Path | None = None) -> BuiltModel:
+        """The model a finished stage produced (teacher, student_baseline, student_kd or student_pruned).
+
+        `folder`: read the stage's files from there instead of its run-folder directory (a pruning step)."""
         r = self.recipe
         cfg = r.teacher if stage == "teacher" else r.student
         role = stage.split("_")[0]
@@ -88,10 +109,19 @@ class Context:
         else:
             bare = cfg.model_copy(update={"checkpoint": None, "pretrained": False, "pretrained_file": None})
             built = build_model(bare, self.task.num_outputs, r.data, role)
-            weights = self.run.stage(stage, "best.safetensors")
+            folder = folder or self.run.stage(stage)
+            weights = folder / "best.safetensors"
+            if unfinished(folder):  # a killed or interrupted run's weights
+                verb = "prune" if stage == PRUNED else "distill"
+                raise KdtoolError(f"{folder} holds an unfinished run",
+                                  f"run `{self.command(verb)}` to finish it (stage {stage})")
             if not weights.exists():
-                raise KdtoolError(f"{self.run.stage(stage)} has no trained model",
-                                  f"run `{self.command('distill')}` (stage {stage}) first")
+                raise KdtoolError(f"{folder} has no trained model",
+                                  f"run `{self.command('prune' if stage == PRUNED else 'distill')}` "
+                                  f"(stage {stage}) first")
+            shapes = folder / SHAPES_FILE
+            if shapes.exists():  # a pruned model: resize the fresh build first (no pruning code needed)
+                apply_shapes(built.module, read_json(shapes))
             load_weights(built.module, weights, stage)
         built.module.eval()
         return built

@@ -1,18 +1,20 @@
 """Exporters, one module per format; target presets; parity checks; manifests.
 
-Entry point: `export.run.export_model(model, example, out_dir, formats=..., targets=...)` →
-list of `Artifact` (status ok/failed/skipped, parity, info). Formats register in
-`export.registry.EXPORTERS` (torchscript, onnx, executorch, coreml, tensorrt, aoti; imported by
-`export.formats`); presets live in `export.targets`, the shared parity check in `export.verify`,
-`manifest.json` in `export.manifest`, int8 coverage in `export.quant_stats`.
+Public: `export_model(model, example, out_dir, targets=..., formats=..., quantized=...)` → list of
+`Artifact` (status ok/failed/skipped, parity, info); `Quantized` (int8 inputs). Formats register in
+`export.registry.EXPORTERS` (imported by `export.formats`); presets live in `export.targets`, the
+shared parity check in `export.verify`, `manifest.json` in `export.manifest`, int8 coverage in
+`export.quant_stats`. See docs/api.md.
 """
 
-__all__ = ["Quantized", "export_model"]
+__all__ = ["Artifact", "Quantized", "export_model"]
+
+_LAZY = {"Artifact": "export.artifact", "Quantized": "export.run", "export_model": "export.run"}
 
 
 def __getattr__(name: str):  # lazy: `import export` stays cheap for `kdtool --help`
-    if name in __all__:
-        from export import run
+    if name in _LAZY:
+        import importlib
 
-        return getattr(run, name)
-    raise AttributeError(name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'export' has no attribute {name!r}")

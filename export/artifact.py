@@ -34,7 +34,8 @@ class Artifact(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str  # e.g. "student_kd.executorch.int8"
-    format: Literal["pytorch", "torchscript", "onnx", "coreml", "executorch", "tensorrt", "aoti"]
+    format: Literal["pytorch", "torchscript", "onnx", "coreml", "executorch", "tensorrt", "aoti", "litert",
+                    "openvino"]
     precision: Literal["fp32", "fp16", "int8"]
     path: Path  # the main file; extra files (ONNX .data) listed in `files`
     files: list[Path] = []

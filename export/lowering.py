@@ -21,6 +21,8 @@ child runs, the parent computes with one thread fewer (`threads - 1`, at least 1
 width, 3 busy threads on 2 cores made the parent's ONNX Runtime and PyTorch parity 2.6x slower
 (OpenMP and ORT workers spin-wait at their barriers).
 
+Not used once JAX runs in the process (litert-torch's converter starts its native threads: a LiteRT
+export earlier in the same process, as in the peers study or a test session).
 Used on Linux only (macOS: fork is unsafe once Apple's frameworks are loaded, as coremltools does)
 when the machine has more than one core, and turned off with `KDTOOL_EXPORT_PROCESSES=0`.
 With `--debug` the child's output goes to the terminal; otherwise to `lowering.log` in its scratch
@@ -47,7 +49,7 @@ PARALLEL_FORMATS = ("executorch",)
 """Formats built in the child (XNNPACK variant only): their lowering is the long, single-threaded one."""
 ENV = "KDTOOL_EXPORT_PROCESSES"
 """Set to 0 to build every artifact in the one process, in plan order."""
-CTX_FIELDS = ("dynamic_batch", "max_batch")
+SPEC_FIELDS = ("dynamic_batch", "max_batch")
 """ExportContext fields an exporter may change; the child sends them back."""
 
 Build = Callable[[Path], Artifact]
@@ -63,11 +65,18 @@ class LoweringFailed(ExportError):
 def parallel_enabled(n_parallel: int, n_other: int) -> bool:
     """Whether a child is worth forking: jobs for both sides, Linux, more than one core, not turned off."""
     return (n_parallel > 0 and n_other > 0 and sys.platform.startswith("linux") and (os.cpu_count() or 1) > 1
-            and os.environ.get(ENV, "1") != "0")
+            and os.environ.get(ENV, "1") != "0" and not jax_threads())
+
+
+def jax_threads() -> bool:
+    """Whether JAX has started its backends (native threads) in this process: litert-torch's converter
+    does; a fork after that may deadlock in the child, as JAX itself warns."""
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    return bridge is not None and bool(getattr(bridge, "backends_are_initialized", lambda: True)())
 
 
 class Lowering:
-    """The forked child building `builds` (key → (build, ctx)) in order; `take(key, ...)` collects one."""
+    """The forked child building `builds` (key → (build, spec)) in order; `take(key, ...)` collects one."""
 
     def __init__(self, builds: dict[int, tuple[Build, ExportContext]], debug: bool = False) -> None:
         import multiprocessing
@@ -82,7 +91,7 @@ class Lowering:
         self._process.start()
         send.close()
 
-    def take(self, key: int, into: Path, ctx: ExportContext) -> tuple[Artifact, float]:
+    def take(self, key: int, into: Path, spec: ExportContext) -> tuple[Artifact, float]:
         """Wait for `key`'s artifact, move its files into `into`, apply the child's context changes.
 
         Returns:
@@ -107,7 +116,7 @@ class Lowering:
             raise LoweringFailed(rest[0])
         artifact, fields, seconds = rest
         for name, value in fields.items():
-            setattr(ctx, name, value)
+            setattr(spec, name, value)
         source = self.scratch / str(key)
         for item in source.iterdir():
             shutil.move(str(item), into / item.name)
@@ -132,7 +141,7 @@ class Lowering:
 
 
 def _child(builds: dict[int, tuple[Build, ExportContext]], scratch: Path, send: Any, debug: bool) -> None:
-    """In the child: build each job, send ("ok", key, artifact, ctx fields, seconds) or ("failed", key, reason)."""
+    """In the child: build each job, send ("ok", key, artifact, spec fields, seconds) or ("failed", key, reason)."""
     import torch
 
     torch.set_num_threads(1)
@@ -140,13 +149,13 @@ def _child(builds: dict[int, tuple[Build, ExportContext]], scratch: Path, send: 
         log = os.open(scratch / "lowering.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(log, 1)
         os.dup2(log, 2)
-    for key, (build, ctx) in builds.items():
+    for key, (build, spec) in builds.items():
         folder = scratch / str(key)
         folder.mkdir()
         t0 = time.perf_counter()
         try:
             artifact = build(folder)
-            fields = {name: getattr(ctx, name) for name in CTX_FIELDS if hasattr(ctx, name)}
+            fields = {name: getattr(spec, name) for name in SPEC_FIELDS if hasattr(spec, name)}
             send.send(("ok", key, artifact, fields, round(time.perf_counter() - t0, 2)))
         except KdtoolError as e:
             send.send(("failed", key, str(e)))

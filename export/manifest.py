@@ -21,20 +21,21 @@ from export.registry import ExportContext
 SCHEMA = "kdtool.manifest/1"
 MANIFEST = "manifest.json"
 FORMAT_PACKAGES = {"onnx": ["onnx", "onnxruntime", "onnxscript"], "executorch": ["executorch"],
-                   "coreml": ["coremltools"], "tensorrt": ["tensorrt"], "torchscript": [], "aoti": []}
+                   "coreml": ["coremltools"], "tensorrt": ["tensorrt"], "torchscript": [], "aoti": [],
+                   "litert": ["litert-torch", "ai-edge-litert"], "openvino": ["openvino", "nncf"]}
 
 
-def build_manifest(artifact: Artifact, ctx: ExportContext, example: torch.Tensor) -> dict[str, Any]:
+def build_manifest(artifact: Artifact, spec: ExportContext, example: torch.Tensor) -> dict[str, Any]:
     """The manifest of one artifact (paths relative to the artifact's folder).
 
     Args:
         artifact: the exported artifact (status, parity and info filled in).
-        ctx: the context it was exported with.
+        spec: the context it was exported with.
         example: an input batch, for shapes and dtype.
     """
     folder = artifact.path.parent
     shape: list[int | str] = list(example.shape)
-    if artifact.info.get("dynamic_batch", ctx.dynamic_batch):
+    if artifact.info.get("dynamic_batch", spec.dynamic_batch):
         shape[0] = "batch"
     layout = "NCHW" if example.ndim == 4 else ("N,samples" if example.ndim == 2 else f"{example.ndim}-d")
     return {
@@ -52,24 +53,36 @@ def build_manifest(artifact: Artifact, ctx: ExportContext, example: torch.Tensor
         "size_mb": artifact.size_mb,
         "sha256": artifact.sha256,
         "inputs": [{"name": n, "shape": shape, "dtype": str(example.dtype).replace("torch.", ""),
-                    "layout": layout} for n in ctx.input_names[:1]],
-        "outputs": [{"name": n, "meaning": ctx.output_meaning} for n in ctx.output_names],
-        "task": ctx.task,
-        "labels": list(ctx.labels) if ctx.labels else None,
-        "preprocessing": ctx.preprocess,
-        "opset": ctx.opset if artifact.format in ("onnx", "tensorrt") else None,
+                    "layout": layout} for n in spec.input_names[:1]],
+        "outputs": [{"name": n, "meaning": spec.output_meaning} for n in spec.output_names],
+        "task": spec.task,
+        "labels": list(spec.labels) if spec.labels else None,
+        "preprocessing": spec.preprocess,
+        "opset": spec.opset if artifact.format in ("onnx", "tensorrt") else None,
         "versions": versions(artifact.format),
         "parity": artifact.parity.model_dump(mode="json") if artifact.parity else None,
         "info": artifact.info,
-        "metadata": ctx.metadata,
+        "metadata": spec.metadata,
+        "inputs_hash": spec.inputs_hash,
     }
 
 
-def write_manifest(artifact: Artifact, ctx: ExportContext, example: torch.Tensor) -> Path:
+def write_manifest(artifact: Artifact, spec: ExportContext, example: torch.Tensor) -> Path:
     """Write `manifest.json` atomically into the artifact's folder; returns its path."""
     path = artifact.path.parent / MANIFEST
-    write_json(path, build_manifest(artifact, ctx, example))
+    write_json(path, build_manifest(artifact, spec, example))
     return path
+
+
+def mismatches(artifact_folder: Path, manifest: dict[str, Any]) -> list[tuple[Path, str, str | None]]:
+    """The files of an artifact whose sha256 differs from its manifest's: (path, expected, found or None)."""
+    out = []
+    for item in manifest.get("files") or []:
+        path = Path(artifact_folder) / item["name"]
+        found = sha256_file(path) if path.exists() else None
+        if found != item.get("sha256"):
+            out.append((path, item.get("sha256"), found))
+    return out
 
 
 def versions(fmt: str) -> dict[str, str]:

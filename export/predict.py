@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from compress.core.atomic import read_json
-from compress.core.errors import KdtoolError
+from compress.core.errors import ExportError, KdtoolError
 from compress.data.files import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, Decoder
 from compress.data.wav import read_wav
 from compress.models.build import Preprocess
-from export.manifest import MANIFEST
+from export.manifest import MANIFEST, mismatches
 
-STAGES = ("teacher", "student_baseline", "student_kd")
+STAGES = ("teacher", "student_baseline", "student_kd", "student_pruned")
 MAX_BATCH = 64
 
 
@@ -47,14 +47,18 @@ class Predictor:
     max_batch: int
 
 
-def load_predictor(artifact: str | Path, threads: int = 2, recipe: str | None = None) -> Predictor:
+def load_predictor(artifact: str | Path, threads: int = 2, recipe: str | None = None,
+                   verify: bool = True) -> Predictor:
     """Load an exported artifact (its file or folder, beside `manifest.json`) or a kdtool checkpoint.
 
     A checkpoint is a stage folder of a run (`runs/<name>/student_kd`) or a `.safetensors` file in
     one; it is rebuilt from `recipe` (default: the shipped recipe named like the run folder).
+    With `verify`, an artifact's files must match the sha256 its manifest records.
 
     Raises:
-        KdtoolError: a missing path, no manifest, or a runtime that cannot run here (exit 2).
+        KdtoolError: a missing path, no manifest, a file that does not match its manifest (changed or
+            damaged since export), a file its runtime cannot load (truncated), or a runtime that cannot
+            run here (exit 2).
     """
     path = Path(artifact)
     if not path.exists():
@@ -67,27 +71,46 @@ def load_predictor(artifact: str | Path, threads: int = 2, recipe: str | None = 
                           "predict runs artifacts exported by kdtool (kdtool export writes the manifest)")
     manifest = read_json(folder / MANIFEST)
     file = folder / manifest["file"] if path == folder else path
+    if verify:
+        _check_files(folder, manifest)
     from export.formats import get_runtime
 
     runtime = get_runtime(manifest["runtime"])
     reason = runtime.available()
     if reason is not None:
         raise KdtoolError(f"{file} cannot run here: {reason}", "run it on a machine that has its runtime")
+    try:
+        session = runtime.load(file, threads)
+    except ExportError as e:  # a truncated or foreign file given to predict is bad input (exit 2), naming it
+        raise KdtoolError(e.message, e.hint) from e
     shape = manifest["inputs"][0]["shape"]
     info = manifest.get("info") or {}
     return Predictor(
-        session=runtime.load(file, threads), name=manifest["name"], task=manifest["task"],
+        session=session, name=manifest["name"], task=manifest["task"],
         labels=manifest.get("labels"), output_names=_output_names(manifest),
         decoder=_decoder(manifest["preprocessing"]), preprocess=_preprocess(manifest["preprocessing"]),
         fixed_batch=shape[0] if isinstance(shape[0], int) else None,
         max_batch=min(MAX_BATCH, info.get("max_batch") or MAX_BATCH))
 
 
+def _check_files(folder: Path, manifest: dict[str, Any]) -> None:
+    """Refuse an artifact whose files differ from the sha256 its manifest recorded at export."""
+    bad = mismatches(folder, manifest)
+    if not bad:
+        return
+    path, expected, found = bad[0]
+    if found is None:
+        raise KdtoolError(f"{path}, listed in {folder / MANIFEST}, is missing", "export the artifact again")
+    raise KdtoolError(f"{path} does not match its manifest: sha256 {found}, manifest says {expected}",
+                      "the file changed after export (damaged or edited): export it again, or pass --no-verify "
+                      "to run it anyway")
+
+
 def _checkpoint_predictor(stage: Path, weights: Path, recipe: str | None) -> Predictor:
     """A stage's weights rebuilt from the recipe (architecture, task, preprocessing)."""
     from compress.context import Context
     from compress.core.runfolder import RunFolder
-    from compress.models.build import load_weights
+    from compress.models.weights import load_weights
     from export.formats.pytorch.runtime import TorchSession
     from recipes.load import load_recipe
 
@@ -232,9 +255,11 @@ def line(file: Path, result: dict[str, Any]) -> str:
 
 
 def predict(artifact: str | Path, inputs: list[str | Path], top_k: int = 3, threads: int = 2,
-            resample: bool = True, recipe: str | None = None) -> list[dict[str, Any]]:
-    """Run `artifact` on `inputs`; one result per file (`input`, `label`, and scores per task)."""
+            resample: bool = True, recipe: str | None = None, verify: bool = True) -> list[dict[str, Any]]:
+    """Run `artifact` on `inputs`; one result per file (`input`, `label`, and scores per task).
+
+    `verify`: refuse an artifact whose files do not match its manifest's sha256 (see `load_predictor`)."""
     files = collect_inputs(inputs)  # a missing input is named before the artifact loads
-    p = load_predictor(artifact, threads, recipe)
+    p = load_predictor(artifact, threads, recipe, verify)
     outputs = run_files(p, files, resample)
     return [{"input": str(f), **explain(row, p, top_k)} for f, row in zip(files, outputs, strict=True)]

@@ -28,6 +28,8 @@ EXPORTERS: Registry = Registry("exporter")
 class ExportContext:
     """Everything an exporter needs besides the model: names, precision, metadata, quantized inputs.
 
+    Passed as `spec` (the run context, `compress.context.Context`, is `ctx`).
+
     Attributes:
         name: run-level name of the model, e.g. "student_kd"; files are `<name>.<ext>`.
         precision: "fp32", "fp16" or "int8" (int8 needs `quantized_program` or `quantized_onnx`).
@@ -48,6 +50,12 @@ class ExportContext:
         variant: format-specific flavour, e.g. "coreml" for ExecuTorch with the CoreML delegate.
         task_spec: the `compress.core.tasks.Task` (primary metric, decisions) for parity, if known.
         parity_targets: labels of the real parity inputs: parity then compares the primary metric.
+        inputs_hash: the artifact's inputs hash (`export.stage.artifact_hash`), recorded in its
+            manifest: the export stage's index is rebuilt from manifests after a crash.
+        calibration: preprocessed calibration samples for formats that calibrate their own int8
+            (LiteRT, OpenVINO): the quantization stage's calibration set.
+        validation: (inputs, labels) for accuracy-aware int8 inside a format (OpenVINO's NNCF).
+        min_retention: the accuracy-aware int8 floor (`quantize.min_retention`), None when off.
     """
 
     name: str = "model"
@@ -69,6 +77,10 @@ class ExportContext:
     task_spec: Any = None
     parity_targets: Any = None
     tag: str | None = None
+    inputs_hash: str | None = None
+    calibration: Any = None
+    validation: Any = None
+    min_retention: float | None = None
 
     def artifact_name(self, fmt: str) -> str:
         """Name used in reports: `<name>.<format>[-<variant>][-<tag>].<precision>`."""
@@ -101,7 +113,7 @@ class ExportContext:
 class Exporter(Protocol):
     """One format: writes an artifact for `model` into `out_dir` and returns its `Artifact`.
 
-    Exporters write files atomically, embed `ctx.embedded_metadata()` where the format allows, and
+    Exporters write files atomically, embed `spec.embedded_metadata()` where the format allows, and
     raise `ExportError` (naming the unsupported op or missing package) when they cannot export.
     Parity and manifests are done by the caller (`export.run.export_model`), once for all formats.
     """
@@ -110,26 +122,26 @@ class Exporter(Protocol):
     runtime: str
     precisions: tuple[str, ...]
 
-    def export(self, model: nn.Module, example: torch.Tensor, out_dir: Path, ctx: ExportContext) -> Artifact:
+    def export(self, model: nn.Module, example: torch.Tensor, out_dir: Path, spec: ExportContext) -> Artifact:
         """Export `model` (eval mode, fp32) traced on `example`; returns the artifact (status ok)."""
         ...
 
 
-def check_precision(exporter: Exporter, ctx: ExportContext) -> None:
-    """Raise ExportError when `exporter` cannot make `ctx.precision`."""
-    if ctx.precision not in exporter.precisions:
-        raise ExportError(f"{exporter.name} does not export precision {ctx.precision!r}",
+def check_precision(exporter: Exporter, spec: ExportContext) -> None:
+    """Raise ExportError when `exporter` cannot make `spec.precision`."""
+    if spec.precision not in exporter.precisions:
+        raise ExportError(f"{exporter.name} does not export precision {spec.precision!r}",
                           f"supported: {', '.join(exporter.precisions)}")
 
 
 def export_program(model: nn.Module, example: torch.Tensor,
-                   ctx: ExportContext) -> torch.export.ExportedProgram:
+                   spec: ExportContext) -> torch.export.ExportedProgram:
     """`torch.export.export` with the context's dynamic batch; unsupported ops become an ExportError.
 
     Falls back to a static batch when the model specialises it (e.g. a PT2E-converted graph traced
-    at a fixed batch) and records that by setting `ctx.dynamic_batch = False`.
+    at a fixed batch) and records that by setting `spec.dynamic_batch = False`.
     """
-    dim = ctx.batch_dim()
+    dim = spec.batch_dim()
     try:
         if dim is not None:
             try:
@@ -137,11 +149,11 @@ def export_program(model: nn.Module, example: torch.Tensor,
             except torch._dynamo.exc.UserError:
                 # the graph bounds or fixes the batch (e.g. a PT2E graph): let torch.export decide
                 program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
-                ctx.dynamic_batch = not isinstance(user_input_shape(program)[0], int)
+                spec.dynamic_batch = not isinstance(user_input_shape(program)[0], int)
                 return program
         return torch.export.export(model, (example,))
     except Exception as e:  # torch.export raises many types; name the failure for the user
-        raise ExportError(f"torch.export failed for {ctx.name}: {first_line(e)}",
+        raise ExportError(f"torch.export failed for {spec.name}: {first_line(e)}",
                           "the model has an op or Python control flow torch.export cannot trace") from e
 
 
@@ -159,14 +171,14 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     return text[:limit]
 
 
-def build_artifact(fmt: str, path: Path, ctx: ExportContext, runtime: str, extra_files: tuple[Path, ...] = (),
+def build_artifact(fmt: str, path: Path, spec: ExportContext, runtime: str, extra_files: tuple[Path, ...] = (),
                    info: dict[str, Any] | None = None) -> Artifact:
     """An `Artifact` for files already written: size counts every file (ONNX `.data` included).
 
     Args:
         fmt: format name (Artifact.format).
         path: the main file or folder (`.mlpackage`).
-        ctx: the export context (name, precision, target).
+        spec: the export context (name, precision, target).
         runtime: registered runtime name that loads it.
         extra_files: files the main one needs (ONNX external weights), hashed and counted too.
         info: format facts (delegation share, opset, dynamic batch...).
@@ -176,10 +188,10 @@ def build_artifact(fmt: str, path: Path, ctx: ExportContext, runtime: str, extra
     if not Path(path).exists() or size_on_disk_mb(path) == 0:
         raise ExportError(f"{fmt} export wrote no data to {path}", "see the exporter's log above")
     files = [Path(path), *map(Path, extra_files)]
-    info = {"dynamic_batch": ctx.dynamic_batch, **(info or {})}
+    info = {"dynamic_batch": spec.dynamic_batch, **(info or {})}
     if extra_files:
         info["files_sha256"] = {f.name: sha256_file(f) for f in files}
-    return Artifact(name=ctx.artifact_name(fmt), format=fmt, precision=ctx.precision, path=Path(path),
-                    files=files, runtime=runtime, target=ctx.target, status="ok",
+    return Artifact(name=spec.artifact_name(fmt), format=fmt, precision=spec.precision, path=Path(path),
+                    files=files, runtime=runtime, target=spec.target, status="ok",
                     size_mb=round(sum(size_on_disk_mb(f) for f in files), 6), sha256=sha256_file(path),
                     info=info)

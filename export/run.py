@@ -50,6 +50,10 @@ class Quantized:
             float layers, int8 compute share and retention before/after go into the int8 artifacts'
             metadata (`kdtool.float_layers`, `kdtool.int8_compute_share`, `kdtool.retention_before`,
             `kdtool.retention_after`).
+        calibration: preprocessed calibration samples (the ones PT2E and ONNX Runtime calibrate on)
+            for the formats whose exporter calibrates its own int8 (LiteRT, OpenVINO).
+        validation: (inputs, labels) for their accuracy-aware int8 (OpenVINO's NNCF accuracy control).
+        min_retention: the accuracy-aware floor (`quantize.min_retention`); None turns it off.
     """
 
     pt2e: Any = None
@@ -59,11 +63,33 @@ class Quantized:
     command: str = "kdtool quantize"  # the command skip reasons suggest (the run's recipe and --out added)
     pt2e_floor: dict[str, Any] | None = None
     onnx_floor: dict[str, Any] | None = None
+    calibration: torch.Tensor | None = None
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None
+    min_retention: float | None = None
+
+    @classmethod
+    def of(cls, models: Any) -> Quantized:
+        """The int8 inputs of `compress.quantize` results: an ExecuTorch (PT2E) one and/or an ONNX one.
+
+        Args:
+            models: a `Quantized` (returned as is), a `QuantizedModel`, or a list of them; the last of each
+                backend wins. Other backends (torch, coreml) have no exporter input and are left out.
+        """
+        if isinstance(models, Quantized):
+            return models
+        out = cls(command="compress.quantize(...)")
+        for qm in models if isinstance(models, list | tuple) else [models]:
+            if qm.backend == "executorch":
+                out.pt2e, out.pt2e_mode = qm.program if qm.program is not None else qm.module, qm.mode
+                out.pt2e_floor = qm.meta.get("accuracy_aware")
+            elif qm.backend == "onnx":
+                out.onnx, out.onnx_mode, out.onnx_floor = qm.path, qm.mode, qm.meta.get("accuracy_aware")
+        return out
 
 
 def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
                  formats: list[str] | None = None, targets: list[str] | None = None, *,
-                 quantized: Quantized | None = None, ctx: ExportContext | None = None,
+                 quantized: Any = None, spec: ExportContext | None = None,
                  inputs: torch.Tensor | None = None, int8: bool = True, verify: bool = True,
                  threads: int = 1, batch: str | int = "auto") -> list[Artifact]:
     """Export `model` for `targets` (presets) or `formats`, verify each artifact, write manifests.
@@ -74,8 +100,9 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
         out_dir: the export folder (e.g. `runs/<name>/export`).
         formats: formats to make (`EXPORTERS` names); with targets, narrows/extends their presets.
         targets: android, ios, server or all (see `export/targets.py`); default server.
-        quantized: int8 inputs from the quantization stage; int8 jobs are skipped without them.
-        ctx: names, labels, preprocessing, opset, metadata (precision/target are set per job).
+        quantized: int8 inputs: `compress.quantize` results (one `QuantizedModel` or a list) or a
+            `Quantized`; int8 jobs are skipped without them.
+        spec: names, labels, preprocessing, opset, metadata (precision/target are set per job).
         inputs: real (preprocessed) inputs for the parity check, besides random ones.
         int8: make the presets' int8 artifacts.
         verify: load every artifact in its runtime and check parity (turn off only in tests of I/O).
@@ -86,16 +113,19 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: str | Path,
     Returns:
         One `Artifact` per planned job, in plan order, each with status, reason, parity and info.
     """
-    return export_jobs(plan(targets, formats, int8, batch), model, example, out_dir, quantized=quantized, ctx=ctx,
+    return export_jobs(plan(targets, formats, int8, batch), model, example, out_dir,
+                       quantized=Quantized.of(quantized) if quantized is not None else None, spec=spec,
                        inputs=inputs, verify=verify, threads=threads)
 
 
 def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_dir: str | Path, *,
-                quantized: Quantized | None = None, ctx: ExportContext | None = None,
-                inputs: torch.Tensor | None = None, verify: bool = True, threads: int = 1) -> list[Artifact]:
+                quantized: Quantized | None = None, spec: ExportContext | None = None,
+                inputs: torch.Tensor | None = None, verify: bool = True, threads: int = 1,
+                hashes: dict[str, str] | None = None) -> list[Artifact]:
     """Export, verify and write the manifest of each planned job (`export_model` after planning).
 
     Each artifact folder `out_dir/<job.folder>` is replaced atomically; no other folder is touched.
+    `hashes` (`{job.folder: inputs hash}`) go into the manifests (see `ExportContext.inputs_hash`).
 
     Returns:
         One `Artifact` per job, in order.
@@ -103,11 +133,11 @@ def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_di
     from compress.models.deploy import deploy_form
 
     model, fused = deploy_form(model.eval())  # re-parameterisable blocks ship fused (MobileOne, RepViT...)
-    ctx = ctx or ExportContext()
+    spec = spec or ExportContext()
     if fused:  # embedded in every artifact and its manifest
-        ctx = dataclasses.replace(ctx, metadata={**ctx.metadata, "kdtool.reparameterized_blocks": str(fused)})
+        spec = dataclasses.replace(spec, metadata={**spec.metadata, "kdtool.reparameterized_blocks": str(fused)})
     quantized = quantized or Quantized()
-    setups = [_setup(job, example, ctx, quantized, inputs) for job in jobs]
+    setups = [_setup(job, example, spec, quantized, inputs, (hashes or {}).get(job.folder)) for job in jobs]
     lowering = _start_lowering(jobs, model, setups)
     ahead = sorted(lowering.keys) if lowering else []
     results: dict[int, Artifact] = {}
@@ -124,7 +154,7 @@ def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_di
         for i in [i for i in range(len(jobs)) if i not in ahead] + ahead:
             job = jobs[i]
             t0 = time.perf_counter()
-            built = (lambda into, ctx, i=i: lowering.take(i, into, ctx)) if i in ahead else None
+            built = (lambda into, spec, i=i: lowering.take(i, into, spec)) if i in ahead else None
             if built and verify and lowering.busy():  # the reference's outputs while the child still lowers
                 width()
                 with contextlib.suppress(Exception):  # a reference that fails fails this artifact's parity
@@ -150,25 +180,28 @@ def export_jobs(jobs: list[Job], model: nn.Module, example: torch.Tensor, out_di
 class _Setup:
     """One job's context (precision, target, metadata), traced example and skip reason."""
 
-    ctx: ExportContext
+    spec: ExportContext
     example: torch.Tensor
     floor: dict[str, Any] | None
     skip: str | None
 
 
 def _setup(job: Job, example: torch.Tensor, base: ExportContext, quantized: Quantized,
-           inputs: torch.Tensor | None) -> _Setup:
+           inputs: torch.Tensor | None, inputs_hash: str | None = None) -> _Setup:
     metadata = dict(base.metadata)
-    mode = quantized.pt2e_mode if job.format == "executorch" else quantized.onnx_mode
+    own = calibrates_int8(job.format)  # LiteRT, OpenVINO: int8 made by the exporter, no adopted model
+    mode = "static" if own else quantized.pt2e_mode if job.format == "executorch" else quantized.onnx_mode
     if job.precision == "int8" and mode:
         metadata["kdtool.quantization"] = mode
-    floor = quantized.pt2e_floor if job.format == "executorch" else quantized.onnx_floor
+    floor = None if own else quantized.pt2e_floor if job.format == "executorch" else quantized.onnx_floor
     if job.precision == "int8" and floor:
         metadata.update(floor_metadata(floor))
-    ctx = dataclasses.replace(base, precision=job.precision, target=job.target, variant=job.variant,
+    spec = dataclasses.replace(base, precision=job.precision, target=job.target, variant=job.variant,
                               metadata=metadata, quantized_program=quantized.pt2e,
-                              quantized_onnx=quantized.onnx, dynamic_batch=job.batch is None, tag=job.tag)
-    return _Setup(ctx, job_example(job, example, inputs), floor if job.precision == "int8" else None,
+                              quantized_onnx=quantized.onnx, dynamic_batch=job.batch is None, tag=job.tag,
+                              inputs_hash=inputs_hash, calibration=quantized.calibration,
+                              validation=quantized.validation, min_retention=quantized.min_retention)
+    return _Setup(spec, job_example(job, example, inputs), floor if job.precision == "int8" else None,
                   _skip_reason(job, quantized))
 
 
@@ -185,9 +218,9 @@ def _start_lowering(jobs: list[Job], model: nn.Module, setups: list[_Setup]) -> 
 
     def builder(i: int):
         exporter, setup = EXPORTERS.get(jobs[i].format)(), setups[i]
-        return lambda folder: exporter.export(model, setup.example, folder, setup.ctx)
+        return lambda folder: exporter.export(model, setup.example, folder, setup.spec)
 
-    return Lowering({i: (builder(i), setups[i].ctx) for i in ahead}, debug=debug())
+    return Lowering({i: (builder(i), setups[i].spec) for i in ahead}, debug=debug())
 
 
 def _export_one(job: Job, model: nn.Module, out_dir: Path, setup: _Setup, quantized: Quantized,
@@ -196,34 +229,34 @@ def _export_one(job: Job, model: nn.Module, out_dir: Path, setup: _Setup, quanti
     """Export (or, with `built`, collect from the lowering child), verify, manifest, move into place.
 
     `width()` gives the runtimes' thread count at each step (and sets torch's)."""
-    ctx, example, floor = setup.ctx, setup.example, setup.floor
+    spec, example, floor = setup.spec, setup.example, setup.floor
     folder = out_dir / job.folder
     if setup.skip:
-        return _placeholder(job, ctx, folder, "skipped", setup.skip)
+        return _placeholder(job, spec, folder, "skipped", setup.skip)
     t0 = time.perf_counter()
     try:
         with atomic_path(folder, is_dir=True) as tmp:
             if built is None:
                 width()
-                artifact = EXPORTERS.get(job.format)().export(model, example, tmp, ctx)
+                artifact = EXPORTERS.get(job.format)().export(model, example, tmp, spec)
                 seconds = round(time.perf_counter() - t0, 2)
             else:
-                artifact, seconds = built(tmp, ctx)
+                artifact, seconds = built(tmp, spec)
             artifact = _update(artifact, info={**artifact.info, "export_s": seconds})
             if not artifact.info.get("dynamic_batch", True):  # the one batch size it runs at
                 artifact = _update(artifact, info={**artifact.info, "batch": int(example.shape[0])})
             if floor:
                 artifact = _update(artifact, info={**artifact.info, "accuracy_aware": floor})
             if verify:
-                artifact = _verify(artifact, job, model, example, ctx, quantized, inputs, width(), cache)
+                artifact = _verify(artifact, job, model, example, spec, quantized, inputs, width(), cache)
             if artifact.status == "failed":  # never shippable by mistake: *.failed.<ext>, the manifest says why
                 artifact = _mark_failed(artifact)
-            write_manifest(artifact, ctx, example)
+            write_manifest(artifact, spec, example)
     except KdtoolError as e:
-        return _placeholder(job, ctx, folder, "failed", str(e))
+        return _placeholder(job, spec, folder, "failed", str(e))
     except Exception as e:  # a library bug in one format must not stop the others
         log.debug("exporter %s crashed", job.format, exc_info=True)
-        return _placeholder(job, ctx, folder, "failed", f"{type(e).__name__}: {first_line(e)}")
+        return _placeholder(job, spec, folder, "failed", f"{type(e).__name__}: {first_line(e)}")
     return _relocate(artifact, tmp, folder)
 
 
@@ -248,14 +281,14 @@ def floor_metadata(floor: dict[str, Any]) -> dict[str, str]:
             "kdtool.retention_after": text(floor.get("retention_after"))}
 
 
-def _verify(artifact: Artifact, job: Job, model: nn.Module, example: torch.Tensor, ctx: ExportContext,
+def _verify(artifact: Artifact, job: Job, model: nn.Module, example: torch.Tensor, spec: ExportContext,
             quantized: Quantized, inputs: torch.Tensor | None, threads: int, cache: Any = None) -> Artifact:
     """Load in the runtime and check parity; int8 ExecuTorch is compared with its PT2E model."""
     reference = _reference(job, model, quantized)
     reference = cache.runnable(reference) if cache is not None else ReferenceCache().runnable(reference)
     try:
-        parity = verify_artifact(artifact, reference, example, inputs=inputs, task=ctx.task_spec or ctx.task,
-                                 threads=threads, targets=ctx.parity_targets, student=model, cache=cache,
+        parity = verify_artifact(artifact, reference, example, inputs=inputs, task=spec.task_spec or spec.task,
+                                 threads=threads, targets=spec.parity_targets, student=model, cache=cache,
                                  int8_reference=reference is not model,
                                  student_decisions=quantized.pt2e_mode != "qat")
     except ExportError as e:
@@ -285,7 +318,7 @@ def failed_name(path: Path) -> Path:
     stem, _, exts = path.name.partition(".")
     rest = exts.split(".")
     # keep the name before the format's extension(s): student_kd.int8.pte → student_kd.int8.failed.pte
-    known = {"pte", "onnx", "data", "mlpackage", "mlmodel", "pt", "ts", "engine", "so", "pt2"}
+    known = {"pte", "onnx", "data", "mlpackage", "mlmodel", "pt", "ts", "engine", "so", "pt2", "tflite", "xml", "bin"}
     k = len(rest)
     while k > 0 and rest[k - 1] in known:
         k -= 1
@@ -305,7 +338,19 @@ def _mark_failed(artifact: Artifact) -> Artifact:
     return _update(artifact, path=target, files=[target if Path(f) == path else f for f in artifact.files])
 
 
+def calibrates_int8(fmt: str) -> bool:
+    """Whether the format's exporter calibrates its own int8 on `Quantized.calibration` (its int8 quantizer
+    lives in its format folder and adopts no model of the quantization stage)."""
+    return bool(getattr(EXPORTERS.get(fmt), "calibrates_int8", False))
+
+
 def _skip_reason(job: Job, quantized: Quantized) -> str | None:
+    unavailable = getattr(EXPORTERS.get(job.format), "unavailable", None)
+    reason = unavailable(job.precision) if unavailable else None
+    if reason:  # an optional extra that is not installed: skipped with the install hint
+        return reason
+    if job.precision == "int8" and calibrates_int8(job.format) and quantized.calibration is None:
+        return f"no calibration samples for {job.format} int8: export from a recipe (`kdtool export`)"
     if job.precision == "int8" and job.format == "executorch" and quantized.pt2e is None:
         return f"no PT2E-quantized model: run `{quantized.command} --mode static` (or qat) first"
     if job.precision == "int8" and job.format in ("onnx", "tensorrt") and quantized.onnx is None:
@@ -319,9 +364,9 @@ def _skip_reason(job: Job, quantized: Quantized) -> str | None:
     return None
 
 
-def _placeholder(job: Job, ctx: ExportContext, folder: Path, status: str, reason: str) -> Artifact:
+def _placeholder(job: Job, spec: ExportContext, folder: Path, status: str, reason: str) -> Artifact:
     runtime = EXPORTERS.get(job.format).runtime
-    return Artifact(name=ctx.artifact_name(job.format), format=job.format, precision=job.precision,
+    return Artifact(name=spec.artifact_name(job.format), format=job.format, precision=job.precision,
                     path=folder, runtime=runtime, target=job.target, status=status, reason=reason)
 
 

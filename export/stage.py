@@ -2,35 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from compress.core.atomic import read_json, sha256_json
+from compress.core.atomic import read_json, remove_orphans, sha256_json
 from compress.core.errors import ExportError, KdtoolError
 from compress.core.progress import console
-from compress.core.runfolder import KD_STUDENT, finish_stage, inputs_hash
+from compress.core.runfolder import finish_stage, inputs_hash, is_finished
 from compress.data.loader import example_batch
 from compress.quant.stage import best_quantized
+from export.index import ordered, read_index
+
+if TYPE_CHECKING:
+    from compress.context import Context
+    from compress.models.build import BuiltModel
+    from export.targets import Job
 
 EXPORT_BATCH = 2
 """Batch of the example an artifact is exported with (the batch of fixed-batch artifacts)."""
 
 
-def _example_inputs(ctx, student, n: int) -> torch.Tensor:
+def _example_inputs(ctx: Context, student: BuiltModel, n: int) -> torch.Tensor:
     """Real preprocessed validation samples (parity and benchmark inputs)."""
     _, val_ds = ctx.datasets
     raw = example_batch(val_ds, n)
     return student.preprocess(raw)
 
 
-def _example_targets(ctx, n: int) -> torch.Tensor:
+def _example_targets(ctx: Context, n: int) -> torch.Tensor:
     """Labels of the samples `_example_inputs` returns (parity compares the primary metric on them)."""
     _, val_ds = ctx.datasets
     return torch.stack([torch.as_tensor(val_ds[i][1]) for i in range(min(n, len(val_ds)))])
 
 
-def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None = None,
+def run_export(ctx: Context, targets: list[str] | None = None, formats: list[str] | None = None,
                force: bool = False) -> list:
     """`kdtool export`: artifacts of the distilled student (+ its INT8 versions) for each target.
 
@@ -50,24 +56,27 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
     r = ctx.recipe
     jobs = plan(targets or list(r.export.targets), formats or (list(r.export.formats) if r.export.formats else None),
                 r.export.int8, r.export.batch)  # an unknown target or format fails here, before any model is loaded
-    student = ctx.load(KD_STUDENT)
+    student = ctx.load(ctx.final_student)  # the pruned student when the recipe prunes
     quantized, sources = _quantized_inputs(ctx)
     folder = ctx.run.stage("export")
-    index = _read_index(folder)
+    remove_orphans(folder)
+    index = read_index(folder)  # rebuilt from the artifacts' manifests: the truth after a crash
     hashes = {job.folder: artifact_hash(ctx, job, sources) for job in jobs}
+    _warn_damaged(index, hashes)
     reused, todo = _sort_jobs(jobs, hashes, index, folder, force)
     artifacts = []
     if todo:
+        _add_calibration(ctx, student, quantized, todo)
         inputs = _example_inputs(ctx, student, r.export.parity_samples)
         preprocess = {**student.preprocess.to_dict(), "decode": _decode_facts(r.data, student)}
-        export_ctx = ExportContext(name=KD_STUDENT, task=ctx.task.kind, preprocess=preprocess,
-                                   labels=tuple(r.task.labels) if r.task.labels else None,
-                                   output_names=("output",), opset=r.export.opset,
-                                   metadata={"kdtool.recipe": r.name},
-                                   output_meaning=_output_meaning(ctx.task), task_spec=ctx.task,
-                                   parity_targets=_example_targets(ctx, len(inputs)))
+        spec = ExportContext(name=ctx.final_student, task=ctx.task.kind, preprocess=preprocess,
+                             labels=tuple(r.task.labels) if r.task.labels else None,
+                             output_names=("output",), opset=r.export.opset,
+                             metadata={"kdtool.recipe": r.name},
+                             output_meaning=_output_meaning(ctx.task), task_spec=ctx.task,
+                             parity_targets=_example_targets(ctx, len(inputs)))
         artifacts = export_jobs(todo, student.module, inputs[:EXPORT_BATCH], folder, quantized=quantized,
-                                ctx=export_ctx, inputs=inputs, threads=r.benchmark.threads)
+                                spec=spec, inputs=inputs, threads=r.benchmark.threads, hashes=hashes)
     made = {job.folder: a for job, a in zip(todo, artifacts, strict=True)}
     for key, a in made.items():
         index[key] = {**a.model_dump(mode="json"), "job": key, "inputs_hash": hashes[key]}
@@ -79,7 +88,7 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
     _print_export_table(summary_table(result))
     failed = [a for a in made.values() if a.status == "failed"]
     finish_stage(folder, sha256_json(sorted(e.get("inputs_hash") or "" for e in index.values())),
-                 {"artifacts": _ordered(index)}, complete=not failed)  # a failed artifact is redone next time
+                 {"artifacts": ordered(index)}, complete=not failed)  # a failed artifact is redone next time
     if failed:
         raise ExportError(f"{len(failed)} artifact(s) failed: " + "; ".join(f"{a.name}: {a.reason}" for a in failed),
                           "see the table above; failed files were renamed *.failed.*, the other artifacts "
@@ -87,7 +96,7 @@ def run_export(ctx, targets: list[str] | None = None, formats: list[str] | None 
     return result
 
 
-def _quantized_inputs(ctx) -> tuple[Any, dict[str, str | None]]:
+def _quantized_inputs(ctx: Context) -> tuple[Any, dict[str, str | None]]:
     """The quantization stage's int8 models that exporters adopt, and each one's inputs hash.
 
     ExecuTorch int8 takes the better of the static and QAT PT2E models; ONNX int8 the static ONNX
@@ -96,7 +105,9 @@ def _quantized_inputs(ctx) -> tuple[Any, dict[str, str | None]]:
     from export.run import Quantized
 
     quantized = Quantized(command=ctx.command("quantize"))
-    sources: dict[str, str | None] = {"executorch": None, "onnx": None}
+    q = ctx.recipe.quantize  # what the formats that calibrate their own int8 (LiteRT, OpenVINO) depend on
+    sources: dict[str, str | None] = {"executorch": None, "onnx": None, "calibrated": sha256_json(
+        {"calibration_samples": q.calibration_samples, "min_retention": q.min_retention})}
     et_folder, et_mode = best_quantized(ctx, "executorch", ("static", "qat"))
     if et_folder is not None:
         from compress.quant.quantize import load_quantized
@@ -108,7 +119,7 @@ def _quantized_inputs(ctx) -> tuple[Any, dict[str, str | None]]:
         console.print(f"[dim]export: ExecuTorch int8 from the {et_mode} quantized model ({et_folder})[/]")
     for mode in ("static", "dynamic"):
         onnx_folder = ctx.run.stage("quantized", mode, "onnx")
-        if (onnx_folder / "meta.json").exists():
+        if is_finished(onnx_folder):
             meta = read_json(onnx_folder / "meta.json")
             quantized.onnx, quantized.onnx_mode = onnx_folder / meta["file"], mode
             quantized.onnx_floor = meta.get("accuracy_aware")
@@ -117,42 +128,43 @@ def _quantized_inputs(ctx) -> tuple[Any, dict[str, str | None]]:
     return quantized, sources
 
 
-def artifact_hash(ctx, job, sources: dict[str, str | None]) -> str:
+def _add_calibration(ctx: Context, student, quantized, jobs: list) -> None:
+    """Calibration (and accuracy-control) samples for the formats whose exporter makes its own int8
+    (LiteRT, OpenVINO), when such a job is planned.
+
+    Calibration: the first `quantize.calibration_samples` training samples, preprocessed, as the
+    quantization stage's static PT2E and ONNX Runtime models are calibrated (an unshuffled loader).
+    Validation, for OpenVINO's accuracy control at `quantize.min_retention`: as many validation
+    samples, with their labels.
+    """
+    from compress.data.loader import make_loader
+    from compress.quant.common import input_batches
+    from export.run import calibrates_int8
+
+    if not any(job.precision == "int8" and calibrates_int8(job.format) for job in jobs):
+        return
+    r = ctx.recipe
+    n = r.quantize.calibration_samples
+    train_ds, _ = ctx.datasets
+    loader = make_loader(train_ds, r.data.batch_size, shuffle=False, seed=r.quantize.qat.seed)
+    quantized.calibration = torch.cat(list(input_batches(loader, student.preprocess, n)))
+    if r.quantize.min_retention is not None:
+        quantized.validation = (_example_inputs(ctx, student, n), _example_targets(ctx, n))
+        quantized.min_retention = r.quantize.min_retention
+
+
+def artifact_hash(ctx: Context, job: Job, sources: dict[str, str | None]) -> str:
     """Inputs hash of one artifact: the export settings that shape it, its job, the student's weights,
     and (int8) the quantized model it adopts. The target list and format list are not part of it."""
     settings = ctx.recipe.export.model_dump(mode="json", exclude={"targets", "formats"})
     source = None
     if job.precision == "int8":
-        source = sources.get("executorch" if job.format == "executorch" else "onnx")
-    return inputs_hash(settings, [job.format, job.precision, job.variant, job.batch], ctx.output_hash(KD_STUDENT),
-                       source, ctx.recipe.benchmark.threads)
+        from export.run import calibrates_int8
 
-
-def _read_index(folder) -> dict[str, dict[str, Any]]:
-    """`{job folder: artifact entry}` of the artifacts recorded in the export folder's meta.json
-    whose folder is still on disk (skipped ones have none and are kept for the report)."""
-    meta = folder / "meta.json"
-    if not meta.exists():
-        return {}
-    index = {}
-    for entry in read_json(meta).get("artifacts", []):
-        key = _job_key(entry, folder)
-        if key is not None and (entry.get("status") == "skipped" or (folder / key).is_dir()):
-            index[key] = entry
-    return index
-
-
-def _job_key(entry: dict[str, Any], folder) -> str | None:
-    """`<target>/<format>/<precision>` of an index entry (its folder relative to the export folder)."""
-    from pathlib import Path
-
-    if entry.get("job"):
-        return entry["job"]
-    try:
-        rel = Path(entry["path"]).relative_to(folder)
-    except ValueError:
-        return None
-    return "/".join(rel.parts[:3]) if len(rel.parts) >= 3 else str(rel)
+        source = sources.get("calibrated" if calibrates_int8(job.format) else
+                             "executorch" if job.format == "executorch" else "onnx")
+    return inputs_hash(settings, [job.format, job.precision, job.variant, job.batch],
+                       ctx.output_hash(ctx.final_student), source, ctx.recipe.benchmark.threads)
 
 
 def _sort_jobs(jobs: list, hashes: dict[str, str], index: dict[str, dict[str, Any]], folder, force: bool):
@@ -182,12 +194,11 @@ def _sort_jobs(jobs: list, hashes: dict[str, str], index: dict[str, dict[str, An
     return reused, todo
 
 
-def _ordered(index: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Index entries by target (android, ios, server, custom), then in the order they were made."""
-    from export.targets import CUSTOM_TARGET, TARGETS
-
-    rank = {t: i for i, t in enumerate((*TARGETS, CUSTOM_TARGET))}
-    return [index[k] for k in sorted(index, key=lambda k: rank.get(k.split("/")[0], len(rank)))]
+def _warn_damaged(index: dict[str, dict[str, Any]], hashes: dict[str, str]) -> None:
+    """Say which asked-for artifacts are remade because their files no longer match their manifests."""
+    for key, entry in index.items():
+        if key in hashes and entry.get("status") == "failed" and "manifest" in (entry.get("reason") or ""):
+            console.print(f"[yellow]export {key}: {entry['reason']}; it is made again[/]")
 
 
 def _decode_facts(data, student) -> dict[str, Any]:
@@ -239,11 +250,8 @@ def _print_export_table(rows: list[dict[str, Any]]) -> None:
         console.print(f"[dim]\\[{notes[name]}] {escape(name)}: {escape(reason)}[/]", soft_wrap=False)
 
 
-def artifacts_of(ctx) -> list[Any]:
-    """Exported artifacts recorded by the export stage (empty when it has not run)."""
+def artifacts_of(ctx: Context) -> list[Any]:
+    """Exported artifacts on disk (empty when the export stage has not run), from their manifests."""
     from export.artifact import Artifact
 
-    meta = ctx.run.stage("export", "meta.json")
-    if not meta.exists():
-        return []
-    return [Artifact.model_validate(a) for a in read_json(meta)["artifacts"]]
+    return [Artifact.model_validate(a) for a in ordered(read_index(ctx.run.stage("export")))]

@@ -3,20 +3,23 @@
 | target  | artifacts (format precision)                                                    |
 |---------|---------------------------------------------------------------------------------|
 | android | executorch fp32, executorch int8 (PT2E, XNNPACK), onnx fp32 (ONNX Runtime Mobile) |
+|         | litert fp32, litert int8 (litert-torch PT2E; LiteRT interpreter, XNNPACK)        |
 | ios     | coreml fp16, executorch-coreml fp16 (ExecuTorch with the CoreML delegate)        |
 | server  | onnx fp32, onnx int8 (ORT QDQ), tensorrt fp16 (CUDA only), torchscript fp32      |
+|         | openvino fp32, openvino int8 (NNCF; OpenVINO CPU plugin)                         |
 
-int8 jobs need the quantization stage's output (`Quantized`); without it they are skipped with
-that reason, as TensorRT is without CUDA: every planned artifact shows up in the report.
+int8 jobs need the quantization stage's output (`Quantized`; LiteRT and OpenVINO, whose exporters
+quantize, its calibration samples); without it they are skipped with that reason, as TensorRT is
+without CUDA: every planned artifact shows up in the report.
 
 Batch axis (`export.batch`). `auto` gives the phone targets (android, ios) a static batch of 1 and
 the server a dynamic batch: apps run one sample at a time, a fixed shape lets the runtimes fold the
 shape arithmetic, ExecuTorch plans its memory for one sample instead of `EXECUTORCH_MAX_BATCH`, and
 the dynamic-batch fallbacks (smoke runs at the upper bound, fixed-batch re-exports, a second CoreML
-conversion) are not needed. Measured side by side with `python -m tests.perf.peers` (batch 1,
-2 threads, at a0c4b24 on an AVX2 x86 machine), the static files are faster: MobileNetV3-Large @ 224
-ONNX Runtime fp32 5.06 vs 9.47 ms and ExecuTorch fp32 6.18 vs 11.41 ms, MobileViTv2-050 @ 256 14.18
-vs 15.59 and 17.36 vs 19.32, ResNet-18 22.48 vs 23.97 (on an AVX-512 host earlier: 1-4 %). A server
+conversion) are not needed. Measured side by side (batch 1, 2 threads, an AVX2 x86 CPU), the static
+files are faster: MobileNetV3-Large @ 224 ONNX Runtime fp32 5.06 vs 9.47 ms and ExecuTorch fp32 6.18
+vs 11.41 ms, MobileViTv2-050 @ 256 14.18 vs 15.59 and 17.36 vs 19.32, ResNet-18 22.48 vs 23.97 (on an
+AVX-512 CPU: 1-4 %). A server
 that runs one request at a time gains from `export.batch: 1`. `dynamic` keeps the batch dynamic
 everywhere, an int N fixes it at N.
 """
@@ -52,18 +55,19 @@ class Job:
 
 
 PRESETS: dict[str, tuple[tuple[str, str, str | None], ...]] = {
-    "android": (("executorch", "fp32", None), ("executorch", "int8", None), ("onnx", "fp32", None)),
+    "android": (("executorch", "fp32", None), ("executorch", "int8", None), ("onnx", "fp32", None),
+                ("litert", "fp32", None), ("litert", "int8", None)),
     "ios": (("coreml", "fp16", None), ("executorch", "fp16", "coreml")),
     "server": (("onnx", "fp32", None), ("onnx", "int8", None), ("tensorrt", "fp16", None),
-               ("torchscript", "fp32", None)),
+               ("torchscript", "fp32", None), ("openvino", "fp32", None), ("openvino", "int8", None)),
 }
 """What `kdtool export --target T` makes by default: (format, precision, variant). Every preset
 artifact ships to its target (`TARGET_FORMATS`; tests/export/test_targets.py checks it)."""
 
 TARGET_FORMATS: dict[str, dict[str, tuple[str, ...] | None]] = {
-    "android": {"executorch": None, "onnx": ("fp32", "fp16")},
+    "android": {"executorch": None, "onnx": ("fp32", "fp16"), "litert": None},
     "ios": {"coreml": None, "executorch": None},
-    "server": {"onnx": None, "torchscript": None, "tensorrt": None, "aoti": None},
+    "server": {"onnx": None, "torchscript": None, "tensorrt": None, "aoti": None, "openvino": None},
 }
 """The one target → formats table: the formats that can ship to each target, with the precisions
 they ship in (None: any); the report's per-target recommendation picks among these. Android takes

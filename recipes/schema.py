@@ -334,6 +334,48 @@ class QuantizeConfig(Strict):
     qat: QATTrainConfig = QATTrainConfig(epochs=2, lr=1e-4, scheduler="constant")
 
 
+class PruneConfig(Strict):
+    """Structured (channel) pruning of the distilled student, then recovery training (`kdtool prune`).
+
+    Channels go with everything that depends on them (torch-pruning's DepGraph): residual adds,
+    depthwise convolutions, concatenations, whole attention heads. The target is a channel `ratio`,
+    or a budget (`max_params`, `max_gflops`, `max_latency_ms`) that more channels are pruned until
+    it is met.
+    """
+
+    ratio: float = Field(0.5, ge=0.0, lt=1.0, description="fraction of each prunable layer's channels to remove "
+                         "(global: of all of them); unused with a budget, which prunes up to 0.9 until it is met")
+    max_params: int | None = Field(None, ge=1, description="budget: prune until the student has at most this "
+                                   "many parameters")
+    max_gflops: float | None = Field(None, gt=0.0, description="budget: GFLOPs per sample (torch FlopCounterMode)")
+    max_latency_ms: float | None = Field(None, gt=0.0, description="budget: median batch-1 latency on "
+                                         "`latency_runtime` with benchmark.threads")
+    latency_runtime: Literal["onnxruntime", "torch"] = Field(
+        "onnxruntime", description="max_latency_ms: where latency is measured (the student exported to ONNX, or "
+        "eager PyTorch)")
+    importance: Literal["l1", "l2", "bn_scale", "taylor"] = Field(
+        "l2", description="channel importance: weight magnitude (L1/L2), BatchNorm scale |gamma|, or first-order "
+        "Taylor |w * dL/dw| from `calibration_batches` training batches")
+    scope: Literal["uniform", "global"] = Field("uniform", description="uniform: the same ratio in every layer; "
+                                                "global: rank channels across layers")
+    steps: int = Field(1, ge=1, le=20, description="1: one shot; N: prune in N steps with recovery after each")
+    recover: Literal["kd", "hard", "none"] = Field(
+        "kd", description="recovery fine-tune: from the teacher with the recipe's distill loss (kd), on hard "
+        "labels only (hard), or none")
+    train: TrainConfig | None = Field(None, description="recovery training per step; default the distillation's "
+                                      "(distill.train, else student.train)")
+    ignore: list[str] = Field(default_factory=list, description="module paths (or their prefixes) kept whole, "
+                              "beside the classifier")
+    calibration_batches: int = Field(4, ge=1, description="taylor: training batches the gradients come from")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> PruneConfig:
+        budgets = [k for k in ("max_params", "max_gflops", "max_latency_ms") if getattr(self, k) is not None]
+        if len(budgets) > 1:
+            raise ValueError(f"prune: give one budget, not {' and '.join(budgets)}")
+        return self
+
+
 Target = Literal["android", "ios", "server"]
 
 
@@ -380,6 +422,7 @@ class Recipe(Strict):
     teacher: TeacherConfig
     student: StudentConfig
     distill: DistillConfig = DistillConfig()
+    prune: PruneConfig | None = Field(None, description="structured pruning between distill and quantize")
     quantize: QuantizeConfig = QuantizeConfig()
     export: ExportConfig = ExportConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()

@@ -38,3 +38,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def crash_reference(tmp_path_factory):
+    """A tiny run made stage by stage without a kill, with a copy of its folder after each stage
+    (`tests/compress/crash_harness.py`): shared by the crash, disk-full and integrity tests."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "compress"))
+    from crash_harness import make_reference
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # the kill tests' children train on one thread: resume is exact on one
+    try:
+        return make_reference(tmp_path_factory.mktemp("crash-reference"))
+    finally:
+        torch.set_num_threads(old)

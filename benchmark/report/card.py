@@ -22,8 +22,8 @@ from export.targets import TARGET_FORMATS
 
 SCHEMA = "kdtool.report/1"
 
-Stage = Literal["teacher", "student_baseline", "student_kd", "quantized", "export"]
-Format = Literal["pytorch", "torchscript", "onnx", "coreml", "executorch", "tensorrt", "aoti"]
+Stage = Literal["teacher", "student_baseline", "student_kd", "student_pruned", "quantized", "export"]
+Format = Literal["pytorch", "torchscript", "onnx", "coreml", "executorch", "tensorrt", "aoti", "litert", "openvino"]
 Precision = Literal["fp32", "fp16", "int8"]
 
 INT8_TOLERANCE = 0.03
@@ -59,6 +59,8 @@ class ReportRow(BaseModel):
     retention_reason: str | None = None  # why retention is null
     parity: Parity | None = None
     accuracy_aware: dict[str, Any] | None = None  # int8: float layers, int8 compute share, retention before/after
+    notes: list[str] = []  # what the export did that a reader should know (ops decomposed for a converter)
+    pruning: dict[str, Any] | None = None  # student_pruned: ratio asked, channels/params/GFLOPs removed, importance
 
     @model_validator(mode="before")
     @classmethod
@@ -287,8 +289,13 @@ def build_report(recipe_name: str, rows: list[ReportRow], primary_metric: str, t
                   primary_metric=primary_metric,
                   min_retention=min_retention, machine=env["machine"], versions=env["versions"], rows=rows,
                   recommendation=picks, notes=[*(notes or []), *sanity, *pick_notes, *flag_int8_slowdowns(rows),
-                                               *accuracy_aware_notes(rows), *env["warnings"]],
+                                               *accuracy_aware_notes(rows), *row_notes(rows), *env["warnings"]],
                   scored_split=scored_split)
+
+
+def row_notes(rows: list[ReportRow]) -> list[str]:
+    """The rows' own notes (`ReportRow.notes`, from their artifact's `info["notes"]`), each under its row name."""
+    return [f"{row.name}: {note}" for row in rows for note in row.notes]
 
 
 def accuracy_aware_notes(rows: list[ReportRow]) -> list[str]:

@@ -1,6 +1,7 @@
 """The report's plots as PNG bytes (matplotlib's Agg canvas, no pyplot global state, no display).
 
-- `latency_vs_metric_png`: p50 at batch 1 vs the primary metric, with the Pareto front;
+- `latency_vs_metric_png`: p50 at batch 1 vs the primary metric, with the Pareto front (legend
+  below the axes, clear of the points);
 - `size_png`: size on disk per artifact;
 - `retention_png`: retention vs the teacher per row, grouped and coloured by stage, with the floor.
 """
@@ -13,9 +14,10 @@ from collections.abc import Sequence
 from benchmark.report.card import Report, ReportRow, higher_is_better
 
 STAGE_COLORS = {"teacher": "#4c72b0", "student_baseline": "#8c8c8c", "student_kd": "#55a868",
+                "student_pruned": "#64b5cd",
                 "quantized": "#dd8452", "export": "#8172b3"}
 RUNTIME_MARKERS = {"torch": "o", "torchscript": "s", "onnxruntime": "D", "executorch": "^", "coreml": "P",
-                   "tensorrt": "X"}
+                   "tensorrt": "X", "litert": "v", "openvino": "h"}
 
 
 def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool = True) -> list[int]:
@@ -68,6 +70,12 @@ def _label_points(ax, names: list[str], points: list[tuple[float, float]]) -> No
 
 def latency_vs_metric_png(report: Report) -> bytes | None:
     """Scatter of p50 latency (batch 1) vs the primary metric, Pareto front drawn; None without data."""
+    fig = latency_vs_metric_figure(report)
+    return None if fig is None else _png(fig)
+
+
+def latency_vs_metric_figure(report: Report):  # -> Figure | None
+    """The figure of `latency_vs_metric_png`; its legend sits below the axes, where it hides no point."""
     metric = report.primary_metric
     rows = [r for r in report.rows if r.status == "ok" and r.latency_at(1) and r.metrics.get(metric) is not None]
     if not metric or not rows:
@@ -87,12 +95,13 @@ def latency_vs_metric_png(report: Report) -> bytes | None:
     for runtime in sorted({r.runtime for r in rows}):
         ax.scatter([], [], marker=RUNTIME_MARKERS.get(runtime, "o"), color="white", edgecolor="black",
                    label=runtime)
-    ax.legend(fontsize=8, loc="lower right")
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncol=len(labels), frameon=False)
     ax.set_xlabel("p50 latency at batch 1 (ms, lower is better)")
     ax.set_ylabel(metric)
     ax.set_title(f"Latency vs {metric}")
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return fig
 
 
 def _barh(rows: list[ReportRow], values: list[float], xlabel: str, title: str, fmt: str,

@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmark.sweep.space import Param
 from benchmark.sweep.study import SweepSpec, trial_recipe
-from compress.core.atomic import read_json, write_json, write_text
+from compress.core.atomic import write_json, write_text
 from compress.core.errors import KdtoolError
 
 

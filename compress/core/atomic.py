@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from compress.core import faults
 from compress.core.errors import KdtoolError
 
 DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
@@ -52,9 +53,9 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False) -> Iterator[Path
     mode = final.stat().st_mode & 0o777 if final.exists() else (0o777 if is_dir else 0o666) & ~_umask()
     try:
         if is_dir:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+            tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(final), suffix=TMP_SUFFIX, dir=final.parent))
         else:
-            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+            fd, name = tempfile.mkstemp(prefix=_tmp_prefix(final), suffix=TMP_SUFFIX, dir=final.parent)
             os.close(fd)
             tmp = Path(name)
     except OSError as e:  # creating the temporary: a full disk, or a folder we may not write
@@ -67,16 +68,20 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False) -> Iterator[Path
         yield tmp
         os.chmod(tmp, mode)
         if is_dir:
+            old = final.with_name(f".{final.name}.old")  # a kill between the two renames below left it
+            shutil.rmtree(old, ignore_errors=True)
             if final.exists():
-                old = final.with_name(f".{final.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-                os.replace(tmp, final)
+                _replace(final, old)
+                try:
+                    _replace(tmp, final)
+                except BaseException:
+                    os.replace(old, final)  # the previous folder goes back: a failure replaces nothing
+                    raise
                 shutil.rmtree(old, ignore_errors=True)
             else:
-                os.replace(tmp, final)
+                _replace(tmp, final)
         else:
-            os.replace(tmp, final)
+            _replace(tmp, final)
     except BaseException as e:
         # judged before the temporary is removed (that frees the space); our own errors stay as they are
         disk = _disk_error(e, final) if isinstance(e, Exception) and not isinstance(e, KdtoolError) else None
@@ -87,6 +92,47 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False) -> Iterator[Path
         if disk is not None:
             raise disk from e
         raise
+
+
+TMP_SUFFIX = ".tmp"
+"""Temporaries are `.<final name>.<writer pid>.<random>.tmp`: a kill leaves one, `remove_orphans` clears it."""
+
+
+def _tmp_prefix(final: Path) -> str:
+    return f".{final.name}.{os.getpid()}."
+
+
+def remove_orphans(root: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries under `root` left by writers that were killed (their pid is gone).
+
+    A temporary of a live process (another run writing into the same folder) is left alone, and so is
+    one without a pid in its name. Returns the paths removed."""
+    removed = []
+    for path in sorted(Path(root).rglob(f".*{TMP_SUFFIX}")) if Path(root).is_dir() else []:
+        parts = path.name.split(".")  # ['', <final name parts...>, <pid>, <random>, 'tmp']
+        pid = parts[-3] if len(parts) >= 5 else ""
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """`os.replace`, with the crash tests' kill points around it (`compress.core.faults`)."""
+    faults.point("before", dst)
+    os.replace(src, dst)
+    faults.point("after", dst)
 
 
 def _disk_error(e: Exception, final: Path, reason: str | None = None) -> DiskWriteError | None:

@@ -30,6 +30,11 @@ class KdtoolError(Exception):
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
+    def line(self) -> str:
+        """The one line the CLI prints for this error (the Python API raises the same error)."""
+        hint = f" (hint: {self.hint})" if self.hint else ""
+        return " ".join(f"kdtool: error: {self.message}{hint}".split())
+
 
 class NonFiniteLossError(KdtoolError):
     """Training met a NaN/Inf loss; the last good checkpoint is kept."""

@@ -20,7 +20,9 @@ above chance (a constant predictor: AUC 0.5, accuracy 1/C, CCC 0); error metrics
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -36,11 +38,8 @@ from torchmetrics.functional.classification import (
 from torchmetrics.functional.regression import mean_absolute_error
 
 from compress.core.errors import KdtoolError
-from recipes.schema import TaskConfig
 
 LOWER_IS_BETTER = {"mae", "mse", "loss"}
-SIGNED = ("ccc",)
-"""Metrics that can be negative (anti-correlation): retention needs a teacher above 0."""
 TEXTBOOK_CHANCE = {"auc": 0.5, "ccc": 0.0}
 """Chance level of metrics whose constant-predictor score does not depend on the data."""
 INT8_MIN_AGREEMENT = 0.90
@@ -50,6 +49,21 @@ int8 models that then failed parity: MobileNetV3-Large, retention 0.99 at agreem
 SCALE_FLOOR = 1e-6
 SPREAD_FLOOR = 1e-3
 """The regression spread is at least this fraction of the output scale."""
+
+
+class TaskSpec(Protocol):
+    """The fields `Task.from_config` reads: the recipe's `task` section (`recipes.schema.TaskConfig`)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def labels(self) -> Sequence[str] | None: ...
+    @property
+    def outputs(self) -> Sequence[str] | None: ...
+    @property
+    def metric(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -64,7 +78,8 @@ class Task:
     label_smoothing: float = 0.0
 
     @classmethod
-    def from_config(cls, cfg: TaskConfig) -> Task:
+    def from_config(cls, cfg: TaskSpec) -> Task:
+        """The task a recipe's `task` section describes."""
         return cls(cfg.kind, cfg.num_classes, tuple(cfg.labels) if cfg.labels else None,
                    tuple(cfg.outputs) if cfg.outputs else None, cfg.metric)
 
@@ -230,6 +245,26 @@ class Task:
             bad = t[(t < 0) | (t >= self.num_outputs) | (t != t.round())][0].item()
             raise KdtoolError(f"{where}: class label {bad:g} outside 0..{self.num_outputs - 1}",
                               "set task.num_classes to the number of classes")
+
+
+def as_task(task: Task | str | None, model: torch.nn.Module, example: torch.Tensor | None) -> Task:
+    """`task` as a `Task`: a kind's width is the model's output width on `example` (default multiclass).
+
+    Raises:
+        KdtoolError: a task kind without an example to size it.
+    """
+    if isinstance(task, Task):
+        return task
+    if example is None:
+        raise KdtoolError("the task's output width is unknown without data",
+                          "pass task=Task(kind, num_outputs) or a loader")
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(example)
+    model.train(was_training)
+    out = out[0] if isinstance(out, tuple | list) else out
+    return Task(task or "multiclass", int(out.shape[-1]) if out.dim() > 1 else 1)
 
 
 def lower_is_better(metric: str) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from compress.context import file_hash
+from compress.context import Context, file_hash
 from compress.core import determinism
 from compress.core.atomic import write_json
 from compress.core.errors import KdtoolError
@@ -36,7 +36,8 @@ from compress.core.tasks import lower_is_better, retention
 from compress.data.transfer import fully_labeled, labeled_part, transfer_set
 from compress.distill.stage import run_teacher
 from compress.distill.trainer import evaluate, fit
-from compress.models.build import BuiltModel, build_model, load_weights
+from compress.models.build import BuiltModel, build_model
+from compress.models.weights import load_weights
 
 
 @dataclass
@@ -51,7 +52,7 @@ class _Split:
     cache: Any = None
 
 
-def run_ablation(ctx, seeds: int = 3, force: bool = False, folds: int = 1) -> dict[str, Any]:
+def run_ablation(ctx: Context, seeds: int = 3, force: bool = False, folds: int = 1) -> dict[str, Any]:
     """Train baseline and KD students for `seeds` seeds (on `folds` folds each); write and print `ablation.json`."""
     r = ctx.recipe
     metric = ctx.task.primary_metric
@@ -133,7 +134,7 @@ def _weighted_mean(values: list[float], weights: list[int]) -> float:
     return sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)
 
 
-def _splits(ctx, folds: int, force: bool, seed: int) -> list[_Split]:
+def _splits(ctx: Context, folds: int, force: bool, seed: int) -> list[_Split]:
     """The recipe's own split with its teacher stage, or K folds, each with a teacher that never saw its validation."""
     r = ctx.recipe
     metric = ctx.task.primary_metric
@@ -167,7 +168,7 @@ def _splits(ctx, folds: int, force: bool, seed: int) -> list[_Split]:
     return splits
 
 
-def _fold_teacher(ctx, name: str, train: Dataset, val: Dataset, force: bool) -> BuiltModel:
+def _fold_teacher(ctx: Context, name: str, train: Dataset, val: Dataset, force: bool) -> BuiltModel:
     """The recipe's teacher trained on one fold (reused when the recipe's teacher and data are unchanged)."""
     r = ctx.recipe
     folder = ctx.run.stage("ablation", name, "teacher")
@@ -191,7 +192,7 @@ def _fold_teacher(ctx, name: str, train: Dataset, val: Dataset, force: bool) -> 
     return teacher
 
 
-def _cache(ctx, split: _Split, folder_name: str, seed: int):
+def _cache(ctx: Context, split: _Split, folder_name: str, seed: int):
     """The teacher-output cache of a split, when the recipe distills from one."""
     r = ctx.recipe
     if not r.distill.cache.enabled:

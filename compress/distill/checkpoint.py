@@ -193,18 +193,3 @@ def _py_state_to_json(state: tuple) -> list:
 
 def _py_state_from_json(state: list) -> tuple:
     return (state[0], tuple(state[1]), state[2])
-
-
-def write_meta(path: Path, meta: dict[str, Any]) -> None:
-    """Write a stage's meta.json (atomic)."""
-    write_json(path, meta)
-
-
-def checkpoint_exists(folder: Path) -> bool:
-    """True when a folder holds a finished kdtool model (best.safetensors + meta.json)."""
-    return (folder / "best.safetensors").exists() and (folder / "meta.json").exists()
-
-
-def load_meta(folder: Path) -> dict[str, Any]:
-    """Read a stage folder's meta.json."""
-    return json.loads((folder / "meta.json").read_text())

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from compress.core.progress import console, count_text
 
+if TYPE_CHECKING:
+    from compress.context import Context
 
-def dry_run(ctx) -> dict[str, object]:
+
+def dry_run(ctx: Context) -> dict[str, object]:
     """Check every path the run will read, build both models (with their checkpoints), probe shapes and
     KD adapters with a fake batch, and warn on what is wrong before training; nothing is trained.
 

@@ -18,13 +18,22 @@ from compress.core import determinism
 from compress.core.atomic import read_json, sha256_file, write_json
 from compress.core.errors import KdtoolError
 from compress.core.progress import console, count_text
-from compress.core.runfolder import KD_STUDENT, TRAINING_STAGES, finish_stage, prepare_stage
+from compress.core.runfolder import (
+    KD_STUDENT,
+    TRAINING_STAGES,
+    begin_stage,
+    finish_stage,
+    lone_marker_removed,
+    prepare_stage,
+    unfinished_here,
+)
 from compress.data.loader import example_batch
 from compress.data.transfer import labeled_part
 from compress.distill import distributed
 from compress.distill.sanity import teacher_warnings
 from compress.distill.trainer import fit, predict
-from compress.models.build import BuiltModel, build_model, check_model_io, count_params, load_weights
+from compress.models.build import BuiltModel, build_model, check_model_io, count_params
+from compress.models.weights import load_weights
 from recipes.schema import CacheConfig, DataConfig, TrainConfig
 
 STAGES = TRAINING_STAGES
@@ -50,12 +59,26 @@ def run_stage(ctx: Context, stage: str, force: bool = False, resume: bool = Fals
     folder = ctx.run.stage(stage)
     expected = ctx.stage_hash(stage)
     distributed.setup()  # under torchrun rank 0 alone prepares (may empty) the folder; the others follow
-    action = prepare_stage(folder, expected, force, resume) if distributed.is_main() else None
+    action = None
+    if distributed.is_main():
+        # a run of these very inputs that was killed or interrupted goes on where it stopped: no flag needed
+        continuing = not force and unfinished_here(folder, expected)
+        action = prepare_stage(folder, expected, force, resume or continuing)
+        if action == "resume" and continuing and not resume:
+            console.print(f"[dim]{stage}: continuing the unfinished run in {folder}[/]")
+        if action == "run":
+            begin_stage(folder, expected)
     action = distributed.broadcast_object(action)
     if action == "skip":
         metrics = read_json(folder / "meta.json").get("metrics", {})
         console.print(f"[dim]{stage}: reused {folder} (inputs unchanged)[/]")
         return StageOutcome(stage, "skipped", folder, metrics, 0.0)
+    with lone_marker_removed(folder):  # a stage that fails before writing anything leaves no trace
+        return _run(ctx, stage, folder, expected, action)
+
+
+def _run(ctx: Context, stage: str, folder: Path, expected: str, action: str) -> StageOutcome:
+    """Train (or continue), score and record one stage whose folder `prepare_stage` made ready."""
     start = time.perf_counter()
     r = ctx.recipe
     train_ds, val_ds = ctx.datasets

@@ -38,6 +38,7 @@ from compress.core import determinism
 from compress.core.errors import KdtoolError, NonFiniteLossError
 from compress.core.progress import epoch_progress
 from compress.core.tasks import Task, lower_is_better
+from compress.data.batches import LoaderBatches
 from compress.data.loader import augment_batch, collect_outputs, example_batch, make_loader
 from compress.distill import distributed
 from compress.distill.checkpoint import load_training_state, save_training_state, save_weights
@@ -86,13 +87,18 @@ class _Interrupt:
 
 
 def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW, SGD (nesterov, momentum 0.9), or SAM around AdamW."""
+    """AdamW, SGD (nesterov, momentum 0.9), or SAM around AdamW (pytorch-optimizer's `SAM`, ρ = `sam_rho`).
+
+    SAM (Foret et al., ICLR 2021) takes two passes per step: `first_step` climbs to w + ρ·g/‖g‖₂,
+    `second_step` restores w and takes the AdamW step with the gradient at w + ε (`TrainStep.step`).
+    """
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sam":
-        from compress.distill.sam import SAM
+        from pytorch_optimizer import SAM
 
-        return SAM(params, torch.optim.AdamW, rho=cfg.sam_rho, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return SAM(params, torch.optim.AdamW, rho=cfg.sam_rho, adaptive=False, lr=cfg.lr,
+                   weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -107,7 +113,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_st
 @torch.no_grad()
 def predict(module: nn.Module, preprocess, ds: Dataset, batch_size: int = 256,
             device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a model over a dataset in order; returns (outputs, targets) on CPU."""
+    """Run a model over a dataset (or a user's loader, `LoaderBatches`) in order; returns (outputs, targets) on CPU."""
     device = device or torch.device("cpu")
     was_training = module.training
     module.eval()
@@ -116,8 +122,8 @@ def predict(module: nn.Module, preprocess, ds: Dataset, batch_size: int = 256,
         out = module(x)
         return (out[0] if isinstance(out, tuple) else out).float().cpu()
 
-    outputs = collect_outputs(run, make_loader(ds, batch_size, shuffle=False, seed=0),
-                              lambda raw: preprocess(raw.to(device)))
+    loader = ds if isinstance(ds, LoaderBatches) else make_loader(ds, batch_size, shuffle=False, seed=0)
+    outputs = collect_outputs(run, loader, lambda raw: preprocess(raw.to(device)))
     module.train(was_training)
     return outputs
 
@@ -249,7 +255,8 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
 
     Args:
         student: the model being trained, with its preprocessing.
-        train_ds, val_ds: datasets yielding (raw, target, index).
+        train_ds, val_ds: datasets yielding (raw, target, index), or the user's loaders as
+            `LoaderBatches` (used as given: their sampler, collate_fn and batch size; no teacher cache).
         task: the task kind (hard loss, metrics).
         cfg: the stage's training settings (epochs, lr, optimizer, scheduler, clipping, AMP, NaN policy, seed).
         out_dir: where `last.*` (resumable state) and `best.safetensors` go.
@@ -339,7 +346,7 @@ class _FitRun:
             for p in teacher_module.parameters():
                 p.requires_grad_(False)
         bs = batch_size or cfg.batch_size or data_cfg.batch_size
-        raw_example = example_batch(train_ds).to(device)
+        raw_example = _example(train_ds).to(device)
         hard_task = task.with_label_smoothing(cfg.label_smoothing)  # train.label_smoothing: the hard loss only
         objective = KDObjective(hard_task, distill if teacher is not None else None, model, teacher_module,
                                 student.preprocess(raw_example),
@@ -347,7 +354,8 @@ class _FitRun:
         if teacher_cache is not None and objective.needs_teacher_features:
             raise KdtoolError("distill.cache.enabled: feature/attention KD terms need the online teacher",
                               "set distill.cache.enabled: false, or keep only response KD terms")
-        steps_per_epoch = math.ceil(math.ceil(len(train_ds) / world) / bs)  # per rank (DistributedSampler pads)
+        steps_per_epoch = (len(train_ds) if isinstance(train_ds, LoaderBatches)  # the user's loader decides
+                           else math.ceil(math.ceil(len(train_ds) / world) / bs))  # per rank (DistributedSampler pads)
         step = TrainStep(model, objective, cfg, cfg.epochs * steps_per_epoch, device,
                          "pre-train the student first (stage baseline), lower distill.temperature or lr, "
                          "or set train.nan_policy: skip", steps_per_epoch)
@@ -383,13 +391,8 @@ class _FitRun:
     def train_epoch(self, epoch: int, alpha: float, temperature: float, bar: Any,
                     interrupt: _Interrupt) -> LossSums | None:
         """One epoch of steps; returns its loss sums, or None when SIGTERM stopped it (state saved)."""
-        cfg, state, rank, world, device = self.cfg, self.state, self.rank, self.world, self.device
-        # One permutation per (seed, epoch) for any world size; rank r takes every world-th sample,
-        # so global batch b holds the same samples with 1 or N processes (DDP == one process).
-        sampler = DistributedSampler(self.train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-        sampler.set_epoch(epoch)
-        loader = make_loader(self.train_ds, self.bs, shuffle=True, seed=cfg.seed, epoch=epoch,
-                             num_workers=self.data_cfg.num_workers, sampler=sampler)
+        cfg, state, device = self.cfg, self.state, self.device
+        loader = self._epoch_loader(epoch)
         self.model.train()
         resuming = state["step"] > 0 and distributed.is_main()  # partial sums are global, kept on rank 0
         sums = LossSums(state["sums"], int(state["seen"])) if resuming else LossSums()
@@ -417,6 +420,20 @@ class _FitRun:
                             f"step {step + 1}; continue with --resume")
                 return None
         return sums
+
+    def _epoch_loader(self, epoch: int) -> Any:
+        """This epoch's batches: the user's loader as given, else one permutation per (seed, epoch)
+        for any world size; rank r takes every world-th sample, so global batch b holds the same
+        samples with 1 or N processes (DDP == one process)."""
+        if isinstance(self.train_ds, LoaderBatches):
+            self.train_ds.set_epoch(epoch)
+            return self.train_ds
+        cfg = self.cfg
+        sampler = DistributedSampler(self.train_ds, num_replicas=self.world, rank=self.rank, shuffle=True,
+                                     seed=cfg.seed)
+        sampler.set_epoch(epoch)
+        return make_loader(self.train_ds, self.bs, shuffle=True, seed=cfg.seed, epoch=epoch,
+                           num_workers=self.data_cfg.num_workers, sampler=sampler)
 
     def _closure(self, raw: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, gen: torch.Generator,
                  alpha: float, temperature: float) -> Callable[[], dict[str, torch.Tensor]]:
@@ -448,14 +465,16 @@ class _FitRun:
         seen_all = max(totals.pop("_seen"), 1)
         # each rank predicts its slice of the validation set; rank 0 scores the gathered outputs and
         # sends its record to the others (one metric, one best-checkpoint decision on every rank)
-        val_part = distributed.shard(self.val_ds)
+        sharded = not isinstance(self.val_ds, LoaderBatches)  # a user's val loader: every rank runs it whole
+        val_part = distributed.shard(self.val_ds) if sharded else self.val_ds
+        gather = distributed.gather if sharded else (lambda t: t)
         scored = self.step.scored  # with EMA, the averaged weights are the model
         outputs, val_targets = predict(scored, self.student.preprocess, val_part, device=self.device)
-        outputs, val_targets = distributed.gather(outputs), distributed.gather(val_targets)
+        outputs, val_targets = gather(outputs), gather(val_targets)
         t_outputs = None
         if self.teacher_module is not None and self.teacher_cache is None:
             t_outputs, _ = predict(self.teacher_module, self.teacher.preprocess, val_part, device=self.device)
-            t_outputs = distributed.gather(t_outputs)
+            t_outputs = gather(t_outputs)
         record = None
         if distributed.is_main():
             metrics = task.metrics(outputs, val_targets)
@@ -479,6 +498,11 @@ class _FitRun:
         if distributed.is_main():
             bar.end_epoch(record, task.primary_metric)
         self.save_state(epoch + 1, 0)
+
+
+def _example(train: Dataset | LoaderBatches) -> torch.Tensor:
+    """Two raw training samples (adapter sizing): the first batch's when the user's loader is given."""
+    return train.first()[0][:2] if isinstance(train, LoaderBatches) else example_batch(train)
 
 
 def _build_ema(model: nn.Module, cfg: TrainConfig) -> Any:

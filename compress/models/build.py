@@ -1,4 +1,4 @@
-"""Build models and load weights: timm names, kdtool-local architectures, checkpoints, TorchScript, ONNX.
+"""Build models: timm names, kdtool-local architectures, TorchScript and ONNX files; checkpoints load via `weights`.
 
 Every model carries its own preprocessing (`Preprocess`): teacher and student may differ in input
 size and normalization, and both are fed from the same raw batch.
@@ -6,11 +6,6 @@ size and normalization, and both are fed from the same raw batch.
 
 from __future__ import annotations
 
-import io
-import pickle
-import pickletools
-import re
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +16,7 @@ from torch import nn
 
 from compress.core.errors import KdtoolError
 from compress.models.registry import LOCAL_MODELS
+from compress.models.weights import load_weights, need_file
 from recipes.schema import DataConfig, ModelConfig, StudentConfig, TeacherConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,12 +51,6 @@ class Preprocess:
             std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
             x = (x - mean) / std
         return x
-
-    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
-        """Shape of one model input batch."""
-        if self.kind == "audio":
-            return (batch, self.num_samples or 16000)
-        return (batch, self.channels, self.input_size, self.input_size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,9 +97,9 @@ def build_model(cfg: ModelConfig, num_outputs: int, data: DataConfig, role: str 
         pre = Preprocess(kind="image", input_size=size, channels=data.channels, mean=mean, std=std)
 
     if cfg.source == "torchscript":
-        return BuiltModel(load_torchscript(_need_file(cfg.checkpoint, role)), pre, cfg.arch, "torchscript")
+        return BuiltModel(load_torchscript(need_file(cfg.checkpoint, role)), pre, cfg.arch, "torchscript")
     if cfg.source == "onnx":
-        return BuiltModel(OnnxTeacher(_need_file(cfg.checkpoint, role)), pre, cfg.arch, "onnx")
+        return BuiltModel(OnnxTeacher(need_file(cfg.checkpoint, role)), pre, cfg.arch, "onnx")
 
     in_chans = 1 if audio else data.channels
     kwargs = dict(cfg.kwargs)
@@ -190,186 +180,6 @@ def _import_local_models() -> None:
     import compress.models.wrn  # noqa: F401  (registers CIFAR wide resnets)
 
 
-def _need_file(path: Path | None, role: str) -> Path:
-    if path is None:
-        raise KdtoolError(f"{role}.checkpoint is required for this source", "name the model file")
-    path = Path(path)
-    if path.is_dir():
-        raise KdtoolError(f"{role}.checkpoint {path} is a folder", "name the weights file inside it")
-    if not path.is_file():
-        raise KdtoolError(f"{role}.checkpoint {path} does not exist", "check the path")
-    if path.stat().st_size == 0:
-        raise KdtoolError(f"{role}.checkpoint {path} is empty (0 bytes)", "re-download or re-save it")
-    return path
-
-
-def read_state_dict(path: str | Path, role: str = "model") -> dict[str, torch.Tensor]:
-    """Read a state dict from safetensors or a torch file, never executing code.
-
-    Accepts `.safetensors`, and `.pt/.pth/.tar/.bin` files holding a state dict directly or in one
-    of the common layouts (`_find_state_dict`); wrapper prefixes are removed (`clean_state_dict`).
-    Torch files load with `weights_only=True`: a pickle that tries to run code is refused.
-    """
-    path = _need_file(Path(path), role)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types for bad headers
-            raise KdtoolError(f"{role}.checkpoint {path} is not a valid safetensors file ({e})",
-                              "re-save it with safetensors.torch.save_file") from e
-    else:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, UnicodeDecodeError, IndexError, KeyError) as e:
-            # random bytes fail as any of these: 368 / 3 / 26 / 3 of 400 seeded 4 kB samples
-            raise _refused(path, role, str(e)) from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-            raise KdtoolError(f"{role}.checkpoint {path} is not a readable torch checkpoint "
-                              f"({_why_unreadable(e)})",
-                              "the file may be truncated or corrupt; re-download or re-save it") from None
-        state = _find_state_dict(obj, path, role)
-    return clean_state_dict(state)
-
-
-def _refused(path: Path, role: str, reason: str) -> KdtoolError:
-    """The error for a file the weights-only unpickler refused: name the object it would import, if any."""
-    found = re.search(r"GLOBAL ([\w.]+)", reason)
-    name = found.group(1) if found else _first_code_reference(path)
-    if name is None:
-        return KdtoolError(f"{role}.checkpoint {path} is not a torch checkpoint (neither a torch zip "
-                           "archive nor a readable pickle)",
-                           "the file may be corrupt or of another format; re-download it")
-    return KdtoolError(f"{role}.checkpoint {path} was refused: it references {name}, which a weights-only "
-                       "load does not allow (a pickle that imports callables can run code); nothing in it "
-                       "was run", "kdtool never runs code from checkpoints; re-save only the tensors: "
-                       "torch.save(model.state_dict(), ...) or safetensors")
-
-
-_SAFE_MODULES = ("torch", "collections")
-"""Modules whose globals a plain state-dict pickle references (tensor rebuilders, OrderedDict)."""
-_STRING_OPS = ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
-               "SHORT_BINSTRING")
-
-
-def _first_code_reference(path: Path) -> str | None:
-    """The first global (`module.name`) a pickle imports that is not a tensor rebuilder; nothing is run.
-
-    `pickletools.genops` only decodes opcodes: nothing is imported or called. Torch zip archives
-    keep the pickle in `<archive>/data.pkl`.
-    """
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                member = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
-                data = zf.read(member) if member else b""
-        else:
-            data = path.read_bytes()
-        strings: list[str | None] = []  # string operands, for STACK_GLOBAL (module, name)
-        memo: dict[int, str | None] = {}
-        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
-            name = None
-            if op.name in ("GLOBAL", "INST"):
-                name = str(arg).replace(" ", ".")
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                name = f"{strings[-2]}.{strings[-1]}"
-            elif op.name in _STRING_OPS:
-                strings.append(str(arg))
-            elif op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-                memo[len(memo) if op.name == "MEMOIZE" else int(arg)] = strings[-1] if strings else None
-            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-                strings.append(memo.get(int(arg)))
-            if name is not None and name.split(".")[0] not in _SAFE_MODULES:
-                return name
-    except Exception:  # noqa: BLE001  (not a pickle at all: the caller says so)
-        return None
-    return None
-
-
-def _why_unreadable(e: BaseException) -> str:
-    """A short reason for an unreadable torch file (torch's own messages run to several lines)."""
-    text = str(e)
-    if "central directory" in text or isinstance(e, (EOFError, zipfile.BadZipFile)):
-        return "truncated or corrupt archive"
-    return text.splitlines()[0][:160] if text else type(e).__name__
-
-
-STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "ema", "state_dict", "model", "model_state_dict",
-                   "network", "net", "student", "teacher")
-"""Keys a training script saves its weights under, in the order they are tried. As timm's
-`load_checkpoint` does, EMA weights come first: they are the ones a run with EMA validated."""
-
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-"""Prefixes DDP/DataParallel (`module.`) and torch.compile (`_orig_mod.`) add, in either order."""
-
-
-def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove wrapper prefixes from every key, as timm's `clean_state_dict` does.
-
-    `model.` (PyTorch Lightning's and many trainers' attribute name) is removed only when every key
-    has it, since a model may own a submodule named `model`.
-    """
-    cleaned = {}
-    for key, value in state.items():
-        while key.startswith(WRAPPER_PREFIXES):
-            key = next(key.removeprefix(p) for p in WRAPPER_PREFIXES if key.startswith(p))
-        cleaned[key] = value
-    if cleaned and all(k.startswith("model.") for k in cleaned):
-        cleaned = {k.removeprefix("model."): v for k, v in cleaned.items()}
-    return cleaned
-
-
-def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def _find_state_dict(obj: Any, path: Path, role: str, depth: int = 0) -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint: the object itself, one of `STATE_DICT_KEYS`, or the one
-    nested dict of tensors it holds (e.g. `{'epoch': 3, 'weights': {...}}`)."""
-    if _is_tensor_dict(obj):
-        return obj
-    if isinstance(obj, dict) and depth < 3:
-        for key in STATE_DICT_KEYS:
-            if isinstance(obj.get(key), dict) and obj[key]:
-                return _find_state_dict(obj[key], path, role, depth + 1)
-        nested = [v for v in obj.values() if _is_tensor_dict(v)]
-        if len(nested) == 1:
-            return nested[0]
-    keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
-    raise KdtoolError(f"{role}.checkpoint {path} holds no state dict (top-level keys: {keys or 'none'}; tried: "
-                      f"a dict of tensors, the keys {', '.join(STATE_DICT_KEYS)}, and a single nested dict "
-                      "of tensors)", "save model.state_dict(), optionally under a 'state_dict' or 'model' key")
-
-
-def load_weights(module: nn.Module, path: str | Path, role: str = "model") -> None:
-    """Load a checkpoint into `module`, naming mismatched or missing tensors precisely."""
-    state = read_state_dict(path, role)
-    own = module.state_dict()
-    bad = [k for k in own if k in state and own[k].shape != state[k].shape]  # model order: the first layer first
-    if bad:
-        shown = f"{bad[0]} {tuple(state[bad[0]].shape)} vs model {tuple(own[bad[0]].shape)}"
-        head = list(own)[-len(bad):] == bad and all(
-            state[k].shape[1:] == own[k].shape[1:] for k in bad)  # only the last layer, only its outputs
-        if head:
-            what = f"its head has {state[bad[0]].shape[0]} outputs, the recipe's {own[bad[0]].shape[0]}: "
-            hint = "a head of a different size means task.num_classes differs from the checkpoint's; match them"
-        else:
-            what = "the first mismatched layer is "
-            hint = (f"the checkpoint is of another architecture or width: set {role}.arch (and "
-                    f"{role}.kwargs) to the model it was saved from")
-        raise KdtoolError(f"{role}.checkpoint {path} does not fit {role}.arch: {what}{shown}"
-                          + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""), hint)
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise KdtoolError(f"{role}.checkpoint {path} does not fit {role}.arch ({len(missing)} missing, "
-                          f"{len(unexpected)} unexpected keys: {detail})",
-                          "check that arch matches the checkpoint")
-    module.load_state_dict(state)
-
-
 def check_model_io(built: BuiltModel, raw: torch.Tensor, task: Any, role: str = "model") -> None:
     """Run a model once on a raw batch; an input it cannot take, or outputs that do not fit the task,
     become one-line errors before anything is trained or written.
@@ -384,6 +194,22 @@ def check_model_io(built: BuiltModel, raw: torch.Tensor, task: Any, role: str = 
         KdtoolError: the forward pass fails on the preprocessed input, or the output is not
             (N, num_outputs).
     """
+    out = forward_checked(built, raw, role)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != task.num_outputs:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise KdtoolError(f"{role} ({built.arch}) outputs {shape} but the {task.kind} task needs "
+                          f"(N, {task.num_outputs})",
+                          f"match task.num_classes to the {role}'s head, or use a {role} trained for "
+                          "this task")
+
+
+def forward_checked(built: BuiltModel, raw: torch.Tensor, role: str = "model") -> Any:
+    """The model's output on a raw batch (eval mode, no grad); an input it cannot take is a one-line error
+    naming the shape received and the shape its first layer expects.
+
+    Raises:
+        KdtoolError: the forward pass fails on the preprocessed input.
+    """
     x = built.preprocess(raw)
     was_training = built.module.training
     built.module.eval()
@@ -394,17 +220,23 @@ def check_model_io(built: BuiltModel, raw: torch.Tensor, task: Any, role: str = 
         fix = (f"set {role}.input_size (or data.image_size) to a size {built.arch} accepts"
                if built.preprocess.kind == "image" else f"give {role} inputs of the length it was built for")
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise KdtoolError(f"{role}.arch {built.arch} cannot take input of shape {tuple(x.shape)}: {first}",
-                          fix) from e
+        wanted = expected_input(built.module)
+        raise KdtoolError(f"{role}.arch {built.arch} cannot take input of shape {tuple(x.shape)}"
+                          f"{f' (it expects {wanted})' if wanted else ''}: {first}", fix) from e
     finally:
         built.module.train(was_training)
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != task.num_outputs:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise KdtoolError(f"{role} ({built.arch}) outputs {shape} but the {task.kind} task needs "
-                          f"(N, {task.num_outputs})",
-                          f"match task.num_classes to the {role}'s head, or use a {role} trained for "
-                          "this task")
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+def expected_input(module: nn.Module) -> str | None:
+    """The input shape a model's first convolution or linear layer takes, e.g. "(N, 3, H, W)"; None if unknown."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            dims = "L" if isinstance(m, nn.Conv1d) else "H, W" if isinstance(m, nn.Conv2d) else "D, H, W"
+            return f"(N, {m.in_channels}, {dims})"
+        if isinstance(m, nn.Linear):
+            return f"(N, …, {m.in_features})"
+    return None
 
 
 def load_torchscript(path: Path) -> nn.Module:
@@ -437,10 +269,3 @@ class OnnxTeacher(nn.Module):
 def count_params(module: nn.Module) -> int:
     """Number of parameters (all, trainable or not)."""
     return sum(p.numel() for p in module.parameters())
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The bare model under DDP / compile wrappers."""
-    while hasattr(module, "module") and isinstance(module.module, nn.Module):
-        module = module.module
-    return getattr(module, "_orig_mod", module)

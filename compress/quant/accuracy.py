@@ -41,14 +41,13 @@ from compress.core.tasks import INT8_MIN_AGREEMENT
 from compress.quant.common import input_batches
 from compress.quant.configs import Int8StaticConfig, QuantInputs, QuantizedModel
 from compress.quant.evaluate import collect_outputs, evaluate_quantized
+from compress.quant.formats import file_int8
 from compress.quant.static import quantize_static, with_kept_float
 
 MAX_UNITS = 24
 """More Conv/Linear layers than this are grouped into blocks (one calibration trial per unit)."""
 SCORING_SAMPLES = 256
 """Validation samples the leave-one-out sensitivity is scored on."""
-SEARCHABLE = ("executorch", "onnx")
-"""Backends whose quantizer can leave named layers in float (CoreML quantizes weights only)."""
 REFINE = 2
 """Costliest blocks split into their parts when no set of whole blocks reaches the floor."""
 
@@ -79,7 +78,7 @@ def quantize_with_floor(model: nn.Module, config: Int8StaticConfig, qi: QuantInp
                               "agreement_before": agreed, "agreement_after": agreed,
                               "float_modules": list(config.float_modules), "sensitivity": []}
     met = meets_floor(before, agreed, floor)
-    if floor is None or before is None or met or config.backend not in SEARCHABLE:
+    if floor is None or before is None or met or not searchable(config):
         report["status"] = "not checked" if floor is None or before is None else (
             "met" if met else f"not met: backend {config.backend} cannot keep layers in float")
         return _record(qm, report, model, qi), evaluation
@@ -236,18 +235,15 @@ def _trial_factory(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs,
             return pt2e_calibrated(graph, trial_config, batches, only)[0]
 
         return pt2e_trial
-    from compress.quant.onnx_ort import export_fp32_onnx, ort_quantize_file, pre_process
+    return file_int8(config).trials(model, config, qi, batches, scratch)
 
-    source = pre_process(export_fp32_onnx(model, qi.example, scratch), scratch, [])
-    count = iter(range(1 << 30))
 
-    def ort_trial(extra: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> Runner:
-        trial_config = dataclasses.replace(config, float_modules=(*config.float_modules, *extra))
-        path = scratch / f"trial{next(count)}.onnx"
-        ort_quantize_file(source, path, trial_config, iter(batches), only)
-        return QuantizedModel("static", "onnx", path=path)
-
-    return ort_trial
+def searchable(config: Int8StaticConfig) -> bool:
+    """Whether the backend's quantizer can leave named layers in float: PT2E can, and the file formats
+    that say so (ONNX Runtime's `nodes_to_exclude`; CoreML compresses weights only)."""
+    if config.backend in config.backends:
+        return True
+    return file_int8(config).searchable
 
 
 def _record(qm: QuantizedModel, report: dict[str, Any], model: nn.Module, qi: QuantInputs) -> QuantizedModel:

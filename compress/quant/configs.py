@@ -8,9 +8,11 @@
 
 (¹) CoreML compresses weights only; its activations stay float.
 
-Backends name where the quantized model runs: `torch` (torchao tensor subclasses, eager PyTorch),
-`executorch` (PT2E with the XNNPACK quantizer: the `.pt2` is what ExecuTorch lowers), `onnx`
-(ONNX Runtime's quantization tools) and `coreml` (coremltools weight compression).
+Backends name where the quantized model runs: `torch` (torchao tensor subclasses, eager PyTorch) and
+`executorch` (PT2E with the XNNPACK quantizer: the `.pt2` is what ExecuTorch lowers) are model-level
+and live here (`backends`); `onnx` (ONNX Runtime's quantization tools) and `coreml` (coremltools
+weight compression) are file formats whose int8 writer lives in their format folder and registers in
+`compress.quant.formats.FILE_INT8`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from recipes.schema import TrainConfig
 if TYPE_CHECKING:
     from compress.distill.objective import KDObjective
 
-Backend = Literal["torch", "executorch", "onnx", "coreml"]
+Backend = str
+"""`torch`, `executorch` (model-level, `backends`) or a format registered in `compress.quant.formats.FILE_INT8`."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class Int8DynamicConfig:
     """
 
     mode: ClassVar[str] = "dynamic"
-    backends: ClassVar[tuple[str, ...]] = ("torch", "executorch", "onnx")
+    backends: ClassVar[tuple[str, ...]] = ("torch", "executorch")  # model-level; file formats: FILE_INT8
     backend: Backend = "torch"
 
 
@@ -59,7 +62,7 @@ class Int8StaticConfig:
         onnx_activations: ONNX only: `uint8` (asymmetric activations, int8 weights at 7 bits: U8S8,
             the layout x86's VNNI instruction multiplies natively; 7-bit weights keep AVX2-only
             CPUs from saturating) or `int8` (symmetric S8S8, what TensorRT's Q/DQ import takes).
-            Measured on this VNNI x86 CPU (quickstart student, batch 1): U8S8 0.097 ms, S8S8
+            Measured on a VNNI x86 CPU (quickstart student, batch 1): U8S8 0.097 ms, S8S8
             0.191 ms, fp32 0.158 ms, the same accuracy (0.9956).
         calibration_method: how activation ranges are read from the calibration samples: `histogram`
             (PT2E: `HistogramObserver`, the range minimising the L2 rounding+clipping error; ONNX
@@ -75,7 +78,7 @@ class Int8StaticConfig:
     """
 
     mode: ClassVar[str] = "static"
-    backends: ClassVar[tuple[str, ...]] = ("executorch", "onnx", "coreml")
+    backends: ClassVar[tuple[str, ...]] = ("executorch",)  # model-level; file formats: FILE_INT8
     backend: Backend = "executorch"
     calibration_samples: int = 256
     per_channel: bool = True
@@ -164,6 +167,8 @@ class QuantizedModel:
         program: the `torch.export` program saved as `.pt2` (torch/executorch backends), else None.
         path: the file written (`model.pt2`, `model.int8.onnx`, `model.mlpackage`), once saved.
         meta: provenance and facts (mode, backend, calibration size, seed, versions, size, int8 share).
+        evaluation: metrics, retention and agreement vs the fp32 model on validation (`compress.quantize`
+            with a val_loader), else None.
     """
 
     mode: str
@@ -172,6 +177,7 @@ class QuantizedModel:
     program: Any = None
     path: Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None
     _session: Any = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

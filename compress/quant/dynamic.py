@@ -1,7 +1,8 @@
 """Dynamic INT8: int8 weights, activations quantized on the fly (no calibration data).
 
 Backends: `torch` (torchao `quantize_` with `Int8DynamicActivationInt8WeightConfig`, eager PyTorch,
-nn.Linear only), `executorch` (PT2E, XNNPACK dynamic config) and `onnx` (ORT `quantize_dynamic`).
+nn.Linear only), `executorch` (PT2E, XNNPACK dynamic config) and a file format's own int8 writer
+through `compress.quant.formats.FILE_INT8` (`onnx`: ORT `quantize_dynamic`, in `export/formats/onnx/`).
 Convolutional nets gain little from the torch/executorch paths (their convolutions stay fp32); the
 meta says so and records the quantized share.
 """
@@ -27,6 +28,7 @@ from compress.quant.common import (
     save_torch_quantized,
 )
 from compress.quant.configs import Int8DynamicConfig, QuantInputs, QuantizedModel
+from compress.quant.formats import file_int8
 
 
 def quantize_dynamic(model: nn.Module, config: Int8DynamicConfig, qi: QuantInputs) -> QuantizedModel:
@@ -40,10 +42,8 @@ def quantize_dynamic(model: nn.Module, config: Int8DynamicConfig, qi: QuantInput
     Returns:
         The quantized model with its provenance (saved under `qi.out` when given).
     """
-    if config.backend == "onnx":
-        from compress.quant.onnx_ort import ort_dynamic
-
-        return ort_dynamic(model, config, qi)
+    if config.backend not in config.backends:
+        return file_int8(config).quantize(model, config, qi)
     if config.backend == "executorch":
         from compress.quant.pt2e import pt2e_dynamic
 

@@ -34,7 +34,7 @@ def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool 
     The dynamic config is set on `nn.Linear` modules only. Set globally it also quantizes standalone
     convolutions dynamically, and XNNPACK (executorch 1.5.1) then fails at run time on some of them
     (MobileViTv2's 1x1 convs fed by a broadcast multiply or F.fold: "Propagating input shapes failed:
-    xnn_status_invalid_parameter", error 0x1, measured here); the program lowers but cannot run.
+    xnn_status_invalid_parameter", error 0x1); the program lowers but cannot run.
     Convolutions are what static PTQ is for.
 
     `float_modules` (module names; a block covers its children) are left unannotated, so they run in

@@ -1,13 +1,16 @@
 """INT8 quantization of the student: one verb, one config dataclass per technique (torchao style).
 
+    import export.formats  # registers the formats' own int8 writers (backend onnx, coreml)
     from compress.quant.quantize import quantize, Int8StaticConfig
     qm = quantize(student, Int8StaticConfig(backend="onnx", calibration_samples=256),
                   calibration=train_loader, preprocess=built.preprocess, out="runs/r/quantized/static/onnx")
 
 `quantize` dispatches on the config's type to the mode registered in `QUANT_MODES` under the recipe's
-names ("dynamic", "static", "qat"); each mode dispatches on `config.backend`. Implementations live
-in `compress/quant/`. A quantized model carries provenance (`meta.json`, written atomically beside it)
-and never a speed: speed comes from the benchmark.
+names ("dynamic", "static", "qat"); each mode dispatches on `config.backend`. Model-level
+implementations live in `compress/quant/`; a file format's own int8 (ONNX Runtime, CoreML) lives in
+its folder, `export/formats/<name>/int8.py`, reached through `compress.quant.formats.FILE_INT8`.
+A quantized model carries provenance (`meta.json`, written atomically beside it) and never a speed:
+speed comes from the benchmark.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from compress.quant.configs import (
 )
 from compress.quant.dynamic import quantize_dynamic
 from compress.quant.evaluate import evaluate_quantized
+from compress.quant.formats import file_int8
 from compress.quant.qat import qat_distill, quantize_qat
 from compress.quant.static import quantize_static
 
@@ -100,13 +104,9 @@ def quantize(model: nn.Module, config: QuantConfig, *, example: torch.Tensor | N
 
 
 def _check_backend(config: QuantConfig) -> None:
-    if config.backend in config.backends:
-        return
-    if config.backend == "coreml" and config.mode == "dynamic":
-        raise KdtoolError("CoreML has no dynamic activation quantization; use static (weights int8) "
-                          "with backend coreml", "set quantize mode static for the ios target")
-    raise KdtoolError(f"quantize {config.mode}: backend {config.backend!r} is not supported",
-                      f"{config.mode} works with: {', '.join(config.backends)}")
+    """A model-level backend of the mode, or a file format registered in `FILE_INT8` that writes it."""
+    if config.backend not in config.backends:
+        file_int8(config)
 
 
 def make_config(mode: str, **settings: Any) -> QuantConfig:

@@ -9,93 +9,99 @@ from typing import Any
 from compress.context import Context
 from compress.core.atomic import read_json
 from compress.core.progress import console
-from compress.core.runfolder import KD_STUDENT, finish_stage, inputs_hash, prepare_stage
+from compress.core.runfolder import (
+    begin_stage,
+    finish_stage,
+    inputs_hash,
+    is_finished,
+    lone_marker_removed,
+    prepare_stage,
+)
 from compress.core.tasks import lower_is_better
 from compress.data.loader import example_batch, make_loader
 from compress.distill.objective import KDObjective
 from compress.models.build import BuiltModel
 from recipes.schema import QuantizeConfig, Recipe
 
-BACKENDS = {"dynamic": ("torch", "onnx"), "static": ("executorch", "onnx"), "qat": ("executorch",)}
-"""Quantization backends made per recipe mode (CoreML static is added for the ios target)."""
+BACKENDS = {"dynamic": ("torch",), "static": ("executorch",), "qat": ("executorch",)}
+"""Model-level quantization backends made per recipe mode; the file formats' own int8 writers
+(`compress.quant.formats.FILE_INT8`: ONNX Runtime on every run, CoreML for the ios target) follow."""
 
 
 def quant_backends(recipe: Recipe, mode: str) -> tuple[str, ...]:
     """Backends to quantize for, given the recipe's export targets."""
+    from compress.quant.formats import file_backends
+
     if recipe.quantize.backends and mode in recipe.quantize.backends:
         return tuple(recipe.quantize.backends[mode])
-    backends = BACKENDS[mode]
-    if mode == "static" and "ios" in recipe.export.targets:
-        backends = (*backends, "coreml")
-    return backends
+    return (*BACKENDS[mode], *file_backends(mode, recipe.export.targets))
 
 
 def run_quantize(ctx: Context, modes: list[str] | None = None, force: bool = False) -> list[dict[str, Any]]:
     """`kdtool quantize`: INT8 versions of the distilled student, each evaluated on validation."""
     from compress.models.deploy import deploy_form
-    from compress.quant.quantize import evaluate_quantized, make_config, quantize
 
     r = ctx.recipe
     modes = modes or list(r.quantize.modes)
-    student = ctx.load(KD_STUDENT)
+    student = ctx.load(ctx.final_student)  # the pruned student when the recipe prunes
     student.module, fused = deploy_form(student.module)  # int8 of the form that ships (re-parameterised)
-    train_ds, val_ds = ctx.datasets
-    kd_hash = ctx.output_hash(KD_STUDENT)
+    kd_hash = ctx.output_hash(ctx.final_student)
     results = []
     for mode in modes:
         for backend in quant_backends(r, mode):
             folder = ctx.run.stage("quantized", mode, backend)
             expected = inputs_hash(_mode_settings(r.quantize, mode, backend), r.distill if mode == "qat" else None,
                                    mode, backend, kd_hash)
-            if prepare_stage(folder, expected, force) == "skip":
+            # a killed run's leftover (begin marker, no finished meta.json) is redone without --force
+            if prepare_stage(folder, expected, force, redo_partial=True) == "skip":
                 console.print(f"[dim]quantize {mode}/{backend}: reused {folder}[/]")
                 results.append(read_json(folder / "meta.json"))
                 continue
-            start = time.perf_counter()
-            settings: dict[str, Any] = {"backend": backend}
-            if mode == "static":
-                settings.update(_mode_settings(r.quantize, mode, backend))
-            if mode == "qat":
-                settings.update(epochs=r.quantize.qat.epochs, lr=r.quantize.qat.lr,
-                                weight_decay=r.quantize.qat.weight_decay, train=r.quantize.qat)
-            teacher = objective = None
-            if mode == "qat":
-                teacher = ctx.load("teacher")
-                objective = _qat_objective(ctx, student, teacher)
-            batch = (r.quantize.qat.batch_size if mode == "qat" else None) or r.data.batch_size
-            loader = make_loader(train_ds, batch, shuffle=mode == "qat", seed=r.quantize.qat.seed)
-            val_loader = make_loader(val_ds, 256, shuffle=False, seed=0)
-            if mode == "static":  # accuracy-aware: keeps the most sensitive layers float below the floor
-                qm, evaluation = _static_with_floor(student, make_config(mode, **settings), loader, val_loader,
-                                                    folder, r.quantize.qat.seed, ctx.task)
-            else:
-                qm = quantize(student.module, make_config(mode, **settings), calibration=loader,
-                              preprocess=student.preprocess, out=folder, seed=r.quantize.qat.seed,
-                              teacher=teacher.module if teacher else None,
-                              teacher_preprocess=teacher.preprocess if teacher else None, task=ctx.task,
-                              objective=objective)
-                evaluation = evaluate_quantized(qm, student.module, val_loader, student.preprocess, ctx.task)
-            seconds = time.perf_counter() - start
-            finish_stage(folder, expected, {"evaluation": evaluation, "seconds": round(seconds, 2),
-                                            "reparameterized_blocks": fused})
-            metric = ctx.task.primary_metric
-            value = (evaluation.get("metrics") or {}).get(metric)
-            console.print(f"quantize {mode}/{backend}: {metric}="
-                          f"{'n/a (' + evaluation['status'] + ')' if value is None else f'{value:.4f}'} "
-                          f"size {evaluation.get('size_mb') or 0:.2f} MB ({seconds:.1f} s)")
+            begin_stage(folder, expected)
+            with lone_marker_removed(folder):  # a mode that fails before writing anything leaves no trace
+                _quantize_one(ctx, student, mode, backend, folder, expected, fused)
             results.append(read_json(folder / "meta.json"))
     return results
 
 
-def _static_with_floor(student, config, calibration, validation, folder: Path, seed: int, task):
-    """Static PTQ through `quantize_with_floor` (same inputs `quantize` would build)."""
-    from compress.quant.accuracy import quantize_with_floor
-    from compress.quant.configs import QuantInputs
+def _call_settings(quantize_cfg: QuantizeConfig, mode: str, backend: str) -> dict[str, Any]:
+    """The mode's config fields a recipe sets (`compress.quantize(**settings)`)."""
+    if mode == "static":
+        return _mode_settings(quantize_cfg, mode, backend)
+    if mode == "qat":
+        q = quantize_cfg.qat
+        return {"epochs": q.epochs, "lr": q.lr, "weight_decay": q.weight_decay, "train": q}
+    return {}
 
-    raw = next(iter(calibration))[0]
-    qi = QuantInputs(example=student.preprocess(raw[:2]), calibration=calibration, preprocess=student.preprocess,
-                     out=folder, seed=seed)
-    return quantize_with_floor(student.module, config, qi, validation, task)
+
+def _quantize_one(ctx: Context, student: BuiltModel, mode: str, backend: str, folder: Path, expected: str,
+                  fused: Any) -> None:
+    """Quantize the student with one (mode, backend) through `compress.quantize`, and record the folder as finished."""
+    from compress.quant.api import quantize
+
+    r = ctx.recipe
+    train_ds, val_ds = ctx.datasets
+    start = time.perf_counter()
+    teacher = ctx.load("teacher") if mode == "qat" else None
+    batch = (r.quantize.qat.batch_size if mode == "qat" else None) or r.data.batch_size
+    qm = quantize(student.module, make_loader(train_ds, batch, shuffle=mode == "qat", seed=r.quantize.qat.seed),
+                  mode, backend, val_loader=make_loader(val_ds, 256, shuffle=False, seed=0), task=ctx.task,
+                  out_dir=folder, preprocess=student.preprocess, seed=r.quantize.qat.seed,
+                  teacher=teacher.module if teacher else None,
+                  teacher_preprocess=teacher.preprocess if teacher else None,
+                  objective=_qat_objective(ctx, student, teacher) if teacher else None,
+                  **_call_settings(r.quantize, mode, backend))
+    evaluation = qm.evaluation
+    seconds = time.perf_counter() - start
+    finish_stage(folder, expected, {"evaluation": evaluation, "seconds": round(seconds, 2),
+                                    "reparameterized_blocks": fused})
+    metric = ctx.task.primary_metric
+    value = (evaluation.get("metrics") or {}).get(metric)
+    console.print(f"quantize {mode}/{backend}: {metric}="
+                  f"{'n/a (' + evaluation['status'] + ')' if value is None else f'{value:.4f}'} "
+                  f"size {evaluation.get('size_mb') or 0:.2f} MB ({seconds:.1f} s)")
+
+
 
 
 def _qat_objective(ctx: Context, student: BuiltModel, teacher: BuiltModel) -> KDObjective:
@@ -118,7 +124,7 @@ def _qat_objective(ctx: Context, student: BuiltModel, teacher: BuiltModel) -> KD
                                 "alpha_schedule": None, "temperature_schedule": None})
     objective = KDObjective(ctx.task, held, student.module, teacher.module,
                             student.preprocess(raw), teacher.preprocess(raw))
-    load_objective_state(objective, ctx.run.stage(KD_STUDENT) / "last.safetensors")
+    load_objective_state(objective, ctx.run.stage(ctx.final_student) / "last.safetensors")
     return objective
 
 
@@ -146,7 +152,7 @@ def best_quantized(ctx: Context, backend: str, modes: tuple[str, ...]) -> tuple[
     best: tuple[float, Path, str] | None = None
     for mode in modes:
         folder = ctx.run.stage("quantized", mode, backend)
-        if not (folder / "meta.json").exists():
+        if not is_finished(folder):  # absent, or a killed run's leftover
             continue
         metrics = (read_json(folder / "meta.json").get("evaluation") or {}).get("metrics") or {}
         value = metrics.get(ctx.task.primary_metric)

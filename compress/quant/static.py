@@ -1,7 +1,8 @@
 """Static post-training INT8: activation ranges calibrated on N training samples, per-channel int8 weights.
 
-Backends: `executorch` (PT2E + XNNPACK quantizer), `onnx` (ORT QDQ `quantize_static`) and `coreml`
-(coremltools int8 weight quantization or palettization; CoreML runs activations in float).
+Backends: `executorch` (PT2E + XNNPACK quantizer) here; a file format's own int8 writer (ONNX Runtime
+QDQ `quantize_static` in `export/formats/onnx/`, coremltools weight compression in
+`export/formats/coreml/`) through `compress.quant.formats.FILE_INT8`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from torch import nn
 
 from compress.quant.common import kept_float_modules, program_size_mb
 from compress.quant.configs import Int8StaticConfig, QuantInputs, QuantizedModel
+from compress.quant.formats import file_int8
 
 
 def with_kept_float(model: nn.Module, config: Int8StaticConfig) -> Int8StaticConfig:
@@ -37,14 +39,8 @@ def quantize_static(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs)
         The quantized model with its provenance (saved under `qi.out` when given).
     """
     config = with_kept_float(model, config)
-    if config.backend == "onnx":
-        from compress.quant.onnx_ort import ort_static
-
-        return ort_static(model, config, qi)
-    if config.backend == "coreml":
-        from compress.quant.coreml_weights import coreml_weights
-
-        return coreml_weights(model, config, qi)
+    if config.backend not in config.backends:
+        return file_int8(config).quantize(model, config, qi)
     from compress.quant.pt2e import pt2e_static
 
     return pt2e_static(model, config, qi, program_size_mb(model.eval(), qi.example, "static"))

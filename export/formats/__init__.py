@@ -1,9 +1,16 @@
-"""One package per format, each registering its exporter (`export.registry.EXPORTERS`) and its
-runtime (`export.runtime.RUNTIMES`). Importing this package registers them all; a new format is one
-new package here plus its name in this import."""
+"""One package per format, each registering its exporter (`export.registry.EXPORTERS`), its runtime
+(`export.runtime.RUNTIMES`) and, where it has one, its int8 writer (`compress.quant.formats.FILE_INT8`).
+Importing this package imports every folder here and so registers them all: a new format is one new
+folder (see docs/adding-a-format.md)."""
 
-from export.formats import aoti, coreml, executorch, onnx, pytorch, tensorrt, torchscript  # noqa: F401
-from export.runtime import RUNTIMES, Runtime  # noqa: E402
+import importlib
+import pkgutil
+
+from export.runtime import RUNTIMES, Runtime
+
+for _folder in pkgutil.iter_modules(__path__):
+    if _folder.ispkg:
+        importlib.import_module(f"{__name__}.{_folder.name}")
 
 
 def get_runtime(name: str) -> Runtime:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from reliability_fixtures import REPO, cli, cli_env
+from cli_fixtures import REPO, cli, cli_env
 from rich.console import Console
 
 from benchmark.report.card import LatencyMs, ReportRow, build_report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 
@@ -24,8 +25,14 @@ from benchmark.report.card import (
     with_retention,
 )
 from benchmark.report.console import render_console
-from benchmark.report.plots import latency_vs_metric_png, pareto_front, retention_png, size_png
-from benchmark.report.render import write_report
+from benchmark.report.plots import (
+    latency_vs_metric_figure,
+    latency_vs_metric_png,
+    pareto_front,
+    retention_png,
+    size_png,
+)
+from benchmark.report.render import render_html, write_report
 from compress.core.atomic import write_json
 from compress.core.errors import KdtoolError
 from export.artifact import Parity
@@ -299,8 +306,42 @@ def test_html_is_self_contained_with_plots(report, tmp_path):
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
     assert len(images) == 3
     assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
-    assert page.count("<tr class=") == len(report.rows)
+    assert page.count("<tr class=") == len(report.rows)  # one main-table row per model and artifact
     assert "Xeon" in page or report.machine["cpu"] in page
+
+
+def _table_headers(page: str, cls: str) -> list[str]:
+    head = re.search(rf"<table class='{cls}'><thead><tr>(.*?)</tr></thead>", page).group(1)
+    return [html.unescape(h) for h in re.findall(r"<th[^>]*>(.*?)</th>", head)]
+
+
+def test_html_main_table_holds_the_key_columns_and_reasons_are_footnotes(report):
+    rows = [*report.rows, ReportRow(name="student_kd.onnx.fp16", stage="export", format="onnx", precision="fp16",
+                                    runtime="onnxruntime", status="failed", reason="x" * 300)]
+    page = render_html(report.model_copy(update={"rows": rows}))
+    assert _table_headers(page, "key") == ["Name", "Size MB", "p50 ms", "accuracy", "Retention %", "Parity", ""]
+    folded = _table_headers(page, "all")  # every other column of the card, under <details>
+    assert {"Format", "Runtime", "Params", "GFLOPs", "p90 ms", "p99 ms", "Peak MB", "vs FP32 %"} <= set(folded)
+    assert page.index("<table class='all'>") > page.index("<details>")
+    main = page[page.index("<table class='key'>"):page.index("</table>")]
+    assert "x" * 300 not in main and "TensorRT needs CUDA" not in main  # reasons are not cells
+    notes = re.findall(r"<li id='note-(\d+)'><code>(.*?)</code> (\w+): (.*?)</li>", page)
+    assert notes == [("1", "student_kd.tensorrt.fp16", "skipped", "TensorRT needs CUDA"),
+                     ("2", "student_kd.onnx.fp16", "failed", "x" * 300)]
+    assert re.findall(r"<a href='#note-(\d+)'>", main) == ["1", "2"]  # the marks in the main table
+    kd_int8 = re.search(r"<tr class='pick'><td class='l'>student_kd.executorch.int8</td>(.*?)</tr>", main).group(1)
+    assert re.findall(r">([^<]*)</td>", kd_int8)[:5] == ["0.80", "0.50", "0.9550", "97.4", "✓"]
+
+
+def test_latency_plot_legend_hides_no_point(report):
+    fig = latency_vs_metric_figure(report)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = fig.legends[0].get_window_extent()
+    points = [ax.transData.transform(p) for c in ax.collections for p in c.get_offsets()]
+    assert len(points) == len(report.rows) - 3  # every measured row (CoreML and TensorRT have no latency)
+    assert not any(legend.contains(x, y) for x, y in points)
+    assert not legend.overlaps(ax.get_window_extent())  # outside the axes: no later point can fall under it
 
 
 def test_plots_render_and_skip_without_data(report):

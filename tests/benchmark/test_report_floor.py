@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from benchmark.measure import floor_summary
 from benchmark.report.card import ReportRow, accuracy_aware_notes, build_report
-from benchmark.stage import floor_summary
 from export.run import floor_metadata
 
 REPORT = {"min_retention": 0.99, "status": "met", "float_modules": ["stem.conv", "head.fc"],

@@ -44,6 +44,19 @@ def _artifact(runtime: str, folder) -> object:
     return model, EXPORTERS.get(fmt)().export(model, example, folder, ctx).path
 
 
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """`artifact(runtime)` → (model, path): each runtime's artifact exported once for the module's tests."""
+    made: dict[str, tuple[nn.Module, object]] = {}
+
+    def get(runtime: str) -> tuple[nn.Module, object]:
+        if runtime not in made:
+            made[runtime] = _artifact(runtime, tmp_path_factory.mktemp(runtime))
+        return made[runtime]
+
+    return get
+
+
 def test_all_runtimes_register():
     get_runtime("torch")
     assert set(RUNTIMES) >= set(ALL)
@@ -72,10 +85,10 @@ def test_tensorrt_reason_names_gpu_and_extra():
 
 
 @pytest.mark.parametrize("name", ["torch", "torchscript", "onnxruntime", "executorch"])
-def test_load_and_run_matches_eager(name, tmp_path):
+def test_load_and_run_matches_eager(name, artifact):
     if get_runtime(name).available():
         pytest.skip(get_runtime(name).available())
-    model, path = _artifact(name, tmp_path)
+    model, path = artifact(name)
     session = get_runtime(name).load(path, threads=1)
     x = torch.randn(2, 1, 16, 16)
     out = session.run(x.numpy())
@@ -84,10 +97,10 @@ def test_load_and_run_matches_eager(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["torch", "torchscript", "onnxruntime", "executorch"])
-def test_truncated_artifact_is_an_export_error(name, tmp_path):
+def test_truncated_artifact_is_an_export_error(name, tmp_path, artifact):
     if get_runtime(name).available():
         pytest.skip(get_runtime(name).available())
-    _, path = _artifact(name, tmp_path)
+    _, path = artifact(name)
     broken = tmp_path / f"broken{path.suffix}"
     broken.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3])
     with pytest.raises(ExportError) as e:
@@ -95,11 +108,11 @@ def test_truncated_artifact_is_an_export_error(name, tmp_path):
     assert e.value.exit_code == 4 and "broken" in str(e.value)
 
 
-def test_onnxruntime_reports_node_placement(tmp_path):
+def test_onnxruntime_reports_node_placement(artifact):
     pytest.importorskip("onnxruntime")
     from export.formats.onnx.runtime import node_placement
 
-    _, path = _artifact("onnxruntime", tmp_path)
+    _, path = artifact("onnxruntime")
     placement = node_placement(path, np.zeros((1, 1, 16, 16), np.float32))
     assert list(placement) == ["CPUExecutionProvider"] and placement["CPUExecutionProvider"].get("Conv") == 1
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import statistics
 
-from reliability_fixtures import cli, write_recipe
+from cli_fixtures import cli, write_recipe
+
+SMALL = {"limit": 64}
+"""64 training digits (2 steps an epoch): the ablation's bookkeeping, not its accuracy, is under test."""
 
 
 def test_ablation_reports_means_spread_and_paired_gains(tmp_path):
-    recipe = write_recipe(tmp_path, {"student": {"train": {"epochs": 1}}, "distill": {"train": {"epochs": 1}}})
+    recipe = write_recipe(tmp_path, {"data": SMALL, "student": {"train": {"epochs": 1}},
+                                     "distill": {"train": {"epochs": 1}}})
     out = tmp_path / "runs"
     result = cli("distill", recipe, "--out", out, "--ablate", "2")
     assert result.exit_code == 0, result.stderr
@@ -36,7 +40,8 @@ def test_sigterm_stops_the_whole_ablation(tmp_path, monkeypatch):
         calls.append(label)
         return FitResult(float("nan"), 0, [], 0.0, interrupted=True)
 
-    recipe = write_recipe(tmp_path, {"student": {"train": {"epochs": 1}}, "distill": {"train": {"epochs": 1}}})
+    recipe = write_recipe(tmp_path, {"data": SMALL, "student": {"train": {"epochs": 1}},
+                                     "distill": {"train": {"epochs": 1}}})
     cli("distill", recipe, "--out", tmp_path / "runs", "--stage", "baseline")  # the teacher, trained for real
     monkeypatch.setattr(compress.distill.ablation, "fit", interrupted_fit)
     result = cli("distill", recipe, "--out", tmp_path / "runs", "--ablate", "3")
@@ -48,8 +53,8 @@ def test_sigterm_stops_the_whole_ablation(tmp_path, monkeypatch):
 
 def test_folds_score_every_sample_once_with_a_teacher_per_fold(tmp_path):
     """--folds K: each seed's metric is the size-weighted mean over K folds; each fold trains its own teacher."""
-    recipe = write_recipe(tmp_path, {"teacher": {"train": {"epochs": 1}}, "student": {"train": {"epochs": 1}},
-                                     "distill": {"train": {"epochs": 1}}})
+    recipe = write_recipe(tmp_path, {"data": SMALL, "teacher": {"train": {"epochs": 1}},
+                                     "student": {"train": {"epochs": 1}}, "distill": {"train": {"epochs": 1}}})
     out = tmp_path / "runs"
     result = cli("distill", recipe, "--out", out, "--ablate", "1", "--folds", "3")
     assert result.exit_code == 0, result.stderr

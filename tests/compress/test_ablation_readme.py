@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import pytest
-from reliability_fixtures import REPO, cli
+from cli_fixtures import REPO, cli
 
 from tests.perf import results
 

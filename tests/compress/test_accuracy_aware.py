@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 from kd_fixtures import digit_loaders, train_on_labels
 from torch import nn
 
+import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
 from compress.core.tasks import Task
 from compress.models.build import Preprocess
 from compress.quant.accuracy import int8_compute_share, quantize_with_floor, sensitivity_units
@@ -73,16 +73,15 @@ def test_floor_is_recovered_by_keeping_the_sensitive_layer_in_float(sensitive_st
 
 def test_model_above_the_floor_is_left_whole(digits, tmp_path):
     """Through the stage's glue: the recipe's floor reaches the config, the report lands in meta.json."""
-    from compress.quant.quantize import make_config
-    from compress.quant.stage import _mode_settings, _static_with_floor
+    from compress.quant.api import quantize
+    from compress.quant.stage import _call_settings
     from recipes.schema import QuantizeConfig
 
     torch.manual_seed(0)
     model = train_on_labels(mlp(), digits[0], epochs=2, lr=3e-3, preprocess=PRE, task=TASK)
     recipe = QuantizeConfig(min_retention=0.9, calibration_samples=128)
-    config = make_config("static", backend="executorch", **_mode_settings(recipe, "static", "executorch"))
-    student = SimpleNamespace(module=model, preprocess=PRE)
-    qm, _ = _static_with_floor(student, config, digits[0], digits[1], tmp_path, 0, TASK)
+    qm = quantize(model, digits[0], "static", "executorch", val_loader=digits[1], task=TASK, out_dir=tmp_path,
+                  preprocess=PRE, **_call_settings(recipe, "static", "executorch"))
     assert json.loads((tmp_path / "meta.json").read_text())["accuracy_aware"]["min_retention"] == 0.9
     report = qm.meta["accuracy_aware"]
     assert report["status"] == "met" and report["float_modules"] == [] and report["sensitivity"] == []

@@ -9,7 +9,7 @@ import timm
 import torch
 
 from compress.core.errors import KdtoolError
-from compress.models.build import load_weights, read_state_dict
+from compress.models.weights import load_weights, read_state_dict
 
 
 def _model(**kwargs) -> torch.nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
-from reliability_fixtures import cli, write_recipe
+from cli_fixtures import cli, write_recipe
 
 from compress.core import determinism
 

@@ -4,7 +4,7 @@ folders, manifests) and fails naming all that are missing; it warns on what is k
 from __future__ import annotations
 
 import pytest
-from reliability_fixtures import cli, error_lines, write_recipe
+from cli_fixtures import cli, error_lines, write_recipe
 
 from compress.core.tasks import Task
 from compress.data.synthetic import write_csv_manifest, write_imagefolder

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from reliability_fixtures import REPO, cli_env
+from cli_fixtures import REPO, cli_env
 
 CODE = """
 import ctypes, os

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from reliability_fixtures import error_lines, run_kdtool, write_recipe
+from cli_fixtures import error_lines, run_kdtool, write_recipe
 from safetensors.torch import save_file
 
 from compress.core.errors import KdtoolError

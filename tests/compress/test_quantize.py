@@ -9,6 +9,7 @@ import torch
 from kd_fixtures import digit_loaders, train_on_labels
 from torch import nn
 
+import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
 from compress.core.errors import ExportError, KdtoolError
 from compress.core.tasks import Task
 from compress.models.build import Preprocess

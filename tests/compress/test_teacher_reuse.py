@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from reliability_fixtures import cli, write_recipe
+from cli_fixtures import cli, write_recipe
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")

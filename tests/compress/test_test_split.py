@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from reliability_fixtures import cli, write_recipe
+from cli_fixtures import cli, write_recipe
 
 from compress.core.tasks import Task
 from compress.data.loader import build_splits

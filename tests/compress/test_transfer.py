@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from reliability_fixtures import cli, write_recipe
+from cli_fixtures import cli, write_recipe
 from torch import nn
 
 from compress.core.errors import KdtoolError

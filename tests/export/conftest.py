@@ -34,7 +34,7 @@ def exported(student, example, real_inputs, tmp_path_factory):
         key = (fmt, tuple(targets or ()))
         if key not in cache:
             out = tmp_path_factory.mktemp(f"export_{fmt}")
-            cache[key] = export_model(student, example, out, formats=[fmt], targets=targets, ctx=context(),
+            cache[key] = export_model(student, example, out, formats=[fmt], targets=targets, spec=context(),
                                       inputs=real_inputs)
         return cache[key]
 

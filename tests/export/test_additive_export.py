@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from reliability_fixtures import cli, error_lines, write_recipe
+from cli_fixtures import cli, error_lines, write_recipe
 
 from compress.core.atomic import sha256_file
 from export.targets import Job

@@ -11,7 +11,7 @@ def test_aoti_package_runs_and_matches(tmp_path, example, real_inputs):
     from export.formats.aoti.exporter import read_metadata
     from export.run import export_model
 
-    (art,) = export_model(tiny_convnet(), example, tmp_path, formats=["aoti"], ctx=context(),
+    (art,) = export_model(tiny_convnet(), example, tmp_path, formats=["aoti"], spec=context(),
                           inputs=real_inputs)
     assert art.status == "ok" and art.path.suffix == ".pt2", art.reason
     assert art.parity.status == "passed" and art.parity.max_abs < 1e-5

@@ -70,3 +70,63 @@ def test_alias_nodes_are_dropped_before_conversion(tmp_path):
     torch.testing.assert_close(program.module()(x), model(x))
     art = CoreMLExporter().export(model, x, tmp_path, ExportContext(precision="fp16", dynamic_batch=False))
     assert art.status == "ok" and art.size_mb > 0
+
+
+class _Addcmul(torch.nn.Module):
+    """ConvNeXt-V2's GRN exports `aten.addcmul`, which coremltools 9 lacks ("Unsupported fx node addcmul")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.gamma = torch.nn.Parameter(torch.linspace(0.5, 2.0, 4).view(1, 4, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return torch.addcmul(y, self.gamma, y, value=0.5).mean((2, 3))
+
+
+def test_an_op_coremltools_lacks_is_decomposed_and_the_card_says_so(tmp_path):
+    """The program converts after torch decomposes `addcmul`; the artifact, its manifest and its card row
+    say so, and the parity of CoreML itself stays "not verified on this OS" off macOS."""
+    from export_fixtures import context
+
+    from benchmark.report.card import ReportRow, row_notes
+    from export.run import export_model
+
+    torch.manual_seed(0)
+    model, x = _Addcmul().eval(), torch.randn(2, 1, 8, 8)
+    (art,) = export_model(model, x, tmp_path, formats=["coreml"], spec=context(labels=None), inputs=x)
+    assert art.status == "ok", art.reason
+    facts = art.info["decomposed"]
+    assert facts["ops"] == ["aten.addcmul.default"] and "addcmul" in facts["converter_message"]
+    assert facts["max_abs"] < 1e-5
+    manifest = json.loads((art.path.parent / "manifest.json").read_text())
+    assert manifest["info"]["decomposed"]["ops"] == ["aten.addcmul.default"]
+    assert manifest["parity"]["status"] in ("not verified on this OS", "passed")
+    (note,) = row_notes([ReportRow(name=art.name, stage="export", notes=art.info["notes"])])
+    assert note.startswith(f"{art.name}: coremltools lacks addcmul: torch decomposed it")
+
+
+@torch.library.custom_op("kdtool_test::twice", mutates_args=())
+def _twice(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+@_twice.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def test_an_op_without_a_decomposition_fails_with_the_converters_first_line(tmp_path):
+    """A custom op has no decomposition in torch's tables: the converter's own error stands, one line."""
+    from compress.core.errors import ExportError
+    from export.formats.coreml.exporter import CoreMLExporter
+    from export.registry import ExportContext
+
+    class Custom(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.ops.kdtool_test.twice(x) + 1
+
+    with pytest.raises(ExportError, match="coremltools conversion failed for model.*twice") as e:
+        CoreMLExporter().export(Custom().eval(), torch.randn(1, 3), tmp_path, ExportContext(dynamic_batch=False))
+    assert "\n" not in e.value.message and e.value.exit_code == 4

@@ -44,8 +44,9 @@ def test_executorch_int8_from_pt2e_model(tmp_path, example, real_inputs):
 
     model = tiny_convnet()
     quantized = _pt2e(model, example, real_inputs)
-    fp32, int8, _onnx = export_model(model, example, tmp_path, targets=["android"], inputs=real_inputs,
-                                     quantized=Quantized(pt2e=quantized), ctx=context(name="tiny"))
+    fp32, int8, _onnx = export_model(model, example, tmp_path, targets=["android"], formats=["executorch", "onnx"],
+                                     inputs=real_inputs,
+                                     quantized=Quantized(pt2e=quantized), spec=context(name="tiny"))
     assert int8.name == "tiny.executorch.int8" and int8.status == "ok", int8.reason
     q = int8.info["quantized"]
     assert q["op_share"] >= 0.5 and q["int8_weight_share"] > 0.9
@@ -58,7 +59,7 @@ def test_int8_without_quantized_model_is_skipped(tmp_path, example):
     from export.run import export_model
 
     (art,) = export_model(tiny_convnet(), example, tmp_path, targets=["android"], formats=["executorch"],
-                          ctx=context())[1:]
+                          spec=context())[1:]
     assert art.status == "skipped" and "kdtool quantize" in art.reason and not art.path.exists()
 
 
@@ -97,7 +98,7 @@ def test_coreml_delegate_is_lowered_but_not_verified_here(tmp_path, example):
     from export.run import export_model
 
     (art,) = export_model(tiny_convnet(), example, tmp_path, targets=["ios"], formats=["executorch"],
-                          ctx=context())
+                          spec=context())
     assert art.name == "student_kd.executorch-coreml.fp16" and art.status == "ok", art.reason
     assert art.info["delegation"]["share"] == 1.0 and art.info["backend"] == "CoreMLBackend"
     assert art.parity.status == "not verified on this OS" and "Apple" in art.parity.reason
@@ -151,7 +152,7 @@ def test_split_output_keeps_dynamic_batch(tmp_path, example):
     from export.run import export_model
 
     torch.manual_seed(0)
-    (art,) = export_model(SplitNet().eval(), example, tmp_path, formats=["executorch"], ctx=context(labels=None))
+    (art,) = export_model(SplitNet().eval(), example, tmp_path, formats=["executorch"], spec=context(labels=None))
     assert art.status == "ok", art.reason
     assert art.info["dynamic_batch"] and art.info["max_batch"] == 32 and "skipped" in art.info["ir_validity_check"]
     assert art.parity.status == "passed" and art.parity.batches == [1, 4]
@@ -165,7 +166,7 @@ def test_failing_dynamic_program_falls_back_to_fixed_batch(tmp_path, example, mo
         raise et._DynamicBatchFailed("dynamic-batch program failed at batch 32: error 0x10")
 
     monkeypatch.setattr(et, "_smoke_test", fail)
-    (art,) = export_model(tiny_convnet(), example, tmp_path, formats=["executorch"], ctx=context())
+    (art,) = export_model(tiny_convnet(), example, tmp_path, formats=["executorch"], spec=context())
     assert art.status == "ok" and not art.info["dynamic_batch"] and art.info["max_batch"] == 2
     assert "0x10" in art.info["dynamic_batch_reason"]
     assert art.parity.status == "passed" and art.parity.batches == [2]
@@ -193,7 +194,7 @@ def test_ceil_mode_pools_are_delegated_where_rounding_changes_nothing(tmp_path, 
 
     torch.manual_seed(0)
     model = CeilPoolNet(odd).eval()
-    (art,) = export_model(model, example, tmp_path, formats=["executorch"], ctx=context(labels=None))
+    (art,) = export_model(model, example, tmp_path, formats=["executorch"], spec=context(labels=None))
     assert art.status == "ok", art.reason
     assert art.parity.status == "passed" and art.parity.max_abs < 1e-5
     pools = {op for op in art.info["delegation"]["not_delegated"] if "pool" in op}

@@ -26,7 +26,7 @@ def test_a_parity_failure_is_moved_aside_with_its_reason(tmp_path, example, monk
         return Parity(status="failed", max_abs=0.139, atol=0.0446, reason="max_abs 0.139 > atol 0.0446")
 
     monkeypatch.setattr(export.run, "verify_artifact", too_far)
-    (ts,) = export_model(tiny_convnet(), example, tmp_path, formats=["torchscript"], ctx=context())
+    (ts,) = export_model(tiny_convnet(), example, tmp_path, formats=["torchscript"], spec=context())
     folder = tmp_path / "custom" / "torchscript" / "fp32"
     assert ts.status == "failed" and ts.reason == "parity failed: max_abs 0.139 > atol 0.0446"
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "student_kd.torchscript.failed.pt"]

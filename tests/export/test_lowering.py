@@ -11,13 +11,18 @@ from export_fixtures import context, tiny_convnet
 from export.lowering import ENV, parallel_enabled
 from export.run import export_model
 
-pytestmark = pytest.mark.skipif(not parallel_enabled(1, 1), reason="the child is forked on multi-core Linux only")
+
+@pytest.fixture(autouse=True)
+def _forks_here():
+    """Judged when each test runs: a LiteRT export earlier in the session starts JAX, and then no child is forked."""
+    if not parallel_enabled(1, 1):
+        pytest.skip("the child is forked on multi-core Linux only, before JAX runs in the process")
 
 
 def android(tmp_path, example, monkeypatch, processes: str):
     monkeypatch.setenv(ENV, processes)
     return export_model(tiny_convnet(), example, tmp_path / processes, targets=["android"], int8=False,
-                        ctx=context())
+                        formats=["executorch", "onnx"], spec=context())
 
 
 def test_child_lowering_gives_the_same_artifacts_in_plan_order(tmp_path, example, monkeypatch):
@@ -102,7 +107,7 @@ def test_the_parent_leaves_the_child_a_core_while_it_lowers(tmp_path, example, m
     torch.set_num_threads(2)
     try:
         pte, onnx = export_model(tiny_convnet(), example, tmp_path, targets=["android"], int8=False,
-                                 ctx=context(), threads=2)
+                                 formats=["executorch", "onnx"], spec=context(), threads=2)
         assert torch.get_num_threads() == 2  # restored
     finally:
         torch.set_num_threads(before)

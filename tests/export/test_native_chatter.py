@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from reliability_fixtures import REPO, cli_env
+from cli_fixtures import REPO, cli_env
 
 CODE = """
 import sys

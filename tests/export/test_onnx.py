@@ -60,7 +60,7 @@ def test_strip_debug_metadata_on_a_proto():
     import onnx
     from onnx import helper
 
-    from compress.quant.onnx_ort import strip_debug_metadata
+    from export.formats.onnx.clean import strip_debug_metadata
 
     node = helper.make_node("Relu", ["x"], ["y"])
     for key, value in (("pkg.torch.onnx.stack_trace", 'File "/home/me/model.py", line 3'), ("namespace", "a/b"),
@@ -114,7 +114,7 @@ def test_int8_adopts_ort_quantized_model_and_reports_quantized_share(tmp_path, e
     quantize_static(str(fp32.path), str(qdq), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
     (art,) = export_model(model, example, tmp_path / "out", formats=["onnx"], targets=["server"],
-                          quantized=Quantized(onnx=qdq, onnx_mode="static"), ctx=context(name="tiny"),
+                          quantized=Quantized(onnx=qdq, onnx_mode="static"), spec=context(name="tiny"),
                           inputs=real_inputs)[1:]
     assert art.name == "tiny.onnx.int8" and art.status == "ok", art.reason
     from export.formats.onnx.exporter import read_metadata
@@ -144,7 +144,7 @@ def test_compact_names_leaves_graphs_with_subgraphs_alone():
     import onnx
     from onnx import helper
 
-    from compress.quant.onnx_ort import compact_names
+    from export.formats.onnx.clean import compact_names
 
     branch = helper.make_graph([helper.make_node("Identity", ["a_long_name"], ["b"])], "then", [],
                                [helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [1])])

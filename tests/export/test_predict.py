@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reliability_fixtures import cli, error_lines, write_recipe
+from cli_fixtures import cli, error_lines, write_recipe
 
 
 def _write_digits(root: Path, indices: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:

@@ -35,7 +35,7 @@ def test_one_failing_format_does_not_stop_the_others(tmp_path, example, monkeypa
         raise RuntimeError("aten::weird_op has no lowering")
 
     monkeypatch.setattr(export.formats.torchscript.exporter.TorchScriptExporter, "export", broken)
-    ts, onnx = export_model(tiny_convnet(), example, tmp_path, formats=["torchscript", "onnx"], ctx=context())
+    ts, onnx = export_model(tiny_convnet(), example, tmp_path, formats=["torchscript", "onnx"], spec=context())
     assert ts.status == "failed" and "weird_op" in ts.reason
     assert not (tmp_path / "custom" / "torchscript" / "fp32").exists()  # nothing half-written left behind
     assert onnx.status == "ok" and onnx.parity.status == "passed"

@@ -33,7 +33,7 @@ def test_android_artifacts_are_static_batch_one_and_say_so(tmp_path, example, re
     from export.run import export_model
 
     arts = export_model(tiny_convnet(), example, tmp_path, targets=["android", "server"], formats=["onnx"],
-                        ctx=context(), inputs=real_inputs, int8=False)
+                        spec=context(), inputs=real_inputs, int8=False)
     android, server = arts
     assert (android.target, server.target) == ("android", "server")
     assert (android.name, server.name) == ("student_kd.onnx-b1.fp32", "student_kd.onnx.fp32")
@@ -52,7 +52,7 @@ def test_android_artifacts_are_static_batch_one_and_say_so(tmp_path, example, re
 def test_a_fixed_batch_of_n_is_traced_with_n_real_rows(tmp_path, example, real_inputs):
     from export.run import export_model
 
-    (art,) = export_model(tiny_convnet(), example, tmp_path, formats=["onnx"], ctx=context(),
+    (art,) = export_model(tiny_convnet(), example, tmp_path, formats=["onnx"], spec=context(),
                           inputs=real_inputs, batch=3)
     assert art.status == "ok" and art.info["batch"] == 3 and art.parity.batches == [3]
 
@@ -65,7 +65,7 @@ def test_fix_batch_pins_a_dynamic_onnx_file(tmp_path, example, real_inputs):
     from export.formats.onnx.exporter import fix_batch
     from export.run import export_model
 
-    (art,) = export_model(tiny_convnet(), example, tmp_path / "dyn", formats=["onnx"], ctx=context(), verify=False)
+    (art,) = export_model(tiny_convnet(), example, tmp_path / "dyn", formats=["onnx"], spec=context(), verify=False)
     proto = onnx.load(str(art.path))
     fix_batch(proto, 1)
     fixed = tmp_path / "fixed.onnx"
@@ -90,7 +90,7 @@ def test_executorch_int8_is_retraced_at_a_static_batch(tmp_path, example, real_i
     program = torch.export.export(_pt2e(model, example, real_inputs), (example,),
                                   dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
     arts = export_model(model, example, tmp_path, targets=["android"], formats=["executorch"],
-                        inputs=real_inputs, quantized=Quantized(pt2e=program), ctx=context(name="tiny"))
+                        inputs=real_inputs, quantized=Quantized(pt2e=program), spec=context(name="tiny"))
     (int8,) = [a for a in arts if a.precision == "int8"]
     assert int8.status == "ok" and int8.parity.status == "passed", int8.reason
     assert int8.info["batch"] == 1 and int8.info["max_batch"] == 1

@@ -14,7 +14,7 @@ from export.formats.tensorrt.exporter import TensorRTExporter, unavailable_reaso
 def test_tensorrt_is_skipped_with_reason(tmp_path, example):
     from export.run import export_model
 
-    (art,) = export_model(tiny_convnet(), example, tmp_path, formats=["tensorrt"], ctx=context())
+    (art,) = export_model(tiny_convnet(), example, tmp_path, formats=["tensorrt"], spec=context())
     assert art.status == "skipped" and "NVIDIA GPU" in art.reason and 'kdtool[tensorrt]' in art.reason
     with pytest.raises(ExportError, match="NVIDIA GPU"):
         TensorRTExporter().export(tiny_convnet(), example, tmp_path, context())

@@ -44,7 +44,7 @@ def test_traced_branch_fails_parity_and_is_marked_failed(tmp_path):
 
     example = torch.ones(2, 1, 8, 8)  # positive: the trace keeps the `* 2` branch
     (art,) = export_model(SignBranch(), example, tmp_path, formats=["torchscript"],
-                          ctx=context(labels=None), inputs=-torch.ones(4, 1, 8, 8))
+                          spec=context(labels=None), inputs=-torch.ones(4, 1, 8, 8))
     assert art.status == "failed" and art.parity.status == "failed"
     assert art.parity.max_abs >= 1.0 and "max_abs" in art.reason
     assert (art.path.parent / "manifest.json").exists()

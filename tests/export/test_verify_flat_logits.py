@@ -45,3 +45,18 @@ def test_trained_logits_failure_does_not_blame_the_weights():
     assert p.status == "failed" and "random-initialised" not in p.reason
     fp32 = Logits(margin=0.01)
     assert "random-initialised" not in (check_parity(_noisy(fp32, 0.3), fp32, x[:2], "fp32").reason or "")
+
+
+def test_flat_logits_lost_to_the_fp32_student_are_named_even_when_the_file_matches_its_pt2e_model():
+    """ExecuTorch int8 is compared with its PT2E model (an error of the lowering alone, here 0) and its
+    decisions with the fp32 student's: on near-flat student logits the flipped decisions come from int8
+    rounding against the student, and the reason says so."""
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
+    student = Logits(margin=0.01)
+
+    def pt2e(a: torch.Tensor) -> torch.Tensor:  # the student plus a fixed int8-sized rounding error
+        return student(a) + 0.3 * torch.sin(37.0 * a)
+
+    p = check_parity(lambda a: pt2e(torch.from_numpy(a)).numpy(), pt2e, x[:2], "int8", inputs=x, student=student)
+    assert p.status == "failed" and p.failed == ["fp32_agreement"] and p.max_abs == 0.0
+    assert "median decision margin 0.01 is below the int8 error" in p.reason

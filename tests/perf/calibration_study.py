@@ -43,6 +43,7 @@ def study_model(name: str, size: int, samples: list[int], steps: int, threads: i
     """Rows (backend, method, samples, retention, agreement, error, seconds) for one model."""
     import timm
 
+    import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
     from compress.core.tasks import Task, retention
     from compress.quant.configs import QuantInputs
     from compress.quant.evaluate import collect_outputs

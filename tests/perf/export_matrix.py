@@ -15,7 +15,9 @@ quantize --mode static` and `kdtool export --target android --target ios --targe
 kdtool's own code makes the static int8 models (ExecuTorch PT2E, ONNX Runtime QDQ, through the
 accuracy-aware floor: 0.99 of the fp32 accuracy and parity's decision agreement on 96 held-out
 images, the layers it keeps in float printed below the table) and every target's artifacts, each
-loaded in its runtime and parity-checked on held-out images.
+loaded in its runtime and parity-checked on held-out images. LiteRT (android) and OpenVINO
+(server) make their own int8 from the same calibration images (OpenVINO with NNCF's accuracy
+control at the same floor); without their extras those cells are `skip`.
 
 A cell is `ok` with the parity max_abs relative to the output scale (ExecuTorch: the XNNPACK
 delegated share when below 100 %), `n/v` where the runtime exists only elsewhere (CoreML on Apple
@@ -94,6 +96,7 @@ def cell(a) -> str:
 def sweep_model(name: str, size: int, steps: int, out: Path) -> tuple[list, float]:
     """Train briefly, quantize (static int8, both backends, through the 0.99 retention floor) and export
     every target; (artifacts, seconds)."""
+    import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
     from compress.core.tasks import Task
     from compress.quant.accuracy import quantize_with_floor
     from compress.quant.configs import QuantInputs
@@ -114,7 +117,7 @@ def sweep_model(name: str, size: int, steps: int, out: Path) -> tuple[list, floa
                   for i in range(0, len(val_x), 16)]
     loader = [(calibration[i:i + 8], torch.zeros(8, dtype=torch.long)) for i in range(0, len(calibration), 8)]
     example = inputs[:2]
-    quantized = Quantized()
+    quantized = Quantized(calibration=calibration, validation=(val_x, val_y), min_retention=MIN_RETENTION)
     for backend in ("executorch", "onnx"):
         config = Int8StaticConfig(backend=backend, calibration_samples=CALIBRATION, min_retention=MIN_RETENTION)
         try:
@@ -129,9 +132,9 @@ def sweep_model(name: str, size: int, steps: int, out: Path) -> tuple[list, floa
             quantized.pt2e, quantized.pt2e_mode, quantized.pt2e_floor = q.program, "static", floor
         else:
             quantized.onnx, quantized.onnx_mode, quantized.onnx_floor = q.path, "static", floor
-    ctx = ExportContext(name=name, output_names=("logits",), task_spec=Task("multiclass", 10), parity_targets=labels)
+    spec = ExportContext(name=name, output_names=("logits",), task_spec=Task("multiclass", 10), parity_targets=labels)
     arts = export_model(model, example, out / "export", targets=["android", "ios", "server"], quantized=quantized,
-                        ctx=ctx, inputs=inputs, threads=torch.get_num_threads())
+                        spec=spec, inputs=inputs, threads=torch.get_num_threads())
     return arts, time.perf_counter() - t0
 
 

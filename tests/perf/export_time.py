@@ -46,6 +46,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
     from compress.core.tasks import Task
     from compress.quant.quantize import Int8StaticConfig, quantize
     from export.registry import ExportContext
@@ -83,14 +84,14 @@ def main() -> None:
         quantize_s = time.perf_counter() - t0
         quantized = Quantized(pt2e=et.program, onnx=onnx.path, pt2e_mode="static", onnx_mode="static")
         task = Task("binary", 2)
-        ctx = ExportContext(name="student_kd", task="binary", output_names=("output",), task_spec=task,
+        spec = ExportContext(name="student_kd", task="binary", output_names=("output",), task_spec=task,
                             parity_targets=labels)  # as the export stage: parity compares the AUC too
         jobs = plan(args.targets.split(","), None, True)
         profiler = cProfile.Profile() if args.profile else None
         t0 = time.perf_counter()
         if profiler:
             profiler.enable()
-        artifacts = export_jobs(jobs, model, example, out / "export", quantized=quantized, ctx=ctx,
+        artifacts = export_jobs(jobs, model, example, out / "export", quantized=quantized, spec=spec,
                                 inputs=inputs, threads=args.threads)
         if profiler:
             profiler.disable()

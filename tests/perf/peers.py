@@ -10,9 +10,12 @@ latency), batch-1 latency of:
 - peers, written here as a user would without kdtool: eager PyTorch; ONNX Runtime fp32 of a
   static-shape `torch.onnx.export(dynamo=True)`; ONNX Runtime static int8 QDQ, S8S8 and U8S8
   (`quantize_static`, per-channel, min-max); ExecuTorch XNNPACK fp32 and PT2E int8 of a static
-  batch-1 `torch.export` (`to_edge_transform_and_lower` + `XnnpackPartitioner`);
+  batch-1 `torch.export` (`to_edge_transform_and_lower` + `XnnpackPartitioner`); LiteRT fp32 and
+  int8 (litert-torch, its PT2E quantizer) and OpenVINO fp32 and int8 (NNCF) at batch 1, each run
+  with its library's plain calls (`tests.perf.peer_runtimes`), where those extras are installed;
 - kdtool: `quantize` (static, executorch and onnx backends) and `export_model` for the android and
-  server targets, every artifact as kdtool writes it (`export.batch: auto`: a static batch of 1 for
+  server targets (ExecuTorch, ONNX, LiteRT and OpenVINO; LiteRT and OpenVINO int8 calibrated on
+  the same images), every artifact as kdtool writes it (`export.batch: auto`: a static batch of 1 for
   android, a dynamic batch for the server), run in the same loop.
 
 Every latency is the median of `--runs` timed calls after `WARMUP` discarded ones, the same input,
@@ -106,6 +109,28 @@ def pte_runner(path: Path, threads: int) -> Runner:
     return lambda x: method.execute([torch.from_numpy(x)])
 
 
+RUNTIMES = ("executorch", "onnx", "litert", "openvino")
+"""kdtool's formats in the study (timed in their runtimes)."""
+
+
+def runner(who: str, path: Path, threads: int) -> tuple[Runner, str | None]:
+    """The timed call for a file, by its suffix, and the inference precision a plain OpenVINO peer ran at.
+
+    kdtool's LiteRT and OpenVINO files run in kdtool's sessions (as `kdtool benchmark` times them);
+    the peers' in the plain calls of `tests.perf.peer_runtimes`."""
+    from tests.perf.peer_runtimes import litert_runner, openvino_runner
+
+    if path.suffix == ".pte":
+        return pte_runner(path, threads), None
+    if path.suffix == ".onnx":
+        return ort_runner(path, threads), None
+    if who == "peer":
+        return (litert_runner(path, threads), None) if path.suffix == ".tflite" else openvino_runner(path, threads)
+    from export.formats import get_runtime
+
+    return get_runtime("litert" if path.suffix == ".tflite" else "openvino").load(path, threads).run, None
+
+
 def peer_files(model: torch.nn.Module, x1: torch.Tensor, calib: torch.Tensor, out: Path) -> dict[str, Path]:
     """The plain peers' files: static-shape ONNX fp32/int8 and ExecuTorch XNNPACK fp32/int8."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -143,6 +168,13 @@ def peer_files(model: torch.nn.Module, x1: torch.Tensor, calib: torch.Tensor, ou
                                               partitioner=[XnnpackPartitioner()]).to_executorch()
         files[name] = out / f"peer.{name.split()[1]}.pte"
         files[name].write_bytes(program.buffer)
+    from export.extras import importable
+    from tests.perf.peer_runtimes import litert_files, openvino_files
+
+    if importable("litert_torch") and importable("ai_edge_litert"):
+        files.update(litert_files(model, x1, calib, out))
+    if importable("openvino") and importable("nncf"):
+        files.update(openvino_files(model, x1, calib, out))
     return files
 
 
@@ -153,10 +185,12 @@ def kdtool_artifacts(model: torch.nn.Module, calib: torch.Tensor, out: Path, thr
     0.99 of the fp32 accuracy on `VALIDATION` held-out labelled images); the export's parity runs on
     `PARITY` of those images, as `kdtool export` does on validation samples.
     """
+    import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
     from compress.core.tasks import Task
     from compress.quant.accuracy import quantize_with_floor
     from compress.quant.configs import QuantInputs
     from compress.quant.quantize import Int8StaticConfig
+    from export.registry import ExportContext
     from export.run import Quantized, export_model
     from tests.perf.trained import task_images
 
@@ -177,9 +211,11 @@ def kdtool_artifacts(model: torch.nn.Module, calib: torch.Tensor, out: Path, thr
                                     QuantInputs(example=example, calibration=loader, out=out / f"q_{backend}"),
                                     validation, task)[0] for backend in ("executorch", "onnx"))
     quantized = Quantized(pt2e=et.program, onnx=onnx.path, pt2e_mode="static", onnx_mode="static",
-                          pt2e_floor=et.meta.get("accuracy_aware"), onnx_floor=onnx.meta.get("accuracy_aware"))
+                          pt2e_floor=et.meta.get("accuracy_aware"), onnx_floor=onnx.meta.get("accuracy_aware"),
+                          calibration=calib, validation=(val_x, val_y), min_retention=0.99)
     return export_model(model, example, out / "export", targets=["android", "server"],
-                        formats=["executorch", "onnx"], quantized=quantized, inputs=val_x[:PARITY], threads=threads)
+                        formats=list(RUNTIMES), quantized=quantized, inputs=val_x[:PARITY], threads=threads,
+                        ctx=ExportContext(task_spec=task))
 
 
 def bench_model(name: str, size: int, threads: int, runs: int, steps: int) -> list[tuple[str, str, float | None, str]]:
@@ -200,7 +236,7 @@ def bench_model(name: str, size: int, threads: int, runs: int, steps: int) -> li
             files.append(("peer", label, path, f"{path.stat().st_size / 1e6:.1f} MB"))
         for artifact in kdtool_artifacts(model, calib, Path(tmp), threads):
             label = f"{artifact.name} [{artifact.target}]"
-            if artifact.status != "ok" or artifact.runtime not in ("onnxruntime", "executorch"):
+            if artifact.status != "ok" or artifact.format not in RUNTIMES:
                 files.append(("kdtool", label, None, artifact.reason or artifact.status))
                 continue
             parity = artifact.parity.status if artifact.parity else "n/a"
@@ -215,9 +251,11 @@ def bench_model(name: str, size: int, threads: int, runs: int, steps: int) -> li
         # a resize ran at about half speed after it (ResNet-18 peer 39.4 ms vs kdtool's same file kind 21.8).
         torch.set_num_threads(threads)
         runners: dict[str, Runner] = {"eager": eager}
-        for _, label, path, _ in files:
+        for i, (who, label, path, note) in enumerate(files):
             if path is not None:
-                runners[label] = pte_runner(path, threads) if path.suffix == ".pte" else ort_runner(path, threads)
+                runners[label], precision = runner(who, path, threads)
+                if precision:
+                    files[i] = (who, label, path, f"{note}, runs {precision}")
         ms = interleaved_medians(runners, x, runs)
     return [("peer", "eager", ms["eager"], "")] + [(who, label, ms.get(label), note) for who, label, _, note in files]
 

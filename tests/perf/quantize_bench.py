@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import torch
 
+import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
 from compress.core.atomic import size_on_disk_mb
 from compress.core.tasks import Task, retention
 from compress.data.loader import digits_source, make_loader

@@ -35,25 +35,25 @@ class AotiExporter:
     runtime = "aoti"
     precisions = ("fp32",)
 
-    def export(self, model: nn.Module, example: torch.Tensor, out_dir: Path, ctx: ExportContext) -> Artifact:
+    def export(self, model: nn.Module, example: torch.Tensor, out_dir: Path, spec: ExportContext) -> Artifact:
         """Compile `model` into `<name>.<precision>.aoti.pt2` (for the device `example` lives on)."""
-        check_precision(self, ctx)
-        program = export_program(model.eval(), example, ctx)
-        path = Path(out_dir) / f"{ctx.name}.{ctx.precision}.aoti.pt2"
+        check_precision(self, spec)
+        program = export_program(model.eval(), example, spec)
+        path = Path(out_dir) / f"{spec.name}.{spec.precision}.aoti.pt2"
         with atomic_path(path) as tmp:
             staged = tmp.with_name(tmp.name + ".pt2")  # the packager wants the .pt2 extension
             try:
                 from torch._inductor import aoti_compile_and_package
 
                 aoti_compile_and_package(program, package_path=str(staged),
-                                         inductor_configs={"aot_inductor.metadata": ctx.embedded_metadata()})
+                                         inductor_configs={"aot_inductor.metadata": spec.embedded_metadata()})
             except Exception as e:
                 Path(staged).unlink(missing_ok=True)
-                raise ExportError(f"AOTInductor compilation failed for {ctx.name}: {first_line(e)}",
+                raise ExportError(f"AOTInductor compilation failed for {spec.name}: {first_line(e)}",
                                   "needs a C++ compiler (g++/clang) on PATH; or use --format onnx") from e
             os.replace(staged, tmp)
         info = {"device": str(example.device), "cpu_isa_bound": example.device.type == "cpu"}
-        return build_artifact(self.name, path, ctx, self.runtime, info=info)
+        return build_artifact(self.name, path, spec, self.runtime, info=info)
 
 
 def read_metadata(path: Path) -> dict[str, str]:

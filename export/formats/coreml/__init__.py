@@ -1,3 +1,3 @@
-"""The coreml format: its exporter and its runtime, registered together."""
+"""The coreml format: its exporter, its runtime and its int8 writer, registered together."""
 
-from export.formats.coreml import exporter, runtime  # noqa: F401
+from export.formats.coreml import exporter, int8, runtime  # noqa: F401

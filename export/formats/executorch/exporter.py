@@ -2,7 +2,7 @@
 
 - fp32: the student as given, lowered to XNNPACK.
 - int8: a PT2E-converted model (`convert_pt2e` output with the XNNPACK quantizer, made by the
-  quantization stage and passed as `ctx.quantized_program`) is exported again and lowered; XNNPACK
+  quantization stage and passed as `spec.quantized_program`) is exported again and lowered; XNNPACK
   takes the quantize/dequantize patterns as real int8 kernels.
 - variant "coreml" (iOS): the CoreML partitioner ahead of time; it runs only in an ExecuTorch
   runtime built with the CoreML backend (iOS/macOS), so parity here is "not verified on this OS".
@@ -13,10 +13,10 @@ goes into `Artifact.info["delegation"]`.
 
 Dynamic batch. ExecuTorch memory-plans every tensor at the batch axis' upper bound, so the arena
 grows with `max_batch`: it is capped at `EXECUTORCH_MAX_BATCH` (on-device inference runs batch 1).
-Two lowering steps used to narrow that bound silently (measured with executorch 1.5.1):
+Two lowering steps narrow that bound silently (executorch 1.5.1), and kdtool undoes both:
 - XNNPACK's FuseBatchNormPass re-traces convolutions with fake tensors; ATen's conv-backend choice
   asks "batch >= 16" (the NNPACK heuristic), an ignored guard that still narrows the shape env's
-  range to [2, 15]: programs with conv+BN refused batch >= 16 at `set_inputs` (error 0x10).
+  range to [2, 15]: programs with conv+BN would refuse batch >= 16 at `set_inputs` (error 0x10).
   The bound torch.export proved (`range_constraints`) is restored after lowering.
 - ExecuTorch's IR-validity verifier indexes the first tensor of a `Tensor[]` result
   (`split_with_sizes`, used by MobileViTv2's attention) as if it were the list, pinning the batch to
@@ -67,53 +67,53 @@ class ExecuTorchExporter:
     runtime = "executorch"
     precisions = ("fp32", "fp16", "int8")
 
-    def export(self, model: nn.Module, example: torch.Tensor, out_dir: Path, ctx: ExportContext) -> Artifact:
+    def export(self, model: nn.Module, example: torch.Tensor, out_dir: Path, spec: ExportContext) -> Artifact:
         """Lower to `<name>[.<variant>].<precision>.pte` and report the delegation share."""
         info: dict[str, Any] = {}
-        ctx.max_batch = min(ctx.max_batch, EXECUTORCH_MAX_BATCH)
-        if ctx.variant == "coreml":
-            if ctx.precision == "int8":
+        spec.max_batch = min(spec.max_batch, EXECUTORCH_MAX_BATCH)
+        if spec.variant == "coreml":
+            if spec.precision == "int8":
                 raise ExportError("executorch-coreml int8 is not supported by kdtool",
                                   "use executorch int8 (XNNPACK) or coreml fp16")
-            partitioners = [coreml_partitioner(ctx.precision)]
-            program = export_program(model.eval(), example, ctx)
-        elif ctx.precision == "fp16":
+            partitioners = [coreml_partitioner(spec.precision)]
+            program = export_program(model.eval(), example, spec)
+        elif spec.precision == "fp16":
             raise ExportError("executorch fp16 is only made with the CoreML delegate",
                               "use precision fp32 or int8 for XNNPACK, or the ios target")
         else:
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
             partitioners = [XnnpackPartitioner()]
-            program = self._program(model, example, ctx, info)
+            program = self._program(model, example, spec, info)
         try:
             try:
                 try:
-                    buffer = self._lower(program, partitioners, ctx, info)
+                    buffer = self._lower(program, partitioners, spec, info)
                 except (_DynamicBatchFailed, ExportError):
                     raise
                 except Exception as e:  # e.g. CoreML: "Cannot add const [s55, 1, 64, 4, 4]" (a symbolic reshape)
-                    if not ctx.dynamic_batch:
+                    if not spec.dynamic_batch:
                         raise
                     raise _DynamicBatchFailed(f"lowering failed with a dynamic batch: {first_line(e)}") from e
-                if ctx.variant != "coreml" and ctx.dynamic_batch:
+                if spec.variant != "coreml" and spec.dynamic_batch:
                     _smoke_test(buffer, user_input_shape(program), info["max_batch"])
             except _DynamicBatchFailed as e:  # a program that runs at one batch beats one that fails
-                ctx.dynamic_batch = False
+                spec.dynamic_batch = False
                 info["dynamic_batch_reason"] = str(e)
                 info.pop("ir_validity_check", None)
-                buffer = self._lower(self._static_program(model, example, ctx), partitioners, ctx, info)
+                buffer = self._lower(self._static_program(model, example, spec), partitioners, spec, info)
         except ExportError:
             raise
         except Exception as e:
-            raise ExportError(f"ExecuTorch lowering failed for {ctx.name}: {first_line(e)}",
+            raise ExportError(f"ExecuTorch lowering failed for {spec.name}: {first_line(e)}",
                               "an op has no Edge/XNNPACK lowering: try --format onnx") from e
-        suffix = f".{ctx.variant}" if ctx.variant else ""
-        path = Path(out_dir) / f"{ctx.name}{suffix}.{ctx.precision}.pte"
+        suffix = f".{spec.variant}" if spec.variant else ""
+        path = Path(out_dir) / f"{spec.name}{suffix}.{spec.precision}.pte"
         write_bytes(path, buffer)
-        info["backend"] = "CoreMLBackend" if ctx.variant == "coreml" else "XnnpackBackend"
-        return build_artifact(self.name, path, ctx, self.runtime, info=info)
+        info["backend"] = "CoreMLBackend" if spec.variant == "coreml" else "XnnpackBackend"
+        return build_artifact(self.name, path, spec, self.runtime, info=info)
 
-    def _lower(self, program: torch.export.ExportedProgram, partitioners: list[Any], ctx: ExportContext,
+    def _lower(self, program: torch.export.ExportedProgram, partitioners: list[Any], spec: ExportContext,
                info: dict[str, Any]) -> bytes:
         """Edge → delegates → `.pte` bytes, keeping the batch bound torch.export proved (module docstring)."""
         from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
@@ -121,9 +121,9 @@ class ExecuTorchExporter:
         def lower(check_ir: bool) -> Any:
             return to_edge_transform_and_lower(
                 program, partitioner=partitioners, compile_config=EdgeCompileConfig(_check_ir_validity=check_ir),
-                constant_methods={METADATA_METHOD: json.dumps(ctx.embedded_metadata(), sort_keys=True)})
+                constant_methods={METADATA_METHOD: json.dumps(spec.embedded_metadata(), sort_keys=True)})
 
-        if ctx.variant != "coreml":
+        if spec.variant != "coreml":
             info["floor_pools"] = exact_floor_pooling(program)
         bound = _batch_bound(program)
         check_ir = bound is None or not _list_output_with_batch(program)
@@ -143,33 +143,33 @@ class ExecuTorchExporter:
         return et_program.buffer
 
     def _static_program(self, model: nn.Module, example: torch.Tensor,
-                        ctx: ExportContext) -> torch.export.ExportedProgram:
+                        spec: ExportContext) -> torch.export.ExportedProgram:
         """The fixed-batch re-export used when the dynamic-batch program cannot run."""
-        source = model.eval() if ctx.precision != "int8" else ctx.quantized_program
+        source = model.eval() if spec.precision != "int8" else spec.quantized_program
         if isinstance(source, torch.export.ExportedProgram):
             source = source.module()
-        return export_program(source, example, ctx)
+        return export_program(source, example, spec)
 
-    def _program(self, model: nn.Module, example: torch.Tensor, ctx: ExportContext,
+    def _program(self, model: nn.Module, example: torch.Tensor, spec: ExportContext,
                  info: dict[str, Any]) -> torch.export.ExportedProgram:
-        if ctx.precision == "fp32":
-            return export_program(model.eval(), example, ctx)
-        quantized = ctx.quantized_program
+        if spec.precision == "fp32":
+            return export_program(model.eval(), example, spec)
+        quantized = spec.quantized_program
         if quantized is None:
-            raise ExportError("executorch int8 needs a PT2E-quantized model (ctx.quantized_program)",
+            raise ExportError("executorch int8 needs a PT2E-quantized model (spec.quantized_program)",
                               "run `kdtool quantize --mode static|qat` first")
         from export.quant_stats import pt2e_quantized_share
 
         if isinstance(quantized, torch.export.ExportedProgram):
             info["quantized"] = pt2e_quantized_share(quantized.module())
-            if not ctx.dynamic_batch:  # a static batch was asked for: re-trace at the example's
-                return export_program(quantized.module(), example, ctx)
-            ctx.dynamic_batch = any(not isinstance(d, int) for d in user_input_shape(quantized))
+            if not spec.dynamic_batch:  # a static batch was asked for: re-trace at the example's
+                return export_program(quantized.module(), example, spec)
+            spec.dynamic_batch = any(not isinstance(d, int) for d in user_input_shape(quantized))
             return quantized
         info["quantized"] = pt2e_quantized_share(quantized)
-        if ctx.dynamic_batch and not _batch_is_symbolic(quantized):
-            ctx.dynamic_batch = False  # calibrated on a static export: a dynamic re-export fails at run time
-        return export_program(quantized, example, ctx)
+        if spec.dynamic_batch and not _batch_is_symbolic(quantized):
+            spec.dynamic_batch = False  # calibrated on a static export: a dynamic re-export fails at run time
+        return export_program(quantized, example, spec)
 
 
 def exact_floor_pooling(program: torch.export.ExportedProgram) -> int:

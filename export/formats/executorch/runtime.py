@@ -19,7 +19,7 @@ def set_threadpool(threads: int) -> None:
 
     `_unsafe_reset_threadpool` replaces the pool under every method loaded in the process: in the
     peers benchmark (several programs loaded at once) the programs loaded before a reset ran at half
-    speed after it, and one run segfaulted (at e06b616, the cause not isolated), so a pool of the
+    speed after it, and one run segfaulted (the cause not isolated), so a pool of the
     right size is left alone. A resize (export verifying with one thread fewer) still slows programs
     loaded before it: load a session after the export that resizes.
     """

@@ -1,3 +1,3 @@
-"""The onnx format: its exporter and its runtime, registered together."""
+"""The onnx format: its exporter, its runtime and its int8 writer, registered together."""
 
-from export.formats.onnx import exporter, runtime  # noqa: F401
+from export.formats.onnx import exporter, int8, runtime  # noqa: F401

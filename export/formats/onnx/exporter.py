@@ -2,7 +2,7 @@
 
 Weights are inlined when the model is under 2 GB (protobuf's limit); larger models keep the
 external `.data` file, which is listed in `Artifact.files` and counted in the size. int8 adopts an
-ONNX Runtime–quantized (QDQ) file made by the quantization stage (`ctx.quantized_onnx`); fp16
+ONNX Runtime–quantized (QDQ) file made by the quantization stage (`spec.quantized_onnx`); fp16
 converts the fp32 graph with ONNX Runtime's float16 tool, keeping fp32 inputs and outputs.
 """
 
@@ -20,8 +20,8 @@ from torch import nn
 from compress.core.atomic import atomic_path
 from compress.core.errors import ExportError
 from compress.core.onnxrt import ort_session, session_options
-from compress.quant.onnx_ort import compact_file, compact_names, strip_debug_metadata
 from export.artifact import Artifact
+from export.formats.onnx.clean import compact_file, compact_names, strip_debug_metadata
 from export.registry import EXPORTERS, ExportContext, build_artifact, check_precision, first_line
 
 PROTOBUF_LIMIT_BYTES = 2 * 1024**3 - 64 * 1024**2  # keep a margin under protobuf's 2 GiB for the graph itself
@@ -35,40 +35,40 @@ class OnnxExporter:
     runtime = "onnxruntime"
     precisions = ("fp32", "fp16", "int8")
 
-    def export(self, model: nn.Module, example: torch.Tensor, out_dir: Path, ctx: ExportContext) -> Artifact:
+    def export(self, model: nn.Module, example: torch.Tensor, out_dir: Path, spec: ExportContext) -> Artifact:
         """Write `<name>.<precision>.onnx` (plus `.data` for models over 2 GB) and check it with onnx."""
-        check_precision(self, ctx)
-        path = Path(out_dir) / f"{ctx.name}.{ctx.precision}.onnx"
-        if ctx.precision == "int8":
-            extra = adopt_quantized(ctx, path, int(example.shape[0]))
+        check_precision(self, spec)
+        path = Path(out_dir) / f"{spec.name}.{spec.precision}.onnx"
+        if spec.precision == "int8":
+            extra = adopt_quantized(spec, path, int(example.shape[0]))
         else:
-            extra = write_fp32(model, example, path, ctx)
-            if ctx.precision == "fp16":
+            extra = write_fp32(model, example, path, spec)
+            if spec.precision == "fp16":
                 convert_fp16(path)
-        info: dict[str, Any] = {"opset": ctx.opset, "external_data": bool(extra), **check(path)}
-        if ctx.precision == "int8":
+        info: dict[str, Any] = {"opset": spec.opset, "external_data": bool(extra), **check(path)}
+        if spec.precision == "int8":
             from export.quant_stats import onnx_quantized_share
 
             info["quantized"] = onnx_quantized_share(path)
-        return build_artifact(self.name, path, ctx, self.runtime, tuple(extra), info)
+        return build_artifact(self.name, path, spec, self.runtime, tuple(extra), info)
 
 
-def write_fp32(model: nn.Module, example: torch.Tensor, path: Path, ctx: ExportContext) -> list[Path]:
+def write_fp32(model: nn.Module, example: torch.Tensor, path: Path, spec: ExportContext) -> list[Path]:
     """Export with the dynamo exporter, embed metadata, write atomically; returns external data files."""
     nbytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     external = nbytes >= PROTOBUF_LIMIT_BYTES
-    dim = ctx.batch_dim()
+    dim = spec.batch_dim()
     try:
         program = torch.onnx.export(
-            model.eval(), (example,), dynamo=True, opset_version=ctx.opset, verbose=False,
-            input_names=list(ctx.input_names), output_names=list(ctx.output_names),
+            model.eval(), (example,), dynamo=True, opset_version=spec.opset, verbose=False,
+            input_names=list(spec.input_names), output_names=list(spec.output_names),
             dynamic_shapes=(dim,) if dim else None)
     except Exception as e:
-        raise ExportError(f"torch.onnx.export failed for {ctx.name}: {first_line(e)}",
+        raise ExportError(f"torch.onnx.export failed for {spec.name}: {first_line(e)}",
                           "an op has no ONNX translation at this opset: raise export.opset "
                           "or use executorch") from e
     strip_debug_metadata(program.model)
-    program.model.metadata_props.update(ctx.embedded_metadata())
+    program.model.metadata_props.update(spec.embedded_metadata())
     # Save into a private folder, then move the data first and the .onnx last: a reader never
     # sees an .onnx whose external data is missing.
     build = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -87,21 +87,21 @@ def write_fp32(model: nn.Module, example: torch.Tensor, path: Path, ctx: ExportC
     return extra
 
 
-def adopt_quantized(ctx: ExportContext, path: Path, batch: int = 1) -> list[Path]:
+def adopt_quantized(spec: ExportContext, path: Path, batch: int = 1) -> list[Path]:
     """Copy the quantization stage's QDQ `.onnx` in, embedding kdtool metadata; without a dynamic
-    batch (`ctx.dynamic_batch`) its batch axis is fixed at `batch`."""
+    batch (`spec.dynamic_batch`) its batch axis is fixed at `batch`."""
     import onnx
 
-    src = ctx.quantized_onnx
+    src = spec.quantized_onnx
     if src is None or not Path(src).is_file():
         raise ExportError(f"onnx int8 needs a quantized .onnx, got {src}",
                           "run `kdtool quantize --mode static` first (ONNX Runtime QDQ)")
     proto = onnx.load(str(src))
-    if not ctx.dynamic_batch:
+    if not spec.dynamic_batch:
         fix_batch(proto, batch)
     strip_debug_metadata(proto)
     compact_names(proto)  # any QDQ file may be adopted; on one quantize wrote, the ids come out the same
-    _set_metadata(proto, ctx.embedded_metadata())
+    _set_metadata(proto, spec.embedded_metadata())
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
     return []

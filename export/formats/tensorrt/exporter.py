@@ -46,13 +46,13 @@ class TensorRTExporter:
     runtime = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
 
-    def export(self, model: nn.Module, example: torch.Tensor, out_dir: Path, ctx: ExportContext) -> Artifact:
-        """Export ONNX at `ctx.precision`, then build `<name>.<precision>.engine` for this GPU."""
-        check_precision(self, ctx)
-        if ctx.precision == "int8" and ctx.quantized_onnx is not None:
-            problem = int8_problem(ctx.quantized_onnx)
+    def export(self, model: nn.Module, example: torch.Tensor, out_dir: Path, spec: ExportContext) -> Artifact:
+        """Export ONNX at `spec.precision`, then build `<name>.<precision>.engine` for this GPU."""
+        check_precision(self, spec)
+        if spec.precision == "int8" and spec.quantized_onnx is not None:
+            problem = int8_problem(spec.quantized_onnx)
             if problem:
-                raise ExportError(f"tensorrt int8: {Path(ctx.quantized_onnx).name} has {problem}; "
+                raise ExportError(f"tensorrt int8: {Path(spec.quantized_onnx).name} has {problem}; "
                                   "TensorRT takes symmetric int8 Q/DQ only (zero points 0)",
                                   "set quantize.onnx_activations: int8 and rerun `kdtool quantize --mode static`")
         reason = unavailable_reason()
@@ -60,13 +60,13 @@ class TensorRTExporter:
             raise ExportError(reason, "use --format onnx on this machine")
         build = Path(tempfile.mkdtemp(prefix=".tensorrt.", dir=out_dir))
         try:
-            onnx_artifact = OnnxExporter().export(model, example, build, ctx)
-            engine, info = build_engine(onnx_artifact.path, example, ctx)
+            onnx_artifact = OnnxExporter().export(model, example, build, spec)
+            engine, info = build_engine(onnx_artifact.path, example, spec)
         finally:
             shutil.rmtree(build, ignore_errors=True)
-        path = Path(out_dir) / f"{ctx.name}.{ctx.precision}.engine"
+        path = Path(out_dir) / f"{spec.name}.{spec.precision}.engine"
         write_bytes(path, engine)
-        return build_artifact(self.name, path, ctx, self.runtime, info=info)
+        return build_artifact(self.name, path, spec, self.runtime, info=info)
 
 
 def unsigned_activations(onnx_path: str | Path) -> bool:
@@ -108,7 +108,7 @@ def network_flags(trt: Any) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def build_engine(onnx_path: Path, example: torch.Tensor, ctx: ExportContext) -> tuple[bytes, dict[str, Any]]:
+def build_engine(onnx_path: Path, example: torch.Tensor, spec: ExportContext) -> tuple[bytes, dict[str, Any]]:
     """Parse `onnx_path` into a strongly typed network and build a serialized engine."""
     import tensorrt as trt
 
@@ -123,16 +123,16 @@ def build_engine(onnx_path: Path, example: torch.Tensor, ctx: ExportContext) -> 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     shape = tuple(example.shape)
-    if ctx.dynamic_batch:
+    if spec.dynamic_batch:
         profile = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             name = network.get_input(i).name
-            profile.set_shape(name, (1, *shape[1:]), (min(OPT_BATCH, ctx.max_batch), *shape[1:]),
-                              (ctx.max_batch, *shape[1:]))
+            profile.set_shape(name, (1, *shape[1:]), (min(OPT_BATCH, spec.max_batch), *shape[1:]),
+                              (spec.max_batch, *shape[1:]))
         config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ExportError(f"TensorRT failed to build an engine for {ctx.name}", "see the TensorRT log above")
+        raise ExportError(f"TensorRT failed to build an engine for {spec.name}", "see the TensorRT log above")
     return bytes(serialized), {"tensorrt": trt.__version__, "strongly_typed": True,
-                               "precision_from": "Q/DQ nodes" if ctx.precision == "int8" else f"{ctx.precision} ONNX",
+                               "precision_from": "Q/DQ nodes" if spec.precision == "int8" else f"{spec.precision} ONNX",
                                "device": torch.cuda.get_device_name(0), "layers": network.num_layers}

@@ -33,23 +33,23 @@ class TorchScriptExporter:
     runtime = "torchscript"
     precisions = ("fp32",)
 
-    def export(self, model: nn.Module, example: torch.Tensor, out_dir: Path, ctx: ExportContext) -> Artifact:
+    def export(self, model: nn.Module, example: torch.Tensor, out_dir: Path, spec: ExportContext) -> Artifact:
         """Trace `model` on `example` and save `<name>.torchscript.pt` with metadata as an extra file."""
-        check_precision(self, ctx)
+        check_precision(self, spec)
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # trace warnings are reported by the parity check instead
                 traced = torch.jit.trace(model.eval(), example, check_trace=False)
         except Exception as e:
-            raise ExportError(f"torch.jit.trace failed for {ctx.name}: {first_line(e)}",
+            raise ExportError(f"torch.jit.trace failed for {spec.name}: {first_line(e)}",
                               "use --format onnx or executorch (torch.export based)") from e
-        path = Path(out_dir) / f"{ctx.name}.torchscript.pt"
-        extra = {EXTRA_FILE: json.dumps(ctx.embedded_metadata(), sort_keys=True)}
+        path = Path(out_dir) / f"{spec.name}.torchscript.pt"
+        extra = {EXTRA_FILE: json.dumps(spec.embedded_metadata(), sort_keys=True)}
         buffer = io.BytesIO()  # serialise in memory: torch.jit.save aborts the process on a full disk
         torch.jit.save(traced, buffer, _extra_files=extra)
         write_bytes(path, buffer.getvalue())
         # trace keeps the batch axis symbolic for ordinary conv/linear nets; parity checks a 2nd batch
-        return build_artifact(self.name, path, ctx, self.runtime, info={"method": "torch.jit.trace"})
+        return build_artifact(self.name, path, spec, self.runtime, info={"method": "torch.jit.trace"})
 
 
 def read_metadata(path: Path) -> dict[str, str]:

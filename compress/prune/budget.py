@@ -1,0 +1,60 @@
+"""What a pruning budget bounds: parameters, GFLOPs per sample, or latency measured on a runtime."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress.distill.sanity import gflops
+from compress.models.build import count_params
+from compress.prune.pruner import Measure
+from recipes.schema import PruneConfig
+
+LATENCY_WARMUP, LATENCY_RUNS = 5, 30
+
+
+def budget_of(cfg: PruneConfig, example: torch.Tensor, threads: int) -> tuple[str, float, Measure] | None:
+    """(recipe key, budget, measure) of the recipe's budget, or None when it prunes to a ratio."""
+    one = example[:1]
+    if cfg.max_params is not None:
+        return "max_params", float(cfg.max_params), lambda m: float(count_params(m))
+    if cfg.max_gflops is not None:
+        return "max_gflops", cfg.max_gflops, lambda m: gflops(m.eval(), one)
+    if cfg.max_latency_ms is not None:
+        return "max_latency_ms", cfg.max_latency_ms, lambda m: latency_ms(m, one, cfg.latency_runtime, threads)
+    return None
+
+
+def latency_ms(model: nn.Module, example: torch.Tensor, runtime: str, threads: int) -> float:
+    """Median batch-1 latency (ms) of `model` on `runtime` (onnxruntime: exported to ONNX first)."""
+    model.eval()
+    if runtime == "torch":
+        torch.set_num_threads(threads)
+
+        def run() -> None:
+            with torch.no_grad():
+                model(example)
+    else:
+        from compress.core.onnxrt import ort_session
+        from compress.quant.onnx_ort import INPUT_NAME, export_fp32_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            session = ort_session(export_fp32_onnx(model, example, Path(tmp)), threads)
+        feed = {INPUT_NAME: example.numpy().astype(np.float32)}
+
+        def run() -> None:
+            session.run(None, feed)
+    for _ in range(LATENCY_WARMUP):
+        run()
+    times = []
+    for _ in range(LATENCY_RUNS):
+        start = time.perf_counter()
+        run()
+        times.append(1000.0 * (time.perf_counter() - start))
+    return statistics.median(times)

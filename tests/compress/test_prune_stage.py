@@ -1,0 +1,114 @@
+"""The prune stage's recipe keys through `run_prune`: budgets (max_params, max_gflops, max_latency_ms on
+latency_runtime), steps with Taylor importance (calibration_batches), scope, recover, ignore, ratio as a
+sweepable key. Untrained tiny models (train epochs 0): what is checked is structure, not accuracy."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_fixtures import write_recipe  # noqa: E402
+
+from compress.context import Context  # noqa: E402
+from compress.core.atomic import read_json  # noqa: E402
+from compress.core.errors import KdtoolError  # noqa: E402
+from compress.core.runfolder import PRUNED, RunFolder  # noqa: E402
+from recipes.load import load_recipe  # noqa: E402
+
+STUDENT = {"arch": "resnet10t", "kwargs": {"channels": [8, 16, 32, 64]}, "train": {"epochs": 0}}
+
+
+@pytest.fixture(scope="module")
+def run_root(tmp_path_factory) -> tuple[Path, Path]:
+    """A recipe whose teacher and student are built but not trained, distilled into a run folder."""
+    from compress.distill.stage import run_distill
+
+    tmp = tmp_path_factory.mktemp("prune_stage")
+    recipe = write_recipe(tmp, {"student": STUDENT, "distill": {"train": {"epochs": 0, "init": "scratch"}},
+                                "prune": {"ratio": 0.5, "recover": "none"}})
+    run_distill(context(recipe, tmp / "runs", []), "kd")
+    return recipe, tmp / "runs"
+
+
+def context(recipe: Path, out: Path, sets: list[str]) -> Context:
+    r, _, _ = load_recipe(str(recipe), sets)
+    return Context(r, RunFolder.for_recipe(out, r.name))
+
+
+def prune(run_root, *sets: str) -> tuple[Context, dict]:
+    from compress.prune.stage import run_prune
+
+    ctx = context(*run_root, list(sets))
+    return ctx, run_prune(ctx, force=True)
+
+
+def test_ratio_is_a_key_a_sweep_can_search(run_root):
+    """`--set prune.ratio=...` is a new stage input: a sweep's trials get their own pruned students."""
+    a, b = (context(*run_root, [f"prune.ratio={v}"]).stage_hash(PRUNED) for v in (0.3, 0.5))
+    assert a != b
+    _, meta = prune(run_root, "prune.ratio=0.3")
+    assert meta["pruning"]["ratio"] == 0.3 and meta["pruning"]["channels_removed"] == pytest.approx(0.3, abs=0.06)
+
+
+def test_max_gflops_budget_is_met(run_root):
+    _, unpruned = prune(run_root, "prune.ratio=0.0")
+    budget = 0.5 * unpruned["gflops"]
+    _, meta = prune(run_root, f"prune.max_gflops={budget}")
+    assert meta["gflops"] <= budget and meta["pruning"]["ratio"] is None
+    assert meta["pruning"]["max_gflops"] == pytest.approx(budget)
+
+
+def test_max_params_budget_over_two_steps_with_taylor_importance(run_root):
+    ctx, meta = prune(run_root, "prune.max_params=40000", "prune.steps=2", "prune.importance=taylor",
+                      "prune.calibration_batches=1", "prune.scope=global")
+    assert meta["params"] <= 40000
+    folder = ctx.run.stage(PRUNED)
+    first, last = (read_json(folder / f"step{k}" / "done.json")["params"] for k in (1, 2))
+    assert first > last == meta["params"]  # the first step went half way, the second met the budget
+    assert meta["pruning"]["steps"] == 2 and meta["pruning"]["scope"] == "global"
+
+
+def test_an_unreachable_latency_budget_is_refused(run_root):
+    with pytest.raises(KdtoolError, match=r"prune.max_latency_ms: budget 1e-06 cannot be reached"):
+        prune(run_root, "prune.max_latency_ms=0.000001", "prune.latency_runtime=torch")
+
+
+def test_latency_is_measured_on_onnxruntime():
+    from compress.prune.budget import latency_ms
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    x = torch.randn(1, 1, 8, 8)
+    model(x)
+    assert 0 < latency_ms(model, x, "onnxruntime", 1) < 1000
+
+
+def test_ignore_and_recover_reach_the_stage(run_root):
+    ctx, meta = prune(run_root, "prune.ignore=[conv1]", "prune.recover=none")
+    def stem(stage: str) -> list[int]:  # resnet10t's deep stem: three convolutions
+        return [m.out_channels for m in ctx.load(stage).module.conv1 if isinstance(m, torch.nn.Conv2d)]
+
+    assert stem(PRUNED) == stem("student_kd") == [24, 32, 64]
+    assert ctx.load(PRUNED).module.layer1[0].conv1.out_channels == 4  # the rest is pruned by half
+    assert meta["pruning"]["ignore"] == ["conv1"] and meta["pruning"]["recover"] == "none"
+
+
+def test_an_interrupted_run_resumes_from_its_finished_steps(run_root):
+    from compress.core.atomic import write_json
+    from compress.prune.stage import run_prune
+
+    sets = ["prune.steps=2", "prune.recover=hard", "prune.train.epochs=1", "prune.ratio=0.4"]
+    ctx, done = prune(run_root, *sets)
+    folder = ctx.run.stage(PRUNED)
+    # as if stopped during step 2's recovery: step 1 finished, step 2 has its shapes and training state only
+    (folder / "step2" / "done.json").unlink()
+    (folder / "best.safetensors").unlink()
+    write_json(folder / "meta.json", {**read_json(folder / "meta.json"), "complete": False})
+    with pytest.raises(KdtoolError, match="holds an unfinished run"):
+        run_prune(context(*run_root, sets))
+    resumed = run_prune(context(*run_root, sets), resume=True)
+    assert resumed["complete"] and resumed["params"] == done["params"]
+    assert resumed["pruning"]["channels_removed"] == done["pruning"]["channels_removed"]
