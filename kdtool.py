@@ -320,6 +320,10 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a ru
         from benchmark.report.console import print_card
         from compress.core.progress import stdout_console
 
+        if (run_dir / "sweep.json").is_file() or run_dir.name == "sweep.json":  # a sweep folder: its card
+            from benchmark.sweep.run import print_saved_card
+
+            return print_saved_card(run_dir)
         path = run_dir if run_dir.suffix == ".json" else run_dir / "report" / "report.json"
         if not path.is_file() and not run_dir.exists():
             from compress.core.errors import KdtoolError
@@ -332,6 +336,48 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a ru
         print_card(load_report(path), stdout_console(), wide=wide)
 
     _guard(debug, go)
+
+
+@app.command()
+def sweep(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"),
+          space: Annotated[Path | None, typer.Option(metavar="FILE", help="search space YAML (default: the "
+                                                     "recipe's sweep section)")] = None,
+          trials: Annotated[int, typer.Option(metavar="N", help="trials in the study (a rerun resumes to N)")] = 10,
+          workers: Annotated[int | None, typer.Option(metavar="K", help="trials at a time on this machine "
+                                                      "(default: cores // threads)")] = None,
+          study: Annotated[str | None, typer.Option(metavar="NAME", help="study name and folder under --out "
+                                                    "(default: <recipe name>-sweep)")] = None,
+          storage: Annotated[str | None, typer.Option(metavar="URL", help="SQLAlchemy URL shared by machines, "
+                                                      "e.g. postgresql://user:pw@host/db (default: SQLite in "
+                                                      "the sweep folder)")] = None,
+          backend: Annotated[str, typer.Option(metavar="local|ray", help="run trials here or on a Ray "
+                                               "cluster")] = "local",
+          ray_address: Annotated[str | None, typer.Option(metavar="ADDRESS", help="Ray cluster (default auto)")]
+          = None,
+          target: Annotated[str | None, typer.Option(metavar="TARGET", help="android, ios or server (default: "
+                                                     "the recipe's first target)")] = None,
+          objective: Annotated[list[str] | None, typer.Option(metavar="NAME", help="retention, p50_ms, size_mb, "
+                                                              "metric (repeatable; default retention, p50_ms)")]
+          = None,
+          constraint: Annotated[list[str] | None, typer.Option(metavar="EXPR", help="e.g. 'p50_ms<=10', "
+                                                               "'retention>=0.97' (repeatable)")] = None,
+          sampler: Annotated[str, typer.Option(metavar="tpe|nsga2", help="Optuna sampler")] = "tpe",
+          seed: Annotated[int, typer.Option(help="sampler seed")] = 0,
+          pruner: Annotated[str, typer.Option(metavar="median|hyperband|none", help="stop poor trials early "
+                                              "from per-epoch validation")] = "median",
+          promote: Annotated[int | None, typer.Option(metavar="TRIAL", help="write that trial as a recipe file "
+                                                      "and stop")] = None,
+          promote_to: Annotated[Path | None, typer.Option(metavar="FILE", help="with --promote: the file")] = None,
+          force: ForceOpt = False, debug: DebugOpt = False, verbose: VerboseOpt = False) -> None:
+    """Search student, KD, int8 and runtime settings against a target: a Pareto front of whole runs."""
+
+    def go():
+        from benchmark.sweep.run import SweepArgs, run_sweep
+
+        return run_sweep(SweepArgs(recipe, set_, space, out, trials, workers, study, storage, backend, ray_address,
+                                   target, objective, constraint, sampler, seed, pruner, promote, promote_to, force))
+
+    _guard(debug, go, out=out)
 
 
 @app.command()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from compress.core.atomic import read_json, sha256_file
 from compress.core.errors import KdtoolError
@@ -24,6 +26,9 @@ class Context:
         self.recipe_arg = recipe_arg  # the recipe as the user named it, for the commands hints suggest
         self.task = Task.from_config(recipe.task)
         self._data = None
+        # called with (stage, validation record) after each training epoch; a sweep prunes poor trials with it
+        self.on_epoch: Callable[[str, dict[str, Any]], None] | None = None
+        self.teacher_cache_dir: Path | None = None  # a sweep's shared teacher-output cache (keyed: reused if it fits)
 
     @property
     def datasets(self):

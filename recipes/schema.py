@@ -7,7 +7,7 @@ checked here (T > 0, alpha in [0, 1], ...) so nothing below the CLI sees a raw d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -426,6 +426,9 @@ class Recipe(Strict):
     quantize: QuantizeConfig = QuantizeConfig()
     export: ExportConfig = ExportConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+    sweep: dict[str, Any] | None = Field(None, description=(
+        "`kdtool sweep`'s search space: recipe key paths (as --set takes them) -> a list of values or "
+        "{low, high, log, step}; checked against this schema by the sweep (benchmark/sweep/space.py)"))
 
     @model_validator(mode="after")
     def _soft_loss_fits_task(self) -> Recipe:

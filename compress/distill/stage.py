@@ -92,14 +92,16 @@ def _run(ctx: Context, stage: str, folder: Path, expected: str, action: str) -> 
         determinism.configure(cfg.threads)  # the teacher's cached outputs too
         from compress.distill.teacher_cache import TeacherCache
 
-        cache = TeacherCache.build(teacher, train_ds, r.data, r.distill.cache, folder / "teacher_cache",
+        cache = TeacherCache.build(teacher, train_ds, r.data, r.distill.cache,
+                                   ctx.teacher_cache_dir or folder / "teacher_cache",
                                    seed=cfg.seed)
         warn_few_views(r.data, r.distill.cache, cfg.epochs)
     if cfg is not None and cfg.epochs > 0:
         model.module.train()
         result = fit(model, train_ds, val_ds, ctx.task, cfg, folder, data_cfg=r.data, teacher=teacher,
                      distill=r.distill if teacher is not None else None, teacher_cache=cache,
-                     resume=action == "resume", label=stage)
+                     resume=action == "resume", label=stage,
+                     on_epoch=(lambda record: ctx.on_epoch(stage, record)) if ctx.on_epoch else None)
         if result.interrupted:
             raise KdtoolError(f"{stage} was interrupted (SIGTERM); its state is in {folder}",
                               "continue with --resume", exit_code=128 + 15)  # the shell's code for SIGTERM

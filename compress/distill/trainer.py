@@ -250,7 +250,7 @@ class LossSums:
 def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg: TrainConfig, out_dir: Path, *,
         data_cfg: DataConfig, teacher: BuiltModel | None = None, distill: DistillConfig | None = None,
         teacher_cache: TeacherCache | None = None, resume: bool = False, label: str = "train",
-        batch_size: int | None = None) -> FitResult:
+        batch_size: int | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
     """Train `student` (with a teacher: distill), checkpointing into `out_dir`.
 
     Args:
@@ -267,6 +267,8 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
         resume: continue from `out_dir/last.*` exactly.
         label: the progress bar's title.
         batch_size: overrides cfg.batch_size / data_cfg.batch_size.
+        on_epoch: called with each epoch's validation record after it is checkpointed (a sweep prunes
+            poor trials from it by raising; `last.*` and `best.safetensors` are already whole).
 
     Raises:
         NonFiniteLossError: a NaN/Inf loss under nan_policy=stop (exit code 3; last good checkpoint kept).
@@ -289,6 +291,8 @@ def fit(student: BuiltModel, train_ds: Dataset, val_ds: Dataset, task: Task, cfg
                                  state["history"], time.perf_counter() - start, interrupted=True)
             state["step"], state["sums"], state["seen"] = 0, {}, 0
             run.validate(epoch, alpha, temperature, sums, time.perf_counter() - epoch_start, bar)
+            if on_epoch is not None:
+                on_epoch(state["history"][-1])
     if run.rank == 0 and not (out_dir / "best.safetensors").exists():  # epochs: 0 → the initial weights are "best"
         save_weights(run.model, out_dir / "best.safetensors", {"epoch": "0"})
     distributed.barrier()  # best.safetensors and last.* are whole before any rank reads them

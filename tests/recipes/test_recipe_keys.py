@@ -69,6 +69,7 @@ ELSEWHERE = {
     "distill.temperature_schedule": "tests/compress/test_qat_features.py",
     "distill.terms": "tests/compress/test_objective.py", "quantize": "tests/compress/test_quantize.py",
     "export": "tests/e2e/test_pipeline.py", "benchmark": "tests/e2e/test_pipeline.py",
+    "sweep": "tests/benchmark/test_sweep_space.py",
     "prune": "tests/compress/test_prune_stage.py",
 }
 """Section (or key path) → a test file that exercises its keys (it must exist and name each key)."""

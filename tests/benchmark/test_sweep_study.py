@@ -1,0 +1,110 @@
+"""The study's housekeeping without running trials: seeded sampling, resume after a dead process, the median rule."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from benchmark.sweep.space import parse_space
+from benchmark.sweep.storage import open_storage
+from benchmark.sweep.study import HOST, SweepSpec, counted, open_study, recover, sampler_for, suggest
+from benchmark.sweep.trial import EpochPruner, Pruned
+from recipes.load import RECIPES_DIR
+
+
+@pytest.fixture
+def spec(tmp_path):
+    raw = yaml.safe_load((RECIPES_DIR / "quickstart.yaml").read_text())
+    params = parse_space({"distill.temperature": {"low": 1.0, "high": 8.0, "log": True},
+                          "distill.alpha": {"low": 0.1, "high": 0.9, "step": 0.1},
+                          "student.kwargs.channels": [[4, 8, 16, 32], [8, 16, 32, 64]]}, raw)
+    return SweepSpec(raw_recipe=raw, name="quickstart", params=params, sweep_dir=tmp_path, study_name="s",
+                     storage_url=f"sqlite:///{tmp_path / 'study.db'}", target="android",
+                     objectives=("retention", "p50_ms"), constraints=(), trials=6)
+
+
+def _proposals(spec, n=5):
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler_for(spec))
+    out = []
+    for i in range(n):
+        trial = study.ask()
+        out.append({p.path: suggest(trial, p) for p in spec.params})
+        study.tell(trial, [0.9 + 0.01 * i, 1.0 - 0.1 * i])
+    return out
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
+def test_the_same_seed_proposes_the_same_trials(spec, sampler):
+    spec.sampler = sampler
+    first, again = _proposals(spec), _proposals(spec)
+    assert first == again
+    spec.seed = 1
+    assert _proposals(spec) != first
+    assert all(0.1 <= p["distill.alpha"] <= 0.9 and round(p["distill.alpha"] * 10, 6).is_integer() for p in first)
+
+
+def test_a_dead_process_trials_are_failed_and_queued_again(spec):
+    storage = open_storage(spec.storage_url)
+    study = open_study(spec, storage)
+    done = study.ask()
+    [suggest(done, p) for p in spec.params]
+    done.set_user_attr("host", HOST)
+    study.tell(done, [0.95, 1.0])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is free now: the process that "ran" the next trial is gone
+    lost = study.ask()
+    values = {p.path: suggest(lost, p) for p in spec.params}
+    lost.set_user_attr("host", HOST)
+    lost.set_user_attr("pid", dead.pid)
+    alive = study.ask()  # a trial of a live process (this one) is left alone
+    [suggest(alive, p) for p in spec.params]
+    alive.set_user_attr("host", HOST)
+    alive.set_user_attr("pid", __import__("os").getpid())
+    assert recover(study, storage) == 1
+    trials = study.get_trials(deepcopy=False)
+    assert trials[0].state == TrialState.COMPLETE and trials[2].state == TrialState.RUNNING
+    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["interrupted"]
+    retry = trials[3]
+    assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == 1
+    nxt = study.ask()
+    assert nxt.number == 3 and {p.path: suggest(nxt, p) for p in spec.params} == values  # the retry, same values
+    assert recover(study, storage) == 0  # queued once only
+    assert [t.number for t in counted(study)] == [0, 2, 3]  # the interrupted trial counts through its retry
+
+
+def test_median_rule_prunes_a_multi_objective_trial_below_the_median(spec):
+    storage = open_storage(spec.storage_url)
+    study = open_study(spec, storage)
+    for curve in ([0.5, 0.8], [0.6, 0.85], [0.55, 0.9]):
+        t = study.ask()
+        t.set_user_attr("epoch_values", curve)
+        study.tell(t, [curve[-1], 1.0])
+    running = study.ask()
+    pruner = EpochPruner({"study": "s", "trial_id": running._trial_id, "metric": "accuracy",
+                          "lower_is_better": False, "pruner": "median", "startup": 3, "warmup": 1, "epochs": 2},
+                         spec.storage_url)
+    pruner("student_baseline", {"val_accuracy": 0.0})  # only the distillation stage is judged
+    pruner("student_kd", {"val_accuracy": 0.1})  # epoch 1: warm-up, never pruned
+    with pytest.raises(Pruned, match=r"val accuracy 0.8000 worse than the median 0.8500 of 3 completed"):
+        pruner("student_kd", {"val_accuracy": 0.8})
+    assert study.get_trials(deepcopy=False)[-1].user_attrs["epoch_values"] == [0.1, 0.8]
+
+
+def test_importances_per_objective_and_too_few_trials(spec):
+    from benchmark.sweep.results import importances
+
+    study = open_study(spec, open_storage(spec.storage_url))
+    assert "need at least 3" in importances(study, ["retention", "p50_ms"])["note"]
+    for _ in range(6):
+        t = study.ask()
+        values = {p.path: suggest(t, p) for p in spec.params}
+        study.tell(t, [values["distill.alpha"], 1.0 / values["distill.temperature"]])
+    imp = importances(study, ["retention", "p50_ms"])
+    assert set(imp["retention"]) == {p.path for p in spec.params}
+    assert max(imp["retention"], key=imp["retention"].get) == "distill.alpha"
+    assert max(imp["p50_ms"], key=imp["p50_ms"].get) == "distill.temperature"
