@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from crash_harness import _cwd, differences, unloadable
 from cli_fixtures import cli, error_lines
+from crash_harness import _cwd, differences, unloadable
 
 import compress.core.atomic as atomic
 

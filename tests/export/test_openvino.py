@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from export_fixtures import context
 from cli_fixtures import cli, error_lines
+from export_fixtures import context
 from runtime_fixtures import TASK, decoded, samples, trained_convnet, truncated_copy, write_png
 
 from export.extras import missing_extra
