@@ -41,12 +41,17 @@ def latency_ms(model: nn.Module, example: torch.Tensor, runtime: str, threads: i
             with torch.no_grad():
                 model(example)
     else:
-        from compress.core.onnxrt import ort_session
-        from compress.quant.onnx_ort import INPUT_NAME, export_fp32_onnx
+        import copy
 
-        with tempfile.TemporaryDirectory() as tmp:
-            session = ort_session(export_fp32_onnx(model, example, Path(tmp)), threads)
-        feed = {INPUT_NAME: example.numpy().astype(np.float32)}
+        from compress.core.onnxrt import ort_session
+
+        with tempfile.TemporaryDirectory() as tmp:  # a plain fp32 ONNX file, as the server export makes
+            path = Path(tmp) / "model.onnx"
+            program = torch.onnx.export(copy.deepcopy(model), (example,), dynamo=True, input_names=["input"],
+                                        output_names=["output"], verbose=False)
+            program.save(str(path), external_data=False)
+            session = ort_session(path, threads)
+        feed = {"input": example.numpy().astype(np.float32)}
 
         def run() -> None:
             session.run(None, feed)

@@ -77,7 +77,11 @@ def test_predict_runs_the_tflite_and_a_truncated_one_is_exit_2(made, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["label"] == str(int(model(decoded(artifacts["fp32"].path, png)).argmax()))
     broken = truncated_copy(artifacts["int8"].path.parent, tmp_path / "broken", artifacts["int8"].path.name)
-    result = cli("predict", broken, png)
+    result = cli("predict", broken, png)  # its manifest's sha256 no longer matches: refused before loading
+    assert result.exit_code == 2, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and str(broken) in lines[0] and "--no-verify" in lines[0]
+    result = cli("predict", broken, png, "--no-verify")  # the runtime's own refusal, one line
     assert result.exit_code == 2, result.stderr
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and str(broken) in lines[0] and "LiteRT cannot load" in lines[0]

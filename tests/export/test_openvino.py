@@ -90,7 +90,11 @@ def test_predict_runs_the_ir_and_a_truncated_part_is_exit_2(made, tmp_path, part
     assert json.loads(result.stdout)["label"] == str(int(model(decoded(artifacts["fp32"].path, png)).argmax()))
     xml = artifacts["fp32"].path
     broken = truncated_copy(xml.parent, tmp_path / "broken", xml.with_suffix(part).name)
-    result = cli("predict", broken.with_suffix(".xml"), png)
+    result = cli("predict", broken.with_suffix(".xml"), png)  # its manifest's sha256 no longer matches
+    assert result.exit_code == 2, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and broken.name in lines[0] and "--no-verify" in lines[0]
+    result = cli("predict", broken.with_suffix(".xml"), png, "--no-verify")  # the runtime's own refusal
     assert result.exit_code == 2, result.stderr
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "OpenVINO cannot load" in lines[0] and broken.name in lines[0]

@@ -11,13 +11,14 @@ from export.targets import plan
 
 def test_presets_and_format_override():
     android = [(j.format, j.precision) for j in plan(["android"])]
-    assert android == [("executorch", "fp32"), ("executorch", "int8"), ("onnx", "fp32")]
+    assert android == [("executorch", "fp32"), ("executorch", "int8"), ("onnx", "fp32"), ("litert", "fp32"),
+                       ("litert", "int8")]
     assert [(j.format, j.precision, j.variant) for j in plan(["ios"])] == [("coreml", "fp16", None),
                                                                              ("executorch", "fp16", "coreml")]
-    assert {j.format for j in plan(["server"], int8=False)} == {"onnx", "tensorrt", "torchscript"}
+    assert {j.format for j in plan(["server"], int8=False)} == {"onnx", "tensorrt", "torchscript", "openvino"}
     assert [j.folder for j in plan(["android"], formats=["onnx", "torchscript"])] == [
         "android/onnx/fp32", "android/torchscript/fp32"]
-    assert len(plan(["all"])) == 9 and plan(None, ["coreml"])[0].folder == "custom/coreml/fp16"
+    assert len(plan(["all"])) == 13 and plan(None, ["coreml"])[0].folder == "custom/coreml/fp16"
 
 
 def test_unknown_names_are_errors():

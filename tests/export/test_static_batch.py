@@ -17,12 +17,13 @@ def test_auto_batch_is_one_on_phones_and_dynamic_on_the_server():
     assert jobs[("android", "executorch", "int8")] == 1 and jobs[("ios", "coreml", "fp16")] == 1
     assert jobs[("server", "onnx", "fp32")] is None and jobs[("server", "torchscript", "fp32")] is None
     # android's ONNX is its own static file, no longer the server's dynamic one
-    assert jobs[("android", "onnx", "fp32")] == 1 and len(plan(["all"])) == 9
+    assert jobs[("android", "onnx", "fp32")] == 1 and len(plan(["all"])) == 13
+    assert jobs[("android", "litert", "int8")] == 1 and jobs[("server", "openvino", "int8")] is None
 
 
 def test_dynamic_and_fixed_batch_apply_to_every_target():
     assert {j.batch for j in plan(["all"], batch="dynamic")} == {None}
-    assert len(plan(["all"], batch="dynamic")) == 8  # android and server share one dynamic ONNX file again
+    assert len(plan(["all"], batch="dynamic")) == 12  # android and server share one dynamic ONNX file again
     assert {j.batch for j in plan(["android", "server"], batch=4)} == {4}
     assert {j.batch for j in plan(None, ["onnx"])} == {None}  # --format alone: the custom target, dynamic
 
