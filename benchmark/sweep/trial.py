@@ -154,7 +154,9 @@ class EpochPruner:
 
 
 def run_trial(trial_dir: Path) -> dict[str, Any]:
-    """Run the trial in this process: the four stages, then its target point (the child's body)."""
+    """Run the trial in this process: the stages `kdtool run` runs (prune when the recipe has it), then its
+    target point (the child's body)."""
+    import export.formats  # noqa: F401  (the formats register their own int8 writers: onnx, coreml)
     from benchmark.report.card import load_report
     from benchmark.stage import run_benchmark
     from compress.context import Context
@@ -175,6 +177,10 @@ def run_trial(trial_dir: Path) -> dict[str, Any]:
     if url and spec.get("trial_id") is not None:
         ctx.on_epoch = EpochPruner(spec, url)
     run_distill(ctx, "both")
+    if recipe.prune is not None:  # as `kdtool run`: quantize and export then take the pruned student
+        from compress.prune.stage import run_prune
+
+        run_prune(ctx)
     run_quantize(ctx, None)
     export_failure = None
     try:
