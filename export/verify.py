@@ -152,6 +152,15 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
         delta, problem = _metric_problem(kind, [o[:len(targets)] for o in outs], fp32[:len(targets)], targets, tol)
         if problem:
             problems["metric"] = problem
+    reason = _failure_reason(problems, precision, kind, outs, ref, max_abs, student_out)
+    return Parity(status="failed" if problems else "passed", max_abs=max_abs, max_rel=max_abs / scale,
+                  agreement=agreement, atol=atol, batches=batches, samples=len(samples), metric_delta=delta,
+                  fp32_agreement=fp32_agreement, failed=list(problems), reason=reason)
+
+
+def _failure_reason(problems: dict[str, str], precision: str, kind: Task, outs: list[torch.Tensor],
+                    ref: torch.Tensor, max_abs: float, student_out: torch.Tensor | None) -> str | None:
+    """The failed criteria in one line; for int8, plus the near-flat-logits note when it explains them."""
     reason = "; ".join(f"{k}: {v}" for k, v in problems.items()) or None
     if problems and precision == "int8":  # say plainly when untrained weights make int8 parity meaningless
         # a decision lost to the fp32 student is judged on the student's margins and the int8 error from
@@ -160,9 +169,7 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: Callable[[t
         if "fp32_agreement" in problems and student_out is not None:
             judged, error = student_out, max(float((o - student_out).abs().max()) for o in outs)
         reason = "; ".join([reason, *_flat_logits(judged, error, kind.kind)])
-    return Parity(status="failed" if problems else "passed", max_abs=max_abs, max_rel=max_abs / scale,
-                  agreement=agreement, atol=atol, batches=batches, samples=len(samples), metric_delta=delta,
-                  fp32_agreement=fp32_agreement, failed=list(problems), reason=reason)
+    return reason
 
 
 def _agreement(task: Task, outs: list[torch.Tensor], ref: torch.Tensor, tol: Tolerance,
