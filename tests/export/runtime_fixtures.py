@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from export_fixtures import digits
+from export_fixtures import context, digits
 from torch import nn
 
 from compress.core.tasks import Task
@@ -92,3 +92,15 @@ def truncated_copy(folder: Path, into: Path, name: str) -> Path:
     data = (into / name).read_bytes()
     (into / name).write_bytes(data[: len(data) // 3])
     return into / name
+
+
+def export_preset(fmt: str, target: str, out: Path) -> tuple[nn.Module, dict]:
+    """`target`'s preset narrowed to `fmt` (fp32 and int8) for the trained conv net, exported once into `out`,
+    with calibration and accuracy-control samples: (model, {precision: Artifact})."""
+    from export.run import Quantized, export_model
+
+    model, s = trained_convnet(), samples()
+    quantized = Quantized(calibration=s["calibration"], validation=(s["val_x"], s["val_y"]), min_retention=0.99)
+    artifacts = export_model(model, s["inputs"][:2], out, formats=[fmt], targets=[target], quantized=quantized,
+                             inputs=s["inputs"], spec=context(task_spec=TASK, parity_targets=s["labels"]))
+    return model, {a.precision: a for a in artifacts}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from cli_fixtures import cli, error_lines
 from export_fixtures import context
-from runtime_fixtures import TASK, decoded, samples, trained_convnet, truncated_copy, write_png
+from runtime_fixtures import decoded, export_preset, samples, trained_convnet, truncated_copy, write_png
 
 from export.extras import missing_extra
 
@@ -22,15 +22,7 @@ pytestmark = pytest.mark.skipif(missing_extra("litert", ("litert_torch", "ai_edg
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """The android preset narrowed to litert (fp32 and int8, batch 1), exported once."""
-    from export.run import Quantized, export_model
-
-    model, s = trained_convnet(), samples()
-    out = tmp_path_factory.mktemp("litert")
-    quantized = Quantized(calibration=s["calibration"], validation=(s["val_x"], s["val_y"]), min_retention=0.99)
-    artifacts = export_model(model, s["inputs"][:2], out, formats=["litert"], targets=["android"],
-                             quantized=quantized, inputs=s["inputs"],
-                             spec=context(task_spec=TASK, parity_targets=s["labels"]))
-    return model, {a.precision: a for a in artifacts}
+    return export_preset("litert", "android", tmp_path_factory.mktemp("litert"))
 
 
 def test_fp32_and_int8_pass_parity_at_batch_1(made):
