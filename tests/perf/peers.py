@@ -18,19 +18,27 @@ latency), batch-1 latency of:
   the same images), every artifact as kdtool writes it (`export.batch: auto`: a static batch of 1 for
   android, a dynamic batch for the server), run in the same loop.
 
-Every latency is the median of `--runs` timed calls after `WARMUP` discarded ones, the same input,
-intra-op threads fixed; all runners of a model take turns, `BLOCK` calls at a time
-(`interleaved_medians`), so a slow spell of the machine falls on peers and kdtool alike. The last
-column of the summary is kdtool's recommended artifact (the fastest kdtool artifact whose parity
-passed) over the fastest peer: <= 1.0 means kdtool is not slower.
+Every latency is the median of `--runs` timed calls, the same input, intra-op threads fixed. By
+default (`--harness process`) each file is timed as a deployed app runs it: loaded alone in a fresh
+process (`tests.perf.time_process`), `WARMUP` calls discarded, then a share of the timed calls; the
+runners take turns over `ROUNDS` rounds of fresh processes, so a slow spell of the machine falls on
+peers and kdtool alike. `--harness in-process` is the former harness, every session alive in this
+process and taking turns `BLOCK` calls at a time (`interleaved_medians`): the idle threads of the
+other runtimes' pools keep spinning there and slow the timed one (ONNX Runtime int8 about 2x), which
+`python -m tests.perf.harness_check` shows side by side. The last column of the summary is kdtool's
+recommended artifact (the fastest kdtool artifact whose parity passed) over the fastest peer:
+<= 1.0 means kdtool is not slower.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,6 +56,8 @@ PARITY = 64
 """Held-out images the export's parity runs on (`export.parity_samples`' default; not calibration images)."""
 WARMUP = 10
 BLOCK = 5
+ROUNDS = 3
+"""Fresh processes per file in the default harness; each times a share of `--runs` calls."""
 
 Runner = Callable[[np.ndarray], object]
 
@@ -89,6 +99,34 @@ def interleaved_medians(runs_by_label: dict[str, Runner], x: np.ndarray, runs: i
                 run(x)
                 times[label].append((time.perf_counter() - t) * 1e3)
     return {label: statistics.median(ts) for label, ts in times.items()}
+
+
+def process_medians(files: dict[str, tuple[str, Path]], x: np.ndarray, runs: int, threads: int,
+                    rounds: int = ROUNDS) -> tuple[dict[str, float], dict[str, str]]:
+    """Median ms of each (who, file), timed in fresh processes taking turns; and OpenVINO peers' precision.
+
+    Round r starts one `tests.perf.time_process` child per file in turn; each loads its file alone,
+    discards `WARMUP` calls and times its share of `runs`. An eager PyTorch runner is a `.pt` file
+    holding the whole module.
+    """
+    with tempfile.TemporaryDirectory(prefix="kdtool-peers-x-") as tmp:
+        inp = Path(tmp) / "x.npy"
+        np.save(inp, x)
+        times: dict[str, list[float]] = {label: [] for label in files}
+        precisions: dict[str, str] = {}
+        for r in range(rounds):
+            share = runs // rounds + (r < runs % rounds)
+            for label, (who, path) in files.items():
+                cmd = [sys.executable, "-m", "tests.perf.time_process", "--who", who, "--path", str(path),
+                       "--input", str(inp), "--threads", str(threads), "--warmup", str(WARMUP), "--runs", str(share)]
+                done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+                if done.returncode != 0:
+                    raise RuntimeError(f"timing {label} ({path.name}) failed: {done.stderr.strip().splitlines()[-1:]}")
+                out = json.loads(done.stdout.strip().splitlines()[-1])
+                times[label] += out["ms"]
+                if out["precision"]:
+                    precisions[label] = out["precision"]
+    return {label: statistics.median(ts) for label, ts in times.items()}, precisions
 
 
 def ort_runner(path: Path, threads: int) -> Runner:
@@ -218,7 +256,8 @@ def kdtool_artifacts(model: torch.nn.Module, calib: torch.Tensor, out: Path, thr
                         ctx=ExportContext(task_spec=task))
 
 
-def bench_model(name: str, size: int, threads: int, runs: int, steps: int) -> list[tuple[str, str, float | None, str]]:
+def bench_model(name: str, size: int, threads: int, runs: int, steps: int,
+                harness: str = "process") -> list[tuple[str, str, float | None, str]]:
     """Rows (who, artifact, median ms, note) for one model, every runner timed in the same rounds."""
     torch.set_num_threads(threads)
     calib = images(CALIBRATION, size)
@@ -246,17 +285,26 @@ def bench_model(name: str, size: int, threads: int, runs: int, steps: int) -> li
                     f"delegate subgraphs {artifact.info.get('delegation', {}).get('subgraphs', '-')}"
                     + (f", float: {', '.join(floats)}" if floats else ""))
             files.append(("kdtool", label, artifact.path, note))
-        # Loaded only now, all at one threadpool size: kdtool's export resizes ExecuTorch's process-wide
-        # XNNPACK pool (one thread fewer while it lowers in a child), and a program loaded before
-        # a resize ran at about half speed after it (ResNet-18 peer 39.4 ms vs kdtool's same file kind 21.8).
-        torch.set_num_threads(threads)
-        runners: dict[str, Runner] = {"eager": eager}
-        for i, (who, label, path, note) in enumerate(files):
-            if path is not None:
-                runners[label], precision = runner(who, path, threads)
-                if precision:
-                    files[i] = (who, label, path, f"{note}, runs {precision}")
-        ms = interleaved_medians(runners, x, runs)
+        if harness == "process":
+            torch.save(model, Path(tmp) / "eager.pt")
+            timed = {"eager": ("peer", Path(tmp) / "eager.pt")}
+            timed |= {label: (who, path) for who, label, path, _ in files if path is not None}
+            ms, precisions = process_medians(timed, x, runs, threads)
+        else:
+            # Loaded only now, all at one threadpool size: kdtool's export resizes ExecuTorch's process-wide
+            # XNNPACK pool (one thread fewer while it lowers in a child), and a program loaded before
+            # a resize ran at about half speed after it (ResNet-18 peer 39.4 ms vs kdtool's same file kind 21.8).
+            torch.set_num_threads(threads)
+            runners: dict[str, Runner] = {"eager": eager}
+            precisions = {}
+            for who, label, path, _ in files:
+                if path is not None:
+                    runners[label], precision = runner(who, path, threads)
+                    if precision:
+                        precisions[label] = precision
+            ms = interleaved_medians(runners, x, runs)
+        files = [(who, label, path, f"{note}, runs {precisions[label]}" if label in precisions else note)
+                 for who, label, path, note in files]
     return [("peer", "eager", ms["eager"], "")] + [(who, label, ms.get(label), note) for who, label, _, note in files]
 
 
@@ -270,6 +318,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--steps", type=int, default=200, help="training steps (fresh batch of 16 each) before timing")
+    parser.add_argument("--harness", choices=("process", "in-process"), default="process",
+                        help="time each file in a fresh process of its own (default), or all in this one")
     args = parser.parse_args()
     console = Console()
     console.print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
@@ -280,7 +330,7 @@ def main() -> None:
     records = []
     for name in args.models.split(","):
         size = MODELS.get(name, 224)
-        rows = bench_model(name, size, args.threads, args.runs, args.steps)
+        rows = bench_model(name, size, args.threads, args.runs, args.steps, args.harness)
         records += [(name, size, who, label, None if ms is None else round(ms, 2), note)
                     for who, label, ms, note in rows]
         table = Table(title=f"{name} @ {size}")
@@ -302,8 +352,9 @@ def main() -> None:
             summary.add_row(name, best_peer[1], f"{best_peer[2]:.2f}", "none passed parity", "-", "-")
     console.print(summary)
     results.write("peers", ("model", "size", "who", "artifact", "median_ms", "note"), records,
-                  note=f"batch 1, {args.threads} intra-op threads, median of {args.runs} interleaved calls "
-                       f"after {WARMUP} warm-up")
+                  note=f"batch 1, {args.threads} intra-op threads, median of {args.runs} calls after {WARMUP} "
+                       + (f"warm-up, each file alone in a fresh process, {ROUNDS} rounds taking turns"
+                          if args.harness == "process" else "warm-up, all sessions in one process taking turns"))
 
 
 if __name__ == "__main__":

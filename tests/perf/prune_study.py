@@ -14,7 +14,8 @@ unpruned KD student, of the pruned student before recovery, and after each recov
 (`tests.perf.trained.briefly_trained`), pruned by 30 % and 50 % of channels (L2, uniform, classifier
 kept), against the unpruned model: params, GFLOPs, held-out accuracy (no recovery: what pruning alone
 costs), ONNX Runtime and ExecuTorch (XNNPACK) fp32 exports checked for parity, and their batch-1
-median latency unless `--no-latency` (a loaded machine distorts it: the file records the load average).
+median latency unless `--no-latency`, each file timed alone in fresh processes as the peers study times
+them (a loaded machine distorts it: the file records the load average).
 
 Rows go to `docs/benchmarks/results/prune_recovery-<cpu kind>.csv` and `prune_real_size-<cpu kind>.csv`
 (tests/perf/results.py: headed by the CPU model, its flags, the OS, the load average and the versions);
@@ -37,6 +38,8 @@ COLUMNS = {"recovery": ("model", "variant", "seed", "ratio", "params", "gflops",
                         "seconds"),
            "real-size": ("model", "variant", "ratio", "params", "gflops", "accuracy", "retention_vs_unpruned",
                          "ort_parity", "executorch_parity", "ort_ms", "executorch_ms")}
+LATENCY_RUNS = 60
+"""Timed batch-1 calls per artifact, each file alone in fresh processes (`tests.perf.peers.process_medians`)."""
 STUDIES = {"recovery": "prune_recovery", "real-size": "prune_real_size"}
 NOTES = {"recovery": "quickstart, prune.ratio {ratio} (L2, uniform); recovery {epochs} epochs at lr 0.005 from the "
                      "same pruned weights; accuracy on the validation split; ratio: channels actually removed",
@@ -155,7 +158,6 @@ def real_size_part(models: list[str], ratios: list[float], steps: int, latency: 
 def _exports(model: torch.nn.Module, example: torch.Tensor, latency: bool, threads: int) -> dict:
     """ONNX Runtime and ExecuTorch fp32 artifacts of `model` (kdtool's exporters and parity check on
     held-out images), and their batch-1 median latency."""
-    from export.formats import get_runtime
     from export.run import export_model
     from tests.perf.trained import task_images
 
@@ -170,24 +172,16 @@ def _exports(model: torch.nn.Module, example: torch.Tensor, latency: bool, threa
             parity = a.parity.model_dump() if a.parity is not None else {}
             out[f"{key}_parity"] = (f"{parity.get('status')} (max_abs {parity.get('max_abs') or 0:.1e}, agreement "
                                     f"{parity.get('agreement')})" if a.status == "ok" else f"{a.status}: {a.reason}")
-            if latency and a.status == "ok":
-                session = get_runtime(a.runtime).load(Path(a.path), threads)
-                x = example[:1].numpy()
-                out[f"{key}_ms"] = round(_median_ms(lambda s=session, x=x: s.run(x)), 3)
+        timed = {key: ("kdtool", Path(a.path)) for a in artifacts if a.status == "ok"
+                 for key in ["ort" if a.format == "onnx" else "executorch"]}
+        if latency and timed:
+            from tests.perf.peers import process_medians
+
+            ms, _ = process_medians(timed, example[:1].numpy(), runs=LATENCY_RUNS, threads=threads)
+            out.update({f"{key}_ms": round(value, 3) for key, value in ms.items()})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _median_ms(run, warmup: int = 10, runs: int = 100) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
 
 
 def main() -> None:

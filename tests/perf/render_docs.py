@@ -5,7 +5,8 @@
 
 Each page holds `<!-- BEGIN RESULTS -->` and `<!-- END RESULTS -->`; between them go, for every
 `results/<study>-<cpu kind>.csv`, a header naming the machine (CPU and flags, cores, OS, versions,
-date, command) and the table of its rows. `tests/test_docs.py` runs the check.
+date, command), the table of its rows and the plots its study wrote beside it
+(`results/<study>-<cpu kind>-*.png`). `tests/test_docs.py` runs the check.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def render_file(path: Path) -> str:
     lines += [f"- {meta['note']}"] if meta.get("note") else []
     lines += ["", "| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    for plot in sorted(path.parent.glob(f"{path.stem}-*.png")):
+        lines += ["", f"![{plot.stem}]({path.parent.name}/{plot.name})"]
     return "\n".join(lines)
 
 

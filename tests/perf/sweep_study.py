@@ -40,6 +40,7 @@ def run_sweep(out: Path, trials: int, workers: int, overrides: list[str]) -> tup
     """One sweep in a fresh study; (wall seconds, sweep.json)."""
     from benchmark.sweep.results import load_sweep
 
+    out.mkdir(parents=True, exist_ok=True)
     space = out / "space.yaml"
     space.write_text(SPACE)
     study = f"quickstart-sweep-w{workers}"
