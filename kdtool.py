@@ -65,8 +65,9 @@ def _fail(exc: BaseException, debug: bool) -> None:
         print(exc.line(), file=sys.stderr)  # always one line
         raise typer.Exit(exc.exit_code)
     if isinstance(exc, KeyboardInterrupt):
-        print("kdtool: interrupted; finished stages are kept (to continue: add --resume to `kdtool run` or "
-              "`kdtool distill`; other commands just rerun)", file=sys.stderr)
+        print("kdtool: interrupted; finished stages are kept (to continue: add --resume to `kdtool run`, "
+              "`kdtool distill` or `kdtool prune`; other commands, `kdtool sweep` included, just rerun)",
+              file=sys.stderr)
         raise typer.Exit(130)
     traceback.print_exception(exc)
     print("kdtool: internal error (a bug): please report it with the traceback above", file=sys.stderr)

@@ -173,6 +173,10 @@ def main(argv: list[str]) -> None:
     if not argv:
         sys.stdout.write(render())
         return
+    if argv[0].startswith("-"):
+        print("usage: python -m recipes.reference [FILE.md]   (no FILE: print the reference; FILE: rewrite its "
+              "generated block)", file=sys.stderr)
+        sys.exit(0 if argv[0] in ("-h", "--help") else 2)
     path = Path(argv[0])
     text = splice(path.read_text() if path.exists() else "", render())
     tmp = path.with_name(f".{path.name}.tmp")
