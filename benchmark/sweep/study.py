@@ -72,6 +72,20 @@ class Interrupted(KdtoolError):
                          "the interrupted trial runs again", exit_code=130)
 
 
+PRUNE_STARTUP = 5
+"""Completed trials a trial is compared with before the median rule may stop it (Optuna's MedianPruner default)."""
+
+
+def prune_warmup(epochs: int) -> int:
+    """Epochs never judged by the pruner: the first third of the distillation, at least the first.
+
+    Early validation metrics swing while the learning rate warms up: on the quickstart (10 epochs) the
+    completed trials stood at a median 0.30 accuracy after epoch 2 and ended at 0.96-1.00 retention;
+    judging from epoch 2 on after 3 completed trials stopped 11 of the first 15 trials on that noise.
+    """
+    return max(1, epochs // 3)
+
+
 def sampler_for(spec: SweepSpec) -> Any:
     """TPE or NSGA-II, seeded, with the constraints (Optuna's `constraints_func`)."""
     import optuna
@@ -221,7 +235,8 @@ def make_objective(spec: SweepSpec, teacher: Path, report: Any) -> Any:
         write_json(folder / "trial.json", {
             "study": spec.study_name, "trial_id": trial._trial_id, "number": trial.number, "target": spec.target,
             "metric": spec.primary_metric, "lower_is_better": spec.lower_is_better, "pruner": spec.pruner,
-            "startup": 3, "warmup": 1, "epochs": spec.extra.get("epochs", 1),
+            "startup": PRUNE_STARTUP, "warmup": prune_warmup(spec.extra.get("epochs", 1)),
+            "epochs": spec.extra.get("epochs", 1),
             "teacher_cache_dir": str(spec.teacher_cache_dir) if spec.teacher_cache_dir else None})
         console.print(f"trial {trial.number}: started ({_short(values)})")
         result = run_trial_process(folder, spec.storage_url)

@@ -108,3 +108,27 @@ def test_importances_per_objective_and_too_few_trials(spec):
     assert set(imp["retention"]) == {p.path for p in spec.params}
     assert max(imp["retention"], key=imp["retention"].get) == "distill.alpha"
     assert max(imp["p50_ms"], key=imp["p50_ms"].get) == "distill.temperature"
+
+
+
+def test_pruner_waits_for_five_completed_trials_and_a_third_of_the_epochs(spec):
+    from benchmark.sweep.study import PRUNE_STARTUP, prune_warmup
+
+    storage = open_storage(spec.storage_url)
+    study = open_study(spec, storage)
+    rule = {"study": "s", "metric": "accuracy", "lower_is_better": False, "pruner": "median",
+            "startup": PRUNE_STARTUP, "warmup": prune_warmup(10), "epochs": 10}
+
+    def judge(values: list[float]) -> None:
+        running = study.ask()
+        pruner = EpochPruner({**rule, "trial_id": running._trial_id}, spec.storage_url)
+        for v in values:
+            pruner("student_kd", {"val_accuracy": v})
+        study.tell(running, [values[-1], 1.0])
+
+    for _ in range(PRUNE_STARTUP - 1):
+        judge([0.9] * 10)
+    judge([0.0] * 10)  # far below, but only 4 trials completed: not judged
+    judge([0.0, 0.0, 0.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])  # 5 completed now; the first 3 epochs are warm-up
+    with pytest.raises(Pruned, match="at epoch 4"):
+        judge([0.9, 0.9, 0.9, 0.0])
