@@ -64,6 +64,10 @@ class TrialFailed(Exception):
     """A trial that failed for a reason of its own (recorded; the sweep goes on)."""
 
 
+class StudyFull(TrialFailed):
+    """Another process filled the study first: this worker stops asking."""
+
+
 class Interrupted(KdtoolError):
     """The trial's process was interrupted with the sweep: queued again on the next start."""
 
@@ -224,8 +228,7 @@ def make_objective(spec: SweepSpec, teacher: Path, report: Any) -> Any:
         if rank >= spec.trials:  # another process filled the study first
             trial.set_user_attr("surplus", True)
             trial.set_user_attr("reason", "surplus: the study already had --trials trials")
-            trial.study.stop()
-            raise TrialFailed("surplus")
+            raise StudyFull("surplus")
         values = {p.path: suggest(trial, p) for p in spec.params}
         folder = spec.sweep_dir / "trials" / f"{trial.number:04d}"
         folder.mkdir(parents=True, exist_ok=False)  # numbers are unique in the study: a folder is never shared
@@ -308,12 +311,55 @@ def run_local(spec: SweepSpec, storage: Any, recipe: Any) -> Any:
                 if state == "complete" and p.get("retention") is not None else result.get("reason", ""))
         console.print(f"trial {number}: {state} ({done['n']}/{todo} here): {what}")
 
-    def full(study: Any, _trial: Any) -> None:
-        if len([t for t in counted(study) if t.state.is_finished()]) >= spec.trials:
-            study.stop()
-
     console.print(f"{spec.study_name}: {todo} trial(s) to run, {spec.workers} at a time "
                   f"(storage {spec.extra.get('storage_shown', spec.storage_url)})")
-    study.optimize(make_objective(spec, teacher, report), n_trials=todo, n_jobs=spec.workers,
-                   catch=(TrialFailed,), callbacks=[full], gc_after_trial=False, show_progress_bar=False)
+    run_workers(study, make_objective(spec, teacher, report), spec, todo)
     return study
+
+
+def run_workers(study: Any, objective: Any, spec: SweepSpec, todo: int) -> None:
+    """Run `todo` trials, `spec.workers` at a time, with Optuna's ask-and-tell.
+
+    Asking is serialized, between this process's workers and any other process on this sweep folder
+    (`.ask.lock`): a queued trial (the recipe's own point, a retry) is popped by `Study.ask` with a
+    read-then-write that SQLite does not lock, so two workers asking at once both ran trial 0 in one
+    folder. A trial that fails is told FAIL and the sweep goes on; anything else (an interruption)
+    is told FAIL, as `Study.optimize` does, and stops the sweep.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import optuna
+    from optuna.trial import TrialState
+
+    lock, left = threading.Lock(), {"n": todo}
+
+    def next_trial() -> Any:
+        with lock, folder_lock(spec.sweep_dir / ".ask.lock"):
+            if left["n"] <= 0 or len([t for t in counted(study) if t.state.is_finished()]) >= spec.trials:
+                return None
+            left["n"] -= 1
+            return study.ask()
+
+    def work() -> None:
+        while (trial := next_trial()) is not None:
+            try:
+                values = objective(trial)
+            except optuna.TrialPruned:
+                study.tell(trial, state=TrialState.PRUNED)
+            except TrialFailed as failed:
+                study.tell(trial, state=TrialState.FAIL)
+                if isinstance(failed, StudyFull):
+                    with lock:
+                        left["n"] = 0
+            except BaseException:
+                study.tell(trial, state=TrialState.FAIL)
+                with lock:
+                    left["n"] = 0  # the other workers finish their trial and stop
+                raise
+            else:
+                study.tell(trial, values)
+
+    with ThreadPoolExecutor(max_workers=spec.workers) as pool:
+        for future in [pool.submit(work) for _ in range(spec.workers)]:
+            future.result()

@@ -132,3 +132,34 @@ def test_pruner_waits_for_five_completed_trials_and_a_third_of_the_epochs(spec):
     judge([0.0, 0.0, 0.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])  # 5 completed now; the first 3 epochs are warm-up
     with pytest.raises(Pruned, match="at epoch 4"):
         judge([0.9, 0.9, 0.9, 0.0])
+
+
+def _two_workers_with_a_queued_trial(spec, run, name):
+    """Two workers on one SQLite study whose trial 0 is queued (the recipe's point); the trial numbers run."""
+    import dataclasses
+    import threading
+    import time
+
+    spec = dataclasses.replace(spec, workers=2, trials=4, study_name=name)
+    study = open_study(spec, open_storage(spec.storage_url))
+    study.enqueue_trial({"distill.temperature": 4.0, "distill.alpha": 0.3, "student.kwargs.channels": "[4, 8, 16, 32]"})
+    ran, guard = [], threading.Lock()
+
+    def objective(trial):
+        values = {p.path: suggest(trial, p) for p in spec.params}
+        with guard:
+            ran.append(trial.number)
+        time.sleep(0.2)
+        return values["distill.alpha"], 1.0
+
+    run(study, objective, spec)
+    return ran
+
+
+def test_two_workers_never_run_one_queued_trial_twice(spec):
+    from benchmark.sweep.study import run_workers
+
+    for attempt in range(3):  # unserialized asks collided on the queued trial in most attempts
+        ran = _two_workers_with_a_queued_trial(spec, lambda study, objective, s: run_workers(study, objective, s, 4),
+                                               f"s{attempt}")
+        assert sorted(ran) == [0, 1, 2, 3]

@@ -8,6 +8,8 @@ loss (`distill.soft_loss`: the task's default kl, or dkd) and the int8 mode (`qu
 shipped quickstart's own values lie inside it, so the quickstart as written is trial 0 of each sweep.
 Each worker count runs its own study (`--study quickstart-sweep-wK`) from scratch in `--out`, timed
 by wall clock; trials per hour = trials / wall time (the teacher, trained once per sweep, included).
+Each worker trains and times on cores // K threads (the student, KD, QAT and benchmark `threads`), so
+both sweeps use the cores once. `--reuse` reads back a sweep finished before in the same `--out`.
 
 Writes `docs/benchmarks/results/sweep-<cpu kind>.csv` (`tests.perf.results.write`: the machine and
 versions in its header): one row per worker count with the ratio to 1 worker, the recipe's point, the
@@ -19,6 +21,7 @@ average before and after; and the front plot of each sweep beside it (`sweep-<cp
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -36,20 +39,34 @@ quantize.modes: [[dynamic, static, qat], [static], [qat]]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_sweep(out: Path, trials: int, workers: int, overrides: list[str]) -> tuple[float, dict]:
-    """One sweep in a fresh study; (wall seconds, sweep.json)."""
+def thread_overrides(workers: int, overrides: list[str]) -> list[str]:
+    """Training and timing threads of cores // workers each, so every worker count uses the cores once
+    (unless the command line sets them)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    keys = ("student.train.threads", "distill.train.threads", "quantize.qat.threads", "benchmark.threads")
+    return [f"{k}={threads}" for k in keys if not any(o.startswith(f"{k}=") for o in overrides)]
+
+
+def run_sweep(out: Path, trials: int, workers: int, overrides: list[str], reuse: bool) -> tuple[float, dict]:
+    """One sweep in a fresh study; (wall seconds, sweep.json). With `reuse`, a sweep this script finished
+    before in `out` is read back with its wall time instead of run again."""
     from benchmark.sweep.results import load_sweep
 
     out.mkdir(parents=True, exist_ok=True)
     space = out / "space.yaml"
     space.write_text(SPACE)
     study = f"quickstart-sweep-w{workers}"
+    timing = out / study / "study_wall.json"
+    if reuse and timing.exists():
+        return json.loads(timing.read_text())["wall_s"], load_sweep(out / study)
     cmd = [sys.executable, str(ROOT / "kdtool.py"), "sweep", "quickstart", "--space", str(space), "--trials",
            str(trials), "--workers", str(workers), "--target", "android", "--study", study, "--out", str(out),
-           *[a for o in overrides for a in ("--set", o)]]
+           *[a for o in [*overrides, *thread_overrides(workers, overrides)] for a in ("--set", o)]]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return time.perf_counter() - start, load_sweep(out / study)
+    wall = time.perf_counter() - start
+    timing.write_text(json.dumps({"wall_s": wall, "command": cmd}))
+    return wall, load_sweep(out / study)
 
 
 def summary(workers: int, wall: float, data: dict, base_rate: float | None) -> dict:
@@ -79,6 +96,8 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts, 1 first")
     parser.add_argument("--out", type=Path, default=None, help="sweeps folder (default: a temporary one)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read back a sweep this script finished before in --out (with its wall time)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="sweep-study-"))
     from benchmark.sweep.html import pareto_png
@@ -87,7 +106,7 @@ def main() -> None:
     rows, base = [], None
     for workers in (int(w) for w in args.workers.split(",")):
         load_before = os.getloadavg()[0]
-        wall, data = run_sweep(out, args.trials, workers, args.overrides)
+        wall, data = run_sweep(out, args.trials, workers, args.overrides, args.reuse)
         row = summary(workers, wall, data, base)
         base = base or row["trials_per_hour"]
         rows.append({**row, "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)})
