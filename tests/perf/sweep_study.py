@@ -47,9 +47,10 @@ def thread_overrides(workers: int, overrides: list[str]) -> list[str]:
     return [f"{k}={threads}" for k in keys if not any(o.startswith(f"{k}=") for o in overrides)]
 
 
-def run_sweep(out: Path, trials: int, workers: int, overrides: list[str], reuse: bool) -> tuple[float, dict]:
-    """One sweep in a fresh study; (wall seconds, sweep.json). With `reuse`, a sweep this script finished
-    before in `out` is read back with its wall time instead of run again."""
+def run_sweep(out: Path, trials: int, workers: int, overrides: list[str],
+              reuse: bool) -> tuple[float, dict, list[float] | None]:
+    """One sweep in a fresh study: (wall seconds, sweep.json, load average before and after). With
+    `reuse`, a sweep this script finished before in `out` is read back with its wall time and load."""
     from benchmark.sweep.results import load_sweep
 
     out.mkdir(parents=True, exist_ok=True)
@@ -58,15 +59,24 @@ def run_sweep(out: Path, trials: int, workers: int, overrides: list[str], reuse:
     study = f"quickstart-sweep-w{workers}"
     timing = out / study / "study_wall.json"
     if reuse and timing.exists():
-        return json.loads(timing.read_text())["wall_s"], load_sweep(out / study)
+        saved = json.loads(timing.read_text())
+        return saved["wall_s"], load_sweep(out / study), saved.get("load")
     cmd = [sys.executable, str(ROOT / "kdtool.py"), "sweep", "quickstart", "--space", str(space), "--trials",
            str(trials), "--workers", str(workers), "--target", "android", "--study", study, "--out", str(out),
            *[a for o in [*overrides, *thread_overrides(workers, overrides)] for a in ("--set", o)]]
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - start
-    timing.write_text(json.dumps({"wall_s": wall, "command": cmd}))
-    return wall, load_sweep(out / study)
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    timing.write_text(json.dumps({"wall_s": wall, "command": cmd, "load": load}))
+    return wall, load_sweep(out / study), load
+
+
+def short(params: dict) -> str:
+    """A trial's parameters in one line: last key part = value, floats to 3 digits."""
+    return " ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                    for k, v in params.items())
 
 
 def summary(workers: int, wall: float, data: dict, base_rate: float | None) -> dict:
@@ -83,11 +93,12 @@ def summary(workers: int, wall: float, data: dict, base_rate: float | None) -> d
             "ratio_vs_1_worker": round(rate / base_rate, 3) if base_rate else 1.0 if workers == 1 else None,
             "front": " ".join(map(str, data["front"])),
             "recipe_trial": own["number"] if own else None,
-            "recipe_retention": own["retention"] if own else None, "recipe_p50_ms": own["p50_ms"] if own else None,
+            "recipe_retention": round(own["retention"], 4) if own else None,
+            "recipe_p50_ms": round(own["p50_ms"], 4) if own else None,
             "recipe_artifact": own["artifact"] if own else None,
             "dominating_trials": " ".join(str(t["number"]) for t in better) or "none",
             "best_dominating": (f"trial {best['number']}: retention {best['retention']:.4f}, p50 {best['p50_ms']:.3f} "
-                                f"ms, {best['artifact']}, {best['params']}") if best else ""}
+                                f"ms, {best['artifact']}, {short(best['params'])}") if best else ""}
 
 
 def main() -> None:
@@ -105,11 +116,10 @@ def main() -> None:
 
     rows, base = [], None
     for workers in (int(w) for w in args.workers.split(",")):
-        load_before = os.getloadavg()[0]
-        wall, data = run_sweep(out, args.trials, workers, args.overrides, args.reuse)
+        wall, data, load = run_sweep(out, args.trials, workers, args.overrides, args.reuse)
         row = summary(workers, wall, data, base)
         base = base or row["trials_per_hour"]
-        rows.append({**row, "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)})
+        rows.append({**row, "load_before": load[0] if load else None, "load_after": load[1] if load else None})
         png = pareto_png(data)
         if png:
             RESULTS.mkdir(parents=True, exist_ok=True)
@@ -117,7 +127,8 @@ def main() -> None:
         print(row, flush=True)
     write("sweep", list(rows[0]), [list(r.values()) for r in rows],
           note="trials_per_hour = trials / wall time of the whole command (teacher included); a dominance by "
-               "less than the latency spread of one measurement is noise")
+               "less than the latency spread of one measurement is noise; a sweep read back with --reuse keeps the "
+               "wall time and load average recorded when it ran (blank: not recorded)")
 
 if __name__ == "__main__":
     main()
