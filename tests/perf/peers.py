@@ -253,7 +253,7 @@ def kdtool_artifacts(model: torch.nn.Module, calib: torch.Tensor, out: Path, thr
                           calibration=calib, validation=(val_x, val_y), min_retention=0.99)
     return export_model(model, example, out / "export", targets=["android", "server"],
                         formats=list(RUNTIMES), quantized=quantized, inputs=val_x[:PARITY], threads=threads,
-                        ctx=ExportContext(task_spec=task))
+                        spec=ExportContext(task_spec=task))
 
 
 def bench_model(name: str, size: int, threads: int, runs: int, steps: int,
