@@ -94,7 +94,9 @@ def target_point(report: Any, target: str) -> dict[str, Any] | None:
 class EpochPruner:
     """Decides after each distillation epoch whether a trial stops.
 
-    Single objective: Optuna's pruner (median or Hyperband) through `Trial.report`/`should_prune`.
+    Single objective: Optuna's pruner (median or Hyperband) through `Trial.report`/`should_prune`. The
+    value reported is the validation metric signed to agree with the study's direction (a `p50_ms` or
+    `size_mb` study minimizes, but its trials are still judged by accuracy: higher stays better).
     Several objectives: Optuna 5.0 refuses `Trial.report` there, so the median rule is applied here:
     stop when the validation metric at an epoch is worse than the median of the completed trials at that
     epoch (after `startup` completed trials, from epoch `warmup` + 1 on). Each epoch's metric is kept as
@@ -114,6 +116,7 @@ class EpochPruner:
         self.study = optuna.load_study(study_name=spec["study"], storage=open_storage(storage_url), pruner=pruner)
         self.trial = optuna.trial.Trial(self.study, spec["trial_id"])
         self.values: list[float] = []
+        self.sign = report_sign(self.study.directions[0].name.lower(), spec["lower_is_better"])
 
     def __call__(self, stage: str, record: dict[str, Any]) -> None:
         if stage != "student_kd":
@@ -127,7 +130,7 @@ class EpochPruner:
         if self.spec["pruner"] == "none":
             return
         if len(self.study.directions) == 1:
-            self.trial.report(float(value), epoch)
+            self.trial.report(self.sign * float(value), epoch)
             if self.trial.should_prune():
                 raise Pruned(f"pruned at epoch {epoch + 1} by Optuna's {self.spec['pruner']} pruner "
                              f"(val {self.spec['metric']} {value:.4f})")
@@ -151,6 +154,12 @@ class EpochPruner:
         if worse:
             raise Pruned(f"pruned at epoch {epoch + 1}: val {self.spec['metric']} {value:.4f} worse than the "
                          f"median {median:.4f} of {len(at_epoch)} completed trials at that epoch")
+
+
+def report_sign(direction: str, lower_is_better: bool) -> float:
+    """The sign that makes a validation metric agree with a single-objective study's direction: +1 when the
+    study maximizes and higher metric is better (or it minimizes and lower is better), else -1."""
+    return 1.0 if (direction == "maximize") != lower_is_better else -1.0
 
 
 def run_trial(trial_dir: Path) -> dict[str, Any]:

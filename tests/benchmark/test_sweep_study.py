@@ -132,3 +132,31 @@ def test_pruner_waits_for_five_completed_trials_and_a_third_of_the_epochs(spec):
     judge([0.0, 0.0, 0.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])  # 5 completed now; the first 3 epochs are warm-up
     with pytest.raises(Pruned, match="at epoch 4"):
         judge([0.9, 0.9, 0.9, 0.0])
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+@pytest.mark.parametrize(("objective", "lower_is_better"),
+                         [("p50_ms", False), ("size_mb", False), ("retention", True), ("retention", False)])
+def test_single_objective_pruning_keeps_the_better_metric(spec, objective, lower_is_better, pruner):
+    spec.objectives, spec.lower_is_better = (objective,), lower_is_better
+    study = open_study(spec, open_storage(spec.storage_url))
+    good, bad = (0.1, 0.9) if lower_is_better else (0.9, 0.1)
+    rule = {"study": "s", "metric": "accuracy", "lower_is_better": lower_is_better, "pruner": pruner,
+            "startup": 2, "warmup": 0, "epochs": 4}
+
+    def judge(values: list[float]) -> None:
+        running = study.ask()
+        pruner = EpochPruner({**rule, "trial_id": running._trial_id}, spec.storage_url)
+        try:
+            for v in values:
+                pruner("student_kd", {"val_accuracy": v})
+        except Pruned:
+            study.tell(running, state=TrialState.PRUNED)
+            raise
+        study.tell(running, [1.0])
+
+    for i in range(3):
+        judge([0.5 + (0.01 * i if good > bad else -0.01 * i)] * 4)
+    judge([good] * 4)  # better than every completed trial at every epoch: never pruned
+    with pytest.raises(Pruned):
+        judge([bad] * 4)
