@@ -11,6 +11,7 @@ Pruning is not wired here (a trial runs all its epochs); constraints are applied
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,8 @@ def _trainable(config: dict[str, Any], spec: SweepSpec, teacher_bytes: bytes, te
 
     from benchmark.sweep.trial import run_trial_process
 
-    trial_id = tune.get_context().get_trial_id()  # Ray's id (a hash, optionally with an index)
-    number = int(trial_id.rsplit("_", 1)[-1], 16) % 10000
-    folder = spec.sweep_dir / "trials" / f"ray-{trial_id}"
+    number = trial_number(Path(tune.get_context().get_trial_dir()).name)
+    folder = trial_folder(spec, number)
     folder.mkdir(parents=True, exist_ok=True)
     teacher = spec.sweep_dir / "teacher" / teacher_name
     if not teacher.exists():
@@ -99,7 +99,27 @@ def _trainable(config: dict[str, Any], spec: SweepSpec, teacher_bytes: bytes, te
     missing = [o for o in spec.objectives if point.get(o) is None]
     if missing:
         raise RuntimeError(f"trial {number}: no {', '.join(missing)} measured")
-    return {**{k: v for k, v in point.items() if v is not None}, "folder": str(folder)}
+    return {**{k: v for k, v in point.items() if v is not None}, "number": number, "folder": str(folder)}
+
+
+def trial_number(trial_dir_name: str) -> int:
+    """A Ray trial's number in the sweep: Ray names a trial's folder
+    `<trainable>_<8-hex trial id>_<count from 1>_<values>_<date>`; the count minus one (the recipe's own point,
+    evaluated first, is trial 0). The trainable and the results both read it here, so the recipe's name, its
+    `params.json`, `sweep.json` and `--promote N` name the same trial.
+
+    Raises:
+        ValueError: a folder name Ray did not make.
+    """
+    found = re.search(r"_[0-9a-f]{8}_(\d+)_", trial_dir_name)
+    if found is None:
+        raise ValueError(f"{trial_dir_name!r} is not a Ray trial folder name")
+    return int(found.group(1)) - 1
+
+
+def trial_folder(spec: SweepSpec, number: int) -> Path:
+    """A Ray trial's run folder, on the node that ran it."""
+    return spec.sweep_dir / "trials" / f"ray-{number:04d}"
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -138,13 +158,16 @@ def run_ray(spec: SweepSpec, teacher: Path, recipe_point: dict[str, Any] | None,
 
 def _record(spec: SweepSpec, result: Any, recipe_point: dict[str, Any] | None, index: int) -> dict[str, Any]:
     """A Ray result → a sweep record (the point from the metrics the trial returned, the reason from its error)."""
-    import re
-
-    found = re.search(r"(\d{5})", Path(str(result.path)).name)  # Ray's trial index, as the trainable named it
-    number = int(found.group(1)) if found else index
+    metrics = dict(result.metrics or {})
+    number = metrics.get("number")
+    if number is None:  # the trial raised before it returned: its number from the folder Ray named
+        try:
+            number = trial_number(Path(str(result.path)).name)
+        except ValueError:
+            number = index
     params = {p.path: result.config.get(p.path) for p in spec.params}
-    point = {} if result.error else dict(result.metrics or {})
-    folder = point.get("folder")
+    point = {} if result.error else metrics
+    folder = point.get("folder") or str(trial_folder(spec, number))
     reason = None
     if result.error:
         reason = str(result.error).strip().splitlines()[-1]
