@@ -2,7 +2,8 @@
 
 `ray start --head` on one machine, `ray start --address HEAD:6379` on the others, then
 `kdtool sweep ... --backend ray --ray-address auto` on the head. Each trial asks Ray for the CPUs the
-recipe trains with (`train.threads`) and a GPU when it trains on CUDA; the teacher's weights travel in
+recipe trains and measures with (the larger of `train.threads` and `benchmark.threads`) and a GPU when it
+trains on CUDA (`trial_resources`); the teacher's weights travel in
 Ray's object store, so the nodes need no shared folder. Each trial's run folder is written on the node
 that ran it (`<sweep>/trials/ray-NNNN` there); its numbers come back to the head through Ray.
 Pruning is not wired here (a trial runs all its epochs); constraints are applied to the results.
@@ -72,6 +73,17 @@ def _distribution(p: Param) -> Any:
     if p.integer:
         return optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
     return optuna.distributions.FloatDistribution(float(p.low), float(p.high), log=p.log, step=p.step)
+
+
+def trial_resources(spec: SweepSpec, ray: Any) -> dict[str, float]:
+    """What one Ray trial asks for: the CPUs it trains and measures with, and a GPU when it trains on CUDA
+    (`train.device: cuda`, or no device set while CUDA is there: on this machine or in the cluster)."""
+    import torch
+
+    device = spec.extra.get("device")
+    cuda = device == "cuda" or (device is None and (torch.cuda.is_available()
+                                                     or ray.cluster_resources().get("GPU", 0) > 0))
+    return {"cpu": spec.extra["threads"], "gpu": 1 if cuda else 0}
 
 
 def _trainable(config: dict[str, Any], spec: SweepSpec, teacher_bytes: bytes, teacher_name: str) -> dict[str, Any]:

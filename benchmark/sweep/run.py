@@ -145,12 +145,12 @@ def run_sweep(args: SweepArgs) -> dict[str, Any]:
 
 
 def _run_ray(spec: SweepSpec, recipe: Any, ray: Any) -> dict[str, Any]:
-    from benchmark.sweep.ray_backend import run_ray
+    from benchmark.sweep.ray_backend import run_ray, trial_resources
 
     spec.sweep_dir.mkdir(parents=True, exist_ok=True)
     write_json(spec.sweep_dir / "recipe.json", dict(spec.raw_recipe))
     teacher = shared_teacher(spec, recipe)
-    resources = {"cpu": spec.extra["threads"], "gpu": 1 if spec.extra.get("device") == "cuda" else 0}
+    resources = trial_resources(spec, ray)
     records = run_ray(spec, teacher, recipe_point(spec.raw_recipe, spec.params), resources, ray)
     return finish(spec, records, {"note": "importances are computed for local/RDB studies (Ray keeps its own)"})
 
