@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from benchmark.sweep.space import Param
 from benchmark.sweep.study import SweepSpec, trial_recipe
 from compress.core.atomic import write_json, write_text
 from compress.core.errors import KdtoolError
@@ -63,16 +62,6 @@ def _probe(address: str | None) -> None:
         raise KdtoolError(f"--ray-address {address}: no Ray cluster there ({e.strerror or e})",
                           "start one with `ray start --head` (and `ray start --address HEAD:6379` on the others)"
                           ) from None
-
-
-def _distribution(p: Param) -> Any:
-    import optuna
-
-    if p.choices:
-        return optuna.distributions.CategoricalDistribution(p.optuna_choices())
-    if p.integer:
-        return optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
-    return optuna.distributions.FloatDistribution(float(p.low), float(p.high), log=p.log, step=p.step)
 
 
 def trial_resources(spec: SweepSpec, ray: Any) -> dict[str, float]:
@@ -154,7 +143,7 @@ def run_ray(spec: SweepSpec, teacher: Path, recipe_point: dict[str, Any] | None,
     modes = [d[:3] for d in directions(spec.objectives, spec.lower_is_better)]
     sampler = (optuna.samplers.NSGAIISampler(seed=spec.seed) if spec.sampler == "nsga2"
                else optuna.samplers.TPESampler(seed=spec.seed))
-    search = OptunaSearch(space={p.path: _distribution(p) for p in spec.params}, metric=list(spec.objectives),
+    search = OptunaSearch(space={p.path: p.distribution() for p in spec.params}, metric=list(spec.objectives),
                           mode=modes, sampler=sampler, seed=spec.seed,
                           points_to_evaluate=[recipe_point] if recipe_point else None)
     trainable = tune.with_resources(tune.with_parameters(_trainable, spec=spec, teacher_bytes=teacher.read_bytes(),

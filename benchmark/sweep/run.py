@@ -112,7 +112,8 @@ def _check_folder(spec: SweepSpec, force: bool) -> None:
     mine = json.loads(json.dumps(spec.fingerprint()))  # as read back (tuples are lists in JSON)
     if path.exists() and read_json(path) != mine and not force:
         raise KdtoolError(f"{spec.sweep_dir} holds a sweep of another recipe, space, target or objectives",
-                          "name another study with --study NAME (its own folder), or --force to add to this one")
+                          "name another study with --study NAME (its own folder), or --force to add to this one "
+                          "(same objectives and space only)")
 
 
 def run_sweep(args: SweepArgs) -> dict[str, Any]:

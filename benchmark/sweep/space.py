@@ -63,6 +63,18 @@ class Param:
         """A value Optuna suggested → the recipe value."""
         return json.loads(value) if self.encoded else value
 
+    def distribution(self) -> Any:
+        """The Optuna distribution of this key (as `Trial.suggest_*` records it in the study)."""
+        import optuna
+
+        if self.choices:
+            return optuna.distributions.CategoricalDistribution(self.optuna_choices())
+        if self.integer:
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log,
+                                                        step=int(self.step or 1))
+        return optuna.distributions.FloatDistribution(float(self.low), float(self.high), log=self.log,
+                                                      step=self.step)
+
 
 def read_space(space_file: Path | None, raw_recipe: dict) -> dict[str, Any]:
     """The raw space mapping: `--space FILE` (a mapping, or one under `sweep:`), else the recipe's `sweep:`.

@@ -103,14 +103,45 @@ def _constraints_func(trial: Any) -> list[float]:
 
 
 def open_study(spec: SweepSpec, storage: Any) -> Any:
-    """Create or join the study (same name, same directions)."""
+    """Create or join the study (same name, same directions, same space).
+
+    Raises:
+        KdtoolError: the stored study of that name has other objectives or another space (its trials could
+            not be compared with this sweep's): name a new study.
+    """
     import optuna
 
     from benchmark.sweep.objectives import directions
 
+    wanted = directions(spec.objectives, spec.lower_is_better)
+    try:
+        stored = optuna.load_study(study_name=spec.study_name, storage=storage)
+    except KeyError:
+        stored = None
+    if stored is not None:
+        _check_same_study(spec, stored, wanted)
     return optuna.create_study(study_name=spec.study_name, storage=storage, load_if_exists=True,
-                               directions=directions(spec.objectives, spec.lower_is_better),
-                               sampler=sampler_for(spec))
+                               directions=wanted, sampler=sampler_for(spec))
+
+
+def _check_same_study(spec: SweepSpec, stored: Any, wanted: list[str]) -> None:
+    """Refuse to join a study made with other directions or other distributions for the searched keys."""
+    from benchmark.sweep.storage import masked
+
+    have = [d.name.lower() for d in stored.directions]
+    problem = None
+    if have != wanted:
+        problem = f"its directions are {', '.join(have)}, these objectives want {', '.join(wanted)}"
+    ours = {p.path: p.distribution() for p in spec.params}
+    for t in stored.get_trials(deepcopy=False):
+        changed = next((k for k, d in t.distributions.items() if ours.get(k) != d), None)
+        if problem is None and changed is not None:
+            problem = (f"trial {t.number} searched {changed} over {t.distributions[changed]}, this space "
+                       f"{'over ' + str(ours[changed]) if changed in ours else 'does not search it'}")
+    if problem:
+        raise KdtoolError(f"study {spec.study_name} in {masked(spec.storage_url)} was made by another sweep: "
+                          f"{problem}", "name a new study with --study NAME (--force does not mix two sweeps' "
+                          "trials in one study)")
 
 
 def recover(study: Any, storage: Any) -> int:

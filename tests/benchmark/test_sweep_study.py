@@ -160,3 +160,25 @@ def test_single_objective_pruning_keeps_the_better_metric(spec, objective, lower
     judge([good] * 4)  # better than every completed trial at every epoch: never pruned
     with pytest.raises(Pruned):
         judge([bad] * 4)
+
+
+@pytest.mark.parametrize("change", ["objectives", "choices", "dropped key"])
+def test_joining_a_study_of_other_objectives_or_space_is_refused(spec, change):
+    from compress.core.errors import KdtoolError
+
+    storage = open_storage(spec.storage_url)
+    study = open_study(spec, storage)
+    t = study.ask()
+    [suggest(t, p) for p in spec.params]
+    study.tell(t, [0.9, 1.0])
+    if change == "objectives":
+        spec.objectives = ("retention", "size_mb", "p50_ms")
+    elif change == "choices":
+        spec.params[2] = parse_space({"student.kwargs.channels": [[4, 8, 16, 32], [16, 32, 64, 128]]},
+                                     spec.raw_recipe)[0]
+    else:
+        spec.params = spec.params[:2]
+    with pytest.raises(KdtoolError, match=r"^study s in .*study.db was made by another sweep") as e:
+        open_study(spec, storage)
+    assert "--study NAME" in e.value.hint
+    assert len(open_study(SweepSpec(**{**spec.__dict__, "study_name": "s2"}), storage).trials) == 0
