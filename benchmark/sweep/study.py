@@ -161,7 +161,8 @@ def recover(study: Any, storage: Any) -> int:
     queued = 0
     for t in trials:
         if t.state == TrialState.FAIL and _interrupted(t) and t.number not in retried and t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            kept = {"recipe_point": True} if t.user_attrs.get("recipe_point") else {}
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **kept})
             queued += 1
     return queued
 
@@ -259,7 +260,7 @@ def make_objective(spec: SweepSpec, teacher: Path, report: Any) -> Any:
             raise TrialFailed("surplus")
         values = {p.path: suggest(trial, p) for p in spec.params}
         folder = spec.sweep_dir / "trials" / f"{trial.number:04d}"
-        folder.mkdir(parents=True, exist_ok=False)  # numbers are unique in the study: a folder is never shared
+        _new_folder(folder, trial.number, spec)
         trial.set_user_attr("folder", str(folder))
         write_text(folder / "recipe.yaml", yaml.safe_dump(trial_recipe(spec, values, trial.number, teacher),
                                                           sort_keys=False))
@@ -274,6 +275,20 @@ def make_objective(spec: SweepSpec, teacher: Path, report: Any) -> Any:
         return _record(trial, result, spec, report, optuna)
 
     return objective
+
+
+def _new_folder(folder: Path, number: int, spec: SweepSpec) -> None:
+    """Make a trial's folder; one already there belongs to another study (its storage was replaced).
+
+    Raises:
+        KdtoolError: the folder exists (its files are kept).
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=False)  # numbers are unique in the study: a folder is never shared
+    except FileExistsError:
+        raise KdtoolError(f"{folder} exists but trial {number} of study {spec.study_name} is new (was the study's "
+                          "storage deleted or replaced?)", f"move {folder.parent} aside, or sweep into a new "
+                          "--study NAME") from None
 
 
 def _record(trial: Any, result: dict[str, Any], spec: SweepSpec, report: Any, optuna: Any) -> tuple[float, ...]:

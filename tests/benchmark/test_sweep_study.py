@@ -182,3 +182,30 @@ def test_joining_a_study_of_other_objectives_or_space_is_refused(spec, change):
         open_study(spec, storage)
     assert "--study NAME" in e.value.hint
     assert len(open_study(SweepSpec(**{**spec.__dict__, "study_name": "s2"}), storage).trials) == 0
+
+
+def test_a_retried_recipe_point_is_still_the_recipe_point(spec):
+    storage = open_storage(spec.storage_url)
+    study = open_study(spec, storage)
+    study.enqueue_trial({"distill.temperature": 2.0, "distill.alpha": 0.5,
+                         "student.kwargs.channels": spec.params[2].optuna_choices()[0]},
+                        user_attrs={"recipe_point": True})
+    lost = study.ask()
+    [suggest(lost, p) for p in spec.params]
+    lost.set_user_attr("host", HOST)
+    lost.set_user_attr("pid", 0)  # no such process: interrupted
+    assert recover(study, storage) == 1
+    retry = study.get_trials(deepcopy=False)[-1]
+    assert retry.user_attrs == {"retry_of": 0, "recipe_point": True}
+
+
+def test_a_leftover_trial_folder_is_one_line_naming_it(spec, tmp_path):
+    from benchmark.sweep.study import make_objective
+    from compress.core.errors import KdtoolError
+
+    (tmp_path / "trials" / "0000").mkdir(parents=True)  # left by a study whose study.db was deleted
+    study = open_study(spec, open_storage(spec.storage_url))
+    objective = make_objective(spec, tmp_path / "teacher.safetensors", lambda *a: None)
+    with pytest.raises(KdtoolError, match=r"trials/0000 exists but trial 0 of study s is new") as e:
+        objective(study.ask())
+    assert "--study NAME" in e.value.hint
