@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from benchmark.sweep.study import SweepSpec, trial_recipe
+from benchmark.sweep.study import SweepSpec, sampler_for, trial_recipe
 from compress.core.atomic import write_json, write_text
 from compress.core.errors import KdtoolError
 
@@ -134,15 +134,13 @@ def write_bytes(path: Path, data: bytes) -> None:
 def run_ray(spec: SweepSpec, teacher: Path, recipe_point: dict[str, Any] | None, resources: dict[str, float],
             ray: Any) -> list[dict[str, Any]]:
     """Run the sweep's trials on the Ray cluster; one record per trial (as `results.records_from_study`)."""
-    import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
     from benchmark.sweep.objectives import directions
 
     modes = [d[:3] for d in directions(spec.objectives, spec.lower_is_better)]
-    sampler = (optuna.samplers.NSGAIISampler(seed=spec.seed) if spec.sampler == "nsga2"
-               else optuna.samplers.TPESampler(seed=spec.seed))
+    sampler = sampler_for(spec, constraints=False)  # Ray's trials carry no constraint values
     search = OptunaSearch(space={p.path: p.distribution() for p in spec.params}, metric=list(spec.objectives),
                           mode=modes, sampler=sampler, seed=spec.seed,
                           points_to_evaluate=[recipe_point] if recipe_point else None)

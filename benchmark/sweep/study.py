@@ -86,11 +86,16 @@ def prune_warmup(epochs: int) -> int:
     return max(1, epochs // 3)
 
 
-def sampler_for(spec: SweepSpec) -> Any:
-    """TPE or NSGA-II, seeded, with the constraints (Optuna's `constraints_func`)."""
+def sampler_for(spec: SweepSpec, constraints: bool = True) -> Any:
+    """TPE or NSGA-II, seeded, with the constraints (Optuna's `constraints_func`).
+
+    Args:
+        constraints: pass the constraints to the sampler (False where the trials cannot carry their
+            constraint values, as with Ray: the constraints are then applied to the results).
+    """
     import optuna
 
-    cf = _constraints_func if spec.constraints else None
+    cf = _constraints_func if spec.constraints and constraints else None
     if spec.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=spec.seed, constraints_func=cf,
                                              population_size=max(4, min(50, spec.trials // 3)))
