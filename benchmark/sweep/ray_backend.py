@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.sweep.study import SweepSpec, sampler_for, trial_recipe
-from compress.core.atomic import write_json, write_text
+from compress.core.atomic import write_bytes, write_json, write_text
 from compress.core.errors import KdtoolError
 
 
@@ -121,14 +121,6 @@ def trial_number(trial_dir_name: str) -> int:
 def trial_folder(spec: SweepSpec, number: int) -> Path:
     """A Ray trial's run folder, on the node that ran it."""
     return spec.sweep_dir / "trials" / f"ray-{number:04d}"
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """Atomically write bytes."""
-    from compress.core.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def run_ray(spec: SweepSpec, teacher: Path, recipe_point: dict[str, Any] | None, resources: dict[str, float],

@@ -235,18 +235,15 @@ def main(argv: list[str]) -> int:
 
 
 def failure_reason(e: BaseException) -> str:
-    """One line saying why a trial failed: non-finite loss, out of memory, export/parity, or the error."""
-    from compress.core.errors import ExportError, KdtoolError, NonFiniteLossError
+    """One line saying why a trial failed: its kind (non-finite loss, out of memory, export/parity) when known,
+    then the error as a report row gives it (`benchmark.measure.failure_reason`)."""
+    from benchmark.measure import failure_reason as row_reason
+    from compress.core.errors import ExportError, NonFiniteLossError
 
-    if isinstance(e, NonFiniteLossError):
-        return f"non-finite loss: {e.message}"
-    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
-        return f"out of memory: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-    if isinstance(e, ExportError):
-        return f"export/parity: {e.message}"
-    if isinstance(e, KdtoolError):
-        return e.message
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    kind = ("non-finite loss: " if isinstance(e, NonFiniteLossError) else
+            "out of memory: " if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" else
+            "export/parity: " if isinstance(e, ExportError) else "")
+    return kind + row_reason(e)
 
 
 if __name__ == "__main__":

@@ -209,3 +209,14 @@ def test_a_leftover_trial_folder_is_one_line_naming_it(spec, tmp_path):
     with pytest.raises(KdtoolError, match=r"trials/0000 exists but trial 0 of study s is new") as e:
         objective(study.ask())
     assert "--study NAME" in e.value.hint
+
+
+def test_a_trial_failure_reason_names_its_kind_then_the_error():
+    from benchmark.sweep.trial import failure_reason
+    from compress.core.errors import ExportError, NonFiniteLossError
+
+    assert failure_reason(NonFiniteLossError("student_kd: loss nan at epoch 1", "lower the lr")) == \
+        "non-finite loss: student_kd: loss nan at epoch 1 (lower the lr)"
+    assert failure_reason(ExportError("android: parity 0.3 > 0.01")) == "export/parity: android: parity 0.3 > 0.01"
+    assert failure_reason(MemoryError()) == "out of memory: MemoryError"
+    assert failure_reason(ValueError("bad\nsecond line")) == "ValueError: bad"
