@@ -102,7 +102,6 @@ def build_spec(args: SweepArgs) -> tuple[SweepSpec, Any]:
                      lower_is_better=lower_is_better(primary),
                      teacher_cache_dir=(sweep_dir / "teacher_cache").resolve() if cache_shared else None,
                      extra={"epochs": kd.epochs, "threads": threads, "device": kd.device})
-    spec.extra["storage_shown"] = masked(spec.storage_url)
     return spec, recipe
 
 

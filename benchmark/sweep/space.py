@@ -122,11 +122,16 @@ def parse_space(raw_space: dict[str, Any], raw_recipe: dict) -> list[Param]:
     return params
 
 
+SHARED_WHY = {"name": "each trial's run is named by the sweep (<recipe>-trialNNNN)",
+              "teacher": "the teacher is trained once and shared by every trial",
+              "sweep": "the space cannot search itself"}
+
+
 def _param(path: str, spec: Any) -> Param:
-    if path.split(".")[0] in SHARED:
-        raise KdtoolError(f"sweep space {path}: `{path.split('.')[0]}` cannot be searched",
-                          "the teacher is trained once and shared by every trial; search student, distill, "
-                          "quantize, export or benchmark keys")
+    section = path.split(".")[0]
+    if section in SHARED:
+        raise KdtoolError(f"sweep space {path}: `{section}` cannot be searched",
+                          f"{SHARED_WHY[section]}; search student, distill, quantize, export or benchmark keys")
     if isinstance(spec, list):
         if len(spec) < 2:
             raise KdtoolError(f"sweep space {path}: a categorical needs at least two values, got {spec!r}",

@@ -22,6 +22,7 @@ import yaml
 
 from benchmark.sweep.objectives import Constraint
 from benchmark.sweep.space import Param, apply_params, recipe_point
+from benchmark.sweep.storage import masked
 from benchmark.sweep.trial import run_trial_process
 from compress.core.atomic import write_json, write_text
 from compress.core.errors import KdtoolError
@@ -131,8 +132,6 @@ def open_study(spec: SweepSpec, storage: Any) -> Any:
 
 def _check_same_study(spec: SweepSpec, stored: Any, wanted: list[str]) -> None:
     """Refuse to join a study made with other directions or other distributions for the searched keys."""
-    from benchmark.sweep.storage import masked
-
     have = [d.name.lower() for d in stored.directions]
     problem = None
     if have != wanted:
@@ -364,7 +363,7 @@ def run_local(spec: SweepSpec, storage: Any, recipe: Any) -> Any:
             study.stop()
 
     console.print(f"{spec.study_name}: {todo} trial(s) to run, {spec.workers} at a time "
-                  f"(storage {spec.extra.get('storage_shown', spec.storage_url)})")
+                  f"(storage {masked(spec.storage_url)})")
     study.optimize(make_objective(spec, teacher, report), n_trials=todo, n_jobs=spec.workers,
                    catch=(TrialFailed,), callbacks=[full], gc_after_trial=False, show_progress_bar=False)
     return study

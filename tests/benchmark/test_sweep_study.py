@@ -220,3 +220,24 @@ def test_a_trial_failure_reason_names_its_kind_then_the_error():
     assert failure_reason(ExportError("android: parity 0.3 > 0.01")) == "export/parity: android: parity 0.3 > 0.01"
     assert failure_reason(MemoryError()) == "out of memory: MemoryError"
     assert failure_reason(ValueError("bad\nsecond line")) == "ValueError: bad"
+
+
+def test_the_sweep_line_never_prints_the_storage_password(spec, monkeypatch):
+    from benchmark.sweep import study as study_mod
+
+    lines = []
+    storage = open_storage(spec.storage_url)
+    spec.storage_url = "postgresql://kd:hunter2@db-host:5432/kd"  # what the trials would be given
+    monkeypatch.setattr(study_mod.console, "print", lambda text, *a, **k: lines.append(str(text)))
+    monkeypatch.setattr(study_mod, "shared_teacher", lambda spec, recipe: spec.sweep_dir / "teacher.safetensors")
+
+    def fails(*_):
+        def objective(trial):
+            raise study_mod.TrialFailed("not run here")
+        return objective
+
+    monkeypatch.setattr(study_mod, "make_objective", fails)
+    spec.trials = 1
+    study_mod.run_local(spec, storage, None)
+    started = next(line for line in lines if "trial(s) to run" in line)
+    assert "db-host" in started and "hunter2" not in started
