@@ -163,18 +163,13 @@ def report_sign(direction: str, lower_is_better: bool) -> float:
 
 
 def run_trial(trial_dir: Path) -> dict[str, Any]:
-    """Run the trial in this process: the stages `kdtool run` runs (prune when the recipe has it), then its
-    target point (the child's body)."""
-    import export.formats  # noqa: F401  (the formats register their own int8 writers: onnx, coreml)
+    """Run the trial in this process: the stages `kdtool run` runs (`benchmark.pipeline.run_pipeline`), then
+    its target point (the child's body)."""
+    from benchmark.pipeline import run_pipeline
     from benchmark.report.card import load_report
-    from benchmark.stage import run_benchmark
     from compress.context import Context
     from compress.core.atomic import sha256_json
-    from compress.core.errors import ExportError
     from compress.core.runfolder import RunFolder
-    from compress.distill.stage import run_distill
-    from compress.quant.stage import run_quantize
-    from export.stage import run_export
     from recipes.load import load_recipe
 
     spec = read_json(trial_dir / "trial.json")
@@ -185,18 +180,8 @@ def run_trial(trial_dir: Path) -> dict[str, Any]:
     url = os.environ.get(STORAGE_ENV)
     if url and spec.get("trial_id") is not None:
         ctx.on_epoch = EpochPruner(spec, url)
-    run_distill(ctx, "both")
-    if recipe.prune is not None:  # as `kdtool run`: quantize and export then take the pruned student
-        from compress.prune.stage import run_prune
-
-        run_prune(ctx)
-    run_quantize(ctx, None)
-    export_failure = None
-    try:
-        run_export(ctx)
-    except ExportError as e:  # other artifacts of the target may still be verified: the card decides
-        export_failure = e.message
-    run_benchmark(ctx)
+    failure = run_pipeline(ctx).export_failure
+    export_failure = failure.message if failure is not None else None
     report = load_report(ctx.run.report / "report.json")
     point = target_point(report, spec["target"])
     if point is None:
