@@ -157,45 +157,17 @@ def run(recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = Path("runs"
 
 
 def _run_all(ctx: Context, force: bool, resume: bool, wide: bool = False) -> dict[str, float]:
-    """distill → quantize → export → benchmark, each stage skipped when its inputs did not change."""
-    import time
-
-    import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
-    from benchmark.stage import run_benchmark
-    from compress.core.errors import ExportError
+    """distill → prune (when the recipe has it) → quantize → export → benchmark, each stage skipped when its
+    inputs did not change (`benchmark.pipeline.run_pipeline`); prints the timings, then raises an export
+    failure."""
+    from benchmark.pipeline import run_pipeline
     from compress.core.progress import console
-    from compress.distill.stage import run_distill
-    from compress.quant.stage import run_quantize
-    from export.stage import run_export
 
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    for outcome in run_distill(ctx, "both", force=force, resume=resume):
-        timings[outcome.name] = outcome.seconds
-    if ctx.recipe.prune is not None:  # the pruned student is what quantize and export then take
-        from compress.prune.stage import run_prune
-
-        t0 = time.perf_counter()
-        run_prune(ctx, force=force, resume=resume)
-        timings["prune"] = time.perf_counter() - t0
-    export_failure: ExportError | None = None
-    t0 = time.perf_counter()
-    run_quantize(ctx, None, force=force)
-    timings["quantize"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    try:
-        run_export(ctx, force=force)
-    except ExportError as e:  # the report card still shows every artifact, the failed ones with their reason
-        export_failure = e
-    timings["export"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    run_benchmark(ctx, force=force, wide=wide)
-    timings["benchmark"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - start
-    console.print("stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
-    if export_failure is not None:
-        raise export_failure
-    return timings
+    result = run_pipeline(ctx, force=force, resume=resume, wide=wide)
+    console.print("stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    if result.export_failure is not None:
+        raise result.export_failure
+    return result.timings
 
 
 @app.command()

@@ -27,17 +27,14 @@ def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool =
         points: (latency, metric) pairs.
         higher_is_better: False for error metrics (MAE), where a lower metric is better.
     """
-    sign = 1.0 if higher_is_better else -1.0
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -sign * points[i][1]))
-    front, best = [], float("-inf")
-    for i in order:
-        if sign * points[i][1] > best:
-            front.append(i)
-            best = sign * points[i][1]
-    return front
+    from benchmark.pareto import pareto_front as front
+
+    return sorted(front(points, ["minimize", "maximize" if higher_is_better else "minimize"]),
+                  key=lambda i: (points[i][0], i))
 
 
-def _figure(width: float, height: float):  # -> (Figure, Axes)
+def new_figure(width: float, height: float):  # -> (Figure, Axes)
+    """A figure of `width` × `height` inches drawn off-screen (no display needed), and its axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -46,7 +43,8 @@ def _figure(width: float, height: float):  # -> (Figure, Axes)
     return fig, fig.add_subplot()
 
 
-def _png(fig) -> bytes:
+def figure_png(fig) -> bytes:
+    """The figure as PNG bytes."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -71,7 +69,7 @@ def _label_points(ax, names: list[str], points: list[tuple[float, float]]) -> No
 def latency_vs_metric_png(report: Report) -> bytes | None:
     """Scatter of p50 latency (batch 1) vs the primary metric, Pareto front drawn; None without data."""
     fig = latency_vs_metric_figure(report)
-    return None if fig is None else _png(fig)
+    return None if fig is None else figure_png(fig)
 
 
 def latency_vs_metric_figure(report: Report):  # -> Figure | None
@@ -81,7 +79,7 @@ def latency_vs_metric_figure(report: Report):  # -> Figure | None
     if not metric or not rows:
         return None
     points = [(r.latency_at(1).p50, r.metrics[metric]) for r in rows]
-    fig, ax = _figure(7.5, 4.6)
+    fig, ax = new_figure(7.5, 4.6)
     for r, (x, y) in zip(rows, points, strict=True):
         ax.scatter(x, y, s=60, color=STAGE_COLORS.get(r.stage, "#333"),
                    marker=RUNTIME_MARKERS.get(r.runtime, "o"), edgecolor="black", linewidth=0.5, zorder=3)
@@ -106,7 +104,7 @@ def latency_vs_metric_figure(report: Report):  # -> Figure | None
 
 def _barh(rows: list[ReportRow], values: list[float], xlabel: str, title: str, fmt: str,
           floor: float | None = None, zoom: bool = False) -> bytes:
-    fig, ax = _figure(7.5, 0.9 + 0.32 * len(rows))
+    fig, ax = new_figure(7.5, 0.9 + 0.32 * len(rows))
     names = [r.name for r in rows]
     bars = ax.barh(names, values, color=[STAGE_COLORS.get(r.stage, "#333") for r in rows])
     ax.bar_label(bars, labels=[format(v, fmt) for v in values], fontsize=7, padding=2)
@@ -124,7 +122,7 @@ def _barh(rows: list[ReportRow], values: list[float], xlabel: str, title: str, f
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def size_png(report: Report) -> bytes | None:

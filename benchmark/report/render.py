@@ -43,7 +43,8 @@ KEY = ("Name", "Size MB", "p50 ms", "Retention %", "Parity")
 LEFT = {"Name", "Format", "Precision", "Runtime", "Status", "Parity"}
 
 
-def _img(png: bytes | None, alt: str) -> str:
+def img_tag(png: bytes | None, alt: str) -> str:
+    """An inline <img> of the PNG, or a line saying there was nothing to plot."""
     if png is None:
         return f"<p class='sub'>{html.escape(alt)}: no data to plot.</p>"
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
@@ -125,9 +126,9 @@ def render_html(report: Report) -> str:
         f"<p class='rec'>Recommended: {rec}</p>" if rec else "<p class='rec'>No recommendation.</p>",
         "<h2>Artifacts</h2>", key, _footnotes(report, footnotes), folded,
         f"<h2>Plots</h2><div class='sub'>Stages:{legend}</div><div class='plots'>",
-        _img(latency_vs_metric_png(report), "Latency vs metric"),
-        _img(size_png(report), "Size per artifact"),
-        _img(retention_png(report), "Retention per stage"),
+        img_tag(latency_vs_metric_png(report), "Latency vs metric"),
+        img_tag(size_png(report), "Size per artifact"),
+        img_tag(retention_png(report), "Retention per stage"),
         "</div>",
     ]
     if report.notes:

@@ -8,6 +8,6 @@ with a Pareto front.
 Layout: `run.py` (what the command does, in order), `space.py` (the search space and its
 validation), `objectives.py` (objectives and constraints), `storage.py` (study storage), `trial.py`
 (one trial, run in its own process), `study.py` (the local/RDB driver), `ray_backend.py` (Ray Tune),
-`results.py` and `pareto.py` (trials.csv, sweep.json, the front), `card.py` and `html.py` (the
+`results.py` (trials.csv, sweep.json, the front: `benchmark.pareto`), `card.py` and `html.py` (the
 card), `promote.py`.
 """

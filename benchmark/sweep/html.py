@@ -7,8 +7,8 @@ import html
 from pathlib import Path
 from typing import Any
 
-from benchmark.report.plots import _figure, _png
-from benchmark.report.render import CSS, _img
+from benchmark.report.plots import figure_png, new_figure
+from benchmark.report.render import CSS, img_tag
 from compress.core.atomic import write_text
 
 
@@ -18,7 +18,7 @@ def pareto_png(data: dict[str, Any]) -> bytes | None:
             and t["p50_ms"] is not None]
     if not done:
         return None
-    fig, ax = _figure(7.5, 4.6)
+    fig, ax = new_figure(7.5, 4.6)
     sizes = [t["size_mb"] or 0.0 for t in done]
     scale = 400.0 / max(max(sizes), 1e-9)
     front = set(data["front"])
@@ -42,7 +42,7 @@ def pareto_png(data: dict[str, Any]) -> bytes | None:
     ax.set_title("trials: marker area ∝ size on disk (MB); orange: constraint not met", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _importances(data: dict[str, Any]) -> str:
@@ -90,7 +90,7 @@ def write_html(data: dict[str, Any], path: Path) -> Path:
              f"{html.escape(', '.join(data.get('constraints') or []) or 'none')} · front: trials "
              f"{html.escape(', '.join(map(str, data['front'])) or 'none')}</div>",
              f"<p class='rec'>{html.escape(verdict)}</p>",
-             "<h2>Pareto front</h2><div class='plots'>", _img(pareto_png(data), "Pareto plot"), "</div>",
+             "<h2>Pareto front</h2><div class='plots'>", img_tag(pareto_png(data), "Pareto plot"), "</div>",
              "<h2>Parameter importances</h2>", _importances(data), "<h2>Trials</h2>", _trials(data),
              "</body></html>"]
     write_text(path, "\n".join(parts) + "\n")

@@ -1,9 +1,9 @@
 """What a sweep optimizes and what it requires: objectives and constraints on a trial's target point.
 
 A trial's point is the artifact kdtool would ship for the target (the report card's pick: the fastest
-verified artifact keeping `benchmark.min_retention`; when none keeps it, the verified artifact with
-the best retention). Its numbers: `retention` (of the teacher's primary metric), `p50_ms` (batch 1),
-`size_mb` (on disk) and `metric` (the primary metric itself).
+verified artifact keeping `benchmark.min_retention`; when none keeps it, the fastest verified
+artifact, its retention below the floor). Its numbers: `retention` (of the teacher's primary metric),
+`p50_ms` (batch 1), `size_mb` (on disk) and `metric` (the primary metric itself).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from benchmark.sweep.space import Param
 from compress.core.atomic import write_text
 from compress.core.errors import KdtoolError
 from recipes.load import apply_overrides
@@ -29,8 +30,9 @@ def promote(data: dict[str, Any], base_recipe: dict[str, Any], number: int, dest
     if trial["state"] != "complete":
         raise KdtoolError(f"--promote {number}: trial {number} is {trial['state']} ({trial['reason']})",
                           f"promote a complete trial, e.g. one on the front: {data['front']}")
-    space = {p["path"]: p for p in data["space"]}
-    overrides = [(path.split("."), _decode(space.get(path, {}), value)) for path, value in trial["params"].items()]
+    space = {p["path"]: Param(**{**p, "choices": tuple(p["choices"])}) for p in data["space"]}
+    overrides = [(path.split("."), space[path].decode(value) if path in space else value)
+                 for path, value in trial["params"].items()]
     raw = apply_overrides({k: v for k, v in base_recipe.items() if k != "sweep"}, overrides)
     raw["name"] = f"{base_recipe['name']}-trial{number}"
     dest = Path(dest or f"{raw['name']}.yaml")
@@ -42,8 +44,3 @@ def promote(data: dict[str, Any], base_recipe: dict[str, Any], number: int, dest
     write_text(dest, header + yaml.safe_dump(raw, sort_keys=False))
     return dest
 
-
-def _decode(param: dict[str, Any], value: Any) -> Any:
-    import json
-
-    return json.loads(value) if param.get("encoded") else value

@@ -2,7 +2,8 @@
 
 `ray start --head` on one machine, `ray start --address HEAD:6379` on the others, then
 `kdtool sweep ... --backend ray --ray-address auto` on the head. Each trial asks Ray for the CPUs the
-recipe trains with (`train.threads`) and a GPU when it trains on CUDA; the teacher's weights travel in
+recipe trains and measures with (the larger of `train.threads` and `benchmark.threads`) and a GPU when it
+trains on CUDA (`trial_resources`); the teacher's weights travel in
 Ray's object store, so the nodes need no shared folder. Each trial's run folder is written on the node
 that ran it (`<sweep>/trials/ray-NNNN` there); its numbers come back to the head through Ray.
 Pruning is not wired here (a trial runs all its epochs); constraints are applied to the results.
@@ -11,12 +12,12 @@ Pruning is not wired here (a trial runs all its epochs); constraints are applied
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from benchmark.sweep.space import Param
-from benchmark.sweep.study import SweepSpec, trial_recipe
-from compress.core.atomic import write_json, write_text
+from benchmark.sweep.study import SweepSpec, sampler_for, trial_recipe
+from compress.core.atomic import write_bytes, write_json, write_text
 from compress.core.errors import KdtoolError
 
 
@@ -63,14 +64,15 @@ def _probe(address: str | None) -> None:
                           ) from None
 
 
-def _distribution(p: Param) -> Any:
-    import optuna
+def trial_resources(spec: SweepSpec, ray: Any) -> dict[str, float]:
+    """What one Ray trial asks for: the CPUs it trains and measures with, and a GPU when it trains on CUDA
+    (`train.device: cuda`, or no device set while CUDA is there: on this machine or in the cluster)."""
+    import torch
 
-    if p.choices:
-        return optuna.distributions.CategoricalDistribution(p.optuna_choices())
-    if p.integer:
-        return optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
-    return optuna.distributions.FloatDistribution(float(p.low), float(p.high), log=p.log, step=p.step)
+    device = spec.extra.get("device")
+    cuda = device == "cuda" or (device is None and (torch.cuda.is_available()
+                                                     or ray.cluster_resources().get("GPU", 0) > 0))
+    return {"cpu": spec.extra["threads"], "gpu": 1 if cuda else 0}
 
 
 def _trainable(config: dict[str, Any], spec: SweepSpec, teacher_bytes: bytes, teacher_name: str) -> dict[str, Any]:
@@ -80,9 +82,8 @@ def _trainable(config: dict[str, Any], spec: SweepSpec, teacher_bytes: bytes, te
 
     from benchmark.sweep.trial import run_trial_process
 
-    trial_id = tune.get_context().get_trial_id()  # Ray's id (a hash, optionally with an index)
-    number = int(trial_id.rsplit("_", 1)[-1], 16) % 10000
-    folder = spec.sweep_dir / "trials" / f"ray-{trial_id}"
+    number = trial_number(Path(tune.get_context().get_trial_dir()).name)
+    folder = trial_folder(spec, number)
     folder.mkdir(parents=True, exist_ok=True)
     teacher = spec.sweep_dir / "teacher" / teacher_name
     if not teacher.exists():
@@ -99,30 +100,40 @@ def _trainable(config: dict[str, Any], spec: SweepSpec, teacher_bytes: bytes, te
     missing = [o for o in spec.objectives if point.get(o) is None]
     if missing:
         raise RuntimeError(f"trial {number}: no {', '.join(missing)} measured")
-    return {**{k: v for k, v in point.items() if v is not None}, "folder": str(folder)}
+    return {**{k: v for k, v in point.items() if v is not None}, "number": number, "folder": str(folder)}
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Atomically write bytes."""
-    from compress.core.atomic import atomic_path
+def trial_number(trial_dir_name: str) -> int:
+    """A Ray trial's number in the sweep: Ray names a trial's folder
+    `<trainable>_<8-hex trial id>_<count from 1>_<values>_<date>`; the count minus one (the recipe's own point,
+    evaluated first, is trial 0). The trainable and the results both read it here, so the recipe's name, its
+    `params.json`, `sweep.json` and `--promote N` name the same trial.
 
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    Raises:
+        ValueError: a folder name Ray did not make.
+    """
+    found = re.search(r"_[0-9a-f]{8}_(\d+)_", trial_dir_name)
+    if found is None:
+        raise ValueError(f"{trial_dir_name!r} is not a Ray trial folder name")
+    return int(found.group(1)) - 1
+
+
+def trial_folder(spec: SweepSpec, number: int) -> Path:
+    """A Ray trial's run folder, on the node that ran it."""
+    return spec.sweep_dir / "trials" / f"ray-{number:04d}"
 
 
 def run_ray(spec: SweepSpec, teacher: Path, recipe_point: dict[str, Any] | None, resources: dict[str, float],
             ray: Any) -> list[dict[str, Any]]:
     """Run the sweep's trials on the Ray cluster; one record per trial (as `results.records_from_study`)."""
-    import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
     from benchmark.sweep.objectives import directions
 
     modes = [d[:3] for d in directions(spec.objectives, spec.lower_is_better)]
-    sampler = (optuna.samplers.NSGAIISampler(seed=spec.seed) if spec.sampler == "nsga2"
-               else optuna.samplers.TPESampler(seed=spec.seed))
-    search = OptunaSearch(space={p.path: _distribution(p) for p in spec.params}, metric=list(spec.objectives),
+    sampler = sampler_for(spec, constraints=False)  # Ray's trials carry no constraint values
+    search = OptunaSearch(space={p.path: p.distribution() for p in spec.params}, metric=list(spec.objectives),
                           mode=modes, sampler=sampler, seed=spec.seed,
                           points_to_evaluate=[recipe_point] if recipe_point else None)
     trainable = tune.with_resources(tune.with_parameters(_trainable, spec=spec, teacher_bytes=teacher.read_bytes(),
@@ -138,13 +149,16 @@ def run_ray(spec: SweepSpec, teacher: Path, recipe_point: dict[str, Any] | None,
 
 def _record(spec: SweepSpec, result: Any, recipe_point: dict[str, Any] | None, index: int) -> dict[str, Any]:
     """A Ray result → a sweep record (the point from the metrics the trial returned, the reason from its error)."""
-    import re
-
-    found = re.search(r"(\d{5})", Path(str(result.path)).name)  # Ray's trial index, as the trainable named it
-    number = int(found.group(1)) if found else index
+    metrics = dict(result.metrics or {})
+    number = metrics.get("number")
+    if number is None:  # the trial raised before it returned: its number from the folder Ray named
+        try:
+            number = trial_number(Path(str(result.path)).name)
+        except ValueError:
+            number = index
     params = {p.path: result.config.get(p.path) for p in spec.params}
-    point = {} if result.error else dict(result.metrics or {})
-    folder = point.get("folder")
+    point = {} if result.error else metrics
+    folder = point.get("folder") or str(trial_folder(spec, number))
     reason = None
     if result.error:
         reason = str(result.error).strip().splitlines()[-1]

@@ -12,7 +12,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from benchmark.sweep.pareto import dominates, pareto_front
+from benchmark.pareto import dominates, pareto_front
 from compress.core.atomic import read_json, write_json, write_text
 
 SCHEMA = "kdtool.sweep/1"

@@ -102,7 +102,6 @@ def build_spec(args: SweepArgs) -> tuple[SweepSpec, Any]:
                      lower_is_better=lower_is_better(primary),
                      teacher_cache_dir=(sweep_dir / "teacher_cache").resolve() if cache_shared else None,
                      extra={"epochs": kd.epochs, "threads": threads, "device": kd.device})
-    spec.extra["storage_shown"] = masked(spec.storage_url)
     return spec, recipe
 
 
@@ -112,7 +111,8 @@ def _check_folder(spec: SweepSpec, force: bool) -> None:
     mine = json.loads(json.dumps(spec.fingerprint()))  # as read back (tuples are lists in JSON)
     if path.exists() and read_json(path) != mine and not force:
         raise KdtoolError(f"{spec.sweep_dir} holds a sweep of another recipe, space, target or objectives",
-                          "name another study with --study NAME (its own folder), or --force to add to this one")
+                          "name another study with --study NAME (its own folder), or --force to add to this one "
+                          "(same objectives and space only)")
 
 
 def run_sweep(args: SweepArgs) -> dict[str, Any]:
@@ -145,12 +145,12 @@ def run_sweep(args: SweepArgs) -> dict[str, Any]:
 
 
 def _run_ray(spec: SweepSpec, recipe: Any, ray: Any) -> dict[str, Any]:
-    from benchmark.sweep.ray_backend import run_ray
+    from benchmark.sweep.ray_backend import run_ray, trial_resources
 
     spec.sweep_dir.mkdir(parents=True, exist_ok=True)
     write_json(spec.sweep_dir / "recipe.json", dict(spec.raw_recipe))
     teacher = shared_teacher(spec, recipe)
-    resources = {"cpu": spec.extra["threads"], "gpu": 1 if spec.extra.get("device") == "cuda" else 0}
+    resources = trial_resources(spec, ray)
     records = run_ray(spec, teacher, recipe_point(spec.raw_recipe, spec.params), resources, ray)
     return finish(spec, records, {"note": "importances are computed for local/RDB studies (Ray keeps its own)"})
 

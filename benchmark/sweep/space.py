@@ -63,6 +63,18 @@ class Param:
         """A value Optuna suggested → the recipe value."""
         return json.loads(value) if self.encoded else value
 
+    def distribution(self) -> Any:
+        """The Optuna distribution of this key (as `Trial.suggest_*` records it in the study)."""
+        import optuna
+
+        if self.choices:
+            return optuna.distributions.CategoricalDistribution(self.optuna_choices())
+        if self.integer:
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log,
+                                                        step=int(self.step or 1))
+        return optuna.distributions.FloatDistribution(float(self.low), float(self.high), log=self.log,
+                                                      step=self.step)
+
 
 def read_space(space_file: Path | None, raw_recipe: dict) -> dict[str, Any]:
     """The raw space mapping: `--space FILE` (a mapping, or one under `sweep:`), else the recipe's `sweep:`.
@@ -110,11 +122,16 @@ def parse_space(raw_space: dict[str, Any], raw_recipe: dict) -> list[Param]:
     return params
 
 
+SHARED_WHY = {"name": "each trial's run is named by the sweep (<recipe>-trialNNNN)",
+              "teacher": "the teacher is trained once and shared by every trial",
+              "sweep": "the space cannot search itself"}
+
+
 def _param(path: str, spec: Any) -> Param:
-    if path.split(".")[0] in SHARED:
-        raise KdtoolError(f"sweep space {path}: `{path.split('.')[0]}` cannot be searched",
-                          "the teacher is trained once and shared by every trial; search student, distill, "
-                          "quantize, export or benchmark keys")
+    section = path.split(".")[0]
+    if section in SHARED:
+        raise KdtoolError(f"sweep space {path}: `{section}` cannot be searched",
+                          f"{SHARED_WHY[section]}; search student, distill, quantize, export or benchmark keys")
     if isinstance(spec, list):
         if len(spec) < 2:
             raise KdtoolError(f"sweep space {path}: a categorical needs at least two values, got {spec!r}",

@@ -22,6 +22,7 @@ import yaml
 
 from benchmark.sweep.objectives import Constraint
 from benchmark.sweep.space import Param, apply_params, recipe_point
+from benchmark.sweep.storage import masked
 from benchmark.sweep.trial import run_trial_process
 from compress.core.atomic import write_json, write_text
 from compress.core.errors import KdtoolError
@@ -90,11 +91,16 @@ def prune_warmup(epochs: int) -> int:
     return max(1, epochs // 3)
 
 
-def sampler_for(spec: SweepSpec) -> Any:
-    """TPE or NSGA-II, seeded, with the constraints (Optuna's `constraints_func`)."""
+def sampler_for(spec: SweepSpec, constraints: bool = True) -> Any:
+    """TPE or NSGA-II, seeded, with the constraints (Optuna's `constraints_func`).
+
+    Args:
+        constraints: pass the constraints to the sampler (False where the trials cannot carry their
+            constraint values, as with Ray: the constraints are then applied to the results).
+    """
     import optuna
 
-    cf = _constraints_func if spec.constraints else None
+    cf = _constraints_func if spec.constraints and constraints else None
     if spec.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=spec.seed, constraints_func=cf,
                                              population_size=max(4, min(50, spec.trials // 3)))
@@ -107,14 +113,43 @@ def _constraints_func(trial: Any) -> list[float]:
 
 
 def open_study(spec: SweepSpec, storage: Any) -> Any:
-    """Create or join the study (same name, same directions)."""
+    """Create or join the study (same name, same directions, same space).
+
+    Raises:
+        KdtoolError: the stored study of that name has other objectives or another space (its trials could
+            not be compared with this sweep's): name a new study.
+    """
     import optuna
 
     from benchmark.sweep.objectives import directions
 
+    wanted = directions(spec.objectives, spec.lower_is_better)
+    try:
+        stored = optuna.load_study(study_name=spec.study_name, storage=storage)
+    except KeyError:
+        stored = None
+    if stored is not None:
+        _check_same_study(spec, stored, wanted)
     return optuna.create_study(study_name=spec.study_name, storage=storage, load_if_exists=True,
-                               directions=directions(spec.objectives, spec.lower_is_better),
-                               sampler=sampler_for(spec))
+                               directions=wanted, sampler=sampler_for(spec))
+
+
+def _check_same_study(spec: SweepSpec, stored: Any, wanted: list[str]) -> None:
+    """Refuse to join a study made with other directions or other distributions for the searched keys."""
+    have = [d.name.lower() for d in stored.directions]
+    problem = None
+    if have != wanted:
+        problem = f"its directions are {', '.join(have)}, these objectives want {', '.join(wanted)}"
+    ours = {p.path: p.distribution() for p in spec.params}
+    for t in stored.get_trials(deepcopy=False):
+        changed = next((k for k, d in t.distributions.items() if ours.get(k) != d), None)
+        if problem is None and changed is not None:
+            problem = (f"trial {t.number} searched {changed} over {t.distributions[changed]}, this space "
+                       f"{'over ' + str(ours[changed]) if changed in ours else 'does not search it'}")
+    if problem:
+        raise KdtoolError(f"study {spec.study_name} in {masked(spec.storage_url)} was made by another sweep: "
+                          f"{problem}", "name a new study with --study NAME (--force does not mix two sweeps' "
+                          "trials in one study)")
 
 
 def recover(study: Any, storage: Any) -> int:
@@ -134,7 +169,8 @@ def recover(study: Any, storage: Any) -> int:
     queued = 0
     for t in trials:
         if t.state == TrialState.FAIL and _interrupted(t) and t.number not in retried and t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            kept = {"recipe_point": True} if t.user_attrs.get("recipe_point") else {}
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **kept})
             queued += 1
     return queued
 
@@ -231,7 +267,7 @@ def make_objective(spec: SweepSpec, teacher: Path, report: Any) -> Any:
             raise StudyFull("surplus")
         values = {p.path: suggest(trial, p) for p in spec.params}
         folder = spec.sweep_dir / "trials" / f"{trial.number:04d}"
-        folder.mkdir(parents=True, exist_ok=False)  # numbers are unique in the study: a folder is never shared
+        _new_folder(folder, trial.number, spec)
         trial.set_user_attr("folder", str(folder))
         write_text(folder / "recipe.yaml", yaml.safe_dump(trial_recipe(spec, values, trial.number, teacher),
                                                           sort_keys=False))
@@ -246,6 +282,20 @@ def make_objective(spec: SweepSpec, teacher: Path, report: Any) -> Any:
         return _record(trial, result, spec, report, optuna)
 
     return objective
+
+
+def _new_folder(folder: Path, number: int, spec: SweepSpec) -> None:
+    """Make a trial's folder; one already there belongs to another study (its storage was replaced).
+
+    Raises:
+        KdtoolError: the folder exists (its files are kept).
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=False)  # numbers are unique in the study: a folder is never shared
+    except FileExistsError:
+        raise KdtoolError(f"{folder} exists but trial {number} of study {spec.study_name} is new (was the study's "
+                          "storage deleted or replaced?)", f"move {folder.parent} aside, or sweep into a new "
+                          "--study NAME") from None
 
 
 def _record(trial: Any, result: dict[str, Any], spec: SweepSpec, report: Any, optuna: Any) -> tuple[float, ...]:
@@ -312,7 +362,7 @@ def run_local(spec: SweepSpec, storage: Any, recipe: Any) -> Any:
         console.print(f"trial {number}: {state} ({done['n']}/{todo} here): {what}")
 
     console.print(f"{spec.study_name}: {todo} trial(s) to run, {spec.workers} at a time "
-                  f"(storage {spec.extra.get('storage_shown', spec.storage_url)})")
+                  f"(storage {masked(spec.storage_url)})")
     run_workers(study, make_objective(spec, teacher, report), spec, todo)
     return study
 

@@ -94,7 +94,9 @@ def target_point(report: Any, target: str) -> dict[str, Any] | None:
 class EpochPruner:
     """Decides after each distillation epoch whether a trial stops.
 
-    Single objective: Optuna's pruner (median or Hyperband) through `Trial.report`/`should_prune`.
+    Single objective: Optuna's pruner (median or Hyperband) through `Trial.report`/`should_prune`. The
+    value reported is the validation metric signed to agree with the study's direction (a `p50_ms` or
+    `size_mb` study minimizes, but its trials are still judged by accuracy: higher stays better).
     Several objectives: Optuna 5.0 refuses `Trial.report` there, so the median rule is applied here:
     stop when the validation metric at an epoch is worse than the median of the completed trials at that
     epoch (after `startup` completed trials, from epoch `warmup` + 1 on). Each epoch's metric is kept as
@@ -114,6 +116,7 @@ class EpochPruner:
         self.study = optuna.load_study(study_name=spec["study"], storage=open_storage(storage_url), pruner=pruner)
         self.trial = optuna.trial.Trial(self.study, spec["trial_id"])
         self.values: list[float] = []
+        self.sign = report_sign(self.study.directions[0].name.lower(), spec["lower_is_better"])
 
     def __call__(self, stage: str, record: dict[str, Any]) -> None:
         if stage != "student_kd":
@@ -127,7 +130,7 @@ class EpochPruner:
         if self.spec["pruner"] == "none":
             return
         if len(self.study.directions) == 1:
-            self.trial.report(float(value), epoch)
+            self.trial.report(self.sign * float(value), epoch)
             if self.trial.should_prune():
                 raise Pruned(f"pruned at epoch {epoch + 1} by Optuna's {self.spec['pruner']} pruner "
                              f"(val {self.spec['metric']} {value:.4f})")
@@ -153,19 +156,20 @@ class EpochPruner:
                          f"median {median:.4f} of {len(at_epoch)} completed trials at that epoch")
 
 
+def report_sign(direction: str, lower_is_better: bool) -> float:
+    """The sign that makes a validation metric agree with a single-objective study's direction: +1 when the
+    study maximizes and higher metric is better (or it minimizes and lower is better), else -1."""
+    return 1.0 if (direction == "maximize") != lower_is_better else -1.0
+
+
 def run_trial(trial_dir: Path) -> dict[str, Any]:
-    """Run the trial in this process: the stages `kdtool run` runs (prune when the recipe has it), then its
-    target point (the child's body)."""
-    import export.formats  # noqa: F401  (the formats register their own int8 writers: onnx, coreml)
+    """Run the trial in this process: the stages `kdtool run` runs (`benchmark.pipeline.run_pipeline`), then
+    its target point (the child's body)."""
+    from benchmark.pipeline import run_pipeline
     from benchmark.report.card import load_report
-    from benchmark.stage import run_benchmark
     from compress.context import Context
     from compress.core.atomic import sha256_json
-    from compress.core.errors import ExportError
     from compress.core.runfolder import RunFolder
-    from compress.distill.stage import run_distill
-    from compress.quant.stage import run_quantize
-    from export.stage import run_export
     from recipes.load import load_recipe
 
     spec = read_json(trial_dir / "trial.json")
@@ -176,18 +180,8 @@ def run_trial(trial_dir: Path) -> dict[str, Any]:
     url = os.environ.get(STORAGE_ENV)
     if url and spec.get("trial_id") is not None:
         ctx.on_epoch = EpochPruner(spec, url)
-    run_distill(ctx, "both")
-    if recipe.prune is not None:  # as `kdtool run`: quantize and export then take the pruned student
-        from compress.prune.stage import run_prune
-
-        run_prune(ctx)
-    run_quantize(ctx, None)
-    export_failure = None
-    try:
-        run_export(ctx)
-    except ExportError as e:  # other artifacts of the target may still be verified: the card decides
-        export_failure = e.message
-    run_benchmark(ctx)
+    failure = run_pipeline(ctx).export_failure
+    export_failure = failure.message if failure is not None else None
     report = load_report(ctx.run.report / "report.json")
     point = target_point(report, spec["target"])
     if point is None:
@@ -226,18 +220,15 @@ def main(argv: list[str]) -> int:
 
 
 def failure_reason(e: BaseException) -> str:
-    """One line saying why a trial failed: non-finite loss, out of memory, export/parity, or the error."""
-    from compress.core.errors import ExportError, KdtoolError, NonFiniteLossError
+    """One line saying why a trial failed: its kind (non-finite loss, out of memory, export/parity) when known,
+    then the error as a report row gives it (`benchmark.measure.failure_reason`)."""
+    from benchmark.measure import failure_reason as row_reason
+    from compress.core.errors import ExportError, NonFiniteLossError
 
-    if isinstance(e, NonFiniteLossError):
-        return f"non-finite loss: {e.message}"
-    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
-        return f"out of memory: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-    if isinstance(e, ExportError):
-        return f"export/parity: {e.message}"
-    if isinstance(e, KdtoolError):
-        return e.message
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    kind = ("non-finite loss: " if isinstance(e, NonFiniteLossError) else
+            "out of memory: " if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" else
+            "export/parity: " if isinstance(e, ExportError) else "")
+    return kind + row_reason(e)
 
 
 if __name__ == "__main__":

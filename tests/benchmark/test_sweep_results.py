@@ -10,9 +10,9 @@ import pytest
 import yaml
 from rich.console import Console
 
+from benchmark.pareto import dominates, pareto_front
 from benchmark.sweep.card import print_sweep_card
 from benchmark.sweep.html import write_html
-from benchmark.sweep.pareto import dominates, pareto_front
 from benchmark.sweep.promote import promote
 from benchmark.sweep.results import write_results
 from compress.core.errors import KdtoolError

@@ -98,3 +98,11 @@ def test_objectives_and_constraints():
         parse_constraints(["latency<=10"])
     with pytest.raises(KdtoolError, match="NAME<=NUMBER"):
         parse_constraints(["p50_ms<10"])
+
+
+@pytest.mark.parametrize(("space", "why"), [({"name": ["a", "b"]}, "named by the sweep"),
+                                             ({"sweep.x": ["a", "b"]}, "cannot search itself")])
+def test_name_and_sweep_keys_get_their_own_hint(raw, space, why):
+    with pytest.raises(KdtoolError, match="cannot be searched") as e:
+        parse_space(space, raw)
+    assert why in e.value.hint and "teacher" not in e.value.hint

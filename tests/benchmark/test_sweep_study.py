@@ -163,3 +163,112 @@ def test_two_workers_never_run_one_queued_trial_twice(spec):
         ran = _two_workers_with_a_queued_trial(spec, lambda study, objective, s: run_workers(study, objective, s, 4),
                                                f"s{attempt}")
         assert sorted(ran) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+@pytest.mark.parametrize(("objective", "lower_is_better"),
+                         [("p50_ms", False), ("size_mb", False), ("retention", True), ("retention", False)])
+def test_single_objective_pruning_keeps_the_better_metric(spec, objective, lower_is_better, pruner):
+    spec.objectives, spec.lower_is_better = (objective,), lower_is_better
+    study = open_study(spec, open_storage(spec.storage_url))
+    good, bad = (0.1, 0.9) if lower_is_better else (0.9, 0.1)
+    rule = {"study": "s", "metric": "accuracy", "lower_is_better": lower_is_better, "pruner": pruner,
+            "startup": 2, "warmup": 0, "epochs": 4}
+
+    def judge(values: list[float]) -> None:
+        running = study.ask()
+        pruner = EpochPruner({**rule, "trial_id": running._trial_id}, spec.storage_url)
+        try:
+            for v in values:
+                pruner("student_kd", {"val_accuracy": v})
+        except Pruned:
+            study.tell(running, state=TrialState.PRUNED)
+            raise
+        study.tell(running, [1.0])
+
+    for i in range(3):
+        judge([0.5 + (0.01 * i if good > bad else -0.01 * i)] * 4)
+    judge([good] * 4)  # better than every completed trial at every epoch: never pruned
+    with pytest.raises(Pruned):
+        judge([bad] * 4)
+
+
+@pytest.mark.parametrize("change", ["objectives", "choices", "dropped key"])
+def test_joining_a_study_of_other_objectives_or_space_is_refused(spec, change):
+    from compress.core.errors import KdtoolError
+
+    storage = open_storage(spec.storage_url)
+    study = open_study(spec, storage)
+    t = study.ask()
+    [suggest(t, p) for p in spec.params]
+    study.tell(t, [0.9, 1.0])
+    if change == "objectives":
+        spec.objectives = ("retention", "size_mb", "p50_ms")
+    elif change == "choices":
+        spec.params[2] = parse_space({"student.kwargs.channels": [[4, 8, 16, 32], [16, 32, 64, 128]]},
+                                     spec.raw_recipe)[0]
+    else:
+        spec.params = spec.params[:2]
+    with pytest.raises(KdtoolError, match=r"^study s in .*study.db was made by another sweep") as e:
+        open_study(spec, storage)
+    assert "--study NAME" in e.value.hint
+    assert len(open_study(SweepSpec(**{**spec.__dict__, "study_name": "s2"}), storage).trials) == 0
+
+
+def test_a_retried_recipe_point_is_still_the_recipe_point(spec):
+    storage = open_storage(spec.storage_url)
+    study = open_study(spec, storage)
+    study.enqueue_trial({"distill.temperature": 2.0, "distill.alpha": 0.5,
+                         "student.kwargs.channels": spec.params[2].optuna_choices()[0]},
+                        user_attrs={"recipe_point": True})
+    lost = study.ask()
+    [suggest(lost, p) for p in spec.params]
+    lost.set_user_attr("host", HOST)
+    lost.set_user_attr("pid", 0)  # no such process: interrupted
+    assert recover(study, storage) == 1
+    retry = study.get_trials(deepcopy=False)[-1]
+    assert retry.user_attrs == {"retry_of": 0, "recipe_point": True}
+
+
+def test_a_leftover_trial_folder_is_one_line_naming_it(spec, tmp_path):
+    from benchmark.sweep.study import make_objective
+    from compress.core.errors import KdtoolError
+
+    (tmp_path / "trials" / "0000").mkdir(parents=True)  # left by a study whose study.db was deleted
+    study = open_study(spec, open_storage(spec.storage_url))
+    objective = make_objective(spec, tmp_path / "teacher.safetensors", lambda *a: None)
+    with pytest.raises(KdtoolError, match=r"trials/0000 exists but trial 0 of study s is new") as e:
+        objective(study.ask())
+    assert "--study NAME" in e.value.hint
+
+
+def test_a_trial_failure_reason_names_its_kind_then_the_error():
+    from benchmark.sweep.trial import failure_reason
+    from compress.core.errors import ExportError, NonFiniteLossError
+
+    assert failure_reason(NonFiniteLossError("student_kd: loss nan at epoch 1", "lower the lr")) == \
+        "non-finite loss: student_kd: loss nan at epoch 1 (lower the lr)"
+    assert failure_reason(ExportError("android: parity 0.3 > 0.01")) == "export/parity: android: parity 0.3 > 0.01"
+    assert failure_reason(MemoryError()) == "out of memory: MemoryError"
+    assert failure_reason(ValueError("bad\nsecond line")) == "ValueError: bad"
+
+
+def test_the_sweep_line_never_prints_the_storage_password(spec, monkeypatch):
+    from benchmark.sweep import study as study_mod
+
+    lines = []
+    storage = open_storage(spec.storage_url)
+    spec.storage_url = "postgresql://kd:hunter2@db-host:5432/kd"  # what the trials would be given
+    monkeypatch.setattr(study_mod.console, "print", lambda text, *a, **k: lines.append(str(text)))
+    monkeypatch.setattr(study_mod, "shared_teacher", lambda spec, recipe: spec.sweep_dir / "teacher.safetensors")
+
+    def fails(*_):
+        def objective(trial):
+            raise study_mod.TrialFailed("not run here")
+        return objective
+
+    monkeypatch.setattr(study_mod, "make_objective", fails)
+    spec.trials = 1
+    study_mod.run_local(spec, storage, None)
+    started = next(line for line in lines if "trial(s) to run" in line)
+    assert "db-host" in started and "hunter2" not in started

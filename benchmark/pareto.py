@@ -1,4 +1,5 @@
-"""The Pareto front of a sweep: the trials no other trial beats on every objective at once."""
+"""The Pareto front: the points no other point beats on every objective at once (the report's latency-vs-metric
+plot, a sweep's trials)."""
 
 from __future__ import annotations
 
