@@ -13,7 +13,8 @@ from compress.core.atomic import write_text
 
 
 def pareto_png(data: dict[str, Any]) -> bytes | None:
-    """Retention (%) against p50 ms of every complete trial; marker area ∝ MB; front joined; recipe starred."""
+    """Retention (%) against p50 ms of every complete trial; marker area ∝ MB; front joined; recipe starred;
+    the legend below the axes."""
     done = [t for t in data["trials"] if t["state"] == "complete" and t["retention"] is not None
             and t["p50_ms"] is not None]
     if not done:
@@ -41,7 +42,8 @@ def pareto_png(data: dict[str, Any]) -> bytes | None:
     ax.set_ylabel("retention of the teacher's metric (%)")
     ax.set_title("trials: marker area ∝ size on disk (MB); orange: constraint not met", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    handles, labels = ax.get_legend_handles_labels()  # below the axes, as the report's plot: it hides no point
+    fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncol=max(len(labels), 1), frameon=False)
     return figure_png(fig)
 
 

@@ -6,7 +6,8 @@ model is a smaller dense model every runtime runs as it is: no masks, no sparse 
 
 Attention (timm's `Attention` in ViT and MobileViT) loses whole heads, never part of a head: the
 head width and the softmax scale stay as trained. MobileViTv2's linear attention has no heads; its
-channels are pruned like a convolution's.
+`qkv_proj` outputs are kept whole (the forward splits them by sizes fixed at build time) and the
+other channels are pruned like a convolution's.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def ignored_modules(model: nn.Module, ignore: list[str]) -> list[nn.Module]:
     head = model.get_classifier() if hasattr(model, "get_classifier") else _last_linear(model)
     if isinstance(head, nn.Module):
         kept.append(head)
+    kept += split_projections(model)
     for name in ignore:
         matched = [m for path, m in modules.items() if path == name or path.startswith(name + ".")]
         if not matched:
@@ -59,6 +61,17 @@ def ignored_modules(model: nn.Module, ignore: list[str]) -> list[nn.Module]:
                               f"module paths look like {', '.join(close) or next(iter(p for p in modules if p), '')}")
         kept += matched
     return kept
+
+
+def split_projections(model: nn.Module) -> list[nn.Module]:
+    """Projections whose outputs the forward splits by sizes fixed at build time: kept whole.
+
+    timm's `LinearSelfAttention` (MobileViTv2) splits its `qkv_proj` output into [1, embed_dim,
+    embed_dim] with the `embed_dim` it was built with; pruning those outputs breaks the split. Their
+    inputs still follow the channels of the stream they read.
+    """
+    return [m.qkv_proj for m in model.modules()
+            if isinstance(getattr(m, "qkv_proj", None), nn.Module) and isinstance(getattr(m, "embed_dim", None), int)]
 
 
 def _last_linear(model: nn.Module) -> nn.Module | None:
