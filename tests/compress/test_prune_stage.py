@@ -112,3 +112,15 @@ def test_an_interrupted_run_resumes_from_its_finished_steps(run_root):
     resumed = run_prune(context(*run_root, sets), resume=True)
     assert resumed["complete"] and resumed["params"] == done["params"]
     assert resumed["pruning"]["channels_removed"] == done["pruning"]["channels_removed"]
+
+
+def test_recovery_reads_a_sweeps_shared_teacher_cache(run_root, tmp_path):
+    """With `ctx.teacher_cache_dir` set (a sweep's shared cache), KD recovery builds and reads it there."""
+    from compress.prune.stage import run_prune
+
+    sets = ["prune.recover=kd", "prune.train.epochs=1", "distill.cache.enabled=true"]
+    ctx = context(*run_root, sets)
+    ctx.teacher_cache_dir = tmp_path / "shared"
+    run_prune(ctx, force=True)
+    assert (tmp_path / "shared" / "cache.json").exists()
+    assert not ctx.run.stage("student_kd", "teacher_cache").exists()
