@@ -124,3 +124,28 @@ def test_recovery_reads_a_sweeps_shared_teacher_cache(run_root, tmp_path):
     run_prune(ctx, force=True)
     assert (tmp_path / "shared" / "cache.json").exists()
     assert not ctx.run.stage("student_kd", "teacher_cache").exists()
+
+
+def test_a_model_onnx_cannot_take_is_one_line_naming_the_torch_runtime():
+    from compress.prune.budget import latency_ms
+
+    class DataDependent(torch.nn.Module):  # a branch on a tensor's value: torch.export cannot trace it
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x
+
+    with pytest.raises(KdtoolError, match=r"\(DataDependent\) cannot be exported to ONNX") as e:
+        latency_ms(DataDependent(), torch.randn(1, 1, 4, 4), "onnxruntime", 1)
+    assert "prune.latency_runtime: torch" in e.value.hint and "\n" not in str(e.value)
+
+
+def test_timing_on_torch_gives_back_the_callers_thread_count():
+    from compress.prune.budget import latency_ms
+
+    before = torch.get_num_threads()
+    other = 2 if before != 2 else 1
+    try:
+        torch.set_num_threads(other)
+        latency_ms(torch.nn.Conv2d(1, 2, 3), torch.randn(1, 1, 8, 8), "torch", 3 - other)
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_num_threads(before)
