@@ -31,7 +31,7 @@ from compress.models.build import BuiltModel, count_params, load_weights
 from compress.models.shapes import SHAPES_FILE, apply_shapes, architecture_changes
 from compress.prune.budget import budget_of
 from compress.prune.checks import check_forward, check_reload
-from compress.prune.pruner import channel_count, prune_ratio, prune_to_budget
+from compress.prune.pruner import channel_count, layer_channels, prune_ratio, prune_to_budget
 
 DONE = "done.json"
 """Written last in a step folder: the step's pruned and recovered weights are whole."""
@@ -90,7 +90,7 @@ def _step(ctx: Context, student: BuiltModel, unpruned: torch.nn.Module, teacher:
     if resumed:  # shapes saved before training began: resize to them, fit restores the weights
         apply_shapes(student.module, read_json(out / SHAPES_FILE))
     else:  # bad input (ignore, budget, an untraceable model) fails here, before anything is written
-        _prune_share(ctx, student, example, k, before)
+        _prune_share(ctx, student, layer_channels(unpruned), example, k, before)
         check_forward(student.module, example, unpruned, f"prune step {k}")
         if out.exists():
             shutil.rmtree(out)
@@ -122,10 +122,12 @@ def _step(ctx: Context, student: BuiltModel, unpruned: torch.nn.Module, teacher:
     return student
 
 
-def _prune_share(ctx: Context, student: BuiltModel, example: torch.Tensor, k: int, before: dict[str, float]) -> None:
-    """Prune step k of N: to k/N of the ratio, or to the budget interpolated k/N of the way."""
+def _prune_share(ctx: Context, student: BuiltModel, original: dict[str, int], example: torch.Tensor, k: int,
+                 before: dict[str, float]) -> None:
+    """Prune step k of N: to k/N of the ratio, or to the budget interpolated k/N of the way; no layer
+    below its floor against its `original` (unpruned) channels."""
     cfg = ctx.recipe.prune
-    options = {"criterion": cfg.importance, "scope": cfg.scope, "ignore": cfg.ignore,
+    options = {"criterion": cfg.importance, "scope": cfg.scope, "ignore": cfg.ignore, "original": original,
                "prepare": _gradients(ctx, student) if cfg.importance == "taylor" else None}
     budget = budget_of(cfg, example, ctx.recipe.benchmark.threads)
     n = cfg.steps

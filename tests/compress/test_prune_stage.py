@@ -149,3 +149,11 @@ def test_timing_on_torch_gives_back_the_callers_thread_count():
         assert torch.get_num_threads() == other
     finally:
         torch.set_num_threads(before)
+
+
+def test_steps_never_take_a_layer_below_a_tenth_of_its_unpruned_channels(run_root):
+    from compress.prune.pruner import layer_channels
+
+    ctx, _ = prune(run_root, "prune.ratio=0.97", "prune.steps=3", "prune.scope=global")
+    original, now = layer_channels(ctx.load("student_kd").module), layer_channels(ctx.load(PRUNED).module)
+    assert all(now[p] >= 0.1 * n for p, n in original.items()), {p: (now[p], n) for p, n in original.items()}
