@@ -157,3 +157,21 @@ def test_steps_never_take_a_layer_below_a_tenth_of_its_unpruned_channels(run_roo
     ctx, _ = prune(run_root, "prune.ratio=0.97", "prune.steps=3", "prune.scope=global")
     original, now = layer_channels(ctx.load("student_kd").module), layer_channels(ctx.load(PRUNED).module)
     assert all(now[p] >= 0.1 * n for p, n in original.items()), {p: (now[p], n) for p, n in original.items()}
+
+
+@pytest.mark.parametrize(("base", "unused", "used"), [
+    ([], "prune.calibration_batches=9", "prune.importance=taylor"),
+    (["prune.importance=taylor"], "prune.latency_runtime=torch", "prune.calibration_batches=9"),
+    ([], "prune.latency_runtime=torch", "prune.max_latency_ms=5"),
+    (["prune.max_latency_ms=5"], "prune.ratio=0.3", "prune.latency_runtime=torch"),
+    (["prune.max_params=1000"], "prune.ratio=0.3", "prune.max_params=2000"),
+    (["prune.recover=none"], "prune.train.epochs=7", "prune.recover=hard"),
+    (["prune.recover=hard", "prune.train.epochs=1"], "prune.calibration_batches=2", "prune.train.epochs=7"),
+])
+def test_only_keys_the_stage_uses_mark_it_stale(run_root, base, unused, used):
+    """A key the stage validates but ignores in this combination leaves its hash alone; one it uses does not."""
+    def stage_hash(*sets: str) -> str:
+        return context(*run_root, [*base, *sets]).stage_hash(PRUNED)
+
+    assert stage_hash(unused) == stage_hash()
+    assert stage_hash(used) != stage_hash()
