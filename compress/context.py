@@ -15,7 +15,7 @@ from compress.data.transfer import folder_fingerprint
 from compress.models.build import BuiltModel, build_model
 from compress.models.shapes import SHAPES_FILE, apply_shapes
 from compress.models.weights import load_weights
-from recipes.schema import Recipe
+from recipes.schema import PruneConfig, Recipe
 
 
 class Context:
@@ -63,7 +63,7 @@ class Context:
                                *transfer)
         if name == PRUNED:
             kd = r.prune.recover == "kd"
-            return inputs_hash(*common, r.student, r.prune, r.distill if kd else None,
+            return inputs_hash(*common, r.student, effective_prune(r.prune), r.distill if kd else None,
                                self.prune_train if r.prune.recover != "none" else None,
                                self.output_hash(KD_STUDENT), self.output_hash("teacher") if kd else None,
                                r.benchmark.threads if r.prune.max_latency_ms else None)
@@ -130,3 +130,21 @@ class Context:
 def file_hash(path: Path | None) -> str | None:
     """sha256 of a file, or None when there is none (no checkpoint named, or not a file)."""
     return sha256_file(path) if path is not None and Path(path).is_file() else None
+
+
+def effective_prune(cfg: PruneConfig) -> dict[str, Any]:
+    """The prune section as the stage uses it: keys it validates but ignores in this combination are
+    left out, so editing them does not rerun the stage.
+
+    Left out: `ratio` under a budget, `latency_runtime` without `max_latency_ms`, `calibration_batches`
+    unless `importance: taylor`, and `train` (the recovery training is hashed as `Context.prune_train`,
+    and only when `recover` is not none).
+    """
+    unused = {"train"}
+    if any(v is not None for v in (cfg.max_params, cfg.max_gflops, cfg.max_latency_ms)):
+        unused.add("ratio")
+    if cfg.max_latency_ms is None:
+        unused.add("latency_runtime")
+    if cfg.importance != "taylor":
+        unused.add("calibration_batches")
+    return cfg.model_dump(mode="json", exclude_none=True, exclude=unused)

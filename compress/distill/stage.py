@@ -89,12 +89,7 @@ def _run(ctx: Context, stage: str, folder: Path, expected: str, action: str) -> 
         train_ds = labeled_part(train_ds)
     cache = None
     if stage == KD_STUDENT and r.distill.cache.enabled:
-        determinism.configure(cfg.threads)  # the teacher's cached outputs too
-        from compress.distill.teacher_cache import TeacherCache
-
-        cache = TeacherCache.build(teacher, train_ds, r.data, r.distill.cache,
-                                   ctx.teacher_cache_dir or folder / "teacher_cache",
-                                   seed=cfg.seed)
+        cache = teacher_cache(ctx, teacher, train_ds, cfg)
         warn_few_views(r.data, r.distill.cache, cfg.epochs)
     if cfg is not None and cfg.epochs > 0:
         model.module.train()
@@ -130,6 +125,20 @@ def _run(ctx: Context, stage: str, folder: Path, expected: str, action: str) -> 
     console.print(f"{stage}: val {ctx.task.primary_metric}={'null' if value is None else f'{value:.4f}'} "
                   f"({count_text(count_params(model.module))} params, {seconds:.1f} s)")
     return StageOutcome(stage, "resumed" if action == "resume" else "ran", folder, metrics, seconds)
+
+
+def teacher_cache(ctx: Context, teacher: BuiltModel, train_ds, train: TrainConfig):
+    """The teacher-output cache a KD training reads (`distill.cache`), built or reused when its key matches.
+
+    It lives in the sweep's shared cache folder when there is one (`ctx.teacher_cache_dir`), else in
+    `student_kd/teacher_cache`: distillation and pruning's recovery share it. The threads are pinned
+    first, as for training: the cached outputs depend on them too.
+    """
+    determinism.configure(train.threads)
+    from compress.distill.teacher_cache import TeacherCache
+
+    return TeacherCache.build(teacher, train_ds, ctx.recipe.data, ctx.recipe.distill.cache,
+                              ctx.teacher_cache_dir or ctx.run.stage(KD_STUDENT, "teacher_cache"), seed=train.seed)
 
 
 def _stage_models(ctx: Context, stage: str) -> tuple[BuiltModel, TrainConfig | None, BuiltModel | None]:

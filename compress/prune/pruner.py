@@ -12,6 +12,7 @@ other channels are pruned like a convolution's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,8 @@ Measure = Callable[[nn.Module], float]
 """A cost of a model (params, GFLOPs, latency) that a budget bounds."""
 
 MAX_LAYER_RATIO = 0.9
-"""No layer loses more than this share of its channels (global pruning would empty some layers)."""
+"""No convolution or linear layer loses more than this share of its original channels, over all steps
+(global pruning would empty some layers). Attention heads are pruned by the recipe's ratio."""
 
 BUDGET_STEPS = 18
 """A budget search prunes in this many increments up to `MAX_LAYER_RATIO` (0.05 of the channels each)."""
@@ -95,26 +97,66 @@ def _sync_attention(model: nn.Module, heads: dict[nn.Module, int]) -> None:
                 m.attn_dim = m.num_heads * m.head_dim
 
 
+def layer_channels(model: nn.Module) -> dict[str, int]:
+    """`{module path: output channels}` of every convolution and linear layer."""
+    return {path: _out_channels(m) for path, m in model.named_modules() if isinstance(m, _LAYERS)}
+
+
+_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def _out_channels(m: nn.Module) -> int:
+    return m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
+
+
 @dataclass
 class Pruning:
-    """One pruner bound to a model: `step()` removes the next share of channels."""
+    """One pruner bound to a model: `step()` removes the next share of channels, never taking a layer
+    below its floor (`floors`: the fewest output channels each layer keeps)."""
 
     model: nn.Module
     pruner: Any
-    heads: dict[nn.Module, int]
     prepare: Callable[[nn.Module], None] | None
+    floors: dict[nn.Module, int]
 
     def step(self) -> None:
         """Prune one step (gradients first for Taylor importance), then resize attention blocks."""
         if self.prepare is not None:
             self.prepare(self.model)
-        self.pruner.step()
+        for group in self.pruner.step(interactive=True):
+            group = self._above_floors(group)
+            if group is not None:
+                group.prune()
         self.model.zero_grad(set_to_none=True)
         _sync_attention(self.model, self.pruner.num_heads)
 
+    def _above_floors(self, group: Any) -> Any:
+        """`group` with only as many of its least important channels as every layer in it can lose
+        (None: none). Attention groups pass as they are: torch-pruning has already counted their heads."""
+        dg = self.pruner.DG
+        root, idxs = group[0].dep, list(group[0].idxs)
+        room = len(idxs)
+        for dep, dep_idxs in group:
+            m = dep.target.module
+            depthwise = isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups == m.out_channels
+            if m in self.floors and dep_idxs and (dg.is_out_channel_pruning_fn(dep.handler) or depthwise):
+                left = max(_out_channels(m) - self.floors[m], 0)
+                room = min(room, len(idxs) * left // len(dep_idxs))
+        if room == len(idxs) or any(dep.target.module in self.pruner.num_heads for dep, _ in group):
+            return group
+        if room <= 0 or self.pruner._get_channel_groups(group) > 1:  # grouped channels: all or nothing
+            return None
+        module, handler = root.target.module, root.handler
+        width = (dg.get_out_channels if dg.is_out_channel_pruning_fn(handler) else dg.get_in_channels)(module)
+        imp = self.pruner.estimate_importance(dg.get_pruning_group(module, handler, list(range(width))))
+        if imp is not None and len(imp) == width:  # the least important of the channels it chose
+            idxs.sort(key=lambda i: float(imp[i]))
+        return dg.get_pruning_group(module, handler, sorted(idxs[:room]))
+
 
 def make_pruning(model: nn.Module, example: torch.Tensor, ratio: float, *, criterion: str, scope: str,
-                 ignore: list[str], steps: int = 1, prepare: Callable[[nn.Module], None] | None = None) -> Pruning:
+                 ignore: list[str], steps: int = 1, prepare: Callable[[nn.Module], None] | None = None,
+                 original: dict[str, int] | None = None) -> Pruning:
     """Trace `model` and set up pruning of `ratio` of its channels in `steps` equal steps.
 
     Args:
@@ -126,6 +168,8 @@ def make_pruning(model: nn.Module, example: torch.Tensor, ratio: float, *, crite
         ignore: module paths kept whole, beside the classifier.
         steps: pruner steps to reach `ratio` (a linear schedule).
         prepare: fills gradients before each step (Taylor importance needs them).
+        original: `layer_channels` of the model before any pruning (default: as it is now); no layer is
+            pruned below `1 - MAX_LAYER_RATIO` of these counts, however many steps come.
 
     Raises:
         KdtoolError: an `ignore` name matches nothing, or torch-pruning cannot trace the model (the first
@@ -145,7 +189,10 @@ def make_pruning(model: nn.Module, example: torch.Tensor, ratio: float, *, crite
                 head_pruning_ratio=ratio if heads else 0.0)
     finally:
         model.zero_grad(set_to_none=True)
-    return Pruning(model, pruner, heads, prepare)
+    original = layer_channels(model) if original is None else original
+    floors = {m: max(1, math.ceil(round((1 - MAX_LAYER_RATIO) * original[path], 6)))
+              for path, m in model.named_modules() if path in original}
+    return Pruning(model, pruner, prepare, floors)
 
 
 class first_failing_module:  # noqa: N801  (used as a context manager, like torch.no_grad)
@@ -199,7 +246,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, measure: Measure, b
         The cost measured at the end (at most `budget`).
 
     Raises:
-        KdtoolError: the budget is not met with `MAX_LAYER_RATIO` of the channels removed (exit 2).
+        KdtoolError: the budget is not met with every layer pruned down to its floor (exit 2).
     """
     cost = measure(model)
     if cost <= budget:
@@ -210,12 +257,11 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, measure: Measure, b
         cost = measure(model)
         if cost <= budget:
             return cost
-    raise KdtoolError(f"prune.{what}: budget {budget:g} cannot be reached: with {MAX_LAYER_RATIO:.0%} of the "
-                      f"prunable channels removed the student still costs {cost:.4g}",
+    raise KdtoolError(f"prune.{what}: budget {budget:g} cannot be reached: with up to {MAX_LAYER_RATIO:.0%} of each "
+                      f"prunable layer's original channels removed the student still costs {cost:.4g}",
                       "raise the budget, add fewer modules to prune.ignore, or pick a smaller student")
 
 
 def channel_count(model: nn.Module) -> int:
     """Output channels of every convolution and linear layer (the width pruning removes)."""
-    return sum(m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
-               for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)))
+    return sum(layer_channels(model).values())

@@ -25,12 +25,13 @@ from compress.core.runfolder import KD_STUDENT, PRUNED, finish_stage, prepare_st
 from compress.data.loader import example_batch, make_loader
 from compress.distill.checkpoint import save_weights
 from compress.distill.sanity import gflops
+from compress.distill.stage import teacher_cache
 from compress.distill.trainer import fit, predict
 from compress.models.build import BuiltModel, count_params, load_weights
 from compress.models.shapes import SHAPES_FILE, apply_shapes, architecture_changes
 from compress.prune.budget import budget_of
 from compress.prune.checks import check_forward, check_reload
-from compress.prune.pruner import channel_count, prune_ratio, prune_to_budget
+from compress.prune.pruner import channel_count, layer_channels, prune_ratio, prune_to_budget
 
 DONE = "done.json"
 """Written last in a step folder: the step's pruned and recovered weights are whole."""
@@ -89,7 +90,7 @@ def _step(ctx: Context, student: BuiltModel, unpruned: torch.nn.Module, teacher:
     if resumed:  # shapes saved before training began: resize to them, fit restores the weights
         apply_shapes(student.module, read_json(out / SHAPES_FILE))
     else:  # bad input (ignore, budget, an untraceable model) fails here, before anything is written
-        _prune_share(ctx, student, example, k, before)
+        _prune_share(ctx, student, layer_channels(unpruned), example, k, before)
         check_forward(student.module, example, unpruned, f"prune step {k}")
         if out.exists():
             shutil.rmtree(out)
@@ -104,10 +105,11 @@ def _step(ctx: Context, student: BuiltModel, unpruned: torch.nn.Module, teacher:
 
         if cfg.recover == "hard":  # hard labels only: the transfer set has none
             train_ds = labeled_part(train_ds)
+        cached = teacher is not None and ctx.recipe.distill.cache.enabled
+        cache = teacher_cache(ctx, teacher, train_ds, train) if cached else None
         student.module.train()
         result = fit(student, train_ds, val_ds, ctx.task, train, out, data_cfg=ctx.recipe.data, teacher=teacher,
-                     distill=ctx.recipe.distill if teacher is not None else None,
-                     teacher_cache=_teacher_cache(ctx, teacher, train_ds, train.seed), resume=resumed,
+                     distill=ctx.recipe.distill if teacher is not None else None, teacher_cache=cache, resume=resumed,
                      label=f"{PRUNED} {k}/{cfg.steps}")
         if result.interrupted:
             raise KdtoolError(f"{PRUNED} was interrupted (SIGTERM); its state is in {out}",
@@ -120,10 +122,12 @@ def _step(ctx: Context, student: BuiltModel, unpruned: torch.nn.Module, teacher:
     return student
 
 
-def _prune_share(ctx: Context, student: BuiltModel, example: torch.Tensor, k: int, before: dict[str, float]) -> None:
-    """Prune step k of N: to k/N of the ratio, or to the budget interpolated k/N of the way."""
+def _prune_share(ctx: Context, student: BuiltModel, original: dict[str, int], example: torch.Tensor, k: int,
+                 before: dict[str, float]) -> None:
+    """Prune step k of N: to k/N of the ratio, or to the budget interpolated k/N of the way; no layer
+    below its floor against its `original` (unpruned) channels."""
     cfg = ctx.recipe.prune
-    options = {"criterion": cfg.importance, "scope": cfg.scope, "ignore": cfg.ignore,
+    options = {"criterion": cfg.importance, "scope": cfg.scope, "ignore": cfg.ignore, "original": original,
                "prepare": _gradients(ctx, student) if cfg.importance == "taylor" else None}
     budget = budget_of(cfg, example, ctx.recipe.benchmark.threads)
     n = cfg.steps
@@ -151,16 +155,6 @@ def _gradients(ctx: Context, student: BuiltModel):
             ctx.task.hard_loss(model(student.preprocess(raw)), targets).backward()
 
     return prepare
-
-
-def _teacher_cache(ctx: Context, teacher: BuiltModel | None, train_ds, seed: int):
-    """The distillation's teacher-output cache (reused from student_kd when its key matches)."""
-    if teacher is None or not ctx.recipe.distill.cache.enabled:
-        return None
-    from compress.distill.teacher_cache import TeacherCache
-
-    return TeacherCache.build(teacher, train_ds, ctx.recipe.data, ctx.recipe.distill.cache,
-                              ctx.run.stage(KD_STUDENT, "teacher_cache"), seed=seed)
 
 
 def _verify_and_describe(ctx: Context, student: BuiltModel, unpruned: torch.nn.Module, example: torch.Tensor,

@@ -13,7 +13,7 @@ from compress.core.errors import KdtoolError
 from compress.models.build import count_params
 from compress.models.shapes import apply_shapes, architecture_changes
 from compress.prune.checks import check_forward, check_reload
-from compress.prune.pruner import attention_heads, channel_count, prune_ratio, prune_to_budget
+from compress.prune.pruner import attention_heads, channel_count, layer_channels, prune_ratio, prune_to_budget
 
 OPTS = {"criterion": "l2", "scope": "uniform", "ignore": []}
 
@@ -178,3 +178,13 @@ def test_a_wrong_reload_fails_parity():
     with pytest.raises(KdtoolError, match="differs from the pruned graph") as e:
         check_reload(model, other, x)
     assert e.value.exit_code == 4
+
+
+def test_over_steps_no_layer_keeps_fewer_than_a_tenth_of_its_original_channels():
+    model, x = resnet(), torch.randn(2, 1, 16, 16)
+    original = layer_channels(model)
+    for share in (0.6, 0.6, 0.9):  # 1 - 0.4 * 0.4 * 0.1: 98.4 % of the channels asked for in three steps
+        prune_ratio(model, x, share, criterion="l2", scope="global", ignore=[], original=original)
+    now = layer_channels(model)
+    assert all(now[p] >= 0.1 * n for p, n in original.items()), {p: (now[p], n) for p, n in original.items()}
+    assert channel_count(model) < 0.3 * sum(original.values())  # it still pruned, down to the floors

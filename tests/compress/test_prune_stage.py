@@ -112,3 +112,66 @@ def test_an_interrupted_run_resumes_from_its_finished_steps(run_root):
     resumed = run_prune(context(*run_root, sets), resume=True)
     assert resumed["complete"] and resumed["params"] == done["params"]
     assert resumed["pruning"]["channels_removed"] == done["pruning"]["channels_removed"]
+
+
+def test_recovery_reads_a_sweeps_shared_teacher_cache(run_root, tmp_path):
+    """With `ctx.teacher_cache_dir` set (a sweep's shared cache), KD recovery builds and reads it there."""
+    from compress.prune.stage import run_prune
+
+    sets = ["prune.recover=kd", "prune.train.epochs=1", "distill.cache.enabled=true"]
+    ctx = context(*run_root, sets)
+    ctx.teacher_cache_dir = tmp_path / "shared"
+    run_prune(ctx, force=True)
+    assert (tmp_path / "shared" / "cache.json").exists()
+    assert not ctx.run.stage("student_kd", "teacher_cache").exists()
+
+
+def test_a_model_onnx_cannot_take_is_one_line_naming_the_torch_runtime():
+    from compress.prune.budget import latency_ms
+
+    class DataDependent(torch.nn.Module):  # a branch on a tensor's value: torch.export cannot trace it
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x
+
+    with pytest.raises(KdtoolError, match=r"\(DataDependent\) cannot be exported to ONNX") as e:
+        latency_ms(DataDependent(), torch.randn(1, 1, 4, 4), "onnxruntime", 1)
+    assert "prune.latency_runtime: torch" in e.value.hint and "\n" not in str(e.value)
+
+
+def test_timing_on_torch_gives_back_the_callers_thread_count():
+    from compress.prune.budget import latency_ms
+
+    before = torch.get_num_threads()
+    other = 2 if before != 2 else 1
+    try:
+        torch.set_num_threads(other)
+        latency_ms(torch.nn.Conv2d(1, 2, 3), torch.randn(1, 1, 8, 8), "torch", 3 - other)
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_steps_never_take_a_layer_below_a_tenth_of_its_unpruned_channels(run_root):
+    from compress.prune.pruner import layer_channels
+
+    ctx, _ = prune(run_root, "prune.ratio=0.97", "prune.steps=3", "prune.scope=global")
+    original, now = layer_channels(ctx.load("student_kd").module), layer_channels(ctx.load(PRUNED).module)
+    assert all(now[p] >= 0.1 * n for p, n in original.items()), {p: (now[p], n) for p, n in original.items()}
+
+
+@pytest.mark.parametrize(("base", "unused", "used"), [
+    ([], "prune.calibration_batches=9", "prune.importance=taylor"),
+    (["prune.importance=taylor"], "prune.latency_runtime=torch", "prune.calibration_batches=9"),
+    ([], "prune.latency_runtime=torch", "prune.max_latency_ms=5"),
+    (["prune.max_latency_ms=5"], "prune.ratio=0.3", "prune.latency_runtime=torch"),
+    (["prune.max_params=1000"], "prune.ratio=0.3", "prune.max_params=2000"),
+    (["prune.recover=none"], "prune.train.epochs=7", "prune.recover=hard"),
+    (["prune.recover=hard", "prune.train.epochs=1"], "prune.calibration_batches=2", "prune.train.epochs=7"),
+])
+def test_only_keys_the_stage_uses_mark_it_stale(run_root, base, unused, used):
+    """A key the stage validates but ignores in this combination leaves its hash alone; one it uses does not."""
+    def stage_hash(*sets: str) -> str:
+        return context(*run_root, [*base, *sets]).stage_hash(PRUNED)
+
+    assert stage_hash(unused) == stage_hash()
+    assert stage_hash(used) != stage_hash()

@@ -136,3 +136,25 @@ def test_server_preset_has_the_openvino_rows():
     server = {(j.format, j.precision) for j in plan(["server"])}
     assert {("openvino", "fp32"), ("openvino", "int8")} <= server
     assert "openvino" in TARGET_FORMATS["server"] and "openvino" not in TARGET_FORMATS["android"]
+
+
+def test_accuracy_control_compiles_in_f32_as_the_runtime_does():
+    """The fp32 baseline NNCF is held to runs in f32, never bf16 (AMX CPUs pick bf16 by default)."""
+    import openvino as ov
+
+    from export.formats.openvino.runtime import compile_cpu
+
+    model = ov.convert_model(torch.nn.Linear(4, 2).eval(), example_input=torch.randn(1, 4))
+    compiled = compile_cpu(model, 1)
+    assert str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower().endswith("f32")
+
+
+@pytest.mark.parametrize(("fp32", "int8", "sign", "flagged"), [
+    (0.90, 0.88, 1.0, False), (0.90, 0.85, 1.0, True), (0.90, 0.882, 1.0, False),
+    (0.50, 0.51, -1.0, False), (0.50, 0.60, -1.0, True), (0.90, float("nan"), 1.0, True),
+])
+def test_an_int8_metric_below_the_floor_is_flagged(fp32, int8, sign, flagged):
+    from export.formats.openvino.quantizer import below_floor
+
+    note = below_floor("accuracy", fp32, int8, 0.98, sign)
+    assert (note is not None) == flagged

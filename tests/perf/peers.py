@@ -14,9 +14,9 @@ latency), batch-1 latency of:
   int8 (litert-torch, its PT2E quantizer) and OpenVINO fp32 and int8 (NNCF) at batch 1, each run
   with its library's plain calls (`tests.perf.peer_runtimes`), where those extras are installed;
 - kdtool: `quantize` (static, executorch and onnx backends) and `export_model` for the android and
-  server targets (ExecuTorch, ONNX, LiteRT and OpenVINO; LiteRT and OpenVINO int8 calibrated on
-  the same images), every artifact as kdtool writes it (`export.batch: auto`: a static batch of 1 for
-  android, a dynamic batch for the server), run in the same loop.
+  server targets' presets (android: ExecuTorch, ONNX and LiteRT; server: ONNX and OpenVINO; LiteRT
+  and OpenVINO int8 calibrated on the same images), every artifact as kdtool writes it
+  (`export.batch: auto`: a static batch of 1 for android, a dynamic batch for the server).
 
 Every latency is the median of `--runs` timed calls, the same input, intra-op threads fixed. By
 default (`--harness process`) each file is timed as a deployed app runs it: loaded alone in a fresh
@@ -251,9 +251,8 @@ def kdtool_artifacts(model: torch.nn.Module, calib: torch.Tensor, out: Path, thr
     quantized = Quantized(pt2e=et.program, onnx=onnx.path, pt2e_mode="static", onnx_mode="static",
                           pt2e_floor=et.meta.get("accuracy_aware"), onnx_floor=onnx.meta.get("accuracy_aware"),
                           calibration=calib, validation=(val_x, val_y), min_retention=0.99)
-    return export_model(model, example, out / "export", targets=["android", "server"],
-                        formats=list(RUNTIMES), quantized=quantized, inputs=val_x[:PARITY], threads=threads,
-                        spec=ExportContext(task_spec=task))
+    return export_model(model, example, out / "export", targets=["android", "server"], quantized=quantized,
+                        inputs=val_x[:PARITY], threads=threads, spec=ExportContext(task_spec=task))
 
 
 def bench_model(name: str, size: int, threads: int, runs: int, steps: int,
@@ -276,7 +275,10 @@ def bench_model(name: str, size: int, threads: int, runs: int, steps: int,
         for artifact in kdtool_artifacts(model, calib, Path(tmp), threads):
             label = f"{artifact.name} [{artifact.target}]"
             if artifact.status != "ok" or artifact.format not in RUNTIMES:
-                files.append(("kdtool", label, None, artifact.reason or artifact.status))
+                files.append(("kdtool", label, None, artifact.reason or f"{artifact.format}: not timed here"))
+                continue
+            if not artifact.info.get("dynamic_batch") and artifact.info.get("batch") not in (None, 1):
+                files.append(("kdtool", label, None, f"static batch {artifact.info.get('batch')}: not timed at 1"))
                 continue
             parity = artifact.parity.status if artifact.parity else "n/a"
             batch = "dynamic" if artifact.info.get("dynamic_batch") else f"static {artifact.info.get('batch')}"

@@ -26,7 +26,7 @@ from compress.core.errors import ExportError
 from export.artifact import Artifact
 from export.extras import missing_extra
 from export.formats.openvino.offline import import_openvino, no_telemetry
-from export.formats.openvino.runtime import last_line
+from export.formats.openvino.runtime import compile_cpu, last_line
 from export.registry import EXPORTERS, ExportContext, build_artifact, check_precision, export_program
 
 RT_INFO_KEY = "kdtool"
@@ -118,9 +118,7 @@ COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul",
 
 def quantized_share(xml: Path) -> dict[str, Any]:
     """How many compute layers the CPU plugin really runs in int8 (its execution graph's precisions)."""
-    ov = import_openvino()
-
-    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": 1})
+    compiled = compile_cpu(xml, 1)
     layers = [op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()]
     compute = [rt for rt in layers if rt["layerType"].astype(str) in COMPUTE_LAYERS]
     int8 = [rt for rt in compute if rt["runtimePrecision"].astype(str) in ("i8", "u8")]

@@ -1,7 +1,8 @@
 """OpenVINO int8: NNCF post-training quantization of the `openvino.Model`.
 
 - `nncf.quantize`: activation ranges from the quantization stage's calibration samples (all of
-  them: `subset_size` is their count), per-channel int8 weights, CPU target.
+  them, in batches of the artifact's batch: NNCF's `subset_size` counts dataset items, here
+  batches, so it is the number of batches), per-channel int8 weights, CPU target.
 - With `quantize.min_retention` set and labelled validation samples given (`spec.validation`):
   `nncf.quantize_with_accuracy_control`, which ranks the quantized layers by their effect on the
   task's primary metric and reverts them to float until the int8 model keeps `min_retention` of
@@ -61,10 +62,9 @@ def _with_accuracy_control(ov_model: Any, calibration: Any, subset: int, batch: 
     """`nncf.quantize_with_accuracy_control` at the `min_retention` floor; None when the metric is undefined."""
     import nncf
 
-    from export.formats.openvino.offline import import_openvino
+    from export.formats.openvino.runtime import compile_cpu
 
-    ov = import_openvino()
-
+    threads = torch.get_num_threads()
     task, metric = spec.task_spec, spec.task_spec.primary_metric
     sign = -1.0 if lower_is_better(metric) else 1.0  # NNCF maximises the value validate() returns
     x, y = spec.validation
@@ -79,7 +79,7 @@ def _with_accuracy_control(ov_model: Any, calibration: Any, subset: int, batch: 
         value = task.metrics(torch.cat(outs), torch.cat(targets)).get(metric)
         return float("nan") if value is None else sign * float(value)
 
-    fp32 = validate(ov.Core().compile_model(ov_model, "CPU"), items)
+    fp32 = validate(compile_cpu(ov_model, threads), items)  # f32, as the artifact runs
     if not np.isfinite(fp32):
         info["accuracy_control"] = f"skipped: {metric} is undefined on the validation samples"
         return None
@@ -90,7 +90,24 @@ def _with_accuracy_control(ov_model: Any, calibration: Any, subset: int, batch: 
         ov_model, calibration, nncf.Dataset(items, lambda item: item[0]), validation_fn=validate,
         max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=subset,
         target_device=nncf.TargetDevice.CPU)
-    after = validate(ov.Core().compile_model(quantized, "CPU"), items)
+    after = validate(compile_cpu(quantized, threads), items)
     info.update(method="nncf.quantize_with_accuracy_control", min_retention=r, metric=metric,
                 validation_samples=int(len(y)), metric_fp32=round(sign * fp32, 6), metric_int8=round(sign * after, 6))
+    note = below_floor(metric, sign * fp32, sign * after, r, sign)
+    if note:
+        info.update(below_floor=True, accuracy_control=note)
     return quantized
+
+
+def below_floor(metric: str, fp32: float, int8: float, retention: float, sign: float) -> str | None:
+    """Why the int8 metric misses the `min_retention` floor NNCF was asked to hold, or None when it holds.
+
+    `sign` is 1 where higher is better; the floor is `retention` x fp32 (higher is better) or fp32 / `retention`.
+    """
+    if not np.isfinite(int8):
+        return f"int8 {metric} is undefined on the validation samples"
+    floor = fp32 * retention if sign > 0 else fp32 / retention
+    if sign * (int8 - floor) >= -1e-9 * max(abs(floor), 1.0):  # at the floor, up to float rounding
+        return None
+    return (f"int8 {metric} {int8:.4g} is below the min_retention {retention:g} floor {floor:.4g} "
+            f"(fp32 {fp32:.4g}): NNCF could not keep enough layers float to hold it")

@@ -23,6 +23,15 @@ def cpu_config(threads: int) -> dict[str, Any]:
     return {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 
 
+def compile_cpu(model: Any, threads: int) -> Any:
+    """`model` (an `openvino.Model` or an `.xml` path) compiled for the CPU with `cpu_config`: in f32
+    where it is float, as every artifact is run (a CPU with AMX would otherwise pick bf16)."""
+    from export.formats.openvino.offline import import_openvino
+
+    return import_openvino().Core().compile_model(model if not isinstance(model, Path) else str(model), "CPU",
+                                                  cpu_config(threads))
+
+
 class OpenVINOSession:
     """A compiled model and one infer request."""
 
@@ -48,12 +57,9 @@ class OpenVINORuntime:
 
     def load(self, path: Path, threads: int) -> OpenVINOSession:
         """Read and compile the IR for the CPU; a truncated `.xml` or `.bin` is an ExportError naming it."""
-        from export.formats.openvino.offline import import_openvino
-
-        ov = import_openvino()
         path = Path(path)
         try:
-            compiled = ov.Core().compile_model(str(path), "CPU", cpu_config(threads))
+            compiled = compile_cpu(path, threads)
         except Exception as e:  # RuntimeError with the plugin's check that failed
             raise ExportError(f"OpenVINO cannot load {path} (weights {path.with_suffix('.bin').name}): "
                               f"{last_line(e)}", "the .xml or .bin file is truncated or missing: re-export it") from e
