@@ -271,7 +271,8 @@ def bench_model(name: str, size: int, threads: int, runs: int, steps: int,
     files: list[tuple[str, str, Path | None, str]] = []  # who, label, file (None: not timed), note
     with tempfile.TemporaryDirectory(prefix="kdtool-peers-") as tmp:
         for label, path in peer_files(model, x1, calib, Path(tmp)).items():
-            files.append(("peer", label, path, f"{path.stat().st_size / 1e6:.1f} MB"))
+            size = sum(f.stat().st_size for f in (path, path.with_suffix(".bin")) if f.exists())  # OpenVINO: .xml+.bin
+            files.append(("peer", label, path, f"{size / 1e6:.1f} MB"))
         for artifact in kdtool_artifacts(model, calib, Path(tmp), threads):
             label = f"{artifact.name} [{artifact.target}]"
             if artifact.status != "ok" or artifact.format not in RUNTIMES:

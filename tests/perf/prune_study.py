@@ -184,6 +184,18 @@ def _exports(model: torch.nn.Module, example: torch.Tensor, latency: bool, threa
     return out
 
 
+def merged_rows(part: str, rows: list[dict]) -> list[dict]:
+    """The rows of this CPU kind's results file whose model this run did not measure (`--merge`)."""
+    from tests.perf.results import cpu_kind, path_for, read
+
+    path = path_for(STUDIES[part], cpu_kind())
+    if not path.exists():
+        return []
+    _, columns, old = read(path)
+    ran = {r["model"] for r in rows}
+    return [row for row in (dict(zip(columns, values, strict=False)) for values in old) if row["model"] not in ran]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=("recovery", "real-size"), required=True)
@@ -196,6 +208,8 @@ def main() -> None:
     parser.add_argument("--no-latency", dest="latency", action="store_false")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="recovery: run folder (default: a temporary one)")
+    parser.add_argument("--merge", action="store_true",
+                        help="real-size: keep the results file's rows of the models not in --models")
     a = parser.parse_args()
     if a.part == "recovery":
         out = a.out or Path(tempfile.mkdtemp(prefix="prune_study_runs_"))
@@ -203,9 +217,14 @@ def main() -> None:
     else:
         rows = real_size_part(a.models.split(","), [float(r) for r in a.ratios.split(",")], a.steps, a.latency,
                               a.threads)
+    kept = merged_rows(a.part, rows) if a.merge else []
     summarize(rows)
-    latency = f"latency batch 1, {a.threads} threads, median of 100 runs" if a.latency else "latency not measured"
-    write_rows(a.part, rows, ratio=a.ratio, epochs=a.epochs, steps=a.steps, latency=latency,
+    latency = (f"latency batch 1, {a.threads} threads, median of {LATENCY_RUNS} calls, each file alone in fresh "
+               "processes taking turns" if a.latency else "latency not measured")
+    if kept:
+        latency += (f"; rows of {', '.join(sorted({r['model'] for r in kept}))} kept from the file's earlier run "
+                    "(--merge), the others measured by this command")
+    write_rows(a.part, kept + rows, ratio=a.ratio, epochs=a.epochs, steps=a.steps, latency=latency,
                untrained=" UNTRAINED (0 steps): accuracy is chance; only params, GFLOPs and parity mean anything."
                if a.part == "real-size" and a.steps == 0 else "")
 
