@@ -353,11 +353,12 @@ def main() -> None:
                             round(pick[2] / best_peer[2], 2), "ratio"))
         else:
             summary.add_row(name, best_peer[1], f"{best_peer[2]:.2f}", "none passed parity", "-", "-")
+        # written after every model, so a run stopped part-way keeps the models it finished
+        results.write("peers", ("model", "size", "who", "artifact", "median_ms", "note"), records,
+                      note=f"batch 1, {args.threads} intra-op threads, median of {args.runs} calls after {WARMUP} "
+                           + (f"warm-up, each file alone in a fresh process, {ROUNDS} rounds taking turns"
+                              if args.harness == "process" else "warm-up, all sessions in one process taking turns"))
     console.print(summary)
-    results.write("peers", ("model", "size", "who", "artifact", "median_ms", "note"), records,
-                  note=f"batch 1, {args.threads} intra-op threads, median of {args.runs} calls after {WARMUP} "
-                       + (f"warm-up, each file alone in a fresh process, {ROUNDS} rounds taking turns"
-                          if args.harness == "process" else "warm-up, all sessions in one process taking turns"))
 
 
 if __name__ == "__main__":
