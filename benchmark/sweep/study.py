@@ -277,7 +277,7 @@ def make_objective(spec: SweepSpec, teacher: Path, report: Any) -> Any:
             "startup": PRUNE_STARTUP, "warmup": prune_warmup(spec.extra.get("epochs", 1)),
             "epochs": spec.extra.get("epochs", 1),
             "teacher_cache_dir": str(spec.teacher_cache_dir) if spec.teacher_cache_dir else None})
-        console.print(f"trial {trial.number}: started ({_short(values)})")
+        console.print(f"trial {trial.number}: started ({short_params(values)})")
         result = run_trial_process(folder, spec.storage_url)
         return _record(trial, result, spec, report, optuna)
 
@@ -321,7 +321,7 @@ def _record(trial: Any, result: dict[str, Any], spec: SweepSpec, report: Any, op
     return tuple(float(point[o]) for o in spec.objectives)
 
 
-def _short(values: dict[str, Any]) -> str:
+def short_params(values: dict[str, Any]) -> str:
     return ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
                      for k, v in values.items())
 

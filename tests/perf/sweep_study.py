@@ -73,14 +73,10 @@ def run_sweep(out: Path, trials: int, workers: int, overrides: list[str],
     return wall, load_sweep(out / study), load
 
 
-def short(params: dict) -> str:
-    """A trial's parameters in one line: last key part = value, floats to 3 digits."""
-    return " ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
-                    for k, v in params.items())
-
-
 def summary(workers: int, wall: float, data: dict, base_rate: float | None) -> dict:
     """One CSV row: counts, trials per hour, the recipe's point and who dominates it."""
+    from benchmark.sweep.study import short_params
+
     trials = data["trials"]
     by = {t["number"]: t for t in trials}
     own = by.get(data["recipe_point"]) if data["recipe_point"] is not None else None
@@ -98,7 +94,7 @@ def summary(workers: int, wall: float, data: dict, base_rate: float | None) -> d
             "recipe_artifact": own["artifact"] if own else None,
             "dominating_trials": " ".join(str(t["number"]) for t in better) or "none",
             "best_dominating": (f"trial {best['number']}: retention {best['retention']:.4f}, p50 {best['p50_ms']:.3f} "
-                                f"ms, {best['artifact']}, {short(best['params'])}") if best else ""}
+                                f"ms, {best['artifact']}, {short_params(best['params'])}") if best else ""}
 
 
 def main() -> None:
