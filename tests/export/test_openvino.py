@@ -71,6 +71,7 @@ def test_plain_nncf_quantize_when_the_floor_is_off(tmp_path):
     int8 = next(a for a in artifacts if a.precision == "int8")
     assert int8.status == "ok" and int8.info["int8"]["method"] == "nncf.quantize"
     assert int8.info["quantized"]["op_share"] == 1.0 and int8.parity.status == "passed"
+    assert int8.info["quantized"]["float_layers"] in ("f32", "bf16")  # the plugin's choice on this CPU
 
 
 @pytest.mark.parametrize("part", [".xml", ".bin"])
@@ -138,15 +139,33 @@ def test_server_preset_has_the_openvino_rows():
     assert "openvino" in TARGET_FORMATS["server"] and "openvino" not in TARGET_FORMATS["android"]
 
 
-def test_accuracy_control_compiles_in_f32_as_the_runtime_does():
-    """The fp32 baseline NNCF is held to runs in f32, never bf16 (AMX CPUs pick bf16 by default)."""
+def test_fp32_compiles_in_f32_and_int8_at_the_plugins_default():
+    """An fp32 artifact (and NNCF's fp32 baseline) runs in f32, never bf16 (AMX CPUs pick bf16 by
+    default); an int8 artifact runs as the plugin runs it, as a deployed server does."""
     import openvino as ov
 
-    from export.formats.openvino.runtime import compile_cpu
+    from export.formats.openvino.runtime import compile_cpu, cpu_config, float_precision
 
     model = ov.convert_model(torch.nn.Linear(4, 2).eval(), example_input=torch.randn(1, 4))
-    compiled = compile_cpu(model, 1)
-    assert "float32" in str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # "<Type: 'float32'>"
+    assert float_precision(compile_cpu(model, 1)) == "f32"  # no rt_info: fp32
+    assert cpu_config(1, "fp32")["INFERENCE_PRECISION_HINT"] == "f32"
+    assert "INFERENCE_PRECISION_HINT" not in cpu_config(1, "int8")
+    plugin_default = float_precision(ov.Core().compile_model(model, "CPU"))
+    assert float_precision(compile_cpu(model, 1, "int8")) == plugin_default
+
+
+def test_the_runtime_reads_the_precision_from_the_artifact(tmp_path):
+    import openvino as ov
+
+    from export.formats.openvino.runtime import PRECISION_KEY, artifact_precision, compile_cpu, float_precision
+
+    model = ov.convert_model(torch.nn.Linear(4, 2).eval(), example_input=torch.randn(1, 4))
+    assert artifact_precision(model) == "fp32"
+    model.set_rt_info("int8", PRECISION_KEY)
+    ov.save_model(model, str(tmp_path / "m.xml"))
+    assert artifact_precision(ov.Core().read_model(str(tmp_path / "m.xml"))) == "int8"
+    default = float_precision(ov.Core().compile_model(str(tmp_path / "m.xml"), "CPU"))
+    assert float_precision(compile_cpu(tmp_path / "m.xml", 1)) == default
 
 
 @pytest.mark.parametrize(("fp32", "int8", "sign", "flagged"), [

@@ -93,9 +93,9 @@ def cell(a) -> str:
     return f"ok {p.max_rel:.0e}{extra}"
 
 
-def sweep_model(name: str, size: int, steps: int, out: Path) -> tuple[list, float]:
+def sweep_model(name: str, size: int, steps: int, out: Path, formats: list[str] | None = None) -> tuple[list, float]:
     """Train briefly, quantize (static int8, both backends, through the 0.99 retention floor) and export
-    every target; (artifacts, seconds)."""
+    every target (only `formats` of them when given); (artifacts, seconds)."""
     import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
     from compress.core.tasks import Task
     from compress.quant.accuracy import quantize_with_floor
@@ -119,6 +119,8 @@ def sweep_model(name: str, size: int, steps: int, out: Path) -> tuple[list, floa
     example = inputs[:2]
     quantized = Quantized(calibration=calibration, validation=(val_x, val_y), min_retention=MIN_RETENTION)
     for backend in ("executorch", "onnx"):
+        if formats is not None and backend not in formats:
+            continue
         config = Int8StaticConfig(backend=backend, calibration_samples=CALIBRATION, min_retention=MIN_RETENTION)
         try:
             q, _ = quantize_with_floor(model, config, QuantInputs(example=example, calibration=loader,
@@ -133,8 +135,8 @@ def sweep_model(name: str, size: int, steps: int, out: Path) -> tuple[list, floa
         else:
             quantized.onnx, quantized.onnx_mode, quantized.onnx_floor = q.path, "static", floor
     spec = ExportContext(name=name, output_names=("logits",), task_spec=Task("multiclass", 10), parity_targets=labels)
-    arts = export_model(model, example, out / "export", targets=["android", "ios", "server"], quantized=quantized,
-                        spec=spec, inputs=inputs, threads=torch.get_num_threads())
+    arts = export_model(model, example, out / "export", formats, targets=["android", "ios", "server"],
+                        quantized=quantized, spec=spec, inputs=inputs, threads=torch.get_num_threads())
     return arts, time.perf_counter() - t0
 
 
@@ -145,13 +147,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--steps", type=int, default=200, help="training steps (fresh batch of 16 each) before export")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--formats", default=None,
+                        help="only these formats of the three targets' presets (e.g. litert,openvino); default all")
     args = parser.parse_args()
+    formats = args.formats.split(",") if args.formats else None
     torch.set_num_threads(args.threads)
     rows, columns, reasons, kept = [], [], [], []
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory(prefix="kdtool-matrix-") as out:
             try:
-                arts, seconds = sweep_model(name, args.size, args.steps, Path(out))
+                arts, seconds = sweep_model(name, args.size, args.steps, Path(out), formats)
             except Exception as e:  # an architecture that does not build or train here is a row, not a crash
                 rows.append((name, {}, 0.0, f"{type(e).__name__}: {str(e)[:80]}"))
                 print(f"{name}: {rows[-1][3]}", flush=True)
@@ -191,7 +196,8 @@ def main() -> None:
                for name, cells, seconds, error in rows for key in (columns if cells else ["-"])]
     results.write("export_matrix", ("model", "size", "artifact", "cell", "model_s"), records,
                   note=f"cell: parity max_abs / output scale (xnn: XNNPACK's share), n/v: needs Apple OSes, skip: "
-                       f"TensorRT without CUDA; {args.steps} training steps; {ok} of {total} artifacts verified")
+                       f"TensorRT without CUDA; {args.steps} training steps; {ok} of {total} artifacts verified"
+                       + (f"; formats {', '.join(formats)} only" if formats else ""))
 
 
 if __name__ == "__main__":

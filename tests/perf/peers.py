@@ -169,8 +169,10 @@ def runner(who: str, path: Path, threads: int) -> tuple[Runner, str | None]:
     return get_runtime("litert" if path.suffix == ".tflite" else "openvino").load(path, threads).run, None
 
 
-def peer_files(model: torch.nn.Module, x1: torch.Tensor, calib: torch.Tensor, out: Path) -> dict[str, Path]:
-    """The plain peers' files: static-shape ONNX fp32/int8 and ExecuTorch XNNPACK fp32/int8."""
+def peer_files(model: torch.nn.Module, x1: torch.Tensor, calib: torch.Tensor, out: Path) -> dict[str, Path | str]:
+    """The plain peers' files: static-shape ONNX fp32/int8, ExecuTorch XNNPACK fp32/int8, and LiteRT and
+    OpenVINO fp32/int8 where installed; a LiteRT or OpenVINO converter that fails the model gives its
+    first line in place of the file (the row is kept, untimed)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -207,12 +209,17 @@ def peer_files(model: torch.nn.Module, x1: torch.Tensor, calib: torch.Tensor, ou
         files[name] = out / f"peer.{name.split()[1]}.pte"
         files[name].write_bytes(program.buffer)
     from export.extras import importable
+    from export.registry import first_line
     from tests.perf.peer_runtimes import litert_files, openvino_files
 
-    if importable("litert_torch") and importable("ai_edge_litert"):
-        files.update(litert_files(model, x1, calib, out))
-    if importable("openvino") and importable("nncf"):
-        files.update(openvino_files(model, x1, calib, out))
+    for runtime, make, packages in (("LiteRT", litert_files, ("litert_torch", "ai_edge_litert")),
+                                    ("OpenVINO", openvino_files, ("openvino", "nncf"))):
+        if all(importable(p) for p in packages):
+            try:
+                files.update(make(model, x1, calib, out))
+            except Exception as e:  # the converter cannot take this model: a user would stop here too
+                reason = f"{runtime} conversion failed: {first_line(e)}"
+                files.update({f"{runtime} fp32": reason, f"{runtime} int8": reason})
     return files
 
 
@@ -271,6 +278,9 @@ def bench_model(name: str, size: int, threads: int, runs: int, steps: int,
     files: list[tuple[str, str, Path | None, str]] = []  # who, label, file (None: not timed), note
     with tempfile.TemporaryDirectory(prefix="kdtool-peers-") as tmp:
         for label, path in peer_files(model, x1, calib, Path(tmp)).items():
+            if isinstance(path, str):
+                files.append(("peer", label, None, path))
+                continue
             size = sum(f.stat().st_size for f in (path, path.with_suffix(".bin")) if f.exists())  # OpenVINO: .xml+.bin
             files.append(("peer", label, path, f"{size / 1e6:.1f} MB"))
         for artifact in kdtool_artifacts(model, calib, Path(tmp), threads):
@@ -284,9 +294,11 @@ def bench_model(name: str, size: int, threads: int, runs: int, steps: int,
             parity = artifact.parity.status if artifact.parity else "n/a"
             batch = "dynamic" if artifact.info.get("dynamic_batch") else f"static {artifact.info.get('batch')}"
             floats = (artifact.info.get("accuracy_aware") or {}).get("float_modules")
+            float_layers = (artifact.info.get("quantized") or {}).get("float_layers")
             note = (f"parity {parity}, batch {batch}, "
                     f"delegate subgraphs {artifact.info.get('delegation', {}).get('subgraphs', '-')}"
-                    + (f", float: {', '.join(floats)}" if floats else ""))
+                    + (f", float: {', '.join(floats)}" if floats else "")
+                    + (f", float layers in {float_layers}" if float_layers else ""))
             files.append(("kdtool", label, artifact.path, note))
         if harness == "process":
             torch.save(model, Path(tmp) / "eager.pt")

@@ -26,7 +26,7 @@ from compress.core.errors import ExportError
 from export.artifact import Artifact
 from export.extras import missing_extra
 from export.formats.openvino.offline import import_openvino, no_telemetry
-from export.formats.openvino.runtime import compile_cpu, last_line
+from export.formats.openvino.runtime import compile_cpu, float_precision, last_line
 from export.registry import EXPORTERS, ExportContext, build_artifact, check_precision, export_program
 
 RT_INFO_KEY = "kdtool"
@@ -117,10 +117,12 @@ COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul",
 
 
 def quantized_share(xml: Path) -> dict[str, Any]:
-    """How many compute layers the CPU plugin really runs in int8 (its execution graph's precisions)."""
-    compiled = compile_cpu(xml, 1)
+    """How many compute layers the CPU plugin really runs in int8 (its execution graph's precisions), and
+    the precision it runs the float layers in on this CPU (`float_layers`: bf16 with AMX or AVX-512 BF16)."""
+    compiled = compile_cpu(xml, 1, "int8")
     layers = [op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()]
     compute = [rt for rt in layers if rt["layerType"].astype(str) in COMPUTE_LAYERS]
     int8 = [rt for rt in compute if rt["runtimePrecision"].astype(str) in ("i8", "u8")]
     return {"compute_ops": len(compute), "int8_compute_ops": len(int8),
-            "op_share": round(len(int8) / len(compute), 4) if compute else 0.0}
+            "op_share": round(len(int8) / len(compute), 4) if compute else 0.0,
+            "float_layers": float_precision(compiled)}

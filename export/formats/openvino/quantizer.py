@@ -79,7 +79,7 @@ def _with_accuracy_control(ov_model: Any, calibration: Any, subset: int, batch: 
         value = task.metrics(torch.cat(outs), torch.cat(targets)).get(metric)
         return float("nan") if value is None else sign * float(value)
 
-    fp32 = validate(compile_cpu(ov_model, threads), items)  # f32, as the artifact runs
+    fp32 = validate(compile_cpu(ov_model, threads, "fp32"), items)  # f32, as the fp32 artifact runs
     if not np.isfinite(fp32):
         info["accuracy_control"] = f"skipped: {metric} is undefined on the validation samples"
         return None
@@ -90,7 +90,7 @@ def _with_accuracy_control(ov_model: Any, calibration: Any, subset: int, batch: 
         ov_model, calibration, nncf.Dataset(items, lambda item: item[0]), validation_fn=validate,
         max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=subset,
         target_device=nncf.TargetDevice.CPU)
-    after = validate(compile_cpu(quantized, threads), items)
+    after = validate(compile_cpu(quantized, threads, "int8"), items)  # as the int8 artifact runs
     info.update(method="nncf.quantize_with_accuracy_control", min_retention=r, metric=metric,
                 validation_samples=int(len(y)), metric_fp32=round(sign * fp32, 6), metric_int8=round(sign * after, 6))
     note = below_floor(metric, sign * fp32, sign * after, r, sign)

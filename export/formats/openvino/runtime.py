@@ -1,9 +1,13 @@
 """OpenVINO on the CPU: `Core().compile_model(xml, "CPU", config)` with pinned threads and the latency hint.
 
 The config is `INFERENCE_NUM_THREADS` (the other runtimes' intra-op threads), `PERFORMANCE_HINT:
-LATENCY` (one stream, as a request-at-a-time server runs) and `INFERENCE_PRECISION_HINT: f32`:
-without it the CPU plugin runs float layers in bf16 on CPUs with AMX or AVX-512 BF16, and an fp32
-artifact would be timed and verified at another precision than its name says.
+LATENCY` (one stream, as a request-at-a-time server runs), and for an fp32 artifact
+`INFERENCE_PRECISION_HINT: f32`: without it the CPU plugin runs float layers in bf16 on CPUs with
+AMX or AVX-512 BF16, and an fp32 artifact would be timed and verified at another precision than its
+name says. An int8 artifact runs as the plugin runs it by default, as a deployed server would: its
+int8 layers in int8 and the layers left float at the plugin's inference precision (bf16 on those
+CPUs, f32 elsewhere); parity judges it so. The precision is read from the model's `rt_info`
+(`kdtool.precision`, written by the exporter); a file without it runs in f32.
 """
 
 from __future__ import annotations
@@ -17,19 +21,37 @@ from compress.core.errors import ExportError
 from export.extras import missing_extra
 from export.runtime import RUNTIMES
 
-
-def cpu_config(threads: int) -> dict[str, Any]:
-    """The CPU plugin settings every OpenVINO artifact is loaded with (module docstring)."""
-    return {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+PRECISION_KEY = ["kdtool", "kdtool.precision"]
+"""Where the exporter's metadata (`rt_info` under `kdtool`) names the artifact's precision."""
 
 
-def compile_cpu(model: Any, threads: int) -> Any:
-    """`model` (an `openvino.Model` or an `.xml` path) compiled for the CPU with `cpu_config`: in f32
-    where it is float, as every artifact is run (a CPU with AMX would otherwise pick bf16)."""
+def cpu_config(threads: int, precision: str = "fp32") -> dict[str, Any]:
+    """The CPU plugin settings an OpenVINO artifact of `precision` is loaded with (module docstring)."""
+    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY"}
+    if precision != "int8":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    return config
+
+
+def artifact_precision(model: Any) -> str:
+    """The precision an `openvino.Model` was exported at (its rt_info), fp32 when it says none."""
+    return model.get_rt_info(PRECISION_KEY).astype(str) if model.has_rt_info(PRECISION_KEY) else "fp32"
+
+
+def compile_cpu(model: Any, threads: int, precision: str | None = None) -> Any:
+    """`model` (an `openvino.Model` or an `.xml` path) compiled for the CPU with `cpu_config` of
+    `precision` (default: the one its rt_info names): fp32 in f32; int8 as the plugin runs it."""
     from export.formats.openvino.offline import import_openvino
 
-    return import_openvino().Core().compile_model(model if not isinstance(model, Path) else str(model), "CPU",
-                                                  cpu_config(threads))
+    core = import_openvino().Core()
+    if isinstance(model, (str, Path)):
+        model = core.read_model(str(model))
+    return core.compile_model(model, "CPU", cpu_config(threads, precision or artifact_precision(model)))
+
+
+def float_precision(compiled: Any) -> str:
+    """The precision the compiled model runs its float layers in (`f32`, `bf16`, `f16`)."""
+    return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
 
 class OpenVINOSession:
