@@ -1,7 +1,7 @@
 """`kdtool run` with a prune section: distill → prune → quantize → export → benchmark, as a user runs it.
 
-The pruned student is what every later stage takes: INT8 models, ONNX and ExecuTorch artifacts
-(fp32 and int8) all pass parity, and it has its own row on the card with the ratio reached.
+The pruned student is what every later stage takes: INT8 models, ONNX, ExecuTorch, LiteRT and
+OpenVINO artifacts (fp32 and int8) all pass parity, and it has its own row on the card with the ratio reached.
 """
 
 import json
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPE = """# kdtool run pruned.yaml
 name: pruned
 task: {kind: multiclass, num_classes: 10}
-data: {source: digits, image_size: 16, channels: 1, limit: 400, batch_size: 32}
+data: {source: digits, image_size: 32, channels: 1, limit: 400, batch_size: 32}
 teacher: {arch: resnet10t, kwargs: {channels: [16, 32, 64, 128]}, train: {epochs: 4, lr: 0.01}}
 student: {arch: resnet10t, kwargs: {channels: [8, 16, 32, 64]}, train: {epochs: 3, lr: 0.01}}
 distill: {temperature: 4, alpha: 0.3, train: {epochs: 3, lr: 0.01, init: scratch}}
@@ -48,6 +48,12 @@ def test_run_with_prune_section_ships_the_pruned_student(tmp_path):
     exported = [r for r in report["rows"] if r["stage"] == "export" and r["status"] == "ok"]
     formats = {(r["format"], r["precision"]) for r in exported}
     assert {("onnx", "fp32"), ("onnx", "int8"), ("executorch", "fp32"), ("executorch", "int8")} <= formats
+    from export.extras import importable
+
+    if importable("litert_torch"):
+        assert {("litert", "fp32"), ("litert", "int8")} <= formats
+    if importable("openvino"):  # at 32 px: at 16 px resnet10t's last pooling window is larger than its map
+        assert {("openvino", "fp32"), ("openvino", "int8")} <= formats
     for r in exported:
         assert r["name"].startswith("student_pruned.") and r["params"] == pruned["params"]
         assert r["parity"]["status"] == "passed", r

@@ -135,8 +135,16 @@ def sweep_model(name: str, size: int, steps: int, out: Path, formats: list[str] 
         else:
             quantized.onnx, quantized.onnx_mode, quantized.onnx_floor = q.path, "static", floor
     spec = ExportContext(name=name, output_names=("logits",), task_spec=Task("multiclass", 10), parity_targets=labels)
-    arts = export_model(model, example, out / "export", formats, targets=["android", "ios", "server"],
-                        quantized=quantized, spec=spec, inputs=inputs, threads=torch.get_num_threads())
+    targets = {t: None for t in ("android", "ios", "server")}
+    if formats is not None:  # each format only for the targets whose preset has it
+        from export.targets import TARGET_FORMATS
+
+        targets = {t: [f for f in formats if f in TARGET_FORMATS[t]] for t in targets}
+    arts = []
+    for target, fmts in targets.items():
+        if fmts != []:
+            arts += export_model(model, example, out / "export" / target, fmts, targets=[target], quantized=quantized,
+                                 spec=spec, inputs=inputs, threads=torch.get_num_threads())
     return arts, time.perf_counter() - t0
 
 
