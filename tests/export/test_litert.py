@@ -131,3 +131,27 @@ def test_android_preset_has_the_litert_rows_and_can_pick_them():
     rows = [row("student_kd.executorch.int8", "executorch", 0.2), row("student_kd.litert.int8", "litert", 0.1)]
     picks, _ = recommend(rows, ["android"], 0.97, "accuracy")
     assert picks == {"android": "student_kd.litert.int8"}
+
+
+def test_a_graph_the_interpreter_cannot_prepare_is_not_called_truncated(monkeypatch, tmp_path):
+    """A file that parses but has a node no kernel can prepare (litert-torch 0.10 writes one for
+    MobileViTv2's broadcast multiply) names the converter, not a truncated file."""
+    import ai_edge_litert.interpreter as interpreter_module
+
+    from compress.core.errors import ExportError
+    from export.formats import get_runtime
+
+    class Unpreparable:
+        def __init__(self, model_path, num_threads):
+            self.path = model_path
+
+        def allocate_tensors(self):
+            raise RuntimeError("tflite/kernels/broadcast_to.cc Output shape must be broadcastable from input shape."
+                               "Node number 105 (BROADCAST_TO) failed to prepare.")
+
+    monkeypatch.setattr(interpreter_module, "Interpreter", Unpreparable)
+    with pytest.raises(ExportError) as caught:
+        get_runtime("litert").load(tmp_path / "model.int8.tflite", 1)
+    line = caught.value.line()
+    assert "LiteRT cannot run model.int8.tflite" in line and "BROADCAST_TO" in line
+    assert "truncated" not in line and "use executorch or onnx" in line

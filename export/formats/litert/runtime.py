@@ -77,10 +77,16 @@ class LiteRTRuntime:
         try:
             with quiet_native():  # "Created TensorFlow Lite XNNPACK delegate for CPU." (shown with --debug)
                 interpreter = Interpreter(model_path=str(path), num_threads=threads)
-                interpreter.allocate_tensors()
-        except Exception as e:  # ValueError for a bad flatbuffer, RuntimeError for a missing op kernel
+        except Exception as e:  # ValueError for a bad flatbuffer
             raise ExportError(f"LiteRT cannot load {path}: {first_line(e)}",
                               "the file is truncated or not a .tflite model: re-export it") from e
+        try:
+            with quiet_native():
+                interpreter.allocate_tensors()
+        except Exception as e:  # RuntimeError: a node the converter wrote that no kernel can prepare
+            raise ExportError(f"LiteRT cannot run {path.name}: {first_line(e)}",
+                              "the converter wrote a graph its interpreter cannot prepare: use executorch or onnx "
+                              "for this model") from e
         return LiteRTSession(interpreter, path)
 
     def versions(self) -> dict[str, str]:
