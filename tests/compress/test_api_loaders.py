@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from api_fixtures import CLIP, Clips, TinyAudioNet, pad_collate
@@ -91,6 +93,7 @@ def test_dict_batch_without_the_input_key_names_the_keys():
 def test_under_ddp_a_plain_loader_gets_a_distributed_sampler_and_keeps_the_rest(monkeypatch, caplog):
     from compress.distill.api import loader_for_rank
 
+    caplog.set_level(logging.WARNING, logger="compress.distill.api")  # an in-process CLI run sets the root to ERROR
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     ds = Clips(10)
