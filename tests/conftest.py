@@ -1,4 +1,4 @@
-"""Shared test setup: quiet progress, 2 threads (1 per pytest-xdist worker), deterministic seeds."""
+"""Shared test setup: quiet progress, 2 threads, deterministic seeds."""
 
 import os
 
@@ -7,8 +7,7 @@ os.environ.setdefault("KDTOOL_QUIET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# 2 intra-op threads; 1 in each of pytest-xdist's workers, which already run one per core
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+torch.set_num_threads(2)
 
 
 @pytest.fixture(autouse=True)
