@@ -1,14 +1,13 @@
-"""Shared test setup: quiet progress, 2 threads (1 per pytest-xdist worker), deterministic seeds."""
+"""Shared test setup: quiet progress, 2 threads, deterministic seeds."""
 
 import os
-from pathlib import Path
 
 os.environ.setdefault("KDTOOL_QUIET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+torch.set_num_threads(2)
 
 
 @pytest.fixture(autouse=True)
@@ -31,25 +30,8 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-LONG_FILES = ("e2e/test_pipeline.py", "compress/test_crash_consistency.py", "export/test_executorch.py",
-              "compress/test_accuracy_aware.py", "compress/test_resume_signals.py", "compress/test_quantize.py",
-              "compress/test_qat_features.py", "export/test_coreml.py", "export/test_native_chatter.py",
-              "benchmark/test_sweep_runs.py", "benchmark/test_sweep_study.py")
-"""The files whose tests take longest (`pytest --durations=0`), longest first: they are handed out
-first, so neither pytest-xdist worker is left with a long file at the end while the other idles."""
-
-
 def pytest_collection_modifyitems(config, items):
-    """Long files first (`LONG_FILES`); `@pytest.mark.gpu` tests skip with the reason where torch sees
-    no CUDA device (CI never has one)."""
-    rank = {name: i for i, name in enumerate(LONG_FILES)}
-    tests = Path(__file__).parent
-
-    def order(item) -> int:
-        rel = Path(str(item.path)).relative_to(tests).as_posix() if tests in Path(item.path).parents else ""
-        return rank.get(rel, len(rank))
-
-    items.sort(key=order)  # stable: every other test keeps its place
+    """`@pytest.mark.gpu` tests skip with the reason where torch sees no CUDA device (CI never has one)."""
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason=f"needs a CUDA GPU: torch {torch.__version__} sees none here")
