@@ -1,6 +1,7 @@
 """Shared test setup: quiet progress, 2 threads, deterministic seeds."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("KDTOOL_QUIET", "1")
 
@@ -30,8 +31,17 @@ def one_thread():
     torch.set_num_threads(old)
 
 
+BEFORE_JAX = ("export/test_lowering.py",)
+"""Files run first: they fork a child, which kdtool does only before a LiteRT export has started JAX in
+the process (`export.lowering`); after the LiteRT tests they could only skip."""
+
+
 def pytest_collection_modifyitems(config, items):
-    """`@pytest.mark.gpu` tests skip with the reason where torch sees no CUDA device (CI never has one)."""
+    """`BEFORE_JAX` first; `@pytest.mark.gpu` tests skip with the reason where torch sees no CUDA device
+    (CI never has one)."""
+    tests = Path(__file__).parent
+    first = {tests / name for name in BEFORE_JAX}
+    items.sort(key=lambda item: Path(str(item.path)) not in first)  # stable: the rest keep their order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason=f"needs a CUDA GPU: torch {torch.__version__} sees none here")
