@@ -1,8 +1,15 @@
-"""Shared test setup: quiet progress, 2 threads, deterministic seeds."""
+"""Shared test setup: quiet progress, 2 threads, sleeping OpenMP threads, deterministic seeds."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("KDTOOL_QUIET", "1")
+# Idle OpenMP threads sleep instead of spinning. The suite runs on two pytest-xdist workers, each
+# training on 2 threads (and starting kdtool processes that do too) on a 2-core machine: spinning
+# threads then burn the core the other worker needs. Measured on the idle 2-core machine: 537 s and
+# 1,005 s of CPU with spinning threads, 279 s and 492 s without (one process: 378 s). Read by the
+# OpenMP runtime when torch loads, so it is set before the import below; child processes inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -30,8 +37,17 @@ def one_thread():
     torch.set_num_threads(old)
 
 
+BEFORE_JAX = ("export/test_lowering.py",)
+"""Files run first: they fork a child, which kdtool does only before a LiteRT export has started JAX in
+the process (`export.lowering`); after the LiteRT tests they could only skip."""
+
+
 def pytest_collection_modifyitems(config, items):
-    """`@pytest.mark.gpu` tests skip with the reason where torch sees no CUDA device (CI never has one)."""
+    """`BEFORE_JAX` first; `@pytest.mark.gpu` tests skip with the reason where torch sees no CUDA device
+    (CI never has one)."""
+    tests = Path(__file__).parent
+    first = {tests / name for name in BEFORE_JAX}
+    items.sort(key=lambda item: Path(str(item.path)) not in first)  # stable: the rest keep their order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason=f"needs a CUDA GPU: torch {torch.__version__} sees none here")

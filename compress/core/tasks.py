@@ -26,16 +26,6 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import (
-    binary_accuracy,
-    binary_auroc,
-    binary_f1_score,
-    multiclass_accuracy,
-    multiclass_f1_score,
-    multilabel_auroc,
-    multilabel_f1_score,
-)
-from torchmetrics.functional.regression import mean_absolute_error
 
 from compress.core.errors import KdtoolError
 
@@ -147,6 +137,17 @@ class Task:
         Returns:
             `{metric: value or None}` and `{metric: reason}` for each None value or partial average.
         """
+        # torchmetrics is imported here, not at the top: importing it takes ~3 s (it loads torchvision,
+        # transformers and scipy.signal), which every `kdtool` process would pay before its first line.
+        from torchmetrics.functional.classification import (
+            binary_accuracy,
+            binary_auroc,
+            binary_f1_score,
+            multiclass_accuracy,
+            multiclass_f1_score,
+            multilabel_f1_score,
+        )
+
         s = self.scores(outputs)
         notes: dict[str, str] = {}
         if self.kind == "binary":
@@ -168,6 +169,8 @@ class Task:
         return {k: None if v is None else float(v) for k, v in out.items()}, notes
 
     def _regression_metrics(self, s: torch.Tensor, targets: torch.Tensor, notes: dict[str, str]) -> dict:
+        from torchmetrics.functional.regression import mean_absolute_error  # lazily: see `score`
+
         t = targets.float().reshape(s.shape)
         names = self.outputs or tuple(f"y{i}" for i in range(s.shape[1]))
         ccc = [lin_ccc(s[:, i], t[:, i]) for i in range(s.shape[1])]
@@ -324,6 +327,8 @@ def lin_ccc(x: torch.Tensor, y: torch.Tensor) -> float | None:
 
 def _multilabel_auc(s: torch.Tensor, t: torch.Tensor, notes: dict[str, str]) -> float | None:
     """Macro AUC over the labels where it is defined (both classes present); the note says how many."""
+    from torchmetrics.functional.classification import multilabel_auroc  # lazily: see `Task.score`
+
     defined = [i for i in range(t.shape[1]) if t[:, i].min() != t[:, i].max()]
     if not defined:
         notes["auc"] = "undefined: every label has a single class in the validation labels"

@@ -6,9 +6,12 @@ Dynamic: the same quantizer's dynamic config (linear layers; activation scales c
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Iterable
+import functools
+from collections.abc import Iterable, Iterator
 from typing import Any
+from unittest import mock
 
 import torch
 from torch import nn
@@ -48,18 +51,15 @@ def xnnpack_quantizer(per_channel: bool, is_dynamic: bool = False, is_qat: bool 
     `calibration_method` "minmax" swaps the activation observer for `MinMaxObserver` (default:
     XNNPACK's `HistogramObserver`).
     """
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
 
     config = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=is_dynamic,
                                                is_qat=is_qat)
     if is_dynamic:
-        return XNNPACKQuantizer().set_module_type(torch.nn.Linear, config)
+        return _quantizer_class()().set_module_type(torch.nn.Linear, config)
     if calibration_method == "minmax" and not is_qat:
         config = _with_activation_observer(config, "MinMaxObserver")
-    quantizer = XNNPACKQuantizer().set_global(config)
+    quantizer = _quantizer_class()().set_global(config)
     if not float_modules and not only_modules:
         return quantizer
     from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
@@ -102,6 +102,42 @@ def fused_followers(graph: torch.fx.GraphModule, modules: tuple[str, ...]) -> se
     return followers
 
 
+CONV_BN_PATTERNS = ("conv_bn_relu", "conv_bn", "conv_transpose_bn_relu", "conv_transpose_bn")
+"""The XNNPACK quantizer's patterns that match a convolution feeding a batch norm."""
+
+
+@functools.cache
+def _quantizer_class() -> type:
+    """`XNNPACKQuantizer`, less its conv-BN patterns of a convolution kind that feeds no batch norm.
+
+    Each of those 4 annotators traces 3 pattern graphs with `torch.export` on every `prepare_pt2e`
+    (about 1 s on 2 cores), and the accuracy-aware search prepares once per trial. A conv-BN pattern
+    needs a convolution whose output is a batch norm's input; post-training `prepare_pt2e` folds every
+    such pair before annotating, so there they never match; QAT keeps its pairs, and the patterns of
+    their kind (convolution or transposed convolution) run.
+    """
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+    from torchao.quantization.pt2e.utils import _is_conv_node, _is_conv_transpose_node
+
+    class Quantizer(XNNPACKQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            feeding = [n.args[0] for n in model.graph.nodes if "batch_norm" in str(n.target) and n.args
+                       and isinstance(n.args[0], torch.fx.Node)]  # the nodes whose output a batch norm reads
+            skip = set()
+            if not any(_is_conv_node(n) for n in feeding):
+                skip |= {"conv_bn_relu", "conv_bn"}
+            if not any(_is_conv_transpose_node(n) for n in feeding):
+                skip |= {"conv_transpose_bn_relu", "conv_transpose_bn"}
+            if skip:
+                self.SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS if p.name not in skip]
+            try:
+                return super().annotate(model)
+            finally:
+                self.__dict__.pop("SUPPORTED_PATTERNS", None)
+
+    return Quantizer
+
+
 def _with_activation_observer(config, observer: str):
     """The quantization config with another observer class for its (static) activations."""
     import dataclasses
@@ -113,20 +149,85 @@ def _with_activation_observer(config, observer: str):
     return dataclasses.replace(config, input_activation=act, output_activation=act)
 
 
+def _conv_kinds(graph: torch.fx.GraphModule) -> set[str]:
+    """The aten op names in `graph` ("conv2d", "conv_transpose1d", ...; "convolution" is any kind)."""
+    return {getattr(n.target, "_opname", "") for n in graph.graph.nodes if n.op == "call_function"}
+
+
+def _present_kinds_only(helper: Any) -> Any:
+    """torchao's per-convolution-kind conv-BN helper, run only for kinds the graph holds."""
+
+    def run(m: torch.fx.GraphModule, conv_fn: Any, *args: Any, **kwargs: Any) -> torch.fx.GraphModule:
+        kinds = _conv_kinds(m)
+        if conv_fn.__name__ not in kinds and "convolution" not in kinds:
+            return m  # no convolution of this kind: none of its patterns can match
+        return helper(m, conv_fn, *args, **kwargs)
+
+    return run
+
+
+def _skip_fold(m: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    m.graph.eliminate_dead_code()
+    m.recompile()
+    return m
+
+
+@contextlib.contextmanager
+def _conv_bn_traces(qat: bool) -> Iterator[None]:
+    """While torchao prepares or converts: its conv-BN pattern traces only where they can match.
+
+    torchao traces small pattern graphs with `torch.export` (0.1-0.3 s each) to find conv-BN pairs,
+    for each of 4 convolution kinds: 3 to fuse them in `prepare_qat_pt2e`, 24 to fold them in
+    `convert_pt2e` (about 14 s on 2 cores for any graph holding a batch norm, whatever its size).
+    After QAT only the kinds present in the graph are traced. After post-training `prepare_pt2e`
+    nothing is: it folded every conv-BN pair already, and a batch norm left in the graph (after a
+    log-mel front end, on the input) matches no pattern. The graph and outputs are torchao's own
+    (`tests/compress/test_quantize.py`, slow). Another torchao without these functions runs untouched.
+    """
+    from torchao.quantization.pt2e import qat_utils, quantize_pt2e
+
+    swaps = [(quantize_pt2e, "_fold_conv_bn_qat", _skip_fold)] if not qat else [
+        (qat_utils, name, _present_kinds_only(getattr(qat_utils, name)))
+        for name in ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper") if hasattr(qat_utils, name)]
+    with contextlib.ExitStack() as stack:
+        for module, name, replacement in swaps:
+            if hasattr(module, name):
+                stack.enter_context(mock.patch.object(module, name, replacement))
+        yield
+
+
+def convert(prepared: torch.fx.GraphModule, qat: bool = False, fold_quantize: bool = True,
+            ) -> torch.fx.GraphModule:
+    """torchao's `convert_pt2e` of a graph `prepare_pt2e` (or with `qat`, `prepare_qat_pt2e`) made,
+    without tracing conv-BN patterns that cannot match it (`_conv_bn_traces`)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    with _conv_bn_traces(qat):
+        return convert_pt2e(prepared, fold_quantize=fold_quantize)
+
+
+def prepare_qat(graph: torch.fx.GraphModule, quantizer: Any) -> torch.fx.GraphModule:
+    """torchao's `prepare_qat_pt2e`, tracing conv-BN patterns only for the convolution kinds in `graph`."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    with _conv_bn_traces(qat=True):
+        return prepare_qat_pt2e(graph, quantizer)
+
+
 def pt2e_calibrated(graph: torch.fx.GraphModule, config: Int8StaticConfig, batches: Iterable[torch.Tensor],
                     only_modules: tuple[str, ...] = ()) -> tuple[torch.fx.GraphModule, int]:
     """Observers on a copy of the exported `graph`, calibrated on `batches`, converted; samples seen.
 
     `only_modules`: quantize these modules alone (default: the whole graph but `config.float_modules`).
     """
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     quantizer = xnnpack_quantizer(config.per_channel, float_modules=tuple(config.float_modules),
                                   calibration_method=config.calibration_method, only_modules=only_modules,
                                   fused_with=frozenset(fused_followers(graph, only_modules)))
     prepared = prepare_pt2e(copy.deepcopy(graph), quantizer)
     calibrated = count_calibrated(batches, prepared)
-    return convert_pt2e(prepared), calibrated
+    return convert(prepared), calibrated
 
 
 def finish_pt2e(converted: nn.Module, qi: QuantInputs, config: QuantConfig, calibrated: int | None, instead: str,
@@ -168,11 +269,11 @@ def pt2e_static(model: nn.Module, config: Int8StaticConfig, qi: QuantInputs,
 def pt2e_dynamic(model: nn.Module, config: Int8DynamicConfig, qi: QuantInputs,
                  fp32_mb: float) -> QuantizedModel:
     """Dynamic int8 for ExecuTorch: XNNPACK's dynamic config quantizes linear layers (convs stay fp32)."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     graph = export_graph(copy.deepcopy(model).eval(), qi.example, "dynamic").module()
     prepared = prepare_pt2e(graph, xnnpack_quantizer(per_channel=True, is_dynamic=True))
     prepared(qi.example)  # dynamic observers only record weights; one pass inserts the q/dq pattern
     notes = ["XNNPACK dynamic quantization covers linear layers; convolutions stay fp32 (static covers them)"]
-    return finish_pt2e(convert_pt2e(prepared), qi, config, None,
+    return finish_pt2e(convert(prepared), qi, config, None,
                        "mode static (it quantizes convolutions too)", fp32_mb, notes)

@@ -114,9 +114,8 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
             objective's. NonFiniteLossError: the loss became NaN/Inf.
     """
     from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    from compress.quant.pt2e import finish_pt2e
+    from compress.quant.pt2e import convert, finish_pt2e
 
     if epochs < 1:
         raise KdtoolError(f"quantize.qat.epochs is {epochs}", "set it to 1 or more")
@@ -152,7 +151,7 @@ def qat_distill(student: nn.Module, teacher: nn.Module | None, train_loader: Ite
 
     steps, history = _qat_epochs(prepared, step, loss_terms, train_loader, epochs, config.freeze_bn_epoch, per_epoch)
     move_exported_model_to_eval(prepared)
-    converted = convert_pt2e(prepared)
+    converted = convert(prepared, qat=True)
     if layers:
         converted = first_output_only(converted)
     return finish_pt2e(converted, QuantInputs(example=example, out=out, seed=seed), config, None,
@@ -167,14 +166,12 @@ def _prepared(student: nn.Module, example: Tensor, layers: list[str], config: In
     `kept` (modules declaring keep_float_in_int8) stay float here too: fake-quantized, the log-mel
     front end's DFT kernel's all-zero rows got a zero scale and the first forward pass was NaN.
     """
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-
-    from compress.quant.pt2e import xnnpack_quantizer
+    from compress.quant.pt2e import prepare_qat, xnnpack_quantizer
 
     trainable = copy.deepcopy(student).eval()
     graph = export_graph(FeatureOutputs(trainable, layers) if layers else trainable, example, "qat").module()
     in_graph = tuple(f"model.{name}" for name in kept) if layers else kept  # FeatureOutputs wraps it as .model
-    return prepare_qat_pt2e(graph, xnnpack_quantizer(config.per_channel, is_qat=True, float_modules=in_graph))
+    return prepare_qat(graph, xnnpack_quantizer(config.per_channel, is_qat=True, float_modules=in_graph))
 
 
 def _notes(steps: int, epochs: int, teacher: nn.Module | None, objective: KDObjective | None,

@@ -203,3 +203,87 @@ def test_unexportable_model_is_an_export_error(digits):
         quantize(DataDependent(), Int8StaticConfig(calibration_samples=8), calibration=digits[0],
                  preprocess=PRE)
     assert e.value.exit_code == 4 and "dynamic with backend torch" in e.value.hint
+
+
+def test_convert_skips_its_conv_bn_fold_through_torchaos_own_lookups():
+    """`compress.quant.pt2e` swaps torchao's conv-BN fold (or its per-kind helpers) while `convert_pt2e`
+    and `prepare_qat_pt2e` run: that only works while they find those functions in their modules'
+    globals at call time."""
+    from torchao.quantization.pt2e import qat_utils, quantize_pt2e
+
+    convert_pt2e = quantize_pt2e.convert_pt2e
+    assert "_fold_conv_bn_qat" in convert_pt2e.__code__.co_names
+    assert convert_pt2e.__globals__ is vars(quantize_pt2e)
+    fold = quantize_pt2e._fold_conv_bn_qat
+    assert "_fold_conv_bn_qat_helper" in fold.__code__.co_names and fold.__globals__ is vars(qat_utils)
+    fuse = quantize_pt2e._fuse_conv_bn_qat  # what prepare_qat_pt2e calls
+    assert "_fuse_conv_bn_qat" in quantize_pt2e.prepare_qat_pt2e.__code__.co_names
+    assert "_fuse_conv_bn_qat_helper" in fuse.__code__.co_names and fuse.__globals__ is vars(qat_utils)
+
+
+def test_conv_bn_patterns_are_annotated_only_where_a_convolution_feeds_a_batch_norm(monkeypatch):
+    """Post-training prepare folds every conv-BN pair before annotating, so the quantizer's conv-BN
+    annotators (3 pattern traces each) are skipped there; QAT keeps its conv2d-BN pair, and the
+    annotators of a convolution (not of a transposed one) run."""
+    from executorch.backends.xnnpack.quantizer import xnnpack_quantizer_utils as utils
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
+
+    from compress.quant.pt2e import CONV_BN_PATTERNS, xnnpack_quantizer
+
+    ran: list[str] = []
+    for name in CONV_BN_PATTERNS:
+        monkeypatch.setitem(utils.OP_TO_ANNOTATOR, name, lambda *a, _name=name: ran.append(_name))
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    x = torch.randn(2, 1, 8, 8)
+    prepare_pt2e(torch.export.export(model.eval(), (x,)).module(), xnnpack_quantizer(True))
+    assert ran == []
+    prepare_qat_pt2e(torch.export.export(model.train(), (x,)).module(), xnnpack_quantizer(True, is_qat=True))
+    assert sorted(ran) == ["conv_bn", "conv_bn_relu"]
+
+
+def _structure(graph: torch.fx.GraphModule) -> list[tuple[str, str]]:
+    """The graph's (op, target) sequence: what it computes, without its node names."""
+    return [(n.op, str(n.target)) for n in graph.graph.nodes]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("qat", [False, True])
+def test_pt2e_gives_torchaos_graph_and_outputs(qat):
+    """kdtool's quantizer, `prepare_qat` and `convert` against plain `XNNPACKQuantizer`, `prepare_qat_pt2e`
+    and `convert_pt2e` (which trace
+    every conv-BN pattern, ~15 s): the same graph and bit-identical outputs, on a model with conv-BN
+    pairs (with and without a conv bias) and a batch norm on its input (left in the graph after
+    post-training prepare, as a log-mel front end's is), post-training and after QAT."""
+    import copy
+
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+
+    from compress.quant.pt2e import convert, prepare_qat, xnnpack_quantizer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm2d(1), nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    x = torch.randn(4, 1, 8, 8)
+
+    def quantized(quantizer, prepare_fn, convert_fn) -> torch.fx.GraphModule:
+        graph = torch.export.export(copy.deepcopy(model).train(qat), (x,)).module()
+        prepared = prepare_fn(graph, quantizer)
+        prepared(x)
+        if qat:
+            move_exported_model_to_eval(prepared)
+        else:
+            assert any("batch_norm" in str(n.target) for n in prepared.graph.nodes)  # torchao's fold will run
+        return convert_fn(prepared)
+
+    ours = quantized(xnnpack_quantizer(True, is_qat=qat), prepare_qat if qat else prepare_pt2e,
+                     lambda p: convert(p, qat=qat))
+    theirs = quantized(XNNPACKQuantizer().set_global(get_symmetric_quantization_config(True, is_qat=qat)),
+                       prepare_qat_pt2e if qat else prepare_pt2e, convert_pt2e)
+    assert _structure(ours) == _structure(theirs)
+    assert torch.equal(ours(x), theirs(x))

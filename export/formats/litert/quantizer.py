@@ -32,7 +32,9 @@ def quantize_pt2e(model: nn.Module, example: torch.Tensor, spec: ExportContext) 
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from compress.quant.pt2e import convert
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
     try:
@@ -46,5 +48,5 @@ def quantize_pt2e(model: nn.Module, example: torch.Tensor, spec: ExportContext) 
         for batch in fixed_batches(spec.calibration, int(example.shape[0])):
             prepared(batch)
             seen += len(batch)
-    converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))  # litert-torch warns if not
+    converted = move_exported_model_to_eval(convert(prepared, fold_quantize=False))  # litert-torch warns if not
     return converted, QuantConfig(pt2e_quantizer=quantizer), min(seen, len(spec.calibration))

@@ -26,10 +26,8 @@ from compress.core.errors import ExportError
 from export.artifact import Artifact
 from export.extras import missing_extra
 from export.formats.openvino.offline import import_openvino, no_telemetry
-from export.formats.openvino.runtime import compile_cpu, float_precision, last_line
+from export.formats.openvino.runtime import RT_INFO_KEY, compile_cpu, float_precision, last_line
 from export.registry import EXPORTERS, ExportContext, build_artifact, check_precision, export_program
-
-RT_INFO_KEY = "kdtool"
 
 
 def unavailable_reason(precision: str = "fp32") -> str | None:

@@ -21,8 +21,10 @@ from compress.core.errors import ExportError
 from export.extras import missing_extra
 from export.runtime import RUNTIMES
 
-PRECISION_KEY = ["kdtool", "kdtool.precision"]
-"""Where the exporter's metadata (`rt_info` under `kdtool`) names the artifact's precision."""
+RT_INFO_KEY = "kdtool"
+"""The `rt_info` section the exporter writes kdtool's metadata under (`name`, `precision`, ...)."""
+PRECISION_KEY = [RT_INFO_KEY, "kdtool.precision"]
+"""Where that metadata names the artifact's precision."""
 
 
 def cpu_config(threads: int, precision: str = "fp32") -> dict[str, Any]:
