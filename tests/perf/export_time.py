@@ -44,6 +44,7 @@ def main() -> None:
     """Quantize, export every target's artifacts, print the per-artifact times and the total."""
     import timm
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     import export.formats  # noqa: F401  (registers the formats' own int8 writers: onnx, coreml)
@@ -82,7 +83,8 @@ def main() -> None:
                                                 min_retention=None), example=example, calibration=loader,
                         out=out / "q_onnx")
         quantize_s = time.perf_counter() - t0
-        quantized = Quantized(pt2e=et.program, onnx=onnx.path, pt2e_mode="static", onnx_mode="static")
+        quantized = Quantized(pt2e=et.program, onnx=onnx.path, pt2e_mode="static", onnx_mode="static",
+                              calibration=calibration, min_retention=None)  # LiteRT and OpenVINO calibrate too
         task = Task("binary", 2)
         spec = ExportContext(name="student_kd", task="binary", output_names=("output",), task_spec=task,
                             parity_targets=labels)  # as the export stage: parity compares the AUC too
@@ -107,7 +109,7 @@ def main() -> None:
     console.print(table)
     for a in artifacts:
         if a.status != "ok" and a.reason:
-            console.print(f"[dim]{a.name} [{a.target}]: {a.reason[:400]}[/]")
+            console.print(f"[dim]{escape(f'{a.name} [{a.target}]: {a.reason[:400]}')}[/]")
     console.print(f"quantization (ExecuTorch + ONNX static int8): {quantize_s:.1f} s; "
                   f"export of {len(artifacts)} artifacts: [bold]{export_s:.1f} s[/]")
     records = [(a.name, a.target or "", a.status, round(a.info.get("export_s", 0), 1),
