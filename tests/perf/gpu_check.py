@@ -178,7 +178,8 @@ def pytest_gpu(out: Path, settings: Settings) -> dict[str, Any]:
     import xml.etree.ElementTree as ET
 
     xml = out / "gpu_tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", f"--junitxml={xml}", "tests"]
+    # -n 0: in one process, so the CUDA latency tests do not share the GPU with another pytest worker
+    cmd = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-m", "gpu", f"--junitxml={xml}", "tests"]
     done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                           text=True, timeout=settings.stage_timeout_s)
     suite = ET.parse(xml).getroot().find("testsuite") if xml.exists() else None
