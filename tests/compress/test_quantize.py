@@ -205,6 +205,34 @@ def test_unexportable_model_is_an_export_error(digits):
     assert e.value.exit_code == 4 and "dynamic with backend torch" in e.value.hint
 
 
+@pytest.mark.parametrize("method", ["histogram", "minmax"])
+def test_onnx_runtime_collects_calibration_activations_a_chunk_at_a_time(student, digits, tmp_path, monkeypatch,
+                                                                         method):
+    """ONNX Runtime's histogram calibrator holds every activation of every sample it is handed (512
+    MobileNetV3-Large images at 224 px: over 24 GB, the process killed): kdtool hands it
+    `CHUNK_SAMPLES` at a time, and every sample is still seen once."""
+    pytest.importorskip("onnxruntime")
+    from onnxruntime.quantization import calibrate
+
+    import export.formats.onnx.int8 as int8
+
+    monkeypatch.setattr(int8, "CHUNK_SAMPLES", 64)
+    seen: list[int] = []
+    base = calibrate.HistogramCalibrater if method == "histogram" else calibrate.MinMaxCalibrater
+    real = base.collect_data
+
+    def counting(self, reader):
+        before = reader.next
+        real(self, reader)
+        seen.append(sum(len(b) for b in reader.batches[before:reader.end]))
+
+    monkeypatch.setattr(base, "collect_data", counting)
+    config = Int8StaticConfig(backend="onnx", calibration_samples=256, calibration_method=method)
+    qm = quantize(student, config, calibration=digits[0], preprocess=PRE, out=tmp_path)  # 4 batches of 64
+    assert seen == [64, 64, 64, 64], seen
+    check_common(qm, student, digits)
+
+
 def test_convert_skips_its_conv_bn_fold_through_torchaos_own_lookups():
     """`compress.quant.pt2e` swaps torchao's conv-BN fold (or its per-kind helpers) while `convert_pt2e`
     and `prepare_qat_pt2e` run: that only works while they find those functions in their modules'
