@@ -38,8 +38,9 @@ def one_thread():
 
 
 BEFORE_JAX = ("export/test_lowering.py",)
-"""Files run first: they fork a child, which kdtool does only before a LiteRT export has started JAX in
-the process (`export.lowering`); after the LiteRT tests they could only skip."""
+"""Files collected first: they fork a child, which kdtool does only before a LiteRT export has started JAX
+in the process (`export.lowering`). In one process they then run before the LiteRT tests; with two
+workers pytest-xdist may still hand them to a worker after a LiteRT file, and they skip with the reason."""
 
 
 def pytest_collection_modifyitems(config, items):
