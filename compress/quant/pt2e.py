@@ -186,13 +186,12 @@ def _conv_bn_traces(qat: bool) -> Iterator[None]:
     """
     from torchao.quantization.pt2e import qat_utils, quantize_pt2e
 
-    swaps = [(quantize_pt2e, "_fold_conv_bn_qat", _skip_fold)] if not qat else [
-        (qat_utils, name, _present_kinds_only(getattr(qat_utils, name)))
-        for name in ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper") if hasattr(qat_utils, name)]
+    swaps = [(quantize_pt2e, "_fold_conv_bn_qat", lambda fold: _skip_fold)] if not qat else [
+        (qat_utils, name, _present_kinds_only) for name in ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper")]
     with contextlib.ExitStack() as stack:
-        for module, name, replacement in swaps:
+        for module, name, wrap in swaps:
             if hasattr(module, name):
-                stack.enter_context(mock.patch.object(module, name, replacement))
+                stack.enter_context(mock.patch.object(module, name, wrap(getattr(module, name))))
         yield
 
 
